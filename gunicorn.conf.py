@@ -1,0 +1,29 @@
+"""gunicorn settings, loaded automatically by `gunicorn app:app` from the working directory."""
+
+import os
+
+from textgen.settings import Settings
+
+_settings = Settings.from_env()
+
+# Render and most platforms choose the port through $PORT; 0.0.0.0 so the container's port is reachable.
+bind = f"0.0.0.0:{_settings.port}"
+# One worker: each worker holds its own copy of the model, and one engine already uses every CPU.
+workers = 1
+# Threads only wait on the engine (they never run torch), so there are enough for every admitted
+# request plus room to answer /health and 429s at once when the engine is full.
+worker_class = "gthread"
+threads = _settings.max_concurrent_requests + 8
+# gthread workers heartbeat from their main loop, not per request, so this does not cut generations;
+# it covers the model load at startup and a wedged worker. The longest generation fits well inside.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
+# On SIGTERM, running requests get this long to finish before the worker is killed.
+graceful_timeout = 30
+# Keep-alive for clients that reuse connections (TGI clients, the README bot).
+keepalive = 5
+# No preload_app: torch's thread pools and fork do not mix; the worker loads the model itself.
+preload_app = False
+# Access log to stdout, error log to stderr: what containers and Render collect.
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level.lower()

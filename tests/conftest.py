@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny GPT-2 built and saved here, loaded through the real `from_pretrained` path."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.make_model import make_tiny
+from textgen.engine import Engine
+from textgen.engine.loader import configure_threads, load_model
+from textgen.server import create_app
+from textgen.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return str(make_tiny(str(tmp_path_factory.mktemp("tiny-gpt2"))))
+
+
+@pytest.fixture(scope="session")
+def base_settings(tiny_model_dir):
+    # The environment of the machine running the tests must not change what they check.
+    return Settings.from_env(environ={}, model_id=tiny_model_dir, torch_threads=2)
+
+
+@pytest.fixture(scope="session")
+def loaded(base_settings):
+    """Model and tokenizer, loaded once for the whole session (engines below share them)."""
+    configure_threads(base_settings.torch_threads)
+    return load_model(base_settings)
+
+
+@pytest.fixture(scope="session")
+def engine(loaded, base_settings):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, base_settings).start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def make_engine(loaded, base_settings):
+    """A fresh engine with some settings changed (batch size, admission limit, ...) on the shared model."""
+    started = []
+
+    def factory(**overrides):
+        model, tokenizer = loaded
+        eng = Engine(model, tokenizer, base_settings.replace(**overrides)).start()
+        started.append(eng)
+        return eng
+
+    yield factory
+    for eng in started:
+        eng.stop()
+
+
+@pytest.fixture
+def app(engine, base_settings):
+    return create_app(base_settings, engine=engine)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_client(make_engine):
+    """A test client over an app whose engine has some settings changed."""
+
+    def factory(**overrides):
+        eng = make_engine(**overrides)
+        return create_app(eng.settings, engine=eng).test_client(), eng
+
+    return factory

@@ -1,0 +1,272 @@
+"""The real engine on the tiny model: correctness against transformers, isolation, limits, cancellation."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from textgen.engine import GenerationResult, TokenEvent
+from textgen.errors import Cancelled, Overloaded, QueueTimeout, Unavailable, ValidationError
+from textgen.validation import validate_generate
+
+
+def request(settings, prompt="Hello world", **parameters):
+    return validate_generate({"inputs": prompt, "parameters": parameters}, settings)
+
+
+def run(engine, prompt="Hello world", **parameters):
+    return engine.submit(request(engine.settings, prompt, **parameters)).result()
+
+
+def hf_generate(loaded, prompt, **kwargs):
+    """What transformers' own `generate` produces, for comparison."""
+    model, tokenizer = loaded
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, pad_token_id=tokenizer.eos_token_id, **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("prompt", ["Hello world", "Technology and finance", "A"])
+def test_greedy_matches_transformers_generate(engine, loaded, prompt):
+    expected, n = hf_generate(loaded, prompt, max_new_tokens=24, do_sample=False)
+    result = run(engine, prompt, max_new_tokens=24, do_sample=False)
+    assert result.text == expected
+    assert result.generated_tokens == n
+
+
+def test_repetition_penalty_matches_transformers(engine, loaded):
+    expected, _ = hf_generate(loaded, "Hello world", max_new_tokens=24, do_sample=False, repetition_penalty=1.8)
+    plain = run(engine, max_new_tokens=24, do_sample=False)
+    penalised = run(engine, max_new_tokens=24, do_sample=False, repetition_penalty=1.8)
+    assert penalised.text == expected
+    assert penalised.text != plain.text
+
+
+def test_same_seed_same_text_and_different_seeds_differ(engine):
+    a = run(engine, max_new_tokens=30, seed=7, temperature=1.0)
+    b = run(engine, max_new_tokens=30, seed=7, temperature=1.0)
+    c = run(engine, max_new_tokens=30, seed=8, temperature=1.0)
+    assert a.text == b.text and a.seed == 7
+    assert a.text != c.text
+
+
+def test_unseeded_sampling_reports_the_seed_it_drew(engine):
+    first = run(engine, max_new_tokens=20, do_sample=True)
+    assert isinstance(first.seed, int)
+    again = run(engine, max_new_tokens=20, do_sample=True, seed=first.seed)
+    assert again.text == first.text
+
+
+def test_greedy_reports_no_seed(engine):
+    assert run(engine, max_new_tokens=3, do_sample=False).seed is None
+
+
+def test_seeded_request_is_the_same_alone_and_batched(make_engine):
+    engine = make_engine(max_batch_size=16)
+    bodies = [dict(prompt=f"Hello {'world ' * i}", max_new_tokens=10 + 3 * i, seed=100 + i) for i in range(6)]
+    bodies += [dict(prompt=f"The quick {'brown ' * i}", max_new_tokens=20 - i, do_sample=False) for i in range(4)]
+    bodies += [dict(prompt="Finance", max_new_tokens=15, seed=5, top_p=0.9, typical_p=0.95, top_k=20)]
+    alone = [run(engine, **b) for b in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: run(engine, **b), bodies))
+    assert together == alone
+    # Each got its own length: max_new_tokens honoured per request (unless EOS came first).
+    for body, result in zip(bodies, together):
+        assert result.generated_tokens == body["max_new_tokens"] or result.finish_reason == "eos_token"
+
+
+def test_requests_really_share_the_batch(make_engine):
+    engine = make_engine(max_batch_size=8)
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(engine.stats()["running"])
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: run(engine, max_new_tokens=120, do_sample=False), range(6)))
+    stop.set()
+    watcher.join()
+    assert max(seen) > 1
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(engine):
+    greedy = run(engine, max_new_tokens=20, do_sample=False)
+    assert run(engine, max_new_tokens=20, do_sample=True, top_k=1, seed=1).text == greedy.text
+    assert run(engine, max_new_tokens=20, do_sample=True, top_p=1e-6, seed=2).text == greedy.text
+
+
+def test_stop_sequence_cuts_the_text_before_it(engine):
+    varied = dict(max_new_tokens=40, do_sample=False, repetition_penalty=1.8)
+    full = run(engine, **varied).text
+    stop = full[15:18]
+    assert len(stop) == 3 and full.index(stop) >= 1
+    result = run(engine, **varied, stop=["never-there", stop])
+    assert result.finish_reason == "stop_sequence"
+    assert result.text == full[: full.index(stop)]
+    assert result.generated_tokens < 40
+
+
+def test_length_finish(engine):
+    result = run(engine, max_new_tokens=5, do_sample=False)
+    assert (result.finish_reason, result.generated_tokens) == ("length", 5)
+
+
+def test_eos_finish(make_engine):
+    engine = make_engine()
+    first_token = engine.submit(request(engine.settings, max_new_tokens=5, do_sample=False))
+    tokens = [e.id for e in first_token.events() if isinstance(e, TokenEvent)]
+    engine.eos_token_ids = {tokens[2]}  # a model whose EOS is the third token it generates
+    result = run(engine, max_new_tokens=5, do_sample=False)
+    assert result.finish_reason == "eos_token"
+    assert result.generated_tokens == tokens.index(tokens[2]) + 1
+
+
+def test_truncate_keeps_the_last_prompt_tokens(engine, loaded):
+    _, tokenizer = loaded
+    prompt = "Hello world, " * 20
+    ids = tokenizer(prompt)["input_ids"]
+    result = run(engine, prompt, max_new_tokens=8, do_sample=False, truncate=6)
+    assert result.prompt_tokens == 6
+    expected, _ = hf_generate(loaded, tokenizer.decode(ids[-6:]), max_new_tokens=8, do_sample=False)
+    assert result.text == expected
+
+
+def test_token_limits_need_the_tokenizer(make_engine, loaded):
+    _, tokenizer = loaded
+    engine = make_engine(max_input_tokens=10, max_total_tokens=30)
+    long_prompt = "Hello world " * 20
+    n = len(tokenizer(long_prompt)["input_ids"])
+    with pytest.raises(ValidationError, match=f"`inputs` must have less than 10 tokens. Given: {n}"):
+        engine.submit(request(engine.settings, long_prompt, max_new_tokens=5))
+    with pytest.raises(ValidationError, match="must be <= 30"):
+        engine.submit(request(engine.settings, "Hello", max_new_tokens=29))
+    assert engine.stats()["admitted"] == 0
+
+
+def test_total_tokens_never_exceed_the_model_context(make_engine):
+    engine = make_engine(max_total_tokens=10**6, max_new_tokens_limit=10**6)
+    assert engine.max_total_tokens == 256  # the tiny model's n_positions
+    assert engine.max_input_tokens == 255
+
+
+def test_token_events_then_result(engine):
+    handle = engine.submit(request(engine.settings, max_new_tokens=6, do_sample=False))
+    events = list(handle.events())
+    tokens, result = events[:-1], events[-1]
+    assert [e.index for e in tokens] == [1, 2, 3, 4, 5, 6]
+    assert [e.last for e in tokens] == [False] * 5 + [True]
+    assert all(isinstance(e.logprob, float) and e.logprob <= 0 for e in tokens)
+    assert isinstance(result, GenerationResult)
+    assert "".join(e.text for e in tokens) == result.text
+
+
+def test_cancel_frees_the_slot_within_a_few_steps(make_engine):
+    engine = make_engine()
+    handle = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    events = handle.events()
+    next(events)  # it is running
+    handle.cancel()
+    assert wait_until(lambda: engine.stats() == {"running": 0, "waiting": 0, "admitted": 0}, timeout=5)
+    with pytest.raises(Cancelled):
+        list(events)
+
+
+def test_cancel_while_waiting(make_engine):
+    engine = make_engine(max_batch_size=1)
+    busy = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    waiting = engine.submit(request(engine.settings, max_new_tokens=5))
+    waiting.cancel()
+    with pytest.raises(Cancelled):
+        waiting.result()
+    busy.cancel()
+    assert wait_until(lambda: engine.stats()["admitted"] == 0)
+
+
+def test_overload_is_refused_at_once(make_engine):
+    engine = make_engine(max_concurrent_requests=2, max_batch_size=1)
+    handles = [engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False)) for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as info:
+        engine.submit(request(engine.settings, max_new_tokens=5))
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 429 and info.value.to_dict() == {
+        "error": "Model is overloaded",
+        "error_type": "overloaded",
+    }
+    for h in handles:
+        h.cancel()
+    assert wait_until(lambda: engine.stats()["admitted"] == 0)
+    assert run(engine, max_new_tokens=2).generated_tokens == 2  # admitted again once there is room
+
+
+def test_queue_deadline_answers_503(make_engine):
+    engine = make_engine(max_batch_size=1, queue_timeout=0.2)
+    busy = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    late = engine.submit(request(engine.settings, max_new_tokens=5))
+    with pytest.raises(QueueTimeout, match="waited more than 0.2 s"):
+        late.result()
+    busy.cancel()
+
+
+def test_stopped_engine_is_unhealthy_and_refuses(make_engine):
+    engine = make_engine()
+    assert engine.healthy()
+    engine.stop()
+    assert not engine.healthy()
+    with pytest.raises(Unavailable):
+        engine.submit(request(engine.settings))
+
+
+def test_stop_answers_running_and_waiting_requests(make_engine):
+    engine = make_engine(max_batch_size=1)
+    running = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    waiting = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    engine.stop()
+    for handle in (running, waiting):
+        with pytest.raises(Unavailable):
+            handle.result()
+
+
+def test_a_failing_forward_pass_fails_only_its_requests(make_engine, monkeypatch):
+    engine = make_engine()
+    real_forward = engine.model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", flaky)
+    with pytest.raises(Exception) as info:
+        run(engine, max_new_tokens=10, do_sample=False)
+    assert info.value.to_dict() == {"error": "Generation failed; see the server log", "error_type": "generation"}
+    monkeypatch.setattr(engine.model, "forward", real_forward)
+    assert engine.healthy()
+    assert run(engine, max_new_tokens=3).generated_tokens == 3
+
+
+def test_thread_count_defaults_to_usable_cpus():
+    from textgen.engine.loader import available_cpus
+
+    import os
+
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    assert torch.get_num_interop_threads() == 1

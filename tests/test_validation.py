@@ -1,0 +1,186 @@
+"""Validation is pure: these tests need no model, no Flask and no torch."""
+
+import pytest
+
+from textgen.errors import BadRequest, ValidationError
+from textgen.settings import Settings
+from textgen.validation import check_token_budget, parse_json_body, validate_generate
+
+SETTINGS = Settings.from_env(environ={})
+
+
+def validate(body, **kw):
+    return validate_generate(body, SETTINGS, **kw)
+
+
+def error_of(body):
+    with pytest.raises(ValidationError) as info:
+        validate(body)
+    return info.value.message
+
+
+def test_seed_form_gets_the_pipeline_defaults():
+    req = validate({"prompt": "Hello"})
+    assert req.prompt == "Hello"
+    assert req.max_new_tokens == SETTINGS.default_max_new_tokens
+    assert req.do_sample is True and req.top_k == 50 and req.temperature == 1.0
+    assert req.return_full_text is False and req.details is False and req.stream is False
+
+
+def test_tgi_form_reads_parameters():
+    req = validate(
+        {
+            "inputs": "Hi",
+            "parameters": {
+                "max_new_tokens": 7,
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "typical_p": 0.8,
+                "repetition_penalty": 1.2,
+                "frequency_penalty": 0.5,
+                "seed": 42,
+                "stop": ["\n", "END"],
+                "return_full_text": True,
+                "truncate": 10,
+                "details": True,
+            },
+            "stream": True,
+        }
+    )
+    assert (req.prompt, req.max_new_tokens, req.temperature, req.top_p, req.typical_p) == ("Hi", 7, 0.5, 0.9, 0.8)
+    assert (req.repetition_penalty, req.frequency_penalty, req.seed) == (1.2, 0.5, 42)
+    assert req.stop == ("\n", "END") and req.return_full_text and req.truncate == 10 and req.details
+    assert req.do_sample is True and req.stream is True
+
+
+def test_seed_form_takes_parameters_beside_the_prompt():
+    req = validate({"prompt": "Hi", "max_new_tokens": 3, "do_sample": False})
+    assert req.max_new_tokens == 3 and req.do_sample is False
+
+
+def test_do_sample_false_wins_and_drops_warpers():
+    req = validate({"inputs": "Hi", "parameters": {"do_sample": False, "temperature": 0.3, "top_k": 5}})
+    assert req.do_sample is False and req.top_k == 0 and req.temperature == 1.0
+
+
+def test_a_warper_turns_sampling_on_when_default_is_greedy():
+    greedy = SETTINGS.replace(default_do_sample=False)
+    assert validate_generate({"inputs": "Hi"}, greedy).do_sample is False
+    assert validate_generate({"inputs": "Hi", "parameters": {"top_k": 3}}, greedy).do_sample is True
+
+
+def test_route_can_force_streaming():
+    assert validate({"inputs": "Hi"}, stream=True).stream is True
+    assert validate({"inputs": "Hi", "stream": True}, stream=False).stream is False
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"max_new_tokens": 100000}, "`max_new_tokens` must be <= 512. Given: 100000"),
+        ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive. Given: 0"),
+        ({"temperature": 0}, "`temperature` must be strictly positive. Given: 0"),
+        ({"temperature": -1.5}, "`temperature` must be strictly positive. Given: -1.5"),
+        ({"top_k": 0}, "`top_k` must be strictly positive. Given: 0"),
+        ({"top_p": 1.5}, "`top_p` must be <= 1.0. Given: 1.5"),
+        ({"top_p": 0}, "`top_p` must be strictly positive. Given: 0"),
+        ({"typical_p": 2}, "`typical_p` must be <= 1.0. Given: 2"),
+        ({"repetition_penalty": 0}, "`repetition_penalty` must be strictly positive. Given: 0"),
+        ({"frequency_penalty": 3}, "`frequency_penalty` must be <= 2.0. Given: 3"),
+        ({"seed": -1}, "`seed` must be >= 0. Given: -1"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "`stop` supports up to 4 stop sequences. Given: 5"),
+        ({"stop": [""]}, "`stop` sequences cannot be empty strings"),
+        ({"stop": "x"}, "`stop` must be a list of strings"),
+        ({"truncate": 0}, "`truncate` must be strictly positive. Given: 0"),
+        ({"max_new_tokens": "5"}, '`max_new_tokens` must be an integer. Given: "5"'),
+        ({"max_new_tokens": 5.5}, "`max_new_tokens` must be an integer. Given: 5.5"),
+        ({"do_sample": "yes"}, '`do_sample` must be a boolean. Given: "yes"'),
+        ({"temperature": "hot"}, '`temperature` must be a number. Given: "hot"'),
+        ({"best_of": 2}, "`best_of` is not supported by this server; it must be 1. Given: 2"),
+        ({"watermark": True}, "`watermark` is not supported by this server"),
+        ({"top_n_tokens": 3}, "`top_n_tokens` is not supported by this server. Given: 3"),
+        ({"grammar": {"type": "json", "value": {}}}, "`grammar` is not supported by this server"),
+        ({"bogus": 1}, "Unknown field `bogus` in parameters"),
+    ],
+)
+def test_each_rule_names_the_field_and_the_limit(parameters, message):
+    assert error_of({"inputs": "Hi", "parameters": parameters}).startswith(message)
+
+
+def test_max_new_tokens_limit_comes_from_settings():
+    with pytest.raises(ValidationError, match=r"`max_new_tokens` must be <= 20. Given: 21"):
+        validate_generate({"prompt": "x", "max_new_tokens": 21}, SETTINGS.replace(max_new_tokens_limit=20))
+
+
+def test_tgi_clients_neutral_values_are_accepted():
+    body = {
+        "inputs": "Hi",
+        "parameters": {
+            "best_of": None,
+            "decoder_input_details": False,
+            "watermark": False,
+            "top_n_tokens": None,
+            "grammar": None,
+            "adapter_id": None,
+            "details": True,
+        },
+        "stream": False,
+    }
+    assert validate(body).details is True
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "`inputs` is required"),
+        ({"inputs": ""}, "`inputs` cannot be empty"),
+        ({"prompt": ""}, "`prompt` cannot be empty"),
+        ({"inputs": 5}, "`inputs` must be a string. Given: 5"),
+        ({"prompt": None}, "`prompt` must be a string. Given: null"),
+        ({"inputs": "a", "prompt": "b"}, "Give either `inputs` (TGI form) or `prompt`, not both"),
+        ({"inputs": "a", "temperature": 1}, "Unknown field `temperature` in request body"),
+        ({"inputs": "a", "parameters": []}, "`parameters` must be an object"),
+    ],
+)
+def test_body_shape_errors(body, message):
+    assert error_of(body).startswith(message)
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{", b"{'a': 1}", b"\xff\xfe"])
+def test_malformed_json_is_bad_request(raw):
+    with pytest.raises(BadRequest):
+        parse_json_body(raw)
+
+
+@pytest.mark.parametrize("body", [[1, 2], "text", 3, None])
+def test_a_body_that_is_not_an_object_is_bad_request(body):
+    with pytest.raises(BadRequest, match="must be a JSON object"):
+        validate(body)
+
+
+class TestTokenBudget:
+    def req(self, **kw):
+        return validate({"inputs": "x", "parameters": {"max_new_tokens": 10, **kw}})
+
+    def test_within_limits_keeps_everything(self):
+        assert check_token_budget(20, self.req(), max_input_tokens=100, max_total_tokens=200) == 20
+
+    def test_prompt_too_long(self):
+        with pytest.raises(ValidationError, match=r"`inputs` must have less than 100 tokens. Given: 101"):
+            check_token_budget(101, self.req(), 100, 200)
+
+    def test_prompt_plus_new_tokens_over_total(self):
+        with pytest.raises(ValidationError, match=r"must be <= 100. Given: 95 `inputs` tokens and 10 `max_new_tokens`"):
+            check_token_budget(95, self.req(), 99, 100)
+
+    def test_truncate_keeps_the_last_tokens(self):
+        assert check_token_budget(500, self.req(truncate=30), 100, 200) == 30
+        assert check_token_budget(5, self.req(truncate=30), 100, 200) == 5
+
+    def test_truncate_over_the_input_limit(self):
+        with pytest.raises(ValidationError, match=r"`truncate` must be strictly positive and less than 100. Given: 101"):
+            check_token_budget(500, self.req(truncate=101), 100, 200)
+
+    def test_empty_after_tokenization(self):
+        with pytest.raises(ValidationError, match="cannot be empty"):
+            check_token_budget(0, self.req(), 100, 200)

@@ -1,0 +1,87 @@
+"""What a transport holds while the engine works on its request: a stream of events ending in a result.
+
+Blocking callers call `result()`; streaming callers iterate. Either may `cancel()`; the engine drops the
+request from its batch at the next step. Nothing here touches torch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
+
+from ..errors import Cancelled, ServiceError
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int  # 1-based position of the token among the generated ones (TGI's numbering)
+    id: int
+    text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
+    logprob: float
+    special: bool
+    last: bool = False  # the request's result follows at once (lets SSE put it on this token's event)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str  # generated text, cut before a stop sequence; without the prompt
+    finish_reason: str  # "length" | "eos_token" | "stop_sequence"
+    generated_tokens: int
+    prompt_tokens: int
+    seed: Optional[int]
+
+
+Event = Union[TokenEvent, GenerationResult, ServiceError]
+
+
+class Handle:
+    def __init__(self) -> None:
+        self._events: "queue.Queue[Event]" = queue.Queue()
+        self._cancelled = threading.Event()
+        self._outcome: Optional[Union[GenerationResult, ServiceError]] = None
+
+    # -- engine side -------------------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        self._events.put(event)
+
+    # -- caller side -------------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Ask the engine to stop working on this request; safe to call any time, from any thread."""
+        self._cancelled.set()
+
+    def events(self, poll: float = 0.25, should_cancel=None) -> Iterator[Union[TokenEvent, GenerationResult]]:
+        """Yield token events, then the final result; raise the error if the request failed.
+
+        `should_cancel` is polled while waiting (e.g. "has the client hung up?"); when it says yes the
+        request is cancelled and the iteration ends with `Cancelled`.
+        """
+        while True:
+            if self._outcome is not None:
+                break
+            try:
+                event = self._events.get(timeout=poll)
+            except queue.Empty:
+                if should_cancel is not None and should_cancel():
+                    self.cancel()
+                    raise Cancelled("client disconnected")
+                continue
+            if isinstance(event, TokenEvent):
+                yield event
+            else:
+                self._outcome = event
+        if isinstance(self._outcome, ServiceError):
+            raise self._outcome
+        yield self._outcome
+
+    def result(self, poll: float = 0.25, should_cancel=None) -> GenerationResult:
+        """Wait for the final result (token events are skipped)."""
+        for event in self.events(poll=poll, should_cancel=should_cancel):
+            if isinstance(event, GenerationResult):
+                return event
+        raise AssertionError("event stream ended without a result")  # pragma: no cover

@@ -1,0 +1,86 @@
+"""Loading the model and tokenizer once per process, and sizing torch's thread pools."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, further capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def configure_threads(torch_threads: Optional[int]) -> int:
+    """One engine thread drives torch: give it every usable CPU for intra-op work and no inter-op pool.
+
+    Request threads never run torch, so more intra-op threads than CPUs would only oversubscribe.
+    """
+    threads = torch_threads or available_cpus()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (or already used) in this process: keep what is there
+        pass
+    return threads
+
+
+def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
+    """`from_pretrained` on MODEL_ID (hub id or local directory); GGUF files are converted once and cached."""
+    source, kwargs = settings.model_id, {}
+    if settings.model_gguf_file:
+        source = _cached_gguf_conversion(settings)
+    log.info("loading model from %s", source)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    model.eval()  # no dropout
+    model.requires_grad_(False)  # inference only: no autograd bookkeeping
+    return model, tokenizer
+
+
+def _cached_gguf_conversion(settings: Settings) -> str:
+    """Dequantising a GGUF file takes ~40 s; do it once and keep the result as a plain checkpoint."""
+    gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
+    stat = os.stat(gguf_path)
+    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    target = os.path.join(settings.gguf_cache_dir, "gguf-" + key[:16])
+    if not os.path.exists(os.path.join(target, "config.json")):
+        log.info("converting %s (once; cached in %s)", gguf_path, target)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model_id, gguf_file=settings.model_gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model_id, gguf_file=settings.model_gguf_file, dtype=torch.float32
+        )
+        # The weights are plain float tensors now; the GGUF "quantizer" left attached only blocks saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target + f".tmp{os.getpid()}"
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.makedirs(settings.gguf_cache_dir, exist_ok=True)
+        try:
+            os.rename(tmp, target)  # atomic: a concurrent converter either wins or finds it done
+        except OSError:
+            pass
+    return target

@@ -1,0 +1,127 @@
+"""Choosing the next token for every row of a batch, each row with its own parameters and generator.
+
+The logits processors are those of transformers' `generate` (repetition penalty, temperature, top-k,
+top-p, typical-p), applied to the whole batch at once where the parameter allows it; only the draw
+itself is per row, so that each request's seeded generator sees exactly the same probabilities whether
+it runs alone or beside others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclass
+class RowSampling:
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    typical_p: float
+    repetition_penalty: float
+    frequency_penalty: float
+    generator: Optional[torch.Generator]
+    seen_ids: List[int]  # prompt + generated: what the repetition penalty looks at
+    generated_ids: List[int] = field(default_factory=list)  # what the frequency penalty counts
+
+
+def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> Tuple[List[int], List[float]]:
+    """logits: [batch, vocab] float32 for the last position. Returns (token ids, their log-probabilities)."""
+    logits = _apply_penalties(logits.float(), rows)
+    vocab = logits.shape[-1]
+    tokens: List[int] = [0] * len(rows)
+    logprobs: List[float] = [0.0] * len(rows)
+
+    greedy = [i for i, r in enumerate(rows) if not r.do_sample]
+    if greedy:
+        # Greedy: the most likely token; its log-probability under the (penalised) distribution.
+        scores = logits[greedy]
+        best = scores.argmax(dim=-1)
+        best_logprobs = torch.log_softmax(scores, dim=-1).gather(-1, best[:, None]).squeeze(-1)
+        for j, i in enumerate(greedy):
+            tokens[i], logprobs[i] = int(best[j]), float(best_logprobs[j])
+
+    sampled = [i for i, r in enumerate(rows) if r.do_sample]
+    if sampled:
+        srows = [rows[i] for i in sampled]
+        # Temperature: flatten (>1) or sharpen (<1) the distribution.
+        temps = torch.tensor([r.temperature for r in srows], dtype=logits.dtype)
+        scores = logits[sampled] / temps[:, None]
+        scores = _top_k(scores, [r.top_k for r in srows], vocab)
+        scores = _top_p(scores, [r.top_p for r in srows])
+        scores = _typical_p(scores, [r.typical_p for r in srows])
+        probs = torch.softmax(scores, dim=-1)
+        for j, i in enumerate(sampled):
+            # The draw uses the request's own generator: same seed, same tokens, whatever else runs.
+            token = int(torch.multinomial(probs[j], 1, generator=srows[j].generator))
+            tokens[i], logprobs[i] = token, float(torch.log(probs[j, token]))
+    return tokens, logprobs
+
+
+def _apply_penalties(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
+    for i, r in enumerate(rows):
+        if r.repetition_penalty != 1.0 and r.seen_ids:
+            # CTRL's repetition penalty, as transformers applies it: tokens already present become less likely.
+            ids = torch.tensor(r.seen_ids, dtype=torch.long)
+            score = logits[i].gather(0, ids)
+            score = torch.where(score < 0, score * r.repetition_penalty, score / r.repetition_penalty)
+            logits[i].scatter_(0, ids, score)
+        if r.frequency_penalty != 0.0 and r.generated_ids:
+            # OpenAI's frequency penalty: subtract in proportion to how often a token was generated.
+            counts = torch.bincount(torch.tensor(r.generated_ids), minlength=logits.shape[-1])
+            logits[i] -= r.frequency_penalty * counts[: logits.shape[-1]].to(logits.dtype)
+    return logits
+
+
+def _top_k(scores: torch.Tensor, ks: List[int], vocab: int) -> torch.Tensor:
+    """Keep each row's k most likely tokens (k = 0 keeps all)."""
+    ks = [k if 0 < k < vocab else 0 for k in ks]
+    kmax = max(ks)
+    if kmax == 0:
+        return scores
+    top = torch.topk(scores, kmax, dim=-1).values
+    index = torch.tensor([max(k, 1) - 1 for k in ks])[:, None]
+    threshold = top.gather(-1, index)
+    threshold[torch.tensor([k == 0 for k in ks])] = float("-inf")
+    return scores.masked_fill(scores < threshold, float("-inf"))
+
+
+def _top_p(scores: torch.Tensor, ps: List[float]) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches p (always one)."""
+    rows = [j for j, p in enumerate(ps) if p < 1.0]
+    if not rows:
+        return scores
+    sub = scores[rows]
+    sorted_scores, order = torch.sort(sub, descending=True)
+    probs = torch.softmax(sorted_scores, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    remove_sorted = mass_before > torch.tensor([ps[j] for j in rows])[:, None]
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    scores = scores.clone()
+    scores[rows] = sub.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def _typical_p(scores: torch.Tensor, masses: List[float]) -> torch.Tensor:
+    """Locally typical sampling (Meister et al.): keep tokens whose surprise is closest to the entropy."""
+    rows = [j for j, m in enumerate(masses) if m < 1.0]
+    if not rows:
+        return scores
+    sub = scores[rows]
+    log_probs = torch.log_softmax(sub, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(log_probs * probs).nansum(-1, keepdim=True)
+    shifted = torch.abs(-log_probs - entropy)
+    sorted_shift, order = torch.sort(shifted, descending=False)
+    cumulative = sub.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    mass = torch.tensor([masses[j] for j in rows])[:, None]
+    last = (cumulative < mass).sum(dim=1).clamp_(max=sub.shape[-1] - 1)
+    remove_sorted = sorted_shift > sorted_shift.gather(1, last[:, None])
+    remove_sorted[..., :1] = False
+    remove = remove_sorted.scatter(1, order, remove_sorted)
+    scores = scores.clone()
+    scores[rows] = sub.masked_fill(remove, float("-inf"))
+    return scores

@@ -1,0 +1,1 @@
+"""Flask transports: thin routes over validate -> engine.submit -> shape the response."""

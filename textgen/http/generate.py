@@ -1,0 +1,105 @@
+"""POST /generate, /generate_stream and TGI's compat route POST /."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator, Optional
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from ..engine import GenerationResult, Handle, TokenEvent
+from ..errors import ServiceError
+from ..validation import GenerationRequest, parse_json_body, validate_generate
+from .disconnect import client_gone_probe
+
+bp = Blueprint("generate", __name__)
+
+
+@bp.post("/generate")
+def generate():
+    gen_request, handle = _submit(stream=False)
+    return _complete(gen_request, handle)
+
+
+@bp.post("/generate_stream")
+def generate_stream():
+    gen_request, handle = _submit(stream=True)
+    return _event_stream(gen_request, handle)
+
+
+@bp.post("/")
+def compat_generate():
+    """TGI's compat route: the body's `stream` flag chooses between the two answers."""
+    gen_request, handle = _submit(stream=None)
+    if gen_request.stream:
+        return _event_stream(gen_request, handle)
+    return _complete(gen_request, handle)
+
+
+def _submit(stream: Optional[bool]):
+    settings = current_app.extensions["textgen.settings"]
+    engine = current_app.extensions["textgen.engine"]
+    body = parse_json_body(request.get_data(cache=False))
+    gen_request = validate_generate(body, settings, stream=stream)
+    return gen_request, engine.submit(gen_request, request_id=g.request_id)
+
+
+def result_body(gen_request: GenerationRequest, result: GenerationResult) -> dict:
+    """The JSON answer for one finished generation (shared by every transport)."""
+    text = gen_request.prompt + result.text if gen_request.return_full_text else result.text
+    body = {"generated_text": text}
+    if gen_request.details:
+        body["details"] = details_body(result)
+    return body
+
+
+def details_body(result: GenerationResult) -> dict:
+    return {
+        "finish_reason": result.finish_reason,
+        "generated_tokens": result.generated_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "seed": result.seed,
+    }
+
+
+def _complete(gen_request: GenerationRequest, handle: Handle):
+    result = handle.result(should_cancel=client_gone_probe(request.environ))
+    return jsonify(result_body(gen_request, result))
+
+
+def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
+    """Server-Sent Events in TGI's format: one event per token; the last one carries the whole text."""
+    gone = client_gone_probe(request.environ)
+
+    def events() -> Iterator[str]:
+        try:
+            pending_last: Optional[TokenEvent] = None
+            for event in handle.events(should_cancel=gone):
+                if isinstance(event, TokenEvent) and not event.last:
+                    yield _sse(_token_payload(event, None, None))
+                elif isinstance(event, TokenEvent):
+                    pending_last = event  # its result follows at once; send them as one event
+                else:
+                    details = details_body(event) if gen_request.details else None
+                    yield _sse(_token_payload(pending_last, result_body(gen_request, event)["generated_text"], details))
+        except ServiceError as error:
+            yield _sse(error.to_dict())
+        finally:
+            # Also reached when the server closes the generator because the client went away.
+            handle.cancel()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(events(), mimetype="text/event-stream", headers=headers)
+
+
+def _token_payload(event: TokenEvent, generated_text, details) -> dict:
+    return {
+        "index": event.index,
+        "token": {"id": event.id, "text": event.text, "logprob": event.logprob, "special": event.special},
+        "generated_text": generated_text,
+        "details": details,
+    }
+
+
+def _sse(payload: dict) -> str:
+    return f"data:{json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,58 @@
+"""GET /health (liveness of model + engine thread) and GET /info (model, limits, versions)."""
+
+from __future__ import annotations
+
+import platform
+
+from flask import Blueprint, current_app, jsonify
+
+from .. import __version__
+from ..errors import Unavailable
+from ..validation import MAX_STOP_SEQUENCES
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/health")
+def health():
+    # Never touches the engine's queue: answers at once, even while a long generation runs.
+    engine = current_app.extensions["textgen.engine"]
+    if not engine.healthy():
+        raise Unavailable("The model engine is not running")
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/info")
+def info():
+    engine = current_app.extensions["textgen.engine"]
+    settings = current_app.extensions["textgen.settings"]
+    engine_info = engine.info()
+    body = {
+        # TGI's /info field names where they apply.
+        "model_id": engine_info["model_id"],
+        "model_sha": None,
+        "model_dtype": engine_info["model_dtype"],
+        "model_device_type": engine_info["model_device_type"],
+        "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": settings.max_concurrent_requests,
+        "max_best_of": 1,
+        "max_stop_sequences": MAX_STOP_SEQUENCES,
+        "max_input_tokens": engine_info["max_input_tokens"],
+        "max_total_tokens": engine_info["max_total_tokens"],
+        "max_client_batch_size": 1,
+        "router": "textgen",
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+        # This server's own limits and defaults.
+        "max_new_tokens_limit": settings.max_new_tokens_limit,
+        "default_max_new_tokens": settings.default_max_new_tokens,
+        "max_batch_size": settings.max_batch_size,
+        "torch_threads": engine_info["torch_threads"],
+        "versions": {
+            "python": platform.python_version(),
+            **engine_info["versions"],
+            "textgen": __version__,
+        },
+    }
+    return jsonify(body)

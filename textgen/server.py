@@ -1,0 +1,51 @@
+"""The Flask application factory: settings + engine (loaded once) + blueprints + JSON errors."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Mapping, Union
+
+from flask import Flask, g, request
+
+from .settings import Settings
+
+
+def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=None) -> Flask:
+    """Build the app. `config` is a Settings object or field overrides on top of the environment.
+
+    The model loads here, once per process, unless an already running `engine` is passed in (tests
+    share one engine between many apps; the Lambda handler reuses its own).
+    """
+    settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if engine is None:
+        from .engine import create_engine
+
+        engine = create_engine(settings)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug answers 413 beyond it
+    app.json.sort_keys = False
+    app.extensions["textgen.settings"] = settings
+    app.extensions["textgen.engine"] = engine
+
+    @app.before_request
+    def _request_id():
+        # Clients (or a proxy) may bring their own id; it is echoed back and used in server logs.
+        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
+
+    from .http.errors import register_error_handlers
+    from .http.generate import bp as generate_bp
+    from .http.health import bp as health_bp
+
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(generate_bp)
+    return app
+

@@ -1,0 +1,85 @@
+"""Every setting of the service in one dataclass, read from the environment once at startup.
+
+Each field's environment variable is its name in upper case (``max_batch_size`` -> ``MAX_BATCH_SIZE``).
+Code below this module receives a ``Settings`` object; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, get_type_hints
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Hub id or a local directory written by `save_pretrained`; DistilGPT2 is the product's default model.
+    model_id: str = "distilbert/distilgpt2"
+    # A .gguf file inside `model_id` (a directory); transformers dequantises it, so it is done once and cached.
+    model_gguf_file: Optional[str] = None
+    # Where GGUF conversions are cached (a directory per file); must be writable (/tmp on Lambda).
+    gguf_cache_dir: str = field(default_factory=lambda: os.path.join(os.path.expanduser("~"), ".cache", "textgen"))
+
+    # Longest prompt accepted, in tokens; None = MAX_TOTAL_TOKENS - 1 (TGI's default).
+    max_input_tokens: Optional[int] = None
+    # Prompt + generated tokens; None = the model's context (1024 for DistilGPT2), never more than that.
+    max_total_tokens: Optional[int] = None
+    # Upper bound a client may ask for: keeps one request from holding a batch slot for minutes.
+    max_new_tokens_limit: int = 512
+    # What a request gets when it does not say; the text-generation pipeline's DistilGPT2 default is 50.
+    default_max_new_tokens: int = 50
+
+    # Defaults of the seed's `pipeline("text-generation")` for DistilGPT2: sampling with top_k=50.
+    # Greedy decoding of a small model repeats itself; a client sends `"do_sample": false` to get it.
+    default_do_sample: bool = True
+    default_temperature: float = 1.0
+    default_top_k: int = 50
+    default_top_p: float = 1.0
+    default_repetition_penalty: float = 1.0
+
+    # Requests decoded together in one forward pass; bounds the KV cache (memory) of the engine.
+    max_batch_size: int = 16
+    # Admitted requests (running + waiting); beyond it clients get an immediate 429 instead of a long wait.
+    max_concurrent_requests: int = 32
+    # Seconds a request may wait for a batch slot before it is answered 503 rather than left hanging.
+    queue_timeout: float = 60.0
+
+    # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware).
+    torch_threads: Optional[int] = None
+    # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.
+    max_request_bytes: int = 1_000_000
+    # HTTP port (Render and most PaaS set $PORT); read by gunicorn.conf.py and the dev server.
+    port: int = 5000
+    # Python logging level for the service's own loggers.
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
+        """Build settings from environment variables (upper-case field names), then apply overrides."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is not None and raw.strip() != "":
+                values[f.name] = _parse(f.name, raw.strip(), hints[f.name])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    target = next((t for t in getattr(hint, "__args__", (hint,)) if t is not type(None)), str)
+    try:
+        if target is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return target(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name.upper()}={raw!r} is not a valid {target.__name__}") from None

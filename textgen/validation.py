@@ -1,0 +1,248 @@
+"""Request validation: JSON body -> one `GenerationRequest`, or a named error. Pure: no Flask, no torch.
+
+Two body forms are accepted:
+- the seed's flat form: ``{"prompt": "...", "max_new_tokens": 20, ...}`` (parameters beside the prompt);
+- Text Generation Inference's form: ``{"inputs": "...", "parameters": {...}, "stream": false}``.
+Messages use TGI's wording, naming the field and the limit: "`max_new_tokens` must be <= 512. Given: 100000".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import BadRequest, ValidationError
+from .settings import Settings
+
+MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A request with every default applied and every limit that needs no tokenizer checked."""
+
+    prompt: str
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    top_p: float = 1.0  # 1.0: no nucleus filtering
+    typical_p: float = 1.0  # 1.0: no typical filtering
+    repetition_penalty: float = 1.0  # 1.0: none
+    frequency_penalty: float = 0.0  # 0.0: none
+    seed: Optional[int] = None  # None: the engine draws one (and reports it in details)
+    stop: tuple = ()
+    return_full_text: bool = False
+    truncate: Optional[int] = None  # keep only the last N prompt tokens
+    details: bool = False
+    stream: bool = False
+
+
+class Parameters(BaseModel):
+    """TGI's `parameters` object. Bounds declared here also feed the OpenAPI schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_new_tokens: Optional[int] = Field(None, gt=0)
+    do_sample: Optional[bool] = None
+    temperature: Optional[float] = Field(None, gt=0)
+    top_k: Optional[int] = Field(None, gt=0)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    typical_p: Optional[float] = Field(None, gt=0, le=1)
+    repetition_penalty: Optional[float] = Field(None, gt=0)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
+    stop: List[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    return_full_text: Optional[bool] = None
+    truncate: Optional[int] = Field(None, gt=0)
+    details: bool = False
+    # Sent by TGI clients (huggingface_hub's InferenceClient) with these neutral values; anything else is
+    # a feature this server does not have, and saying so beats silently ignoring it.
+    decoder_input_details: bool = False
+    best_of: Optional[int] = None
+    watermark: bool = False
+    top_n_tokens: Optional[int] = None
+    grammar: Optional[Any] = None
+    adapter_id: Optional[str] = None
+
+
+class TGIRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: str
+    parameters: Parameters = Field(default_factory=Parameters)
+    stream: bool = False
+
+
+class SeedRequest(Parameters):
+    prompt: str
+    stream: bool = False
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Bytes -> JSON value; 400 with the parser's reason when it is not JSON."""
+    if not raw or not raw.strip():
+        raise BadRequest("Request body is empty; send a JSON object such as {\"prompt\": \"Hello\"}")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from None
+
+
+def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = None) -> GenerationRequest:
+    """Turn a decoded JSON body into a `GenerationRequest` (defaults applied), or raise a named error.
+
+    `stream` forces streaming on (the /generate_stream route) regardless of the body's own flag.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}")
+    if "inputs" in body and "prompt" in body:
+        raise ValidationError("Give either `inputs` (TGI form) or `prompt`, not both")
+    if "prompt" in body:
+        parsed = _parse(SeedRequest, body)
+        prompt, params, body_stream = parsed.prompt, parsed, parsed.stream
+    else:
+        parsed = _parse(TGIRequest, body)
+        prompt, params, body_stream = parsed.inputs, parsed.parameters, parsed.stream
+    return _apply_defaults(prompt, params, settings, body_stream if stream is None else stream)
+
+
+def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool) -> GenerationRequest:
+    field = "prompt" if isinstance(p, SeedRequest) else "inputs"
+    if not prompt:
+        raise ValidationError(f"`{field}` cannot be empty")
+    _reject_unsupported(p)
+    max_new_tokens = settings.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
+    if max_new_tokens > settings.max_new_tokens_limit:
+        raise ValidationError(
+            f"`max_new_tokens` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}"
+        )
+    if any(s == "" for s in p.stop):
+        raise ValidationError("`stop` sequences cannot be empty strings")
+
+    # TGI's rule: asking for a sampling parameter means sampling, unless do_sample is explicitly false.
+    warpers_given = any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
+    do_sample = p.do_sample if p.do_sample is not None else (warpers_given or settings.default_do_sample)
+    if do_sample:
+        sampling = dict(
+            temperature=_default(p.temperature, settings.default_temperature),
+            top_k=_default(p.top_k, settings.default_top_k),
+            top_p=_default(p.top_p, settings.default_top_p),
+            typical_p=_default(p.typical_p, 1.0),
+        )
+    else:
+        sampling = {}
+    return GenerationRequest(
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        repetition_penalty=_default(p.repetition_penalty, settings.default_repetition_penalty),
+        frequency_penalty=_default(p.frequency_penalty, 0.0),
+        seed=p.seed,
+        stop=tuple(p.stop),
+        return_full_text=bool(p.return_full_text),
+        truncate=p.truncate,
+        details=p.details,
+        stream=stream,
+        **sampling,
+    )
+
+
+def check_token_budget(
+    prompt_tokens: int, request: GenerationRequest, max_input_tokens: int, max_total_tokens: int
+) -> int:
+    """Check the token-count limits once the prompt is tokenized; return how many prompt tokens to keep.
+
+    Kept here (pure) so the rules and their wording live beside the others; the engine calls it because
+    only the engine holds the tokenizer.
+    """
+    if prompt_tokens == 0:
+        raise ValidationError("`inputs` cannot be empty")
+    if request.truncate is not None:
+        if request.truncate > max_input_tokens:
+            raise ValidationError(
+                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {request.truncate}"
+            )
+        kept = min(prompt_tokens, request.truncate)
+    else:
+        if prompt_tokens > max_input_tokens:
+            raise ValidationError(
+                f"`inputs` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}"
+            )
+        kept = prompt_tokens
+    if kept + request.max_new_tokens > max_total_tokens:
+        raise ValidationError(
+            f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
+            f"Given: {kept} `inputs` tokens and {request.max_new_tokens} `max_new_tokens`"
+        )
+    return kept
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _reject_unsupported(p: Parameters) -> None:
+    if p.best_of not in (None, 1):
+        raise ValidationError(f"`best_of` is not supported by this server; it must be 1. Given: {p.best_of}")
+    if p.top_n_tokens not in (None, 0):
+        raise ValidationError(f"`top_n_tokens` is not supported by this server. Given: {p.top_n_tokens}")
+    for name in ("decoder_input_details", "watermark"):
+        if getattr(p, name):
+            raise ValidationError(f"`{name}` is not supported by this server")
+    for name in ("grammar", "adapter_id"):
+        if getattr(p, name) is not None:
+            raise ValidationError(f"`{name}` is not supported by this server")
+
+
+def _parse(model: type[BaseModel], body: dict) -> Any:
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_describe(exc.errors()[0])) from None
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error -> one sentence in TGI's style, naming the field and the limit."""
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    name = loc[-1] if loc else "body"
+    given = error.get("input")
+    given_text = json.dumps(given) if isinstance(given, (str, bool)) or given is None else given
+    ctx = error.get("ctx", {})
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        where = "parameters" if len(loc) > 1 else "request body"
+        return f"Unknown field `{name}` in {where}"
+    if kind == "missing":
+        return f"`{name}` is required"
+    if kind == "greater_than" and ctx.get("gt") == 0:
+        return f"`{name}` must be strictly positive. Given: {given_text}"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"`{name}` must be {bounds[kind]} {limit}. Given: {given_text}"
+    if kind == "too_long" and name == "stop":
+        return f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(given)}"
+    expected = {
+        "int_type": "an integer",
+        "float_type": "a number",
+        "bool_type": "a boolean",
+        "string_type": "a string",
+        "list_type": "a list of strings",
+        "model_type": "an object",
+        "dict_type": "an object",
+    }
+    if kind in expected or kind.startswith(("int_", "float_")):
+        what = expected.get(kind, "a number")
+        return f"`{name}` must be {what}. Given: {given_text}"
+    return f"`{name}`: {error['msg']}"
