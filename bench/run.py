@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
 from tests.servers import free_port, wait_healthy  # noqa: E402
 
+SYSTEMS = ["service", "naive", "naive-threads"]
 RESULTS = os.path.join(ROOT, "bench", "results")
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")
 PROMPTS = [
@@ -156,9 +157,12 @@ def start(system: str, model_dir: str):
     env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "HF_HUB_OFFLINE": "1"}
     if system == "service":
         cmd = [sys.executable, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
-    else:  # the seed: gunicorn threads, each calling model.generate on the shared model
+    else:
+        # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
+        # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
+        threads = "16" if system == "naive-threads" else "1"
         cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
-               "--threads", "16", "--timeout", "600"]
+               "--threads", threads, "--timeout", "600"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, timeout=300, proc=proc)
@@ -188,7 +192,7 @@ def table(rows) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ttft = f"{r['p50_ttft_s']:.3f}" if r["system"] == "service" else f"{r['p50_ttft_s']:.2f} (no streaming)"
+        ttft = f"{r['p50_ttft_s']:.3f}" if r["system"] == "service" else f"{r['p50_ttft_s']:.2f} (= latency)"
         lines.append(
             f"| {r['system']} | {r['clients']} | {r['tokens_per_s']} | {r['p50_latency_s']} | "
             f"{r['p95_latency_s']} | {ttft} | {r['peak_rss_mb']} |"
@@ -204,6 +208,10 @@ def verdict(rows) -> dict:
         out["8 clients: tokens/s ratio (target >= 5x)"] = round(s["tokens_per_s"] / n["tokens_per_s"], 1)
         out["8 clients: service p95 <= naive p50"] = s["p95_latency_s"] <= n["p50_latency_s"]
         out["8 clients: service peak RSS <= naive's"] = s["peak_rss_mb"] <= n["peak_rss_mb"]
+    if ("service", 8) in by and ("naive-threads", 8) in by:
+        out["8 clients: tokens/s ratio vs naive-threads"] = round(
+            by[("service", 8)]["tokens_per_s"] / by[("naive-threads", 8)]["tokens_per_s"], 1
+        )
     if ("service", 1) in by and ("naive", 1) in by:
         out["1 client: tokens/s ratio (target >= 1x)"] = round(
             by[("service", 1)]["tokens_per_s"] / by[("naive", 1)]["tokens_per_s"], 2
@@ -218,7 +226,7 @@ def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for system, style in (("service", "o-"), ("naive", "s--")):
+    for system, style in (("service", "o-"), ("naive", "s--"), ("naive-threads", "^:")):
         rs = [r for r in rows if r["system"] == system]
         x = [r["clients"] for r in rs]
         axes[0].plot(x, [r["tokens_per_s"] for r in rs], style, label=system)
@@ -242,7 +250,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--systems", nargs="+", default=["service", "naive"], choices=["service", "naive"])
+    parser.add_argument(
+        "--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS, help="naive = the seed (one sync worker)"
+    )
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest"))
     args = parser.parse_args(argv)
 

@@ -263,10 +263,19 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, monkeypatch
     assert run(engine, max_new_tokens=3).generated_tokens == 3
 
 
-def test_thread_count_defaults_to_usable_cpus():
-    from textgen.engine.loader import available_cpus
-
+def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import os
 
-    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    from textgen.engine.loader import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    assert 1 <= available_cpus() <= affinity
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 CPUs -> 2 threads at most
+    assert available_cpus(str(quota)) == min(affinity, 2)
+    quota.write_text("50000 100000\n")
+    assert available_cpus(str(quota)) == 1
+    quota.write_text("max 100000\n")
+    assert available_cpus(str(quota)) == affinity
+    assert available_cpus(str(tmp_path / "missing")) == affinity
     assert torch.get_num_interop_threads() == 1

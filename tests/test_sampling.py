@@ -9,7 +9,14 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from textgen.engine.sampling import RowSampling, _apply_penalties, _top_k, _top_p, _typical_p, choose_next_tokens
+from textgen.engine.sampling import (
+    RowSampling,
+    _apply_penalties,
+    _top_k_candidates,
+    _top_p,
+    _typical_p,
+    choose_next_tokens,
+)
 
 
 def logits(rows=3, vocab=200, seed=0):
@@ -36,12 +43,28 @@ def test_typical_p_matches_transformers(mass):
     assert torch.equal(kept(ours), kept(theirs))
 
 
-def test_top_k_per_row_matches_transformers():
+def test_top_k_candidates_per_row_match_transformers():
     x = logits()
-    ours = _top_k(x.clone(), [1, 10, 0], vocab=200)
-    for row, k in enumerate([1, 10]):
-        assert torch.equal(kept(ours[row]), kept(TopKLogitsWarper(k)(None, x[row : row + 1].clone())[0]))
-    assert kept(ours[2]).all()  # k = 0 keeps everything
+    values, ids = _top_k_candidates(x.clone(), [1, 10, 3])
+    for row, k in enumerate([1, 10, 3]):
+        theirs = TopKLogitsWarper(k)(None, x[row : row + 1].clone())[0]
+        ours = set(ids[row, :k].tolist())
+        assert ours == set(torch.nonzero(kept(theirs)).flatten().tolist())
+        assert torch.isinf(values[row, k:]).all()
+
+
+def test_sampled_tokens_stay_inside_top_k_and_top_p():
+    x = logits(rows=2, seed=3)
+    top5 = set(torch.topk(x[0], 5).indices.tolist())
+    nucleus = set(torch.nonzero(kept(TopPLogitsWarper(0.5)(None, x[1:2].clone())[0])).flatten().tolist())
+    gen = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    rows = [
+        RowSampling(True, 1.0, 5, 1.0, 1.0, 1.0, 0.0, gen[0], seen_ids=[]),
+        RowSampling(True, 1.0, 0, 0.5, 1.0, 1.0, 0.0, gen[1], seen_ids=[]),
+    ]
+    picks = [choose_next_tokens(x.clone(), rows)[0] for _ in range(200)]
+    assert {p[0] for p in picks} <= top5 and len({p[0] for p in picks}) > 1
+    assert {p[1] for p in picks} <= nucleus
 
 
 def test_rows_with_different_parameters_do_not_mix():
@@ -72,8 +95,8 @@ def test_seeded_draw_depends_only_on_the_row():
 
     def rows():
         return [
-            RowSampling(True, 0.8, 0, 1.0, 1.0, 1.0, 0.0, torch.Generator().manual_seed(s), seen_ids=[])
-            for s in (1, 2, 3, 4)
+            RowSampling(True, 0.8, k, 0.9, 1.0, 1.0, 0.0, torch.Generator().manual_seed(s), seen_ids=[])
+            for s, k in ((1, 0), (2, 50), (3, 7), (4, 50))
         ]
 
     together, _ = choose_next_tokens(x.clone(), rows())

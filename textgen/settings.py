@@ -45,6 +45,8 @@ class Settings:
     # Seconds a request may wait for a batch slot before it is answered 503 rather than left hanging.
     queue_timeout: float = 60.0
 
+    # Decode matmuls as (W @ x.T).T with >= 2 columns: ~2x faster on MKL CPUs (see engine/skinny.py).
+    skinny_matmul: bool = True
     # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware).
     torch_threads: Optional[int] = None
     # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.

@@ -12,18 +12,20 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..settings import Settings
+from .skinny import use_skinny_matmuls
 
 log = logging.getLogger(__name__)
 
 
-def available_cpus() -> int:
-    """CPUs this process may really use: its affinity mask, further capped by a cgroup v2 CPU quota."""
+def available_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may really use: its affinity mask, further capped by a cgroup v2 CPU quota
+    (a container limited to `--cpus 1` on a 2-core host must not run two torch threads)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
+        with open(cgroup_cpu_max) as f:
             quota, period = f.read().split()[:2]
         if quota != "max":
             cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
@@ -48,14 +50,20 @@ def configure_threads(torch_threads: Optional[int]) -> int:
 
 def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
     """`from_pretrained` on MODEL_ID (hub id or local directory); GGUF files are converted once and cached."""
-    source, kwargs = settings.model_id, {}
+    source = settings.model_id
     if settings.model_gguf_file:
         source = _cached_gguf_conversion(settings)
     log.info("loading model from %s", source)
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    # With skinny matmuls GPT-2's Conv1D weights are re-laid out in fresh memory; reading the checkpoint
+    # into memory (not mmap) lets the old layout be freed, where a mapping would keep it resident.
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch.float32, disable_mmap=settings.skinny_matmul
+    )
     model.eval()  # no dropout
     model.requires_grad_(False)  # inference only: no autograd bookkeeping
+    if settings.skinny_matmul:
+        use_skinny_matmuls(model)
     return model, tokenizer
 
 

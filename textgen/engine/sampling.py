@@ -46,19 +46,40 @@ def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> Tup
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
-        srows = [rows[i] for i in sampled]
         # Temperature: flatten (>1) or sharpen (<1) the distribution.
-        temps = torch.tensor([r.temperature for r in srows], dtype=logits.dtype)
+        temps = torch.tensor([rows[i].temperature for i in sampled], dtype=logits.dtype)
         scores = logits[sampled] / temps[:, None]
-        scores = _top_k(scores, [r.top_k for r in srows], vocab)
-        scores = _top_p(scores, [r.top_p for r in srows])
-        scores = _typical_p(scores, [r.typical_p for r in srows])
-        probs = torch.softmax(scores, dim=-1)
-        for j, i in enumerate(sampled):
-            # The draw uses the request's own generator: same seed, same tokens, whatever else runs.
-            token = int(torch.multinomial(probs[j], 1, generator=srows[j].generator))
-            tokens[i], logprobs[i] = token, float(torch.log(probs[j, token]))
+        with_k = [j for j, i in enumerate(sampled) if 0 < rows[i].top_k < vocab]
+        without_k = [j for j, i in enumerate(sampled) if not 0 < rows[i].top_k < vocab]
+        if with_k:
+            # Top-k first, so everything after it works on k candidates instead of the whole vocabulary.
+            cand_scores, cand_ids = _top_k_candidates(scores[with_k], [rows[sampled[j]].top_k for j in with_k])
+            _draw(cand_scores, cand_ids, [sampled[j] for j in with_k], rows, tokens, logprobs)
+        if without_k:
+            full = scores[without_k]
+            ids = torch.arange(vocab).expand(len(without_k), vocab)
+            _draw(full, ids, [sampled[j] for j in without_k], rows, tokens, logprobs)
     return tokens, logprobs
+
+
+def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List[float]) -> None:
+    """Nucleus and typical filtering, then one draw per row from its own generator."""
+    scores = _top_p(scores, [rows[i].top_p for i in which])
+    scores = _typical_p(scores, [rows[i].typical_p for i in which])
+    probs = torch.softmax(scores, dim=-1)
+    for j, i in enumerate(which):
+        # Only the row's own candidates take part, so the draw is the same whatever else is in the batch.
+        width = rows[i].top_k if 0 < rows[i].top_k < probs.shape[-1] else probs.shape[-1]
+        row_probs = probs[j, :width]
+        pick = int(torch.multinomial(row_probs, 1, generator=rows[i].generator))
+        tokens[i], logprobs[i] = int(ids[j, pick]), float(torch.log(row_probs[pick]))
+
+
+def _top_k_candidates(scores: torch.Tensor, ks: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k best scores (sorted, best first) and their token ids; -inf past a row's own k."""
+    values, ids = torch.topk(scores, max(ks), dim=-1)
+    beyond = torch.arange(values.shape[-1])[None, :] >= torch.tensor(ks)[:, None]
+    return values.masked_fill(beyond, float("-inf")), ids
 
 
 def _apply_penalties(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch.Tensor:
@@ -74,19 +95,6 @@ def _apply_penalties(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch
             counts = torch.bincount(torch.tensor(r.generated_ids), minlength=logits.shape[-1])
             logits[i] -= r.frequency_penalty * counts[: logits.shape[-1]].to(logits.dtype)
     return logits
-
-
-def _top_k(scores: torch.Tensor, ks: List[int], vocab: int) -> torch.Tensor:
-    """Keep each row's k most likely tokens (k = 0 keeps all)."""
-    ks = [k if 0 < k < vocab else 0 for k in ks]
-    kmax = max(ks)
-    if kmax == 0:
-        return scores
-    top = torch.topk(scores, kmax, dim=-1).values
-    index = torch.tensor([max(k, 1) - 1 for k in ks])[:, None]
-    threshold = top.gather(-1, index)
-    threshold[torch.tensor([k == 0 for k in ks])] = float("-inf")
-    return scores.masked_fill(scores < threshold, float("-inf"))
 
 
 def _top_p(scores: torch.Tensor, ps: List[float]) -> torch.Tensor:
