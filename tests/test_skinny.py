@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from textgen.engine.skinny import SKINNY_MAX_ROWS, SkinnyLinear, use_skinny_matmuls
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 7])
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 12, 16, 20, SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 7])
 def test_skinny_linear_equals_linear(rows):
     linear = torch.nn.Linear(48, 80)
     skinny = SkinnyLinear(linear.weight, linear.bias)

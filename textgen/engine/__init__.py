@@ -13,8 +13,9 @@ __all__ = ["Engine", "GenerationResult", "Handle", "TokenEvent", "create_engine"
 
 def create_engine(settings: Settings) -> Engine:
     """Size torch's threads, load the model once, and start the engine thread."""
-    from .loader import configure_threads, load_model
+    from .loader import configure_threads, limit_malloc_arenas, load_model
 
+    limit_malloc_arenas()
     configure_threads(settings.torch_threads)
     model, tokenizer = load_model(settings)
     engine = Engine(model, tokenizer, settings).start()

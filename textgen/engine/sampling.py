@@ -46,20 +46,27 @@ def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> Tup
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
-        # Temperature: flatten (>1) or sharpen (<1) the distribution.
-        temps = torch.tensor([rows[i].temperature for i in sampled], dtype=logits.dtype)
-        scores = logits[sampled] / temps[:, None]
-        with_k = [j for j, i in enumerate(sampled) if 0 < rows[i].top_k < vocab]
-        without_k = [j for j, i in enumerate(sampled) if not 0 < rows[i].top_k < vocab]
+        with_k = [i for i in sampled if 0 < rows[i].top_k < vocab]
+        without_k = [i for i in sampled if not 0 < rows[i].top_k < vocab]
         if with_k:
-            # Top-k first, so everything after it works on k candidates instead of the whole vocabulary.
-            cand_scores, cand_ids = _top_k_candidates(scores[with_k], [rows[sampled[j]].top_k for j in with_k])
-            _draw(cand_scores, cand_ids, [sampled[j] for j in with_k], rows, tokens, logprobs)
+            # Top-k first (temperature does not change the order), so everything after it works on
+            # k candidates instead of the whole vocabulary.
+            part = logits if len(with_k) == len(rows) else logits[with_k]
+            cand_scores, cand_ids = _top_k_candidates(part, [rows[i].top_k for i in with_k])
+            _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, tokens, logprobs)
         if without_k:
-            full = scores[without_k]
+            full = _with_temperature(logits[without_k], rows, without_k)
             ids = torch.arange(vocab).expand(len(without_k), vocab)
-            _draw(full, ids, [sampled[j] for j in without_k], rows, tokens, logprobs)
+            _draw(full, ids, without_k, rows, tokens, logprobs)
     return tokens, logprobs
+
+
+def _with_temperature(scores: torch.Tensor, rows, which: List[int]) -> torch.Tensor:
+    """Temperature: flatten (>1) or sharpen (<1) each row's distribution."""
+    temps = [rows[i].temperature for i in which]
+    if all(t == 1.0 for t in temps):
+        return scores
+    return scores / torch.tensor(temps, dtype=scores.dtype)[:, None]
 
 
 def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List[float]) -> None:
