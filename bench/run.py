@@ -236,6 +236,7 @@ def plot(rows, path: str) -> None:
         ax.set_title(title)
         ax.set_xlabel("concurrent clients")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["clients"] for r in rows}), labels=[str(c) for c in sorted({r["clients"] for r in rows})])
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_ylim(bottom=0)

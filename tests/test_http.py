@@ -103,6 +103,22 @@ def test_validation_errors_are_422(client, body, contains):
     assert_error(client.post("/generate", json=body), 422, "validation", contains)
 
 
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"temperature": 1e-30, "max_new_tokens": 3},
+        {"temperature": 1e6, "top_p": 0.5, "max_new_tokens": 3},
+        {"repetition_penalty": 1e30, "frequency_penalty": -2, "max_new_tokens": 3},
+        {"seed": 2**64 - 1, "typical_p": 1e-9, "max_new_tokens": 3},
+        {"stop": ["\u0000", "\ud7ff"], "max_new_tokens": 3},
+    ],
+)
+def test_extreme_but_valid_parameters_still_generate(client, parameters):
+    response = client.post("/generate", json={"inputs": "Hi \u0000 \U0001F600", "parameters": parameters})
+    assert response.status_code == 200, response.get_json()
+    assert isinstance(response.get_json()["generated_text"], str)
+
+
 def test_truncate_accepts_a_long_prompt(client):
     response = client.post(
         "/generate", json={"inputs": "word " * 400, "parameters": {"truncate": 20, "max_new_tokens": 3, "details": True}}

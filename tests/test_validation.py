@@ -101,6 +101,8 @@ def test_route_can_force_streaming():
         ({"top_n_tokens": 3}, "`top_n_tokens` is not supported by this server. Given: 3"),
         ({"grammar": {"type": "json", "value": {}}}, "`grammar` is not supported by this server"),
         ({"bogus": 1}, "Unknown field `bogus` in parameters"),
+        ({"temperature": float("nan")}, "`temperature` must be a finite number"),
+        ({"repetition_penalty": float("inf")}, "`repetition_penalty` must be a finite number"),
     ],
 )
 def test_each_rule_names_the_field_and_the_limit(parameters, message):
@@ -146,7 +148,7 @@ def test_body_shape_errors(body, message):
     assert error_of(body).startswith(message)
 
 
-@pytest.mark.parametrize("raw", [b"", b"   ", b"{", b"{'a': 1}", b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{", b"{'a': 1}", b"\xff\xfe", b"[" * 100000 + b"]" * 100000])
 def test_malformed_json_is_bad_request(raw):
     with pytest.raises(BadRequest):
         parse_json_body(raw)

@@ -46,7 +46,8 @@ class GenerationRequest:
 class Parameters(BaseModel):
     """TGI's `parameters` object. Bounds declared here also feed the OpenAPI schema."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # NaN and Infinity are valid JSON for Python's parser, but no valid value for any parameter.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     max_new_tokens: Optional[int] = Field(None, gt=0)
     do_sample: Optional[bool] = None
@@ -92,6 +93,8 @@ def parse_json_body(raw: bytes) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"Malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Malformed JSON: nested too deeply") from None
 
 
 def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = None) -> GenerationRequest:
@@ -242,6 +245,8 @@ def _describe(error: dict) -> str:
         "model_type": "an object",
         "dict_type": "an object",
     }
+    if kind == "finite_number":
+        return f"`{name}` must be a finite number. Given: {given_text}"
     if kind in expected or kind.startswith(("int_", "float_")):
         what = expected.get(kind, "a number")
         return f"`{name}` must be {what}. Given: {given_text}"

@@ -14,6 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass
 class RowSampling:
     do_sample: bool
@@ -63,7 +66,8 @@ def choose_next_tokens(logits: torch.Tensor, rows: Sequence[RowSampling]) -> Tup
 
 def _with_temperature(scores: torch.Tensor, rows, which: List[int]) -> torch.Tensor:
     """Temperature: flatten (>1) or sharpen (<1) each row's distribution."""
-    temps = [rows[i].temperature for i in which]
+    # Below 1e-4 the division overflows float32 to inf and softmax to NaN; that low is greedy anyway.
+    temps = [max(rows[i].temperature, MIN_TEMPERATURE) for i in which]
     if all(t == 1.0 for t in temps):
         return scores
     return scores / torch.tensor(temps, dtype=scores.dtype)[:, None]

@@ -7,8 +7,9 @@ from typing import Iterator, Optional
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ..engine import GenerationResult, Handle, TokenEvent
+from ..engine import Handle, TokenEvent
 from ..errors import ServiceError
+from ..responses import details_body, result_body
 from ..validation import GenerationRequest, parse_json_body, validate_generate
 from .disconnect import client_gone_probe
 
@@ -42,24 +43,6 @@ def _submit(stream: Optional[bool]):
     body = parse_json_body(request.get_data(cache=False))
     gen_request = validate_generate(body, settings, stream=stream)
     return gen_request, engine.submit(gen_request, request_id=g.request_id)
-
-
-def result_body(gen_request: GenerationRequest, result: GenerationResult) -> dict:
-    """The JSON answer for one finished generation (shared by every transport)."""
-    text = gen_request.prompt + result.text if gen_request.return_full_text else result.text
-    body = {"generated_text": text}
-    if gen_request.details:
-        body["details"] = details_body(result)
-    return body
-
-
-def details_body(result: GenerationResult) -> dict:
-    return {
-        "finish_reason": result.finish_reason,
-        "generated_tokens": result.generated_tokens,
-        "prompt_tokens": result.prompt_tokens,
-        "seed": result.seed,
-    }
 
 
 def _complete(gen_request: GenerationRequest, handle: Handle):

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# The service image (default target) and the AWS Lambda image (`--target lambda`), CPU-only.
+#   docker build -t gpt2-text-generator .
+#   docker build --build-arg MODEL_ID=models/my-model -t gpt2-text-generator .   (a path in the context)
+#   docker build --target lambda --platform linux/amd64 --provenance=false -t gpt2-text-generator-lambda .
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- dependencies, in a virtual environment copied whole into the final images ---------------------
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements.txt requirements-lambda.txt /tmp/
+# PyTorch's CPU wheel index: the CUDA build from PyPI would add gigabytes for nothing.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
+        -r /tmp/requirements.txt
+
+FROM deps AS deps-lambda
+RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-lambda.txt
+
+# --- the model, baked in: a hub id is downloaded here, a path in the build context is copied -------
+FROM deps AS model
+ARG MODEL_ID=distilbert/distilgpt2
+WORKDIR /context
+COPY . .
+RUN /opt/venv/bin/python scripts/fetch_model.py "${MODEL_ID}" /opt/model
+
+# --- common runtime settings ------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MODEL_ID=/opt/model \
+    HF_HUB_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface \
+    GGUF_CACHE_DIR=/tmp/textgen \
+    PORT=5000
+WORKDIR /app
+COPY --from=model /opt/model /opt/model
+COPY app.py gunicorn.conf.py lambda_handler.py ./
+COPY textgen ./textgen
+
+# --- AWS Lambda: the Runtime Interface Client calls lambda_handler.handler --------------------------
+FROM runtime AS lambda
+COPY --from=deps-lambda /opt/venv /opt/venv
+ENTRYPOINT ["python", "-m", "awslambdaric"]
+CMD ["lambda_handler.handler"]
+
+# --- the HTTP service (default target): gunicorn with gunicorn.conf.py, honouring $PORT -------------
+FROM runtime AS service
+COPY --from=deps /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '5000'), timeout=4)"]
+CMD ["gunicorn", "app:app"]

@@ -1,0 +1,142 @@
+"""The images built and run for real (docker -> Podman through ../shared/container), as README says.
+
+Marked `container`: `.ci/run` runs these when ../shared/container/setup can run on the machine.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from scripts.make_model import make_tiny
+from tests.lambda_events import http_v2, response_json
+from tests.lambda_runtime import RuntimeAPI
+from tests.servers import ROOT, wait_healthy
+
+pytestmark = pytest.mark.container
+
+IMAGE = "gpt2-text-generator"
+
+
+def readme_commands(prefix: str) -> list:
+    """The `docker ...` lines of README.md's Docker section: the tests run exactly those."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Docker") :]
+    section = section[: section.index("\n## ", 4)]
+    return [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith(prefix)]
+
+
+def docker(*args, check=True, timeout=900, **kw):
+    return subprocess.run(["docker", *args], check=check, timeout=timeout, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    """A build context as a user's checkout has it (tracked files), plus a tiny model under models/."""
+    ctx = tmp_path_factory.mktemp("context")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    for name in files:
+        if os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(ctx, name)) or ctx, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(ctx, name))
+    make_tiny(str(ctx / "models" / "tiny-gpt2"))
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def service_image(context):
+    (build,) = [c for c in readme_commands("docker build") if "models/tiny-gpt2" in c and "--target" not in c]
+    subprocess.run(build, shell=True, cwd=context, check=True, timeout=1200)
+    return IMAGE
+
+
+def run_foreground(command: str):
+    """Start README's `docker run ...` as a user would (foreground), and find its container id."""
+    before = set(docker("ps", "-q").stdout.split())
+    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = set(docker("ps", "-q").stdout.split()) - before
+        if new:
+            return proc, new.pop()
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read())
+        time.sleep(0.5)
+    raise TimeoutError(command)
+
+
+def stop_and_exit_code(container: str, proc) -> int:
+    started = time.monotonic()
+    docker("stop", "-t", "30", container)  # SIGTERM, then SIGKILL after the 30 s grace period
+    took = time.monotonic() - started
+    proc.wait(timeout=60)
+    code = int(docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip())
+    docker("rm", "-f", container, check=False)
+    assert took < 25, f"SIGTERM took {took:.1f} s: the grace period ran out"
+    return code
+
+
+def test_service_image_runs_answers_and_stops_cleanly(service_image):
+    (run,) = [c for c in readme_commands("docker run") if c.startswith("docker run -p 5000:5000")]
+    proc, container = run_foreground(run)
+    try:
+        wait_healthy("http://127.0.0.1:5000", timeout=180)
+        # README's seed example.
+        answer = requests.post("http://127.0.0.1:5000/generate", json={"prompt": "Once upon a time"}, timeout=60)
+        assert answer.status_code == 200 and isinstance(answer.json()["generated_text"], str)
+        assert docker("exec", container, "id", "-u").stdout.strip() != "0"
+        # The image's own HEALTHCHECK command, run inside the container (Docker and Podman alike).
+        check = json.loads(docker("image", "inspect", "-f", "{{json .Config.Healthcheck}}", service_image).stdout)
+        assert check["Test"][0] == "CMD"
+        assert docker("exec", container, *check["Test"][1:], check=False).returncode == 0
+        # Nothing but the baked-in model: the Hub is switched off inside.
+        env = docker("exec", container, "env").stdout
+        assert "HF_HUB_OFFLINE=1" in env and "MODEL_ID=/opt/model" in env
+    finally:
+        code = stop_and_exit_code(container, proc)
+    assert code == 0
+
+
+def test_port_is_honoured(service_image):
+    (run,) = [c for c in readme_commands("docker run") if "PORT=8080" in c]
+    proc, container = run_foreground(run)
+    try:
+        wait_healthy("http://127.0.0.1:8080", timeout=180)
+        assert requests.get("http://127.0.0.1:8080/info", timeout=10).json()["model_id"] == "/opt/model"
+    finally:
+        assert stop_and_exit_code(container, proc) == 0
+
+
+def test_image_size_is_reported(service_image):
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", service_image).stdout.strip())
+    print(f"\n{service_image} image: {size / 1e6:.0f} MB")
+    assert size < 2_500_000_000  # CPU-only torch; a CUDA build would be several GB
+
+
+def test_lambda_image_answers_through_the_runtime_api(context):
+    (build,) = [c for c in readme_commands("docker build") if "--target lambda" in c and "models/tiny-gpt2" in c]
+    subprocess.run(build, shell=True, cwd=context, check=True, timeout=1200)
+    with RuntimeAPI() as api:
+        host, port = api.address.split(":")
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            ["docker", "run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+             "-e", f"AWS_LAMBDA_RUNTIME_API={api.address}", "--name", "tg-lambda-test", "gpt2-text-generator-lambda"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            outcome, payload = api.invoke({"prompt": "Once upon a time", "max_new_tokens": 5}, timeout=300)
+            first_answer = time.monotonic() - started
+            assert outcome == "response" and isinstance(payload["generated_text"], str), payload
+            outcome, payload = api.invoke(http_v2("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 3}}))
+            assert payload["statusCode"] == 200 and response_json(payload)["generated_text"] is not None
+            print(f"\nlambda container: first answer {first_answer:.1f} s after docker run (init + 1 call)")
+        finally:
+            docker("rm", "-f", "tg-lambda-test", check=False)
+            proc.wait(timeout=60)

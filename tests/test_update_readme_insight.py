@@ -1,0 +1,499 @@
+"""scripts/update_readme_insight.py (issue #5): the pure functions, then the script against real servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from scripts import update_readme_insight as insight
+from scripts.update_readme_insight import (
+    MARKER_END,
+    MARKER_START,
+    InsightError,
+    MarkerError,
+    main,
+    render_insight,
+    replace_between_markers,
+    sanitize,
+)
+from tests.servers import ROOT, free_port, gunicorn_server
+
+SCRIPT = os.path.join(ROOT, "scripts", "update_readme_insight.py")
+MD_SIGNIFICANT = set("\\`*_[]<>#!|~&$")
+
+HEAD = "# Project\n\nIntro with $1, \\1 and \\g<0> outside the markers. Ünïcödé ✓\n\n"
+OLD_INNER = "\n### Insight of the day / Insight do dia\n\n> placeholder\n"
+TAIL = "\n\n## Later section\n\nBackslash \\ and dollar $ stay as they are.\n"
+SEED_README = HEAD + MARKER_START + OLD_INNER + MARKER_END + TAIL
+
+
+def utc_today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def split_readme(text: str):
+    head, rest = text.split(MARKER_START)
+    inner, tail = rest.split(MARKER_END)
+    return head, inner, tail
+
+
+def unescaped_significant(text: str) -> list:
+    """Markdown-significant characters in `text` not preceded by an escaping backslash."""
+    bad, i = [], 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] in MD_SIGNIFICANT:
+            bad.append(text[i])
+        i += 1
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------------
+# replace_between_markers
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_replace_changes_only_what_lies_between_the_markers():
+    result = replace_between_markers(SEED_README, "new block")
+    assert result == HEAD + MARKER_START + "\nnew block\n" + MARKER_END + TAIL
+    assert result.startswith(HEAD + MARKER_START) and result.endswith(MARKER_END + TAIL)
+
+
+def test_replace_is_idempotent():
+    once = replace_between_markers(SEED_README, "line 1\n\nline 2")
+    twice = replace_between_markers(once, "line 1\n\nline 2")
+    assert once == twice
+    assert once != SEED_README
+
+
+@pytest.mark.parametrize(
+    "readme, message",
+    [
+        ("no markers at all\n", "not found"),
+        (f"a\n{MARKER_START}\nb\n", "INSIGHT:END -->" + " not found"),
+        (f"a\n{MARKER_END}\nb\n", "INSIGHT:START -->" + " not found"),
+        (f"{MARKER_START}\n{MARKER_END}\n{MARKER_START}\n", "appears 2 times"),
+        (f"{MARKER_START}\n{MARKER_END}\n{MARKER_END}\n", "appears 2 times"),
+        (f"a\n{MARKER_END}\nx\n{MARKER_START}\nb\n", "before"),
+    ],
+    ids=["none", "no-end", "no-start", "dup-start", "dup-end", "end-before-start"],
+)
+def test_replace_rejects_bad_markers(readme, message):
+    with pytest.raises(MarkerError, match=message):
+        replace_between_markers(readme, "block")
+    assert issubclass(MarkerError, InsightError)
+
+
+def test_replace_refuses_a_block_that_contains_a_marker():
+    with pytest.raises(MarkerError):
+        replace_between_markers(SEED_README, f"evil {MARKER_END} tail")
+
+
+@pytest.mark.parametrize("block", ["\\1 and \\g<0> and $1", "C:\\new\\table \\\\ end", "$& $' $` ${1} \\n \\t"])
+def test_replace_treats_the_block_literally(block):
+    result = replace_between_markers(SEED_README, block)
+    _, inner, _ = split_readme(result)
+    assert inner == "\n" + block + "\n"  # not one backslash or dollar interpreted
+
+
+def test_replace_keeps_crlf_line_endings():
+    readme = SEED_README.replace("\n", "\r\n")
+    result = replace_between_markers(readme, "a\nb")
+    assert "\r\na\r\nb\r\n" in result
+    assert "\n" not in result.replace("\r\n", "")
+    assert result.endswith(MARKER_END + TAIL.replace("\n", "\r\n"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# sanitize and render_insight
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_sanitize_strips_html_tags_comments_and_scripts():
+    out = sanitize("<b>Bold</b> <!-- hidden comment --> <script>alert(1)</script><div class='x'>text</div>")
+    assert out == "Bold text"
+    # Entity-encoded tags are tags too.
+    assert sanitize("ok &lt;img src=x onerror=alert(1)&gt; fine") == "ok fine"
+    # An unterminated comment does not leak what follows into the README either.
+    assert sanitize("visible <!-- swallow the rest") == "visible"
+
+
+def test_sanitize_keeps_link_text_and_drops_urls():
+    out = sanitize("See [the docs](https://evil.example/x) and [ref][1] or <https://auto.example> or www.bare.example")
+    assert out == "See the docs and ref or or"
+    assert "example" not in out
+    assert sanitize("[outer [inner](https://a.example) text](https://b.example)") == "outer inner text"
+
+
+def test_sanitize_removes_images():
+    out = sanitize("before ![tracking pixel](https://evil.example/p.png) after")
+    assert out == "before after"
+    assert "evil" not in out and "pixel" not in out
+
+
+def test_sanitize_drops_heading_and_block_markers():
+    assert sanitize("# Title\n## Sub title\n> quoted\n```python\ncode\n```\nSetext\n====") == (
+        "Title Sub title quoted code Setext"
+    )
+
+
+def test_sanitize_removes_marker_strings():
+    raw = f"a {MARKER_START} b {MARKER_END} c --> d <!-- e INSIGHT:STAINSIGHT:STARTRT insight:end"
+    out = sanitize(raw)
+    for bit in ("<!--", "-->", "INSIGHT:START", "INSIGHT:END"):
+        assert bit.lower() not in out.lower()
+    assert out.startswith("a b c")
+
+
+def test_sanitize_escapes_markdown():
+    out = sanitize(r"*a* _b_ [c] <d e> #f | g ~ h & i $x$ back\slash")
+    assert unescaped_significant(out) == []
+    assert r"\*a\*" in out and r"\$x\$" in out and r"back\\slash" in out
+    # Block starts at the beginning of the line: lists and ordered lists.
+    assert sanitize("1. first") == r"1\. first"
+    assert sanitize("- item") == r"\- item"
+    assert sanitize("+ item") == r"\+ item"
+
+
+def test_sanitize_collapses_whitespace_and_control_characters():
+    assert sanitize("  a\n\n  b\t\tc\r\nd  ") == "a b c d"
+    assert sanitize("left\u202eright\x00end\u200b") == "left right end"
+
+
+def test_sanitize_caps_length_at_a_word_boundary():
+    raw = " ".join(f"word{i}" for i in range(500))
+    out = sanitize(raw)
+    assert len(out) <= 600 and out.endswith("…")
+    body = out[:-1]
+    assert raw.startswith(body) and raw[len(body)] == " "  # cut between two words
+    one_word = "x" * 5000
+    assert sanitize(one_word) == "x" * 599 + "…"
+    assert sanitize("short text") == "short text"
+
+
+@pytest.mark.parametrize("raw", ["", "   \n\t", "<b></b><!-- x -->", "![img](https://x.example/i.png)", None])
+def test_sanitize_can_leave_nothing(raw):
+    assert sanitize(raw) == ""
+
+
+def test_render_insight_contents():
+    block = render_insight("What *is* it?", "An [answer](https://x.example) <b>here</b>", "2025-01-31", "org/model_x")
+    assert "Insight of the day / Insight do dia" in block
+    assert r"What \*is\* it?" in block
+    assert "\n> An answer here\n" in block
+    assert block.count("2025-01-31") >= 1
+    assert r"org/model\_x" in block
+    assert MARKER_START not in block and MARKER_END not in block
+    assert render_insight("p", "a", dt.date(2025, 1, 31), "m").count("2025-01-31") >= 1
+
+
+def test_render_insight_rejects_empty_answers_and_bad_dates():
+    with pytest.raises(InsightError, match="empty"):
+        render_insight("prompt", "<p> </p>", "2025-01-31", "m")
+    with pytest.raises(ValueError):
+        render_insight("prompt", "answer", "31/01/2025", "m")
+    with pytest.raises(ValueError):
+        render_insight("prompt", "answer", "2025-13-45", "m")
+
+
+def test_hostile_answer_cannot_break_the_readme():
+    hostile = f"{MARKER_END}\n# Pwned\n<img src=x onerror=alert(1)>[click](javascript:alert(1)) {MARKER_START}"
+    result = replace_between_markers(SEED_README, render_insight("p", hostile, "2025-01-31", "m"))
+    assert result.count(MARKER_START) == 1 and result.count(MARKER_END) == 1
+    head, inner, tail = split_readme(result)
+    assert head == HEAD and tail == TAIL
+    assert "javascript" not in inner and "<img" not in inner and "\n# " not in inner
+
+
+# ---------------------------------------------------------------------------------------------------
+# The script against servers
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def readme(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_bytes(SEED_README.encode("utf-8"))
+    os.chmod(path, 0o640)
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_url(tiny_model_dir):
+    with gunicorn_server(tiny_model_dir) as (url, _):
+        yield url
+
+
+def run_cli(*args, timeout=120):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in ("INSIGHT_API_URL", "INSIGHT_API_KEY")},
+    )
+    return proc, time.monotonic() - started
+
+
+def assert_only_block_changed(path, before: bytes):
+    after = path.read_bytes()
+    assert after != before
+    old_head, old_inner, old_tail = split_readme(before.decode("utf-8"))
+    new_head, new_inner, new_tail = split_readme(after.decode("utf-8"))
+    assert new_head.encode() == old_head.encode() and new_tail.encode() == old_tail.encode()
+    assert new_inner != old_inner
+    return new_inner
+
+
+def no_temp_files_left(path):
+    return sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_end_to_end_against_gunicorn_then_unchanged(api_url, readme, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.delenv("INSIGHT_API_KEY", raising=False)
+    before = readme.read_bytes()
+    days = {utc_today()}  # before and after the run: one crossing midnight UTC sees either date
+    args = ["--api-url", api_url + "/", "--readme", str(readme), "--seed", "7", "--max-new-tokens", "24"]
+    assert main(args) == 0
+    days.add(utc_today())
+    assert "updated" in capsys.readouterr().out
+    inner = assert_only_block_changed(readme, before)
+
+    expected = requests.post(
+        api_url + "/generate",
+        json={"inputs": insight.DEFAULT_PROMPT, "parameters": {"max_new_tokens": 24, "seed": 7}},
+        timeout=60,
+    ).json()["generated_text"]
+    assert sanitize(expected)  # the tiny model's answer survives sanitising
+    assert f"\n> {sanitize(expected)}\n" in inner
+    assert insight.DEFAULT_PROMPT in inner
+    assert any(day in inner for day in days)
+    assert sanitize(tiny_model_dir, insight.MODEL_ID_MAX_CHARS) in inner  # /info's model_id
+    assert stat.S_IMODE(os.stat(readme).st_mode) == 0o640
+    assert no_temp_files_left(readme)
+
+    first = readme.read_bytes()
+    st = os.stat(readme)
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == "unchanged"
+    assert readme.read_bytes() == first
+    st2 = os.stat(readme)
+    assert (st2.st_ino, st2.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)  # not even rewritten
+
+
+def test_greedy_request_is_deterministic(api_url, readme):
+    args = ["--api-url", api_url, "--readme", str(readme), "--greedy", "--max-new-tokens", "16"]
+    assert main(args) == 0
+    first = readme.read_bytes()
+    assert first != SEED_README.encode()
+    assert main(args) == 0
+    assert readme.read_bytes() == first
+
+
+def test_api_down_fails_after_the_wake_timeout(readme):
+    before = readme.read_bytes()
+    port = free_port()  # nothing listens there
+    proc, elapsed = run_cli("--api-url", f"http://127.0.0.1:{port}", "--readme", str(readme), "--wake-timeout", "2")
+    assert proc.returncode != 0
+    assert "not healthy after 2 s" in proc.stderr and "left unchanged" in proc.stderr
+    assert 2 <= elapsed < 30
+    assert readme.read_bytes() == before
+    assert no_temp_files_left(readme)
+
+
+def test_waits_for_a_server_that_comes_up_late(tiny_model_dir, readme, capsys):
+    port = free_port()
+    delay = 3.0
+    procs = []
+
+    def start():
+        env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "TORCH_THREADS": "2"}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )
+
+    timer = threading.Timer(delay, start)
+    before = readme.read_bytes()
+    started = time.monotonic()
+    timer.start()
+    try:
+        rc = main(["--api-url", f"http://127.0.0.1:{port}", "--readme", str(readme), "--wake-timeout", "120",
+                   "--seed", "3", "--max-new-tokens", "12"])
+        elapsed = time.monotonic() - started
+    finally:
+        timer.cancel()
+        timer.join()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert elapsed >= delay
+    assert "waiting for the API to wake up" in captured.err
+    assert procs, "the delayed server was never started"
+    assert_only_block_changed(readme, before)
+
+
+# A small stdlib server whose answers each test chooses: error statuses, broken JSON, hostile text.
+
+
+@contextmanager
+def stub_server(generate_status=200, generate_body=None, info=(200, {"model_id": "stub/model"})):
+    seen = []
+    routes = {
+        ("GET", "/health"): (200, {"status": "ok"}),
+        ("GET", "/info"): info,
+        ("POST", "/generate"): (generate_status, generate_body),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+            status, payload = routes.get((self.command, self.path), (404, {"error": "nf", "error_type": "not_found"}))
+            if not isinstance(payload, (bytes, str)):
+                payload = json.dumps(payload)
+            data = payload.encode() if isinstance(payload, str) else payload
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "status, body, message",
+    [
+        (500, {"error": "boom", "error_type": "generation"}, "HTTP 500 (generation: boom)"),
+        (422, {"error": "`inputs` must be a string", "error_type": "validation"}, "HTTP 422"),
+        (200, "this is not json{", "invalid JSON"),
+        (200, {"text": "wrong field"}, "without a 'generated_text' string"),
+        (200, {"generated_text": 42}, "without a 'generated_text' string"),
+        (200, {"generated_text": "<b> </b> <!-- --> ![x](https://e.example/i.png)"}, "empty after sanitising"),
+    ],
+    ids=["500", "422", "bad-json", "no-field", "not-a-string", "empty-after-sanitising"],
+)
+def test_unusable_answers_fail_and_leave_the_readme_alone(readme, capsys, status, body, message):
+    before = readme.read_bytes()
+    with stub_server(status, body) as (url, seen):
+        rc = main(["--api-url", url, "--readme", str(readme), "--wake-timeout", "5"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert message in err and "left unchanged" in err
+    assert [r["path"] for r in seen][-1] == "/generate"
+    assert readme.read_bytes() == before
+    assert no_temp_files_left(readme)
+
+
+def test_request_shape_api_key_and_unknown_model(readme, capsys, monkeypatch):
+    monkeypatch.setenv("INSIGHT_API_KEY", "s3cret-key")
+    with stub_server(200, {"generated_text": " Money is <i>software</i> now."}, info=(500, "oops")) as (url, seen):
+        assert main(["--api-url", url, "--readme", str(readme), "--max-new-tokens", "33", "--seed", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "s3cret-key" not in captured.out + captured.err
+    post = [r for r in seen if r["method"] == "POST"]
+    assert len(post) == 1 and post[0]["path"] == "/generate"
+    assert post[0]["headers"].get("Authorization") == "Bearer s3cret-key"
+    assert json.loads(post[0]["body"]) == {
+        "inputs": insight.DEFAULT_PROMPT,
+        "parameters": {"max_new_tokens": 33, "seed": 5},
+    }
+    _, inner, _ = split_readme(readme.read_text(encoding="utf-8"))
+    assert "\n> Money is software now.\n" in inner
+    assert "unknown model" in inner
+
+
+def test_api_key_option_and_no_header_without_one(readme, monkeypatch):
+    monkeypatch.delenv("INSIGHT_API_KEY", raising=False)
+    with stub_server(200, {"generated_text": "one"}) as (url, seen):
+        assert main(["--api-url", url, "--readme", str(readme)]) == 0
+        assert all("Authorization" not in r["headers"] for r in seen)
+        seen.clear()
+        assert main(["--api-url", url, "--readme", str(readme), "--api-key", "k1"]) == 0
+        assert {r["headers"].get("Authorization") for r in seen} == {"Bearer k1"}
+    _, inner, _ = split_readme(readme.read_text(encoding="utf-8"))
+    assert "stub/model" in inner
+
+
+def test_hostile_answer_end_to_end(readme):
+    hostile = f"Nice {MARKER_END} ![p](https://evil.example/p.png) [x](https://evil.example) <script>x</script>\n# H"
+    before = readme.read_bytes()
+    with stub_server(200, {"generated_text": hostile}) as (url, _):
+        assert main(["--api-url", url, "--readme", str(readme)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.count(MARKER_START) == 1 and text.count(MARKER_END) == 1
+    inner = assert_only_block_changed(readme, before)
+    assert "evil" not in inner and "<script" not in inner
+    assert "\n> Nice x H\n" in inner
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("# No markers here\n", "not found"),
+        (f"{MARKER_START}\n{MARKER_END}\n{MARKER_END}\n", "appears 2 times"),
+        (f"{MARKER_END}\n{MARKER_START}\n", "before"),
+    ],
+    ids=["missing", "duplicated", "wrong-order"],
+)
+def test_bad_markers_fail_before_calling_the_api(tmp_path, capsys, content, message):
+    path = tmp_path / "README.md"
+    path.write_bytes(content.encode())
+    with stub_server(200, {"generated_text": "text"}) as (url, seen):
+        rc = main(["--api-url", url, "--readme", str(path)])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+    assert seen == []  # no cold start spent on a README that cannot be updated
+    assert path.read_bytes() == content.encode()
+
+
+def test_bad_markers_through_the_real_server(api_url, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_bytes(b"# Nothing to replace\n")
+    proc, _ = run_cli("--api-url", api_url, "--readme", str(path), "--wake-timeout", "5")
+    assert proc.returncode == 1
+    assert "INSIGHT:START --> not found" in proc.stderr
+    assert path.read_bytes() == b"# Nothing to replace\n"
+
+
+def test_missing_api_url_is_a_clear_error(readme):
+    before = readme.read_bytes()
+    proc, _ = run_cli("--readme", str(readme))
+    assert proc.returncode == 1
+    assert "no API URL given" in proc.stderr
+    assert readme.read_bytes() == before
