@@ -22,7 +22,8 @@ FROM deps AS model
 ARG MODEL_ID=distilbert/distilgpt2
 WORKDIR /context
 COPY . .
-RUN /opt/venv/bin/python scripts/fetch_model.py "${MODEL_ID}" /opt/model
+RUN /opt/venv/bin/python scripts/fetch_model.py "${MODEL_ID}" /opt/model \
+    && chmod -R a+rX /opt/model
 
 # --- common runtime settings ------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

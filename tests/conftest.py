@@ -72,3 +72,23 @@ def make_client(make_engine):
         return create_app(eng.settings, engine=eng).test_client(), eng
 
     return factory
+
+
+@pytest.fixture
+def fail_forward_call(monkeypatch):
+    """Make the engine's model raise on its n-th forward pass (and only that one)."""
+
+    def arm(engine, n):
+        real_forward = engine.model.forward
+        calls = {"n": 0}
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise RuntimeError("boom")
+            return real_forward(*args, **kwargs)
+
+        monkeypatch.setattr(engine.model, "forward", flaky)
+        return lambda: monkeypatch.setattr(engine.model, "forward", real_forward)
+
+    return arm

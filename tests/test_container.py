@@ -86,7 +86,7 @@ def test_service_image_runs_answers_and_stops_cleanly(service_image):
     (run,) = [c for c in readme_commands("docker run") if c.startswith("docker run -p 5000:5000")]
     proc, container = run_foreground(run)
     try:
-        wait_healthy("http://127.0.0.1:5000", timeout=180)
+        wait_healthy("http://127.0.0.1:5000", timeout=180, proc=proc)
         # README's seed example.
         answer = requests.post("http://127.0.0.1:5000/generate", json={"prompt": "Once upon a time"}, timeout=60)
         assert answer.status_code == 200 and isinstance(answer.json()["generated_text"], str)
@@ -107,7 +107,7 @@ def test_port_is_honoured(service_image):
     (run,) = [c for c in readme_commands("docker run") if "PORT=8080" in c]
     proc, container = run_foreground(run)
     try:
-        wait_healthy("http://127.0.0.1:8080", timeout=180)
+        wait_healthy("http://127.0.0.1:8080", timeout=180, proc=proc)
         assert requests.get("http://127.0.0.1:8080/info", timeout=10).json()["model_id"] == "/opt/model"
     finally:
         assert stop_and_exit_code(container, proc) == 0

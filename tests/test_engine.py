@@ -243,22 +243,13 @@ def test_stop_answers_running_and_waiting_requests(make_engine):
             handle.result()
 
 
-def test_a_failing_forward_pass_fails_only_its_requests(make_engine, monkeypatch):
+def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forward_call):
     engine = make_engine()
-    real_forward = engine.model.forward
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("boom")
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(engine.model, "forward", flaky)
+    restore = fail_forward_call(engine, 3)
     with pytest.raises(Exception) as info:
         run(engine, max_new_tokens=10, do_sample=False)
     assert info.value.to_dict() == {"error": "Generation failed; see the server log", "error_type": "generation"}
-    monkeypatch.setattr(engine.model, "forward", real_forward)
+    restore()
     assert engine.healthy()
     assert run(engine, max_new_tokens=3).generated_tokens == 3
 

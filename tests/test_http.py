@@ -221,18 +221,9 @@ class TestStreaming:
     def test_errors_before_the_stream_are_plain_json(self, client):
         assert_error(client.post("/generate_stream", json={"inputs": ""}), 422, "validation")
 
-    def test_error_after_the_stream_began_is_a_final_event(self, make_client, monkeypatch):
+    def test_error_after_the_stream_began_is_a_final_event(self, make_client, fail_forward_call):
         client, engine = make_client()
-        real_forward = engine.model.forward
-        calls = {"n": 0}
-
-        def flaky(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise RuntimeError("boom")
-            return real_forward(*args, **kwargs)
-
-        monkeypatch.setattr(engine.model, "forward", flaky)
+        fail_forward_call(engine, 4)
         events = sse_events(client.post("/generate_stream", json={"inputs": "Hi", "parameters": {"max_new_tokens": 20}}))
         assert events[-1] == {"error": "Generation failed; see the server log", "error_type": "generation"}
         assert len(events) == 4  # prefill + 2 decode steps produced tokens, the 3rd step failed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from scripts.update_readme_insight import (
     replace_between_markers,
     sanitize,
 )
-from tests.servers import ROOT, free_port, gunicorn_server
+from tests.servers import ROOT, free_port, gunicorn_server, stop_process
 
 SCRIPT = os.path.join(ROOT, "scripts", "update_readme_insight.py")
 MD_SIGNIFICANT = set("\\`*_[]<>#!|~&$")
@@ -339,12 +338,7 @@ def test_waits_for_a_server_that_comes_up_late(tiny_model_dir, readme, capsys):
         timer.cancel()
         timer.join()
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert elapsed >= delay
