@@ -86,6 +86,31 @@ def test_seeded_request_is_the_same_alone_and_batched(make_engine):
         assert result.generated_tokens == body["max_new_tokens"] or result.finish_reason == "eos_token"
 
 
+def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
+    engine = make_engine(max_batch_size=16)
+    bodies = [dict(prompt="Hi" + " there" * i, max_new_tokens=12, seed=i) for i in range(5)]
+    bodies.append(dict(prompt="Technology and finance meet where", max_new_tokens=12, do_sample=False))
+    alone = [run(engine, **b) for b in bodies]
+
+    prefill_batches = []
+    real_forward = engine.model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1:
+            prefill_batches.append(ids.shape[0])
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting)
+    busy = engine.submit(request(engine.settings, max_new_tokens=200, do_sample=False))
+    next(busy.events())  # the engine is decoding: what arrives now waits for the next iteration together
+    handles = [engine.submit(request(engine.settings, b.pop("prompt"), **b)) for b in [dict(x) for x in bodies]]
+    together = [h.result() for h in handles]
+    busy.cancel()
+    assert together == alone
+    assert max(prefill_batches) > 1  # some prompts really went through one padded forward pass
+
+
 def test_requests_really_share_the_batch(make_engine):
     engine = make_engine(max_batch_size=8)
     seen = []

@@ -1,8 +1,9 @@
 """The engine: the only code that runs the model. One thread owns it and decodes every request together.
 
 Continuous batching, one loop iteration at a time:
-1. admit waiting requests while the batch has room: prefill each prompt alone (no padding, last-position
-   logits only), pick its first token, and merge its KV cache into the running batch's, left-padded;
+1. admit waiting requests while the batch has room: prefill their prompts together (left-padded, logits
+   of the last position only), pick each one's first token, and merge their KV cache into the running
+   batch's, left-padded as well;
 2. one forward pass over the last token of every running request, reusing the batch's KV cache;
 3. per request: its own logits processors and generator pick the next token; stop on EOS, a stop
    sequence, `max_new_tokens` or cancellation; emit a token event;
@@ -33,6 +34,10 @@ from .handle import GenerationResult, Handle, TokenEvent
 from .sampling import RowSampling, choose_next_tokens
 
 log = logging.getLogger(__name__)
+
+# Most (padded) prompt tokens prefilled in one forward pass: several short prompts arriving together
+# cost about one pass, while a burst of long ones cannot make a single pass huge.
+PREFILL_TOKENS = 2048
 
 
 @dataclass(eq=False)
@@ -149,8 +154,8 @@ class Engine:
                         if self._stopping:
                             break
                         admitted = self._take_waiting()
-                    for pending in admitted:
-                        self._prefill(pending)
+                    if admitted:
+                        self._prefill_all(admitted)
                     if self._rows:
                         self._decode_step()
         except BaseException:  # pragma: no cover - a bug in the loop itself; make it visible in /health
@@ -184,56 +189,84 @@ class Engine:
         self._waiting = still_waiting
         return admitted
 
-    def _prefill(self, pending: _Pending) -> None:
-        request = pending.request
-        try:
-            seed = request.seed
-            generator = None
-            if request.do_sample:
-                seed = secrets.randbits(63) if seed is None else seed
-                # A generator per request: its tokens depend on its seed only, never on its neighbours.
-                generator = torch.Generator().manual_seed(seed)
-            row = _Running(
-                pending=pending,
-                sampling=RowSampling(
-                    do_sample=request.do_sample,
-                    temperature=request.temperature,
-                    top_k=request.top_k,
-                    top_p=request.top_p,
-                    typical_p=request.typical_p,
-                    repetition_penalty=request.repetition_penalty,
-                    frequency_penalty=request.frequency_penalty,
-                    generator=generator,
-                    seen_ids=list(pending.prompt_ids),
-                ),
-                detokenizer=IncrementalDetokenizer(self.tokenizer, pending.prompt_ids),
-                seed=seed if request.do_sample else None,
-            )
-            # Prefill alone: the prompt needs no padding, and only the last position's logits are computed.
-            out = self.model(
-                input_ids=torch.tensor([pending.prompt_ids]), use_cache=True, logits_to_keep=1
-            )
-            tokens, logprobs = choose_next_tokens(out.logits[:, -1, :], [row.sampling])
-        except Exception:
-            log.exception("prefill failed (request %s)", pending.request_id)
-            self._release(pending, GenerationError("Generation failed; see the server log"))
-            return
-        if not self._accept(row, tokens[0], logprobs[0]):
-            self._join_batch(row, out.past_key_values, len(pending.prompt_ids))
+    def _prefill_all(self, admitted: List[_Pending]) -> None:
+        """Prefill admitted prompts together, in groups of at most PREFILL_TOKENS (padded) tokens."""
+        group: List[_Pending] = []
+        for pending in admitted:
+            width = max([len(p.prompt_ids) for p in group] + [len(pending.prompt_ids)])
+            if group and width * (len(group) + 1) > PREFILL_TOKENS:
+                self._prefill(group)
+                group = []
+            group.append(pending)
+        if group:
+            self._prefill(group)
 
-    def _join_batch(self, row: _Running, cache, length: int) -> None:
-        """Add one prefilled request to the running batch, left-padding whichever KV cache is shorter."""
-        mask = torch.ones(1, length, dtype=torch.long)
-        if not self._rows:
-            self._rows, self._cache, self._mask = [row], cache, mask
+    def _prefill(self, group: List[_Pending]) -> None:
+        """One forward pass over the prompts (left-padded to the longest), logits of the last position
+        only; each request picks its first token, and those not finished at once join the batch."""
+        width = max(len(p.prompt_ids) for p in group)
+        padded = [[0] * (width - len(p.prompt_ids)) + p.prompt_ids for p in group]
+        mask = torch.tensor([[0] * (width - len(p.prompt_ids)) + [1] * len(p.prompt_ids) for p in group])
+        try:
+            rows = [self._new_row(p) for p in group]
+            out = self.model(
+                input_ids=torch.tensor(padded),
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=-1) - 1).clamp(min=0),  # real tokens count from 0
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            tokens, logprobs = choose_next_tokens(out.logits[:, -1, :], [r.sampling for r in rows])
+        except Exception:
+            log.exception("prefill failed (requests %s)", [p.request_id for p in group])
+            for pending in group:
+                self._release(pending, GenerationError("Generation failed; see the server log"))
             return
-        width = self._mask.shape[1]
-        pad_old, pad_new = max(length - width, 0), max(width - length, 0)
-        for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([_left_pad(old.keys, pad_old), _left_pad(new.keys, pad_new)], dim=0)
-            old.values = torch.cat([_left_pad(old.values, pad_old), _left_pad(new.values, pad_new)], dim=0)
-        self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], dim=0)
-        self._rows.append(row)
+        staying = [i for i, row in enumerate(rows) if not self._accept(row, tokens[i], logprobs[i])]
+        if not staying:
+            return
+        cache = out.past_key_values
+        if len(staying) < len(rows):
+            cache.batch_select_indices(torch.tensor(staying))
+        self._join_batch([rows[i] for i in staying], cache, mask[staying])
+
+    def _new_row(self, pending: _Pending) -> _Running:
+        request = pending.request
+        seed, generator = request.seed, None
+        if request.do_sample:
+            seed = secrets.randbits(63) if seed is None else seed
+            # A generator per request: its tokens depend on its seed only, never on its neighbours.
+            generator = torch.Generator().manual_seed(seed)
+        return _Running(
+            pending=pending,
+            sampling=RowSampling(
+                do_sample=request.do_sample,
+                temperature=request.temperature,
+                top_k=request.top_k,
+                top_p=request.top_p,
+                typical_p=request.typical_p,
+                repetition_penalty=request.repetition_penalty,
+                frequency_penalty=request.frequency_penalty,
+                generator=generator,
+                seen_ids=list(pending.prompt_ids),
+            ),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, pending.prompt_ids),
+            seed=seed if request.do_sample else None,
+        )
+
+    def _join_batch(self, rows: List[_Running], cache, mask: torch.Tensor) -> None:
+        """Add prefilled requests to the running batch, left-padding whichever KV cache is shorter."""
+        if not self._rows:
+            self._rows, self._cache, self._mask = list(rows), cache, mask
+        else:
+            old_width, new_width = self._mask.shape[1], mask.shape[1]
+            pad_old, pad_new = max(new_width - old_width, 0), max(old_width - new_width, 0)
+            for old, new in zip(self._cache.layers, cache.layers):
+                old.keys = torch.cat([_left_pad(old.keys, pad_old), _left_pad(new.keys, pad_new)], dim=0)
+                old.values = torch.cat([_left_pad(old.values, pad_old), _left_pad(new.values, pad_new)], dim=0)
+            self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], dim=0)
+            self._rows.extend(rows)
+        self._trim_left_padding()
 
     def _decode_step(self) -> None:
         self._leave_batch([r for r in self._rows if r.handle.cancelled], Cancelled("client disconnected"))
@@ -321,6 +354,10 @@ class Engine:
         index = torch.tensor(keep)
         self._cache.batch_select_indices(index)
         self._mask = self._mask[index]
+        self._trim_left_padding()
+
+    def _trim_left_padding(self) -> None:
+        """Drop leading KV-cache columns that are padding for every row (e.g. the longest one left)."""
         first_used = int((self._mask.sum(dim=0) > 0).nonzero()[0])
         if first_used > 0:
             self._mask = self._mask[:, first_used:]
