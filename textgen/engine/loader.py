@@ -48,16 +48,33 @@ def configure_threads(torch_threads: Optional[int]) -> int:
     return threads
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and each arena
-    keeps what it freed. Request threads allocate only small, short-lived objects, so two arenas are
-    plenty; measured here this trims ~15 MB of peak RSS at 8 clients. No effect outside glibc."""
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20) -> bool:
+    """Keep glibc from holding on to memory the engine has freed (no effect outside glibc).
+
+    - Each thread that allocates gets its own arena (up to 8 per core), and each keeps what it freed;
+      request threads only allocate small, short-lived objects, so two arenas are plenty.
+    - glibc raises its mmap threshold each time a large block is freed, after which the engine's
+      per-step tensors (logits, KV-cache rows) come from the heap and fragment it. A fixed 1 MB
+      threshold gives them their own mappings, returned to the system when freed.
+    Measured in-process at 8 concurrent requests: peak RSS 746 -> 737 MB (see README, Performance).
+    """
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6").mallopt(-8, arenas) == 1  # -8: M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.mallopt(-8, arenas) == 1 and libc.mallopt(-3, mmap_threshold) == 1  # M_ARENA_MAX, M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
+
+
+def release_freed_memory() -> None:
+    """Return the heap pages freed while loading (file buffers, replaced weights) to the system."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
