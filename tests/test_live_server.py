@@ -79,11 +79,21 @@ def raw_post(url: str, path: str, body: dict) -> socket.socket:
 
 
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
-def test_a_client_that_hangs_up_frees_its_slot(make_engine, path):
+def test_a_client_that_hangs_up_frees_its_slot(make_engine, monkeypatch, path):
     engine = make_engine()
+    real_forward = engine.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.02)  # 250 tokens now take over 5 s: only a cancellation frees the slot sooner
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", slow_forward)
     app = create_app(engine.settings, engine=engine)
     with thread_server(app) as url:
         sock = raw_post(url, path, {"inputs": "Hi", "parameters": {"max_new_tokens": 250, "do_sample": False}})
         assert wait_until(lambda: engine.stats()["running"] == 1)
+        time.sleep(0.3)  # tokens are flowing
         sock.close()
+        closed = time.monotonic()
         assert wait_until(lambda: engine.stats()["admitted"] == 0, timeout=5)
+        assert time.monotonic() - closed < 2.0

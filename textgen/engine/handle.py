@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
@@ -58,22 +59,24 @@ class Handle:
     def events(self, poll: float = 0.25, should_cancel=None) -> Iterator[Union[TokenEvent, GenerationResult]]:
         """Yield token events, then the final result; raise the error if the request failed.
 
-        `should_cancel` is polled while waiting (e.g. "has the client hung up?"); when it says yes the
-        request is cancelled and the iteration ends with `Cancelled`.
+        `should_cancel` is asked every `poll` seconds (e.g. "has the client hung up?"), whether or not
+        tokens are flowing; when it says yes the request is cancelled and the iteration ends with
+        `Cancelled`.
         """
-        while True:
-            if self._outcome is not None:
-                break
+        next_check = time.monotonic() + poll
+        while self._outcome is None:
             try:
                 event = self._events.get(timeout=poll)
             except queue.Empty:
-                if should_cancel is not None and should_cancel():
+                event = None
+            if should_cancel is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + poll
+                if should_cancel():
                     self.cancel()
                     raise Cancelled("client disconnected")
-                continue
             if isinstance(event, TokenEvent):
                 yield event
-            else:
+            elif event is not None:
                 self._outcome = event
         if isinstance(self._outcome, ServiceError):
             raise self._outcome
