@@ -92,3 +92,22 @@ def fail_forward_call(monkeypatch):
         return lambda: monkeypatch.setattr(engine.model, "forward", real_forward)
 
     return arm
+
+
+@pytest.fixture
+def slow_forward(monkeypatch):
+    """Make every forward pass of the engine's model take `seconds` longer: a long generation then
+    lasts long enough that only a cancellation can end it early."""
+
+    def slow(engine, seconds=0.02):
+        import time
+
+        real_forward = engine.model.forward
+
+        def forward(*args, **kwargs):
+            time.sleep(seconds)
+            return real_forward(*args, **kwargs)
+
+        monkeypatch.setattr(engine.model, "forward", forward)
+
+    return slow

@@ -1,9 +1,11 @@
 """The Flask routes over the real engine: shapes, statuses and the one error body."""
 
 import json
+import time
 
 import pytest
 
+from tests.test_engine import wait_until
 from textgen.server import create_app
 
 
@@ -228,13 +230,14 @@ class TestStreaming:
         assert events[-1] == {"error": "Generation failed; see the server log", "error_type": "generation"}
         assert len(events) == 4  # prefill + 2 decode steps produced tokens, the 3rd step failed
 
-    def test_closing_the_stream_cancels_the_request(self, make_client):
+    def test_closing_the_stream_cancels_the_request(self, make_client, slow_forward):
         client, engine = make_client()
+        slow_forward(engine)  # 250 tokens take over 5 s
         response = client.post("/generate_stream", json={"inputs": "Hi", "parameters": {"max_new_tokens": 250}})
         chunks = response.response  # the WSGI iterator, read lazily
         first = next(iter(chunks))
         assert b"data:" in (first if isinstance(first, bytes) else first.encode())
         response.close()  # what the server does when the client goes away
-        from tests.test_engine import wait_until
-
+        closed = time.monotonic()
         assert wait_until(lambda: engine.stats()["admitted"] == 0)
+        assert time.monotonic() - closed < 2.0

@@ -79,15 +79,9 @@ def raw_post(url: str, path: str, body: dict) -> socket.socket:
 
 
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
-def test_a_client_that_hangs_up_frees_its_slot(make_engine, monkeypatch, path):
+def test_a_client_that_hangs_up_frees_its_slot(make_engine, slow_forward, path):
     engine = make_engine()
-    real_forward = engine.model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(0.02)  # 250 tokens now take over 5 s: only a cancellation frees the slot sooner
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(engine.model, "forward", slow_forward)
+    slow_forward(engine)  # 250 tokens now take over 5 s: only a cancellation frees the slot sooner
     app = create_app(engine.settings, engine=engine)
     with thread_server(app) as url:
         sock = raw_post(url, path, {"inputs": "Hi", "parameters": {"max_new_tokens": 250, "do_sample": False}})
