@@ -31,6 +31,7 @@ from ..settings import Settings
 from ..validation import GenerationRequest, check_token_budget
 from .detokenize import IncrementalDetokenizer
 from .handle import GenerationResult, Handle, TokenEvent
+from .kv_cache import new_cache, set_layer
 from .sampling import RowSampling, choose_next_tokens
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ class Engine:
                 input_ids=torch.tensor(padded),
                 attention_mask=mask,
                 position_ids=(mask.cumsum(dim=-1) - 1).clamp(min=0),  # real tokens count from 0
+                past_key_values=new_cache(self.model.config),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -262,8 +264,11 @@ class Engine:
             old_width, new_width = self._mask.shape[1], mask.shape[1]
             pad_old, pad_new = max(new_width - old_width, 0), max(old_width - new_width, 0)
             for old, new in zip(self._cache.layers, cache.layers):
-                old.keys = torch.cat([_left_pad(old.keys, pad_old), _left_pad(new.keys, pad_new)], dim=0)
-                old.values = torch.cat([_left_pad(old.values, pad_old), _left_pad(new.values, pad_new)], dim=0)
+                set_layer(
+                    old,
+                    torch.cat([_left_pad(old.keys, pad_old), _left_pad(new.keys, pad_new)], dim=0),
+                    torch.cat([_left_pad(old.values, pad_old), _left_pad(new.values, pad_new)], dim=0),
+                )
             self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], dim=0)
             self._rows.extend(rows)
         self._trim_left_padding()
@@ -362,8 +367,7 @@ class Engine:
         if first_used > 0:
             self._mask = self._mask[:, first_used:]
             for layer in self._cache.layers:
-                layer.keys = layer.keys[..., first_used:, :]
-                layer.values = layer.values[..., first_used:, :]
+                set_layer(layer, layer.keys[..., first_used:, :], layer.values[..., first_used:, :])
 
     def _release(self, pending: _Pending, outcome) -> None:
         with self._cond:
