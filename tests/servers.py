@@ -42,20 +42,20 @@ def gunicorn_server(model_dir: str, **env_overrides):
     """`gunicorn app:app` from the project root with MODEL_ID pointing at a local model directory."""
     port = free_port()
     env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "TORCH_THREADS": "2", **env_overrides}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "app:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_module(["gunicorn", "app:app"], env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc=proc)
         yield url, proc
     finally:
         stop_process(proc)
+
+
+def start_module(args, env):
+    """`python -m <args>` from the project root, as a deployment runs it; output kept for failures."""
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def stop_process(proc, timeout: float = 30.0) -> None:

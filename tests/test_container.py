@@ -6,7 +6,6 @@ Marked `container`: `.ci/run` runs these when ../shared/container/setup can run 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 

@@ -1,14 +1,12 @@
 """The Lambda adapter with minimal events, in process; then the real awslambdaric against a local Runtime API."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from tests.lambda_events import HTTP_KINDS, response_json
 from tests.lambda_runtime import RuntimeAPI
-from tests.servers import ROOT
+from tests.servers import start_module
 from textgen.lambda_adapter import make_handler
 
 SEED = {"prompt": "Once upon a time", "max_new_tokens": 5}
@@ -71,14 +69,7 @@ def test_real_awslambdaric_answers_every_event_kind(tiny_model_dir, tmp_path):
             TMPDIR=str(tmp_path),
             TORCH_THREADS="2",
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", "lambda_handler.handler"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = start_module(["awslambdaric", "lambda_handler.handler"], env)
         try:
             for kind, make in sorted(HTTP_KINDS.items()):
                 outcome, payload = api.invoke(make("/generate", SEED))

@@ -65,6 +65,16 @@ class Cancelled(ServiceError):
     error_type = "cancelled"
 
 
+class InternalError(ServiceError):
+    """An unexpected exception: the client gets the request id, the trace stays in the server log."""
+
+    status = 500
+    error_type = "internal"
+
+    def __init__(self, request_id: str):
+        super().__init__(f"Internal server error (request id {request_id})")
+
+
 class GenerationError(ServiceError):
     """Something failed inside the engine; details go to the server log, not to the client."""
 

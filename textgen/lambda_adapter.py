@@ -15,7 +15,7 @@ import uuid
 from apig_wsgi import make_lambda_handler
 from flask import Flask
 
-from .errors import ServiceError
+from .errors import InternalError, ServiceError
 from .responses import result_body
 from .validation import validate_generate
 
@@ -44,4 +44,5 @@ def invoke_direct(app: Flask, event, request_id=None) -> dict:
         return {**error.to_dict(), "status": error.status}
     except Exception:
         log.exception("unhandled error (request %s)", request_id)
-        return {"error": f"Internal server error (request id {request_id})", "error_type": "internal", "status": 500}
+        error = InternalError(request_id)
+        return {**error.to_dict(), "status": error.status}

@@ -193,11 +193,12 @@ class Engine:
     def _prefill_all(self, admitted: List[_Pending]) -> None:
         """Prefill admitted prompts together, in groups of at most PREFILL_TOKENS (padded) tokens."""
         group: List[_Pending] = []
+        width = 0
         for pending in admitted:
-            width = max([len(p.prompt_ids) for p in group] + [len(pending.prompt_ids)])
+            width = max(width, len(pending.prompt_ids))
             if group and width * (len(group) + 1) > PREFILL_TOKENS:
                 self._prefill(group)
-                group = []
+                group, width = [], len(pending.prompt_ids)
             group.append(pending)
         if group:
             self._prefill(group)

@@ -110,37 +110,40 @@ def _apply_penalties(logits: torch.Tensor, rows: Sequence[RowSampling]) -> torch
 
 def _top_p(scores: torch.Tensor, ps: List[float]) -> torch.Tensor:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches p (always one)."""
-    rows = [j for j, p in enumerate(ps) if p < 1.0]
-    if not rows:
-        return scores
-    sub = scores[rows]
-    sorted_scores, order = torch.sort(sub, descending=True)
-    probs = torch.softmax(sorted_scores, dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before > torch.tensor([ps[j] for j in rows])[:, None]
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    scores = scores.clone()
-    scores[rows] = sub.masked_fill(remove, float("-inf"))
-    return scores
+
+    def remove(sub: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        sorted_scores, order = torch.sort(sub, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        remove_sorted = probs.cumsum(dim=-1) - probs > p  # mass before each token already reaches p
+        return remove_sorted.scatter(-1, order, remove_sorted)
+
+    return _filter_rows(scores, ps, remove)
 
 
 def _typical_p(scores: torch.Tensor, masses: List[float]) -> torch.Tensor:
     """Locally typical sampling (Meister et al.): keep tokens whose surprise is closest to the entropy."""
-    rows = [j for j, m in enumerate(masses) if m < 1.0]
+
+    def remove(sub: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(sub, dim=-1)
+        entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)
+        sorted_shift, order = torch.sort(torch.abs(-log_probs - entropy), descending=False)
+        cumulative = sub.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+        last = (cumulative < mass).sum(dim=1).clamp_(max=sub.shape[-1] - 1)
+        remove_sorted = sorted_shift > sorted_shift.gather(1, last[:, None])
+        remove_sorted[..., :1] = False
+        return remove_sorted.scatter(1, order, remove_sorted)
+
+    return _filter_rows(scores, masses, remove)
+
+
+def _filter_rows(scores: torch.Tensor, limits: List[float], remove) -> torch.Tensor:
+    """Apply a filter to the rows whose limit is below 1.0 (1.0 = off); `remove(rows, limits)` says
+    which tokens to drop, and they become -inf."""
+    rows = [j for j, limit in enumerate(limits) if limit < 1.0]
     if not rows:
         return scores
     sub = scores[rows]
-    log_probs = torch.log_softmax(sub, dim=-1)
-    probs = log_probs.exp()
-    entropy = -(log_probs * probs).nansum(-1, keepdim=True)
-    shifted = torch.abs(-log_probs - entropy)
-    sorted_shift, order = torch.sort(shifted, descending=False)
-    cumulative = sub.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
-    mass = torch.tensor([masses[j] for j in rows])[:, None]
-    last = (cumulative < mass).sum(dim=1).clamp_(max=sub.shape[-1] - 1)
-    remove_sorted = sorted_shift > sorted_shift.gather(1, last[:, None])
-    remove_sorted[..., :1] = False
-    remove = remove_sorted.scatter(1, order, remove_sorted)
+    dropped = remove(sub, torch.tensor([limits[j] for j in rows])[:, None])
     scores = scores.clone()
-    scores[rows] = sub.masked_fill(remove, float("-inf"))
+    scores[rows] = sub.masked_fill(dropped, float("-inf"))
     return scores

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from ..errors import Overloaded, ServiceError, from_http_status
+from ..errors import InternalError, Overloaded, ServiceError, from_http_status
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,4 @@ def register_error_handlers(app: Flask) -> None:
         # The client learns only that it failed and which request it was; the trace stays in our log.
         request_id = g.get("request_id", "-")
         log.exception("unhandled error (request %s)", request_id)
-        body = {"error": f"Internal server error (request id {request_id})", "error_type": "internal"}
-        response = jsonify(body)
-        response.status_code = 500
-        return response
+        return error_response(InternalError(request_id))
