@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.run import prepare_model  # noqa: E402
-from textgen.engine.loader import configure_threads  # noqa: E402
+from textgen.model.loader import configure_threads  # noqa: E402
 from textgen.engine.skinny import use_skinny_matmuls  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from scripts.make_model import make_tiny
 from textgen.engine import Engine
-from textgen.engine.loader import configure_threads, load_model
+from textgen.model.loader import configure_threads, load_model
 from textgen.server import create_app
 from textgen.settings import Settings
 
@@ -16,10 +16,20 @@ def tiny_model_dir(tmp_path_factory):
     return str(make_tiny(str(tmp_path_factory.mktemp("tiny-gpt2"))))
 
 
-@pytest.fixture(scope="session")
-def base_settings(tiny_model_dir):
+@pytest.fixture(scope="session", params=["native", "transformers"])
+def base_settings(tiny_model_dir, request):
+    """Every test that uses the engine runs on both backends: the native GPT-2 module and
+    transformers' AutoModelForCausalLM behind the same interface."""
     # The environment of the machine running the tests must not change what they check.
-    return Settings.from_env(environ={}, model_id=tiny_model_dir, torch_threads=2)
+    return Settings.from_env(environ={}, model_id=tiny_model_dir, torch_threads=2, model_backend=request.param)
+
+
+@pytest.fixture(scope="session")
+def reference_model(tiny_model_dir):
+    """transformers' own model on the same weights: what the engine's output is compared with."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
 
 
 @pytest.fixture(scope="session")

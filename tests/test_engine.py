@@ -20,9 +20,9 @@ def run(engine, prompt="Hello world", **parameters):
     return engine.submit(request(engine.settings, prompt, **parameters)).result()
 
 
-def hf_generate(loaded, prompt, **kwargs):
+def hf_generate(reference, prompt, **kwargs):
     """What transformers' own `generate` produces, for comparison."""
-    model, tokenizer = loaded
+    model, tokenizer = reference
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     out = model.generate(ids, pad_token_id=tokenizer.eos_token_id, **kwargs)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
@@ -37,16 +37,21 @@ def wait_until(condition, timeout=10.0):
     return False
 
 
+@pytest.fixture
+def reference(reference_model, loaded):
+    return reference_model, loaded[1]
+
+
 @pytest.mark.parametrize("prompt", ["Hello world", "Technology and finance", "A"])
-def test_greedy_matches_transformers_generate(engine, loaded, prompt):
-    expected, n = hf_generate(loaded, prompt, max_new_tokens=24, do_sample=False)
+def test_greedy_matches_transformers_generate(engine, reference, prompt):
+    expected, n = hf_generate(reference, prompt, max_new_tokens=24, do_sample=False)
     result = run(engine, prompt, max_new_tokens=24, do_sample=False)
     assert result.text == expected
     assert result.generated_tokens == n
 
 
-def test_repetition_penalty_matches_transformers(engine, loaded):
-    expected, _ = hf_generate(loaded, "Hello world", max_new_tokens=24, do_sample=False, repetition_penalty=1.8)
+def test_repetition_penalty_matches_transformers(engine, reference):
+    expected, _ = hf_generate(reference, "Hello world", max_new_tokens=24, do_sample=False, repetition_penalty=1.8)
     plain = run(engine, max_new_tokens=24, do_sample=False)
     penalised = run(engine, max_new_tokens=24, do_sample=False, repetition_penalty=1.8)
     assert penalised.text == expected
@@ -95,11 +100,11 @@ def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
     prefill_batches = []
     real_forward = engine.model.forward
 
-    def counting(*args, **kwargs):
-        ids = kwargs["input_ids"]
+    def counting(tokens, *args, **kwargs):
+        ids = tokens
         if ids.shape[1] > 1:
             prefill_batches.append(ids.shape[0])
-        return real_forward(*args, **kwargs)
+        return real_forward(tokens, *args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", counting)
     busy = engine.submit(request(engine.settings, max_new_tokens=200, do_sample=False))
@@ -162,13 +167,13 @@ def test_eos_finish(make_engine):
     assert result.generated_tokens == tokens.index(tokens[2]) + 1
 
 
-def test_truncate_keeps_the_last_prompt_tokens(engine, loaded):
+def test_truncate_keeps_the_last_prompt_tokens(engine, loaded, reference):
     _, tokenizer = loaded
     prompt = "Hello world, " * 20
     ids = tokenizer(prompt)["input_ids"]
     result = run(engine, prompt, max_new_tokens=8, do_sample=False, truncate=6)
     assert result.prompt_tokens == 6
-    expected, _ = hf_generate(loaded, tokenizer.decode(ids[-6:]), max_new_tokens=8, do_sample=False)
+    expected, _ = hf_generate(reference, tokenizer.decode(ids[-6:]), max_new_tokens=8, do_sample=False)
     assert result.text == expected
 
 
@@ -282,7 +287,7 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
 def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import os
 
-    from textgen.engine.loader import available_cpus
+    from textgen.model.loader import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     assert 1 <= available_cpus() <= affinity

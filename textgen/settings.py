@@ -45,7 +45,16 @@ class Settings:
     # Seconds a request may wait for a batch slot before it is answered 503 rather than left hanging.
     queue_timeout: float = 60.0
 
-    # Decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (engine/skinny.py).
+    # "auto": the native plain-torch module when the architecture has one (GPT-2, Llama, Qwen2), else
+    # transformers' AutoModelForCausalLM; "native" or "transformers" force one (native fails on others).
+    model_backend: str = "auto"
+    # "int8": int8 weights with per-channel scales, 4x less memory and ~5x faster decode on a CPU, at
+    # ~1% perplexity (README, Performance); "none" keeps the checkpoint's float32 numbers.
+    quantize: str = "none"
+    # Prompt tokens prefilled per engine step: a long prompt is cut into chunks between decode steps,
+    # so the streams already running pause for one chunk at a time, never for a whole long prompt.
+    prefill_chunk_tokens: int = 256
+    # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
     skinny_matmul: bool = True
     # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware).
     torch_threads: Optional[int] = None
@@ -68,6 +77,13 @@ class Settings:
                 values[f.name] = _parse(f.name, raw.strip(), hints[f.name])
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("model_backend", ("auto", "native", "transformers")), ("quantize", ("none", "int8"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.upper()}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.prefill_chunk_tokens < 1:
+            raise ValueError("PREFILL_CHUNK_TOKENS must be at least 1")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -13,12 +13,11 @@ __all__ = ["Engine", "GenerationResult", "Handle", "TokenEvent", "create_engine"
 
 def create_engine(settings: Settings) -> Engine:
     """Size torch's threads, load the model once, and start the engine thread."""
-    from .loader import configure_threads, load_model, release_freed_memory, tune_malloc
+    from ..model.loader import configure_threads, load_model, tune_malloc
 
     tune_malloc()
     configure_threads(settings.torch_threads)
     model, tokenizer = load_model(settings)
-    release_freed_memory()
     engine = Engine(model, tokenizer, settings).start()
     # Stop the engine thread before the interpreter tears torch down (a clean exit 0 on SIGTERM).
     atexit.register(engine.stop)

@@ -29,7 +29,7 @@ def info():
     engine_info = engine.info()
     body = {
         # TGI's /info field names where they apply.
-        "model_id": engine_info["model_id"],
+        "model_id": settings.model_id,
         "model_sha": None,
         "model_dtype": engine_info["model_dtype"],
         "model_device_type": engine_info["model_device_type"],
@@ -48,6 +48,8 @@ def info():
         "max_new_tokens_limit": settings.max_new_tokens_limit,
         "default_max_new_tokens": settings.default_max_new_tokens,
         "max_batch_size": settings.max_batch_size,
+        "model_backend": engine_info["model_backend"],
+        "quantize": settings.quantize,
         "torch_threads": engine_info["torch_threads"],
         "versions": {
             "python": platform.python_version(),

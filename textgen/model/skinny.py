@@ -57,24 +57,3 @@ class SkinnyLinear(nn.Module):
         if width > count:
             rows = torch.cat([rows, rows.new_zeros(width - count, rows.shape[1])])
         return (self.weight @ rows.t()).t()[:count]
-
-
-def use_skinny_matmuls(model: nn.Module) -> int:
-    """Replace every nn.Linear and GPT-2 Conv1D in `model` by a SkinnyLinear; return how many."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        Conv1D = ()
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, SkinnyLinear(child.weight, child.bias))
-            elif Conv1D and isinstance(child, Conv1D):
-                # Conv1D stores [in, out]; keep one [out, in] copy instead.
-                weight = nn.Parameter(child.weight.detach().t().contiguous(), requires_grad=False)
-                setattr(parent, name, SkinnyLinear(weight, child.bias))
-            else:
-                continue
-            replaced += 1
-    return replaced

@@ -1,0 +1,119 @@
+"""The running batch as an object of its own: which rows decode together, where their keys and values
+sit in the KV cache, and the prompts being prefilled. The engine's loop only schedules and updates.
+
+Row i of the batch lives in cache slot i. A group of new rows is prefilled into the slots after the
+decoding rows, at most `chunk_tokens` prompt tokens per forward pass, so a long prompt never freezes
+the running streams for longer than one chunk; when the whole group is prefilled it joins the batch
+(`prefill_step` returns its rows and their next-token logits). Rows leave with `remove`: the last rows
+move into the holes, so the rest never moves.
+
+Rows are opaque to the batch (the engine's request state); it only needs each row's prompt.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..model.kv_cache import KVCache
+
+
+class Batch:
+    def __init__(self, model, chunk_tokens: int = 256):
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+        self.cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        self.rows: List[object] = []  # decoding; row i in slot i
+        self.lengths: List[int] = []  # tokens each decoding row has in the cache
+        # The group being prefilled, in slots len(rows)..: its rows, prompts, tokens done, final logits.
+        self.group: List[object] = []
+        self._prompts: List[List[int]] = []
+        self._done: List[int] = []
+        self._logits: List[Optional[torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def prefilling(self) -> bool:
+        return bool(self.group)
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows and not self.group
+
+    def add(self, rows: Sequence[object], prompts: Sequence[Sequence[int]]) -> None:
+        """Start prefilling a group of new rows (the previous group must have joined)."""
+        assert not self.group, "one prefill group at a time"
+        self.group = list(rows)
+        self._prompts = [list(p) for p in prompts]
+        self._done = [0] * len(rows)
+        self._logits = [None] * len(rows)
+
+    def prefill_step(self) -> Optional[Tuple[List[object], torch.Tensor]]:
+        """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
+        group joins the decoding rows and this returns (those rows, their next-token logits)."""
+        k = len(self.group)
+        per_row = max(1, self.chunk_tokens // k)
+        take = [min(len(p) - d, per_row) for p, d in zip(self._prompts, self._done)]
+        width = max(max(take), 1)
+        # Right-padded chunk; a padding token writes past its row's prompt, where nothing reads
+        # before the row's own tokens overwrite it.
+        tokens = torch.zeros(k, width, dtype=torch.long)
+        for i, (p, d, n) in enumerate(zip(self._prompts, self._done, take)):
+            tokens[i, :n] = torch.tensor(p[d : d + n], dtype=torch.long)
+        positions = torch.tensor(self._done)[:, None] + torch.arange(width)[None, :]
+        finishing = [i for i in range(k) if take[i] > 0 and self._done[i] + take[i] == len(self._prompts[i])]
+        last = torch.tensor([max(n - 1, 0) for n in take]) if finishing else None
+        first = len(self.rows)
+        self.cache.reserve(first + k, int(positions.max()) + 1)
+        logits = self.model(tokens, positions, self.cache, first, last)
+        for i in range(k):
+            self._done[i] += take[i]
+        for i in finishing:
+            self._logits[i] = logits[i]
+        if any(d < len(p) for d, p in zip(self._done, self._prompts)):
+            return None
+        joined, joined_logits = self.group, torch.stack(self._logits)
+        self.rows.extend(joined)
+        self.lengths.extend(self._done)
+        self.group, self._prompts, self._done, self._logits = [], [], [], []
+        return joined, joined_logits
+
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""
+        n = len(self.rows)
+        positions = torch.tensor(self.lengths, dtype=torch.long)[:, None]
+        group_width = max(self._done, default=0)
+        self.cache.reserve(n + len(self.group), max(max(self.lengths) + 1, group_width))
+        logits = self.model(
+            torch.tensor(tokens, dtype=torch.long)[:, None], positions, self.cache, 0, torch.zeros(n, dtype=torch.long)
+        )
+        self.lengths = [length + 1 for length in self.lengths]
+        return logits
+
+    def remove(self, leaving: Sequence[object]) -> None:
+        """Drop rows (decoding or in the prefill group); the last rows fill the holes."""
+        leaving_ids = {id(r) for r in leaving}
+        group_first = len(self.rows)  # where the prefill group's slots start, before anything moves
+        for i in reversed(range(len(self.rows))):
+            if id(self.rows[i]) in leaving_ids:
+                last = len(self.rows) - 1
+                if i != last:  # the last row moves into the hole
+                    self.cache.move(last, i, self.lengths[last])
+                    self.rows[i], self.lengths[i] = self.rows[last], self.lengths[last]
+                self.rows.pop()
+                self.lengths.pop()
+        if self.group:
+            # The remaining prefill rows move down to the slots right after the decoding rows.
+            kept = [i for i, r in enumerate(self.group) if id(r) not in leaving_ids]
+            for j, i in enumerate(kept):
+                if group_first + i != len(self.rows) + j:
+                    self.cache.move(group_first + i, len(self.rows) + j, self._done[i])
+            self.group = [self.group[i] for i in kept]
+            self._prompts = [self._prompts[i] for i in kept]
+            self._done = [self._done[i] for i in kept]
+            self._logits = [self._logits[i] for i in kept]
+        if self.empty:
+            self.cache.clear()  # give the memory back while idle

@@ -1,0 +1,86 @@
+"""The fallback for architectures without a native module: transformers' `AutoModelForCausalLM`,
+wrapped to the native models' contract (same forward signature, same KV cache owned by the engine).
+
+transformers' attention layers call `past_key_values.update(keys, values, layer)` and attend to what
+it returns; `_SlotCache` answers that call by writing into the engine's cache slots at each row's
+positions and returning the rows' views. The 4D mask is passed as is, so transformers builds none.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .kv_cache import KVCache
+from .layers import attention_mask
+
+
+def _context(config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+class TransformersModel(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.n_layers = config.num_hidden_layers
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.context = _context(config)
+        self.vocab_size = config.vocab_size
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        first_slot: int,
+        last: Optional[torch.Tensor] = None,
+    ) -> Optional[torch.Tensor]:
+        rows, time = tokens.shape
+        # Logits only from the earliest position any row wants onwards (1 when none is wanted).
+        keep = 1 if last is None else time - int(last.min())
+        out = self.model(
+            input_ids=tokens,
+            position_ids=positions.clamp(max=self.context - 1),
+            attention_mask=attention_mask(positions),
+            past_key_values=_SlotCache(cache, first_slot, positions),
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        if last is None:
+            return None
+        return out.logits[torch.arange(rows), last - (time - keep)].float()
+
+
+try:  # transformers' Cache base class, so that isinstance checks inside the models behave
+    from transformers.cache_utils import Cache as _CacheBase
+except ImportError:  # pragma: no cover
+    _CacheBase = object
+
+
+class _SlotCache(_CacheBase):
+    def __init__(self, cache: KVCache, first_slot: int, positions: torch.Tensor):
+        self.cache, self.first_slot, self.positions = cache, first_slot, positions
+        self.slots = torch.arange(first_slot, first_slot + positions.shape[0])
+        self.length = int(positions.max()) + 1
+        self.layers = []
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        # transformers passes [rows, kv_heads, time, dim]; the cache takes [rows, time, kv_heads, dim].
+        self.cache.write(layer_idx, self.slots, self.positions, key_states.transpose(1, 2), value_states.transpose(1, 2))
+        return self.cache.view(layer_idx, self.first_slot, len(self.slots), self.length)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.positions.min())
+
+    def is_compileable(self) -> bool:  # pragma: no cover - asked only by torch.compile paths
+        return False

@@ -1,0 +1,127 @@
+"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases) in plain torch, over the engine's KV cache.
+
+RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
+grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
+the MLP's gate and up projections.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import Checkpoint
+from .kv_cache import KVCache
+from .layers import attend, attention_mask, embedding_and_head, make_linear
+
+ARCHITECTURES = {"llama", "qwen2"}
+
+
+def supports(config: dict) -> bool:
+    """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
+    return config.get("model_type") in ARCHITECTURES and rope_type == "default" and not sliding
+
+
+def _rope_theta(config: dict) -> float:
+    return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+class Block(nn.Module):
+    def __init__(self, get, prefix: str, config: dict, quantize: str, skinny: bool):
+        super().__init__()
+
+        def bias(name):
+            return get(name) if get.has(name) else None
+
+        self.input_norm = get(prefix + "input_layernorm.weight")
+        attn = prefix + "self_attn."
+        qkv_w = torch.cat([get(attn + f"{p}_proj.weight") for p in "qkv"])
+        biases = [bias(attn + f"{p}_proj.bias") for p in "qkv"]
+        qkv_b = torch.cat(biases) if all(b is not None for b in biases) else None
+        self.qkv = make_linear(qkv_w, qkv_b, quantize, skinny)
+        del qkv_w
+        self.o = make_linear(get(attn + "o_proj.weight"), bias(attn + "o_proj.bias"), quantize, skinny)
+        self.post_norm = get(prefix + "post_attention_layernorm.weight")
+        mlp = prefix + "mlp."
+        gate_up = torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")])
+        self.gate_up = make_linear(gate_up, None, quantize, skinny)
+        del gate_up
+        self.down = make_linear(get(mlp + "down_proj.weight"), None, quantize, skinny)
+
+
+class _Getter:
+    def __init__(self, checkpoint: Checkpoint, prefix: str):
+        self.checkpoint, self.prefix = checkpoint, prefix
+
+    def __call__(self, name):
+        return self.checkpoint.get(self.prefix + name)
+
+    def has(self, name):
+        return self.prefix + name in self.checkpoint
+
+
+class Llama(nn.Module):
+    def __init__(self, config: dict, checkpoint: Checkpoint, quantize: str = "none", skinny: bool = False):
+        super().__init__()
+        get = _Getter(checkpoint, "model.")
+        d = config["hidden_size"]
+        self.n_layers = config["num_hidden_layers"]
+        self.n_heads = config["num_attention_heads"]
+        self.n_kv_heads = config.get("num_key_value_heads") or self.n_heads
+        self.head_dim = config.get("head_dim") or d // self.n_heads
+        self.context = config.get("max_position_embeddings", 2048)
+        self.vocab_size = config["vocab_size"]
+        self.eps = config.get("rms_norm_eps", 1e-6)
+        self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", config, quantize, skinny) for i in range(self.n_layers))
+        self.norm = get("norm.weight")
+        tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in checkpoint
+        head = None if tied else checkpoint.get("lm_head.weight")
+        self.embed, self.lm_head = embedding_and_head(get("embed_tokens.weight"), head, quantize, skinny)
+        # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
+        inv_freq = 1.0 / (_rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        first_slot: int,
+        last: Optional[torch.Tensor] = None,
+    ) -> Optional[torch.Tensor]:
+        """Same contract as GPT2.forward."""
+        rows, time = tokens.shape
+        x = self.embed(tokens)
+        mask = attention_mask(positions)
+        clamped = positions.clamp(max=self.context - 1)
+        cos, sin = self.cos[clamped].unsqueeze(2), self.sin[clamped].unsqueeze(2)  # [rows, time, 1, dim]
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        for i, block in enumerate(self.blocks):
+            # Attention: RMSNorm, fused q/k/v projection, rotary positions on q and k, grouped-query attention.
+            h = F.rms_norm(x, (x.shape[-1],), block.input_norm, self.eps)
+            q, k, v = block.qkv(h).split([q_width, kv_width, kv_width], dim=-1)
+            q = self._rope(q.view(rows, time, self.n_heads, self.head_dim), cos, sin)
+            k = self._rope(k.view(rows, time, self.n_kv_heads, self.head_dim), cos, sin)
+            v = v.view(rows, time, self.n_kv_heads, self.head_dim)
+            x = x + block.o(attend(q, k, v, cache, i, first_slot, positions, mask))
+            # SwiGLU MLP: silu(gate) * up, then down.
+            h = F.rms_norm(x, (x.shape[-1],), block.post_norm, self.eps)
+            gate, up = block.gate_up(h).chunk(2, dim=-1)
+            x = x + block.down(F.silu(gate) * up)
+        if last is None:
+            return None
+        x = x[torch.arange(rows), last]
+        return self.lm_head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
