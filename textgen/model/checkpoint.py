@@ -66,16 +66,26 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def shape(self, name: str) -> list:
+        return list(self._entries[name][2])
+
     def get(self, name: str, dtype: Optional[torch.dtype] = torch.float32) -> torch.Tensor:
+        return self.rows(name, 0, None, dtype)
+
+    def rows(self, name: str, first: int, stop: Optional[int], dtype: Optional[torch.dtype] = torch.float32):
+        """Rows [first, stop) of a tensor (stop None = to the end): lets a large matrix be quantized a
+        slice at a time, never wholly in float32."""
         path, kind, shape, start, end = self._entries[name]
+        row_bytes = (end - start) // shape[0] if shape and shape[0] else end - start
+        stop = shape[0] if not shape or stop is None else min(stop, shape[0])
+        shape = [stop - first, *shape[1:]] if shape else shape
         tensor = torch.empty(shape, dtype=_DTYPES[kind])
-        buffer = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
-        if buffer is not None:
+        if tensor.numel():
             with open(path, "rb", buffering=0) as f:
-                f.seek(start)
-                view = memoryview(buffer)
+                f.seek(start + first * row_bytes)
+                view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
                 read = 0
-                while read < end - start:  # readinto may return less than asked on large reads
+                while read < len(view):  # readinto may return less than asked on large reads
                     n = f.readinto(view[read:])
                     if not n:
                         raise IOError(f"{path}: truncated tensor {name}")

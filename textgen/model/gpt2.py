@@ -15,7 +15,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint
 from .kv_cache import KVCache
-from .layers import attend, attention_mask, embedding_and_head, make_linear
+from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 ARCHITECTURES = {"gpt2"}  # model_type values this module serves
 
@@ -52,8 +52,8 @@ class GPT2(nn.Module):
         )
         self.ln_f = (get("ln_f.weight"), get("ln_f.bias"))
         self.wpe = get("wpe.weight")
-        head = checkpoint.get("lm_head.weight") if not config.get("tie_word_embeddings", True) else None
-        self.wte, self.lm_head = embedding_and_head(get("wte.weight"), head, quantize, skinny)
+        head = "lm_head.weight" if not config.get("tie_word_embeddings", True) else None
+        self.wte, self.lm_head = embedding_and_head(checkpoint, prefix + "wte.weight", head, quantize, skinny)
 
     def forward(
         self,
@@ -81,5 +81,5 @@ class GPT2(nn.Module):
         if last is None:
             return None
         # Only the positions whose next token is wanted go through the final norm and the LM head.
-        x = x[torch.arange(rows), last]
+        x = pick_positions(x, last)
         return self.lm_head(F.layer_norm(x, (x.shape[-1],), *self.ln_f, self.eps))

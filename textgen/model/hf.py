@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .kv_cache import KVCache
-from .layers import attention_mask
+from .layers import attention_mask, pick_positions
 
 
 def _context(config) -> int:
@@ -58,7 +58,7 @@ class TransformersModel(nn.Module):
         )
         if last is None:
             return None
-        return out.logits[torch.arange(rows), last - (time - keep)].float()
+        return pick_positions(out.logits, last - (time - keep)).float()
 
 
 try:  # transformers' Cache base class, so that isinstance checks inside the models behave

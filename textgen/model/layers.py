@@ -35,16 +35,19 @@ def make_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], quantize: st
     return Linear(weight, bias)
 
 
-def embedding_and_head(table: torch.Tensor, head: Optional[torch.Tensor], quantize: str, skinny: bool = False):
-    """The token embedding and the LM head. Tied (head None): float32 shares one table; int8 quantizes
-    the table once and keeps those int8 rows for lookups beside FBGEMM's packed copy for the head."""
+def embedding_and_head(checkpoint, table: str, head: Optional[str], quantize: str, skinny: bool = False):
+    """The token embedding and the LM head, from checkpoint tensor names (`head` None: tied).
+    float32 shares one table between them. int8 quantizes the table once, a slice at a time (a float32
+    copy of DistilGPT2's table alone is 154 MB), and keeps those int8 rows for lookups beside FBGEMM's
+    packed copy of the same numbers for the head."""
     if quantize == "int8":
-        q, scale = quantize_rows(table)
-        del table
+        q, scale = quantize_rows(checkpoint.shape(table), lambda a, b: checkpoint.rows(table, a, b))
         embed = Int8Embedding(q, scale)
-        lm_head = Int8Linear.from_int8(q, scale) if head is None else Int8Linear(head)
-        return embed, lm_head
-    return _FloatEmbedding(table), make_linear(table if head is None else head, None, quantize, skinny)
+        if head is None:
+            return embed, Int8Linear.from_int8(q, scale)
+        return embed, Int8Linear.from_int8(*quantize_rows(checkpoint.shape(head), lambda a, b: checkpoint.rows(head, a, b)))
+    weights = checkpoint.get(table)
+    return _FloatEmbedding(weights), make_linear(weights if head is None else checkpoint.get(head), None, quantize, skinny)
 
 
 class _FloatEmbedding(nn.Module):
@@ -84,3 +87,9 @@ def attention_mask(positions: torch.Tensor) -> torch.Tensor:
     """Each query (at its absolute position) sees its row's positions 0..itself: [rows, 1, time, length]."""
     length = int(positions.max()) + 1
     return (torch.arange(length)[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+
+
+def pick_positions(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """x: [rows, time, ...]; last: [rows] (one position per row) or [rows, n] -> x at those positions."""
+    rows = torch.arange(x.shape[0]).view(-1, *([1] * (last.dim() - 1)))
+    return x[rows, last]

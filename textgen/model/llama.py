@@ -15,7 +15,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint
 from .kv_cache import KVCache
-from .layers import attend, attention_mask, embedding_and_head, make_linear
+from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 ARCHITECTURES = {"llama", "qwen2"}
 
@@ -81,8 +81,8 @@ class Llama(nn.Module):
         self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", config, quantize, skinny) for i in range(self.n_layers))
         self.norm = get("norm.weight")
         tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in checkpoint
-        head = None if tied else checkpoint.get("lm_head.weight")
-        self.embed, self.lm_head = embedding_and_head(get("embed_tokens.weight"), head, quantize, skinny)
+        head = None if tied else "lm_head.weight"
+        self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
         # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
         inv_freq = 1.0 / (_rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
@@ -123,5 +123,5 @@ class Llama(nn.Module):
             x = x + block.down(F.silu(gate) * up)
         if last is None:
             return None
-        x = x[torch.arange(rows), last]
+        x = pick_positions(x, last)
         return self.lm_head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))

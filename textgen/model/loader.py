@@ -111,9 +111,7 @@ def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
     config = read_config(source)
     backend = choose_backend(settings.model_backend, config, source)
     log.info("loading %s from %s (backend %s, weights %s)", config.get("model_type"), source, backend, settings.quantize)
-    from transformers import AutoTokenizer  # tokenizer only: no modeling code
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source, lean=backend == "native")
     with torch.inference_mode():
         if backend == "native":
             model = _load_native(config, source, settings)
@@ -124,6 +122,17 @@ def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
     model.eos_token_ids = _eos_token_ids(source, config, tokenizer)
     release_freed_memory()
     return model, tokenizer
+
+
+def load_tokenizer(source: str, lean: bool = True):
+    """The lean `tokenizers`-only tokenizer where it is equivalent, else transformers' AutoTokenizer."""
+    from .tokenizer import LeanTokenizer, lean_tokenizer_supported
+
+    if lean and lean_tokenizer_supported(source):
+        return LeanTokenizer(source)
+    from transformers import AutoTokenizer  # tokenizer only: no modeling code
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 def native_module(config: dict):

@@ -1,0 +1,223 @@
+"""The native model layer on real weights (SmolLM2-135M-Instruct, Llama architecture): its float32
+logits equal transformers' on the same checkpoint, its greedy text through the engine equals
+transformers' `generate`, and int8 weights cost little quality (perplexity, greedy continuations).
+
+Uses the GGUF conversion cached by tests/test_real_weights.py (made on first use, ~40 s).
+"""
+
+import math
+import os
+import time
+
+import pytest
+import torch
+
+from tests.test_real_weights import GGUF_NAME, smollm2_dir
+from textgen.engine import Engine
+from textgen.model.kv_cache import KVCache
+from textgen.model.loader import configure_threads, load_model, model_directory
+from textgen.settings import Settings
+from textgen.validation import validate_generate
+
+pytestmark = pytest.mark.slow
+
+PASSAGE = os.path.join(os.path.dirname(__file__), "data", "passage.txt")
+
+# A ~30-token prompt for the logits comparison.
+LOGITS_PROMPT = (
+    "The printing press changed Europe within fifty years: books became cheaper, more people learned "
+    "to read, and new ideas travelled faster than"
+)
+
+ENGINE_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Three tips for staying healthy are"]
+
+# Varied on purpose (facts, lists, code, instructions, chat turns): a quantization error that only
+# shows on some kinds of text should still move the count.
+GREEDY_PROMPTS = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "Photosynthesis is the process by which plants",
+    "The first man to walk on the Moon was",
+    "Monday, Tuesday, Wednesday,",
+    "1, 2, 3, 4, 5,",
+    "A list of primary colours: red,",
+    "Ingredients for pancakes:\n- flour\n-",
+    "def add(a, b):\n    return",
+    "import numpy as np\n\nx = np.",
+    "for i in range(10):\n    print(",
+    "SELECT name, age FROM users WHERE",
+    "To make a cup of tea, first",
+    "Instructions: write a short poem about the sea.\nPoem:",
+    "Translate to French: 'Good morning' ->",
+    "Once upon a time, in a small village,",
+    "The main causes of the First World War were",
+    [{"role": "user", "content": "What is the capital of Japan?"}],
+    [{"role": "user", "content": "Give me two tips for learning to code."}],
+]
+
+
+def settings(**overrides) -> Settings:
+    # The environment of the machine running the tests must not change what they check (except where
+    # the GGUF conversion is cached).
+    return Settings.from_env(
+        environ={k: v for k, v in os.environ.items() if k == "GGUF_CACHE_DIR"},
+        model_id=smollm2_dir(),
+        model_gguf_file=GGUF_NAME,
+        torch_threads=2,
+        model_backend="native",
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    configure_threads(2)
+    return load_model(settings(quantize="none"))
+
+
+@pytest.fixture(scope="module")
+def int8():
+    configure_threads(2)
+    return load_model(settings(quantize="int8"))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """transformers' own Llama on the same converted checkpoint, float32."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_directory(settings()), dtype=torch.float32)
+    return model.eval()
+
+
+def new_cache(model, length: int) -> KVCache:
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(1, length)  # the model's attention writes into the cache: room must exist first
+    return cache
+
+
+def forward_all(model, cache: KVCache, ids, start: int) -> torch.Tensor:
+    """Feed `ids` at positions start.. of the single row in slot 0; the logits at every one: [len, vocab]."""
+    n = len(ids)
+    tokens = torch.tensor([ids], dtype=torch.long)
+    positions = torch.arange(start, start + n)[None]
+    return model(tokens, positions, cache, 0, torch.arange(n)[None])[0]
+
+
+def tokenize(tokenizer, prompt):
+    if isinstance(prompt, list):  # chat messages: the model's own template, then the plain tokenizer
+        prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def test_native_logits_equal_transformers(fp32, reference):
+    model, tokenizer = fp32
+    assert model.backend == "native"
+    ids = tokenizer(LOGITS_PROMPT)["input_ids"]
+    assert 25 <= len(ids) <= 40
+    steps = 5
+    cache = new_cache(model, len(ids) + steps)
+    with torch.inference_mode():
+        # Prefill: every position of the prompt in one pass.
+        native = forward_all(model, cache, ids, 0)
+        expected = reference(torch.tensor([ids])).logits[0]
+        prefill_diff = (native - expected).abs().max().item()
+        # Decode: one token at a time through the KV cache, positions continuing; transformers
+        # recomputes the whole sequence each time, so its side owes nothing to any cache.
+        decode_diff = 0.0
+        sequence = list(ids)
+        for _ in range(steps):
+            sequence.append(int(expected[-1].argmax()))
+            native = forward_all(model, cache, sequence[-1:], len(sequence) - 1)[-1]
+            expected = reference(torch.tensor([sequence])).logits[0]
+            decode_diff = max(decode_diff, (native - expected[-1]).abs().max().item())
+    scale = expected.abs().max().item()
+    print(
+        f"\nlogits max |native - transformers|: prefill {prefill_diff:.2e}, decode {decode_diff:.2e} "
+        f"(logits up to {scale:.1f})"
+    )
+    assert prefill_diff <= 1e-4 and decode_diff <= 1e-4, (prefill_diff, decode_diff)
+
+
+def test_engine_greedy_equals_transformers_generate(fp32, reference):
+    model, tokenizer = fp32
+    config = settings(quantize="none")
+    engine = Engine(model, tokenizer, config).start()
+    try:
+        for prompt in ENGINE_PROMPTS:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            with torch.inference_mode():
+                out = reference.generate(
+                    ids, do_sample=False, max_new_tokens=20, pad_token_id=tokenizer.eos_token_id
+                )
+            expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            request = validate_generate(
+                {"inputs": prompt, "parameters": {"do_sample": False, "max_new_tokens": 20}}, config
+            )
+            result = engine.submit(request).result()
+            print(f"\n{prompt!r} -> {result.text!r}")
+            assert result.text == expected
+            assert result.generated_tokens == out.shape[1] - ids.shape[1]
+    finally:
+        engine.stop()
+
+
+def perplexity(model, ids, chunk: int = 256) -> float:
+    """exp(mean negative log-likelihood of each next token), prefilled in chunks through the KV cache."""
+    cache = new_cache(model, len(ids))
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids), chunk):
+            logits = forward_all(model, cache, ids[start : start + chunk], start)
+            targets = torch.tensor(ids[start + 1 : start + chunk + 1])  # the last position has no next token
+            logp = torch.log_softmax(logits[: len(targets)].double(), dim=-1)
+            nll -= logp.gather(1, targets[:, None]).sum().item()
+            count += len(targets)
+    assert count == len(ids) - 1
+    return math.exp(nll / count)
+
+
+def test_int8_perplexity_within_3_percent(fp32, int8):
+    tokenizer = fp32[1]
+    with open(PASSAGE, encoding="utf-8") as f:
+        ids = tokenizer(f.read())["input_ids"]
+    assert len(ids) >= 1000
+    start = time.perf_counter()
+    ppl_fp32 = perplexity(fp32[0], ids)
+    ppl_int8 = perplexity(int8[0], ids)
+    print(
+        f"\nperplexity over {len(ids)} tokens: float32 {ppl_fp32:.3f}, int8 {ppl_int8:.3f} "
+        f"({100 * (ppl_int8 / ppl_fp32 - 1):+.2f}%; {time.perf_counter() - start:.1f} s)"
+    )
+    # A sanity floor: a broken model (wrong rotary layout, a missing norm) is far above this on English.
+    assert ppl_fp32 < 30
+    assert abs(ppl_int8 / ppl_fp32 - 1) <= 0.03, f"int8 perplexity {ppl_int8:.3f}, float32 {ppl_fp32:.3f}"
+
+
+def greedy(model, ids, n: int = 16):
+    """n greedy tokens: a prefill, then n - 1 decode steps through the KV cache."""
+    cache = new_cache(model, len(ids) + n)
+    out = []
+    with torch.inference_mode():
+        logits = forward_all(model, cache, ids, 0)[-1]
+        for step in range(n):
+            out.append(int(logits.argmax()))
+            if step < n - 1:
+                logits = forward_all(model, cache, out[-1:], len(ids) + step)[-1]
+    return out
+
+
+def test_int8_greedy_continuations_mostly_match(fp32, int8):
+    tokenizer = fp32[1]
+    assert len(GREEDY_PROMPTS) == 20
+    matches = 0
+    for prompt in GREEDY_PROMPTS:
+        ids = tokenize(tokenizer, prompt)
+        a, b = greedy(fp32[0], ids), greedy(int8[0], ids)
+        matches += a == b
+        if a != b:
+            print(f"\ndiffers: {prompt!r}\n  float32 {tokenizer.decode(a)!r}\n  int8    {tokenizer.decode(b)!r}")
+    print(f"\nint8 greedy: first 16 tokens identical to float32 for {matches}/20 prompts")
+    assert matches >= 14, f"only {matches}/20 greedy continuations match"
