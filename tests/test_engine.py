@@ -23,7 +23,7 @@ def run(engine, prompt="Hello world", **parameters):
 def hf_generate(reference, prompt, **kwargs):
     """What transformers' own `generate` produces, for comparison."""
     model, tokenizer = reference
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     out = model.generate(ids, pad_token_id=tokenizer.eos_token_id, **kwargs)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
 
@@ -228,8 +228,9 @@ def test_cancel_while_waiting(make_engine):
     assert wait_until(lambda: engine.stats()["admitted"] == 0)
 
 
-def test_overload_is_refused_at_once(make_engine):
+def test_overload_is_refused_at_once(make_engine, slow_forward):
     engine = make_engine(max_concurrent_requests=2, max_batch_size=1)
+    slow_forward(engine, 0.01)  # the two admitted requests cannot finish before the third arrives
     handles = [engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False)) for _ in range(2)]
     started = time.monotonic()
     with pytest.raises(Overloaded) as info:
@@ -287,16 +288,29 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
 def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import os
 
-    from textgen.model.loader import available_cpus
+    from textgen.model.loader import available_cpus, configure_threads
 
     affinity = len(os.sched_getaffinity(0))
+    no_v1 = str(tmp_path / "no-v1")
     assert 1 <= available_cpus() <= affinity
     quota = tmp_path / "cpu.max"
     quota.write_text("150000 100000\n")  # 1.5 CPUs -> 2 threads at most
-    assert available_cpus(str(quota)) == min(affinity, 2)
+    assert available_cpus(str(quota), no_v1) == min(affinity, 2)
     quota.write_text("50000 100000\n")
-    assert available_cpus(str(quota)) == 1
+    assert available_cpus(str(quota), no_v1) == 1
     quota.write_text("max 100000\n")
-    assert available_cpus(str(quota)) == affinity
-    assert available_cpus(str(tmp_path / "missing")) == affinity
-    assert torch.get_num_interop_threads() == 1
+    assert available_cpus(str(quota), no_v1) == affinity
+    assert available_cpus(str(tmp_path / "missing"), no_v1) == affinity
+    # cgroup v1 (Docker/Podman on cgroup v1 hosts): cpu.cfs_quota_us / cpu.cfs_period_us.
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu.cfs_quota_us").write_text("10000\n")  # --cpus 0.1 -> one thread
+    assert available_cpus(str(tmp_path / "missing"), str(v1)) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert available_cpus(str(tmp_path / "missing"), str(v1)) == affinity
+    # What the engine sets up: that many intra-op threads and a single inter-op thread.
+    configure_threads(1)
+    assert torch.get_num_threads() == 1 and torch.get_num_interop_threads() == 1
+    configure_threads(2)
+    assert torch.get_num_threads() == 2

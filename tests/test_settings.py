@@ -36,3 +36,15 @@ def test_empty_variable_means_default_and_overrides_win():
 def test_a_bad_value_names_the_variable():
     with pytest.raises(ValueError, match="PORT='abc' is not a valid int"):
         Settings.from_env(environ={"PORT": "abc"})
+
+
+def test_backend_quantize_and_chunk_settings():
+    s = Settings.from_env(environ={"MODEL_BACKEND": "native", "QUANTIZE": "int8", "PREFILL_CHUNK_TOKENS": "64"})
+    assert s.model_backend == "native" and s.quantize == "int8" and s.prefill_chunk_tokens == 64
+    assert Settings.from_env(environ={}).model_backend == "auto"
+    with pytest.raises(ValueError, match="QUANTIZE='int4': expected one of none, int8"):
+        Settings.from_env(environ={"QUANTIZE": "int4"})
+    with pytest.raises(ValueError, match="MODEL_BACKEND='onnx'"):
+        Settings.from_env(environ={"MODEL_BACKEND": "onnx"})
+    with pytest.raises(ValueError, match="PREFILL_CHUNK_TOKENS"):
+        Settings.from_env(environ={"PREFILL_CHUNK_TOKENS": "0"})

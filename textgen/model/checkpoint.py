@@ -66,6 +66,11 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def locate(self, name: str):
+        """(file path, dtype, shape, byte offset of the first element) of a stored tensor."""
+        path, kind, shape, start, _ = self._entries[name]
+        return path, _DTYPES[kind], list(shape), start
+
     def shape(self, name: str) -> list:
         return list(self._entries[name][2])
 

@@ -1,5 +1,5 @@
-"""int8 weights: every linear layer (the LM head included) and the token embedding, one scale per
-output channel (per row of the weight matrix).
+"""int8 weights: every linear layer, the LM head included, with one scale per output channel (per row
+of the weight matrix). (The token embedding is read from the checkpoint file: see layers.FileEmbedding.)
 
 The matmul is PyTorch's dynamic-quantized linear (`quantized::linear_dynamic`, FBGEMM's int8 GEMM with
 AVX2 or AVX-512/VNNI kernels), kept behind one function, `_int8_matmul`, because `torch.ao`'s quantized
@@ -34,24 +34,18 @@ REDUCE_RANGE = True
 STEP = 2.0 / 127.0
 
 
-ROWS_PER_SLICE = 2048  # rows quantized at a time: temporaries stay a few MB, even for a 50k-row table
+# Output rows packed at a time: FBGEMM packs a copy, so packing DistilGPT2's 50257-row LM head whole
+# would briefly hold it three times; in slices it never does. Rows are read and quantized in smaller
+# steps still, so the float32 temporaries stay a few MB (the server's peak memory is its load).
+ROWS_PER_SLICE = 8192
+ROWS_PER_STEP = 1024
 
 
-def quantize_rows(weight: torch.Tensor, rows=None):
-    """Symmetric int8 per row: (int8 [out, in], float32 scales [out]); weight ~= q * scale[:, None].
-
-    `rows(first, stop)` may stand in for `weight` (then a (out, in) shape): the matrix is then read a
-    slice at a time, so its float32 copy never exists whole."""
-    out, width = weight if rows is not None else weight.shape
-    q = torch.empty(out, width, dtype=torch.int8)
-    scale = torch.empty(out, dtype=torch.float32)
-    for first in range(0, out, ROWS_PER_SLICE):
-        stop = min(first + ROWS_PER_SLICE, out)
-        part = rows(first, stop) if rows is not None else weight[first:stop]
-        s = part.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        q[first:stop] = torch.round(part / s[:, None]).clamp_(-127, 127)
-        scale[first:stop] = s
-    return q, scale
+def quantize_rows(weight: torch.Tensor):
+    """Symmetric int8 per row: (int8 [out, in], float32 scales [out]); weight ~= q * scale[:, None]."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale.float()
 
 
 def _pack(q: torch.Tensor, scale: torch.Tensor):
@@ -68,20 +62,23 @@ def _int8_matmul(x: torch.Tensor, packed) -> torch.Tensor:
 
 class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias=None):
+        """From a float weight [out, in], or from `(shape, rows)` where `rows(first, stop)` reads that
+        slice of the float weight (a large matrix then never exists whole in float32)."""
         super().__init__()
-        q, scale = quantize_rows(weight.float())
-        self.out_features, self.in_features = weight.shape
-        self._packed = _pack(q, scale)  # FBGEMM's own layout; the int8 matrix is not kept beside it
+        shape, rows = (weight.shape, lambda a, b: weight[a:b]) if isinstance(weight, torch.Tensor) else weight
+        self.out_features, self.in_features = shape
+        # FBGEMM's own packed layout, a slice of output rows each; no int8 matrix is kept beside it.
+        self._packed = []
+        for first in range(0, self.out_features, ROWS_PER_SLICE):
+            stop = min(first + ROWS_PER_SLICE, self.out_features)
+            q = torch.empty(stop - first, self.in_features, dtype=torch.int8)
+            scale = torch.empty(stop - first)
+            for a in range(first, stop, ROWS_PER_STEP):
+                b = min(a + ROWS_PER_STEP, stop)
+                q[a - first : b - first], scale[a - first : b - first] = quantize_rows(rows(a, b).float())
+            self._packed.append(_pack(q, scale))
+            del q
         self.bias = None if bias is None else bias.float().contiguous()
-
-    @classmethod
-    def from_int8(cls, q: torch.Tensor, scale: torch.Tensor, bias=None) -> "Int8Linear":
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
-        layer.out_features, layer.in_features = q.shape
-        layer._packed = _pack(q, scale)
-        layer.bias = bias
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -93,7 +90,8 @@ class Int8Linear(nn.Module):
         error = coarse - torch.round(coarse / STEP) * STEP
         error_magnitude = _magnitude(error)
         stacked = torch.cat([coarse, error / error_magnitude, _RANGE_ROWS.expand(2, self.in_features)])
-        out = _int8_matmul(stacked, self._packed)
+        parts = [_int8_matmul(stacked, packed) for packed in self._packed]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         out = (out[:n] + out[n : 2 * n] * error_magnitude) * magnitude
         if self.bias is not None:
             out += self.bias
@@ -108,17 +106,6 @@ _RANGE_ROWS = torch.tensor([[1.0], [-1.0]])
 
 def _magnitude(rows: torch.Tensor) -> torch.Tensor:
     return rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
-
-
-class Int8Embedding(nn.Module):
-    """Token embedding as int8 rows with per-row scales, dequantized at lookup (no float32 table)."""
-
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
-        super().__init__()
-        self.q, self.scale = q, scale
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.q[ids].float() * self.scale[ids].unsqueeze(-1)
 
 
 def int8_available() -> bool:

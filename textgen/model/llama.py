@@ -22,10 +22,11 @@ ARCHITECTURES = {"llama", "qwen2"}
 
 def supports(config: dict) -> bool:
     """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
+        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
+            return False
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
-    return config.get("model_type") in ARCHITECTURES and rope_type == "default" and not sliding
+    return config.get("model_type") in ARCHITECTURES and not sliding
 
 
 def _rope_theta(config: dict) -> float:

@@ -1,0 +1,34 @@
+"""Tiny Llama-family checkpoints built here (GPT-2's tiny one is scripts/make_model.make_tiny)."""
+
+from __future__ import annotations
+
+
+def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0) -> str:
+    """A 2-layer Llama (or Qwen2, with q/k/v biases) with grouped-query attention (4 heads, 2 KV heads)
+    and the tiny GPT-2's tokenizer, saved with `save_pretrained`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=not qwen2,  # one of each: tied and untied LM heads
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape)) if qwen2 else LlamaForCausalLM(LlamaConfig(**shape))
+    if qwen2:  # random biases, so that a native module ignoring them would be caught
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

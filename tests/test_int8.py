@@ -1,0 +1,106 @@
+"""int8 weights: the quantized matmul this depends on, its accuracy, and rows that stay independent."""
+
+import pytest
+import torch
+
+from textgen.model import int8
+from textgen.model.int8 import Int8Linear
+from textgen.model.layers import FileEmbedding
+from textgen.model.loader import load_model
+from textgen.settings import Settings
+
+
+def test_the_quantized_matmul_torch_provides_still_works():
+    """torch.ao's quantized ops are deprecated in torch 2.13: if they go, this fails first and loudly."""
+    assert int8.int8_available()
+    weight = torch.randn(96, 64)
+    q, scale = int8.quantize_rows(weight)
+    x = torch.rand(3, 64) * 2 - 1
+    out = int8._int8_matmul(torch.cat([x, torch.ones(1, 64), -torch.ones(1, 64)]), int8._pack(q, scale))[:3]
+    expected = x @ (q.float() * scale[:, None]).t()
+    assert out.shape == (3, 96)
+    assert (out - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_the_activation_grid_is_what_int8_assumes():
+    """Over the pinned range [-1, 1] FBGEMM rounds activations to multiples of STEP."""
+    eye = int8._pack(torch.eye(256, dtype=torch.int8) * 127, torch.full((256,), 1 / 127))
+    x = torch.linspace(-1, 1, 256)[None]
+    out = int8._int8_matmul(torch.cat([x, torch.ones(1, 256), -torch.ones(1, 256)]), eye)[0]
+    assert torch.allclose(out, torch.round(x[0] / int8.STEP) * int8.STEP, atol=1e-6)
+
+
+def test_int8_linear_is_close_to_float32_even_with_outlier_channels():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(300, 128) * 0.05, torch.randn(300)
+    x = torch.randn(5, 128)
+    x[:, 7] *= 150  # an outlier channel, as in Llama-family activations
+    expected = torch.nn.functional.linear(x, weight, bias)
+    got = Int8Linear(weight, bias)(x)
+    relative = (got - expected).norm() / expected.norm()
+    assert relative < 0.01  # one int8 pass alone gives ~5% here
+
+
+def test_rows_are_independent_of_their_neighbours():
+    """A row's result is the same alone or beside any other rows: seeded sampling stays reproducible."""
+    torch.manual_seed(1)
+    layer = Int8Linear(torch.randn(200, 64))
+    rows = torch.randn(6, 64) * torch.tensor([1, 100, 0.01, 5, 1000, 0.3])[:, None]
+    together = layer(rows)
+    for i in range(6):
+        assert torch.equal(layer(rows[i : i + 1])[0], together[i])
+
+
+def test_large_matrices_are_packed_in_slices_with_the_same_result(monkeypatch):
+    weight = torch.randn(100, 32)
+    whole = Int8Linear(weight)
+    monkeypatch.setattr(int8, "ROWS_PER_SLICE", 24)
+    monkeypatch.setattr(int8, "ROWS_PER_STEP", 7)
+    sliced = Int8Linear(((100, 32), lambda a, b: weight[a:b]))
+    assert len(sliced._packed) == 5
+    x = torch.randn(3, 32)
+    assert torch.equal(sliced(x), whole(x))
+
+
+def test_int8_model_keeps_no_float32_copy_of_the_embedding(tiny_model_dir):
+    model, _ = load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8"))
+    assert model.dtype_name == "int8" and isinstance(model.wte, FileEmbedding)
+    vocab, width = model.vocab_size, model.wpe.shape[1]
+    tensors = [t for m in model.modules() for t in vars(m).values() if isinstance(t, torch.Tensor)]
+    assert not any(tuple(t.shape) in ((vocab, width), (width, vocab)) for t in tensors)
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 2 * 4 + 1  # every linear layer of both blocks, and the LM head
+
+
+def test_file_embedding_reads_the_checkpoints_rows(tiny_model_dir):
+    from textgen.model.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(tiny_model_dir)
+    table = checkpoint.get("transformer.wte.weight")
+    embedding = FileEmbedding(*checkpoint.locate("transformer.wte.weight"))
+    ids = torch.tensor([[3, 0, 3, len(table) - 1], [5, 6, 7, 8]])
+    assert torch.equal(embedding(ids), table[ids])
+    with pytest.raises(IndexError):
+        embedding(torch.tensor([[len(table)]]))
+
+
+def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from textgen.engine import Engine
+    from textgen.validation import validate_generate
+
+    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8", torch_threads=2)
+    engine = Engine(*load_model(settings), settings).start()
+    try:
+        bodies = [{"inputs": "Hello " * (i + 1), "parameters": {"max_new_tokens": 12, "seed": i}} for i in range(6)]
+
+        def run(body):
+            return engine.submit(validate_generate(body, settings)).result().text
+
+        alone = [run(b) for b in bodies]
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(run, bodies))
+        assert together == alone and len(set(alone)) > 1
+    finally:
+        engine.stop()

@@ -1,0 +1,113 @@
+"""The native GPT-2 and Llama modules against transformers on the same weights, and backend choice."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.models import make_tiny_llama
+from textgen.engine import Engine
+from textgen.model.kv_cache import KVCache
+from textgen.model.loader import choose_backend, load_model
+from textgen.model.checkpoint import read_config
+from textgen.settings import Settings
+from textgen.validation import validate_generate
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tiny_model_dir):
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-llama")), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory, tiny_model_dir):
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-qwen2")), tiny_model_dir, qwen2=True)
+
+
+def native(model_dir, quantize="none"):
+    settings = Settings.from_env(environ={}, model_id=model_dir, model_backend="native", quantize=quantize, torch_threads=2)
+    return load_model(settings)
+
+
+def every_position_logits(model, ids, chunk):
+    """Prefill `ids` in chunks of `chunk` tokens (through the KV cache), logits at every position."""
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(1, ids.shape[1])
+    out = []
+    for start in range(0, ids.shape[1], chunk):
+        part = ids[:, start : start + chunk]
+        positions = torch.arange(start, start + part.shape[1])[None]
+        out.append(model(part, positions, cache, 0, torch.arange(part.shape[1])[None])[0])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_dir, qwen2_dir):
+    model_dir = {"gpt2": tiny_model_dir, "llama": llama_dir, "qwen2": qwen2_dir}[which]
+    model, _ = native(model_dir)
+    assert model.backend == "native"
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(0, model.vocab_size, (1, 23), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = reference(ids).logits[0]
+        got = every_position_logits(model, ids, chunk)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_native_llama_greedy_equals_generate(which, llama_dir, qwen2_dir):
+    model_dir = llama_dir if which == "llama" else qwen2_dir
+    model, tokenizer = native(model_dir)
+    settings = Settings.from_env(environ={}, model_id=model_dir, torch_threads=2)
+    engine = Engine(model, tokenizer, settings).start()
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    try:
+        for prompt in ["Hello world", "Technology and finance meet where"]:
+            ids = tokenizer(prompt)["input_ids"]
+            out = reference.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, pad_token_id=0)
+            expected = tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": 20, "do_sample": False}}
+            assert engine.submit(validate_generate(body, settings)).result().text == expected
+    finally:
+        engine.stop()
+
+
+def test_auto_backend_is_native_for_known_architectures_only(tiny_model_dir, llama_dir, tmp_path):
+    assert choose_backend("auto", read_config(tiny_model_dir), tiny_model_dir) == "native"
+    assert choose_backend("auto", read_config(llama_dir), llama_dir) == "native"
+    assert choose_backend("transformers", read_config(llama_dir), llama_dir) == "transformers"
+    # An architecture without a native module (GPT-Neo here) goes to transformers, or fails if forced.
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    neo = str(tmp_path / "neo")
+    GPTNeoForCausalLM(
+        GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]])
+    ).save_pretrained(neo)
+    assert choose_backend("auto", read_config(neo), neo) == "transformers"
+    with pytest.raises(ValueError, match="MODEL_BACKEND=native: no native module for model_type 'gpt_neo'"):
+        choose_backend("native", read_config(neo), neo)
+    # Scaled RoPE is not implemented natively: such a Llama goes to transformers.
+    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    assert choose_backend("auto", config, llama_dir) == "transformers"
+
+
+def test_serving_a_native_model_imports_no_transformers_modeling_code(tiny_model_dir):
+    """The native path needs neither transformers' modeling classes nor (with tokenizer.json) its
+    tokenizers: those imports alone cost ~100 MB and seconds of CPU at start-up."""
+    code = (
+        "import json, sys\n"
+        "from textgen.server import create_app\n"
+        "from textgen.settings import Settings\n"
+        f"create_app(Settings.from_env(environ={{}}, model_id={tiny_model_dir!r}, torch_threads=1))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('transformers'))))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
