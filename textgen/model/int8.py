@@ -87,12 +87,18 @@ class Int8Linear(nn.Module):
         magnitude = _magnitude(rows)
         coarse = rows / magnitude
         # Pass 2: what rounding pass 1 to the int8 grid loses, scaled into [-1, 1] in turn.
-        error = coarse - torch.round(coarse / STEP) * STEP
+        error = coarse - torch.round(coarse * (1.0 / STEP)) * STEP
         error_magnitude = _magnitude(error)
-        stacked = torch.cat([coarse, error / error_magnitude, _RANGE_ROWS.expand(2, self.in_features)])
-        parts = [_int8_matmul(stacked, packed) for packed in self._packed]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        out = (out[:n] + out[n : 2 * n] * error_magnitude) * magnitude
+        stacked = torch.cat([coarse, error.div_(error_magnitude), _RANGE_ROWS.expand(2, self.in_features)])
+        # Recombine per slice straight into the output: no [2n+2, out] copy of a 50k-wide LM head.
+        out = torch.empty(n, self.out_features)
+        first = 0
+        for packed in self._packed:
+            part = _int8_matmul(stacked, packed)
+            stop = first + part.shape[1]
+            torch.addcmul(part[:n], part[n : 2 * n], error_magnitude, out=out[:, first:stop])
+            first = stop
+        out.mul_(magnitude)
         if self.bias is not None:
             out += self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
