@@ -1,8 +1,10 @@
-"""One decode step of DistilGPT2's shape, with and without the skinny-matmul rewrite (engine/skinny.py).
+"""One decode step of DistilGPT2's shape (native GPT-2 module) with each kind of weights.
 
-    python bench/kernels.py [--batches 1 2 4 8 16]
+    python bench/kernels.py [--batches 1 2 4 8 16] [--threads N]
 
-Prints milliseconds per step (median of 15) for each batch size; same process, same weights.
+For each batch size it prints milliseconds per decode step (median of 15, the KV cache holding a
+40-token prompt): float32 with `F.linear`, float32 with the skinny-matmul rewrite (model/skinny.py),
+and int8 (model/int8.py); same process, same weights. The model forward only: no sampling, no HTTP.
 """
 
 from __future__ import annotations
@@ -14,45 +16,55 @@ import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.run import prepare_model  # noqa: E402
-from textgen.model.loader import configure_threads  # noqa: E402
-from textgen.engine.skinny import use_skinny_matmuls  # noqa: E402
+from textgen.engine.batch import Batch  # noqa: E402
+from textgen.model.loader import configure_threads, load_model  # noqa: E402
+from textgen.settings import Settings  # noqa: E402
+
+KINDS = {
+    "float32 F.linear": dict(quantize="none", skinny_matmul=False),
+    "float32 skinny": dict(quantize="none", skinny_matmul=True),
+    "int8": dict(quantize="int8"),
+}
 
 
 def step_ms(model, batch: int, prompt_len: int = 40, steps: int = 15) -> float:
     with torch.inference_mode():
-        ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len))
-        cache = model(input_ids=ids, use_cache=True).past_key_values
+        rows = Batch(model)
+        rows.add(list(range(batch)), [list(range(1, prompt_len + 1))] * batch)
+        while rows.prefill_step() is None:
+            pass
         times = []
-        for i in range(steps):
-            mask = torch.ones(batch, prompt_len + i + 1, dtype=torch.long)
+        for _ in range(steps):
+            rows.lengths = [prompt_len] * batch  # rewrite the same position: the cache length stays put
             started = time.perf_counter()
-            model(input_ids=ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True)
+            rows.step([5] * batch)
             times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="random")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
     args = parser.parse_args(argv)
     model_dir, origin = prepare_model(args.model)
-    threads = configure_threads(None)
-    plain = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    skinny = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    use_skinny_matmuls(skinny)
+    threads = configure_threads(args.threads)
+    models = {
+        name: load_model(Settings.from_env(environ={}, model_id=model_dir, model_backend="native", **kind))[0]
+        for name, kind in KINDS.items()
+    }
     print(f"model: {origin}; torch threads: {threads}")
-    print("| batch | F.linear (ms/step) | skinny (ms/step) | speed-up |")
-    print("|---|---|---|---|")
+    print("| batch | " + " | ".join(f"{name} (ms/step)" for name in KINDS) + " | int8 speed-up |")
+    print("|---|" + "---|" * (len(KINDS) + 1))
     for batch in args.batches:
-        a, b = step_ms(plain, batch), step_ms(skinny, batch)
-        print(f"| {batch} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+        ms = [step_ms(model, batch) for model in models.values()]
+        print(f"| {batch} | " + " | ".join(f"{m:.1f}" for m in ms) + f" | {ms[0] / ms[-1]:.1f}x |")
     return 0
 
 

@@ -1,13 +1,23 @@
-"""Benchmark: this service against the seed's design (one `model.generate` per request), same model, one run.
+"""Benchmark: this service in each of its modes against the seed's design (one `model.generate` per
+request) and, when a binary is given, llama.cpp's llama-server; same model, one run.
 
-    python bench/run.py                       # DistilGPT2 (real if the Hub answers, else its exact shape)
-    python bench/run.py --clients 1 8 --rounds 3 --max-new-tokens 64
+    python bench/run.py --model random                 # DistilGPT2's exact shape, random weights
+    python bench/run.py --rounds 3 --llama-server /path/to/llama-server
+    python bench/run.py --clients 16 --max-new-tokens 400 --systems service-int8 naive-threads
 
-For 1, 4, 8 and 16 concurrent clients (each sending `--rounds` requests back to back) it measures
-aggregate tokens/s, p50/p95 latency, time to first token (streaming; the naive design cannot stream, so
-its first token arrives with the last) and the peak RSS of the server's process tree. Both servers run
-under gunicorn, one after the other. Writes bench/results/latest.json and latest.png, prints a table.
+Systems: service-int8 / service-fp32 (native modules, int8 or float32 weights), service-transformers
+(transformers' classes: the engine's previous path), naive (the seed: one sync gunicorn worker),
+naive-threads (the seed with 16 threads: concurrent model.generate calls), and llama-server-<quant>
+with --llama-server (the model converted to GGUF q8_0 or f32 on the fly, or --llama-server-gguf).
+
+For each number of concurrent clients (each sending `--rounds` requests back to back) it measures
+aggregate tokens/s (tokens the servers report they generated), p50/p95 latency, time to first token
+(streaming; the naive design cannot stream, so its first token arrives with the last) and the peak RSS
+of the server's whole process tree since it started, model load included. The servers run one after
+the other. Writes bench/results/latest.json and latest.png, prints tables.
 The machine is shared and noisy: compare the ratios within one run, not absolute numbers across runs.
+Each system waits until other processes leave the CPUs mostly idle, a level they disturbed anyway is
+measured again (up to 3 times), and each row records the share of CPU others took meanwhile.
 """
 
 from __future__ import annotations
@@ -16,11 +26,8 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,12 +37,32 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import llama  # noqa: E402
+from bench.harness import (  # noqa: E402
+    CACHE,
+    Server,
+    code_version,
+    cpu_snapshot,
+    free_port,
+    launch,
+    others_cpu_share,
+    percentile,
+    service_cmd,
+    service_env,
+    wait_until_quiet,
+)
 from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
-from tests.servers import free_port, wait_healthy  # noqa: E402
 
-SYSTEMS = ["service", "naive", "naive-threads"]
+# The service's modes: the environment each one runs with.
+SERVICE_MODES = {
+    "service-int8": {"MODEL_BACKEND": "native", "QUANTIZE": "int8"},
+    "service-fp32": {"MODEL_BACKEND": "native", "QUANTIZE": "none"},
+    "service-transformers": {"MODEL_BACKEND": "transformers", "QUANTIZE": "none"},
+}
+NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
+SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
+DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "naive", "naive-threads"]
 RESULTS = os.path.join(ROOT, "bench", "results")
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")
 PROMPTS = [
     "Once upon a time",
     "The future of artificial intelligence is",
@@ -69,42 +96,11 @@ def prepare_model(choice: str) -> tuple[str, str]:
     return target, "random weights, DistilGPT2 config"
 
 
-class RssSampler:
-    """Peak resident memory of a process and its children, sampled every 20 ms."""
-
-    def __init__(self, pid: int):
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                procs = [self.process] + self.process.children(recursive=True)
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def one_request(url: str, prompt: str, max_new_tokens: int, streaming: bool) -> dict:
-    started = time.perf_counter()
-    if not streaming:
-        body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
-        response = requests.post(url + "/generate", json=body, timeout=600)
-        response.raise_for_status()
-        latency = time.perf_counter() - started
-        return {"latency": latency, "ttft": latency, "tokens": response.json()["generated_tokens"]}
+# -- one request, per protocol -----------------------------------------------------------------------
+def service_request(url: str, prompt: str, max_new_tokens: int) -> dict:
+    """TGI's /generate_stream: first-token time from the first event, tokens from details."""
     body = {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "details": True}}
+    started = time.perf_counter()
     ttft, tokens = None, 0
     with requests.post(url + "/generate_stream", json=body, stream=True, timeout=600) as response:
         response.raise_for_status()
@@ -117,105 +113,168 @@ def one_request(url: str, prompt: str, max_new_tokens: int, streaming: bool) -> 
             if ttft is None:
                 ttft = time.perf_counter() - started
             if event.get("details"):
+                # What the engine generated; fewer than asked when it sampled end-of-text.
                 tokens = event["details"]["generated_tokens"]
     return {"latency": time.perf_counter() - started, "ttft": ttft, "tokens": tokens}
 
 
-def run_level(url: str, pid: int, clients: int, rounds: int, max_new_tokens: int, streaming: bool) -> dict:
-    def client(i: int) -> list:
-        return [
-            one_request(url, PROMPTS[(i + r) % len(PROMPTS)], max_new_tokens, streaming) for r in range(rounds)
-        ]
+def naive_request(url: str, prompt: str, max_new_tokens: int) -> dict:
+    """The seed's /generate: no streaming, so the first token arrives with the last."""
+    started = time.perf_counter()
+    response = requests.post(url + "/generate", json={"prompt": prompt, "max_new_tokens": max_new_tokens}, timeout=600)
+    response.raise_for_status()
+    latency = time.perf_counter() - started
+    return {"latency": latency, "ttft": latency, "tokens": response.json()["generated_tokens"]}
 
-    with RssSampler(pid) as rss, ThreadPoolExecutor(clients) as pool:
+
+def request_for(system: str):
+    if system in SERVICE_MODES:
+        return service_request
+    if system in NAIVE_THREADS:
+        return naive_request
+    return llama.one_request
+
+
+# -- starting each system ----------------------------------------------------------------------------
+def start(system: str, model_dir: str, args) -> Server:
+    port = free_port()
+    if system in SERVICE_MODES:
+        return launch(service_cmd(), port, service_env(model_dir, port, **SERVICE_MODES[system]))
+    if system in NAIVE_THREADS:
+        # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
+        # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
+        cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
+               "--threads", str(NAIVE_THREADS[system]), "--timeout", "600"]
+        return launch(cmd, port, service_env(model_dir, port))
+    ctx = llama.context_size(args.llama_parallel, args.max_new_tokens)
+    threads = args.llama_threads or len(os.sched_getaffinity(0))
+    cmd = llama.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
+    return launch(cmd, port)
+
+
+def llama_system(args, model_dir: str) -> str:
+    """Find or make the GGUF (args.gguf) and name the row after its weights."""
+    if args.llama_server_gguf:
+        args.gguf = args.llama_server_gguf
+        return "llama-server-" + os.path.splitext(os.path.basename(args.gguf))[0]
+    converter = args.llama_convert or llama.find_converter(args.llama_server)
+    args.gguf = llama.gguf_for(model_dir, args.llama_quant, converter)
+    return "llama-server-" + args.llama_quant
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+def run_level(server: Server, request, clients: int, rounds: int, max_new_tokens: int) -> dict:
+    def client(i: int) -> list:
+        return [request(server.url, PROMPTS[(i + r) % len(PROMPTS)], max_new_tokens) for r in range(rounds)]
+
+    server.rss.new_window()
+    ours = server.rss.pids() | {os.getpid()}
+    cpu_before = cpu_snapshot(ours)
+    with ThreadPoolExecutor(clients) as pool:
         started = time.perf_counter()
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
         elapsed = time.perf_counter() - started
-    latencies = sorted(r["latency"] for r in results)
-    ttfts = sorted(r["ttft"] for r in results)
+    others = others_cpu_share(cpu_before, cpu_snapshot(ours), elapsed)
+    latencies = [r["latency"] for r in results]
+    tokens = sum(r["tokens"] for r in results)
+    hwm = server.rss.high_water_mark()
     return {
         "clients": clients,
         "requests": len(results),
-        "tokens": sum(r["tokens"] for r in results),
+        "tokens": tokens,
+        # Requests that ended before max_new_tokens (end-of-text sampled); only their real tokens count.
+        "short_requests": sum(r["tokens"] < max_new_tokens for r in results),
         "seconds": round(elapsed, 2),
-        "tokens_per_s": round(sum(r["tokens"] for r in results) / elapsed, 1),
+        "tokens_per_s": round(tokens / elapsed, 1),
         "p50_latency_s": round(statistics.median(latencies), 2),
-        "p95_latency_s": round(_percentile(latencies, 95), 2),
-        "p50_ttft_s": round(statistics.median(ttfts), 3),
-        "peak_rss_mb": round(rss.peak / 2**20),
+        "p95_latency_s": round(percentile(latencies, 95), 2),
+        "p50_ttft_s": round(statistics.median(r["ttft"] for r in results), 3),
+        # Since the server's process started (model load included), up to the end of this level.
+        "peak_rss_mb": round(server.rss.peak / 2**20),
+        "level_peak_rss_mb": round(server.rss.window_peak / 2**20),
+        "vm_hwm_sum_mb": round(hwm / 2**20) if hwm else None,
+        "load_peak_rss_mb": round(server.load_peak_rss / 2**20),
+        "load_s": round(server.load_seconds, 1),
+        # The machine is shared: the share of its CPU time other processes took during this level.
+        "others_cpu_share": round(others, 2),
     }
 
 
-def _percentile(sorted_values, q):
-    index = (len(sorted_values) - 1) * q / 100
-    low, high = int(index), min(int(index) + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (index - low)
+def quiet_level(server: Server, request, clients: int, args, attempts: int = 3) -> dict:
+    """One level, measured again (after a quiet spell) while other processes took more than
+    --quiet-below of the CPUs during it; the last attempt is kept whatever happened."""
+    for attempt in range(attempts):
+        row = run_level(server, request, clients, args.rounds, args.max_new_tokens)
+        if args.quiet_timeout <= 0 or row["others_cpu_share"] < args.quiet_below or attempt == attempts - 1:
+            return {**row, "attempts": attempt + 1}
+        print(f"{clients} clients: other processes took {row['others_cpu_share']:.0%} of the CPUs; again", flush=True)
+        wait_until_quiet(args.quiet_below, args.quiet_timeout, server.rss.pids())
 
 
-def start(system: str, model_dir: str):
-    port = free_port()
-    env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "HF_HUB_OFFLINE": "1"}
-    if system == "service":
-        cmd = [sys.executable, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
-    else:
-        # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
-        # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
-        threads = "16" if system == "naive-threads" else "1"
-        cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
-               "--threads", threads, "--timeout", "600"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, timeout=300, proc=proc)
-    return proc, url
-
-
-def measure(system: str, model_dir: str, levels, rounds, max_new_tokens) -> list:
-    proc, url = start(system, model_dir)
+def measure(system: str, model_dir: str, args) -> list:
+    server = start(system, model_dir, args)
+    request = request_for(system)
     try:
-        streaming = system == "service"
-        one_request(url, PROMPTS[0], max_new_tokens, streaming)  # warm-up
+        request(server.url, PROMPTS[0], args.max_new_tokens)  # warm-up
         rows = []
-        for clients in levels:
-            row = run_level(url, proc.pid, clients, rounds, max_new_tokens, streaming)
-            row["system"] = system
+        for clients in args.clients:
+            row = {"system": system, **quiet_level(server, request, clients, args)}
             print(json.dumps(row), flush=True)
             rows.append(row)
         return rows
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        server.stop()
+
+
+# -- reporting -----------------------------------------------------------------------------------------
+def streams(system: str) -> bool:
+    return system not in NAIVE_THREADS
 
 
 def table(rows) -> str:
     lines = [
-        "| system | clients | tokens/s | p50 latency (s) | p95 latency (s) | p50 first token (s) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| system | clients | tokens/s | p50 latency (s) | p95 latency (s) | p50 first token (s) "
+        "| peak RSS since start (MB) | peak RSS in this level (MB) | CPU used by other processes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ttft = f"{r['p50_ttft_s']:.3f}" if r["system"] == "service" else f"{r['p50_ttft_s']:.2f} (= latency)"
+        ttft = f"{r['p50_ttft_s']:.3f}" if streams(r["system"]) else f"{r['p50_ttft_s']:.2f} (= latency)"
         lines.append(
             f"| {r['system']} | {r['clients']} | {r['tokens_per_s']} | {r['p50_latency_s']} | "
-            f"{r['p95_latency_s']} | {ttft} | {r['peak_rss_mb']} |"
+            f"{r['p95_latency_s']} | {ttft} | {r['peak_rss_mb']} | {r['level_peak_rss_mb']} | "
+            f"{r['others_cpu_share']:.0%} |"
         )
+    return "\n".join(lines)
+
+
+def start_table(rows) -> str:
+    """Per system: start-up time and memory, the load alone and the whole run (both from process start)."""
+    lines = [
+        "| system | start-up (s) | peak RSS during load (MB) | peak RSS, whole run (MB) |",
+        "|---|---|---|---|",
+    ]
+    for system in dict.fromkeys(r["system"] for r in rows):
+        last = [r for r in rows if r["system"] == system][-1]
+        lines.append(f"| {system} | {last['load_s']} | {last['load_peak_rss_mb']} | {last['peak_rss_mb']} |")
     return "\n".join(lines)
 
 
 def verdict(rows) -> dict:
     by = {(r["system"], r["clients"]): r for r in rows}
+    peers = [s for s in dict.fromkeys(r["system"] for r in rows) if s not in SERVICE_MODES]
     out = {}
-    if ("service", 8) in by and ("naive", 8) in by:
-        s, n = by[("service", 8)], by[("naive", 8)]
-        out["8 clients: tokens/s ratio (target >= 5x)"] = round(s["tokens_per_s"] / n["tokens_per_s"], 1)
-        out["8 clients: service p95 <= naive p50"] = s["p95_latency_s"] <= n["p50_latency_s"]
-        out["8 clients: service peak RSS <= naive's"] = s["peak_rss_mb"] <= n["peak_rss_mb"]
-    if ("service", 8) in by and ("naive-threads", 8) in by:
-        out["8 clients: tokens/s ratio vs naive-threads"] = round(
-            by[("service", 8)]["tokens_per_s"] / by[("naive-threads", 8)]["tokens_per_s"], 1
-        )
-    if ("service", 1) in by and ("naive", 1) in by:
-        out["1 client: tokens/s ratio (target >= 1x)"] = round(
-            by[("service", 1)]["tokens_per_s"] / by[("naive", 1)]["tokens_per_s"], 2
-        )
+    for service in (s for s in SERVICE_MODES if (s, 8) in by):
+        s = by[(service, 8)]
+        for peer in (p for p in peers if (p, 8) in by):
+            out[f"8 clients: {service} / {peer} tokens/s"] = round(s["tokens_per_s"] / by[(peer, 8)]["tokens_per_s"], 2)
+        if ("naive", 8) in by:
+            n = by[("naive", 8)]
+            out[f"8 clients: {service} p95 <= naive p50"] = s["p95_latency_s"] <= n["p50_latency_s"]
+            out[f"8 clients: {service} peak RSS <= naive's"] = s["peak_rss_mb"] <= n["peak_rss_mb"]
+        if (service, 1) in by and ("naive", 1) in by:
+            out[f"1 client: {service} / naive tokens/s"] = round(
+                by[(service, 1)]["tokens_per_s"] / by[("naive", 1)]["tokens_per_s"], 2
+            )
     return out
 
 
@@ -225,24 +284,70 @@ def plot(rows, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for system, style in (("service", "o-"), ("naive", "s--"), ("naive-threads", "^:")):
+    lines = (
+        ("tokens_per_s", "aggregate tokens/s"),
+        ("p50_latency_s", "p50 latency (s)"),
+        ("p95_latency_s", "p95 latency (s)"),
+        ("p50_ttft_s", "p50 first token (s; naive: = latency)"),
+        ("level_peak_rss_mb", "peak RSS while serving the level (MB)"),
+    )
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    axes = axes.flatten()
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    levels = sorted({r["clients"] for r in rows})
+    markers = "osD^v<>ph*"
+    for i, system in enumerate(systems):
         rs = [r for r in rows if r["system"] == system]
-        x = [r["clients"] for r in rs]
-        axes[0].plot(x, [r["tokens_per_s"] for r in rs], style, label=system)
-        axes[1].plot(x, [r["p95_latency_s"] for r in rs], style, label=system)
-        axes[2].plot(x, [r["peak_rss_mb"] for r in rs], style, label=system)
-    for ax, title in zip(axes, ("aggregate tokens/s", "p95 latency (s)", "peak RSS (MB)")):
+        style = ("-" if system in SERVICE_MODES else "--") + markers[i % len(markers)]
+        for ax, (key, _) in zip(axes, lines):
+            ax.plot([r["clients"] for r in rs], [r[key] for r in rs], style, label=system)
+    for ax, (key, title) in zip(axes, lines):
         ax.set_title(title)
         ax.set_xlabel("concurrent clients")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r["clients"] for r in rows}), labels=[str(c) for c in sorted({r["clients"] for r in rows})])
+        ax.set_xticks(levels, labels=[str(c) for c in levels])
         ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_ylim(bottom=0)
-    axes[2].set_ylim(bottom=0)
+        if key == "p50_ttft_s":
+            ax.set_yscale("log")  # streams answer in milliseconds, the naive design in seconds
+        else:
+            ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=8)
+    _memory_bars(axes[5], rows, systems)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def _memory_bars(ax, rows, systems) -> None:
+    """Per system: the peak while the model loads and over the whole run, both from process start."""
+    last = {r["system"]: r for r in rows}
+    x = range(len(systems))
+    ax.bar([i - 0.2 for i in x], [last[s]["load_peak_rss_mb"] for s in systems], 0.4, label="during load")
+    ax.bar([i + 0.2 for i in x], [last[s]["peak_rss_mb"] for s in systems], 0.4, label="whole run")
+    ax.set_xticks(list(x), labels=systems, rotation=20, ha="right", fontsize=8)
+    ax.set_title("peak RSS since process start (MB)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+
+
+def machine() -> dict:
+    cpu = ""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not cpu:
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "summary": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
+        "cpu": cpu,
+        # int8 matmuls (FBGEMM, llama.cpp's q8_0) are much faster with these instructions.
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx2": "avx2" in flags,
+    }
 
 
 def main(argv=None) -> int:
@@ -251,22 +356,45 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument(
-        "--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS, help="naive = the seed (one sync worker)"
-    )
+    parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=SYSTEMS,
+                        help="naive = the seed (one sync worker); llama-server comes with --llama-server")
+    parser.add_argument("--llama-server", metavar="PATH", help="a llama-server binary: adds its row")
+    parser.add_argument("--llama-server-gguf", metavar="FILE", help="serve this GGUF instead of converting")
+    parser.add_argument("--llama-quant", choices=llama.QUANTS, default="q8_0", help="GGUF type to convert to")
+    parser.add_argument("--llama-convert", metavar="PATH",
+                        help="convert_hf_to_gguf.py (default: found in the source tree beside the binary's build)")
+    parser.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")
+    parser.add_argument("--llama-threads", type=int, help="llama-server -t/-tb (default: the usable CPUs)")
+    parser.add_argument("--quiet-below", type=float, default=0.15,
+                        help="before each system, wait until other processes use less than this share of the CPUs")
+    parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest"))
+    parser.set_defaults(gguf=None)  # the GGUF llama-server serves, once found or made
     args = parser.parse_args(argv)
+    if args.llama_server_gguf and not args.llama_server:
+        parser.error("--llama-server-gguf needs --llama-server PATH")
 
     model_dir, origin = prepare_model(args.model)
-    rows = []
-    for system in args.systems:
-        rows += measure(system, model_dir, args.clients, args.rounds, args.max_new_tokens)
+    systems = list(args.systems)
+    if args.llama_server:
+        systems.append(llama_system(args, model_dir))
+    rows, code = [], {}
+    for system in systems:
+        if args.quiet_timeout > 0:
+            wait_until_quiet(args.quiet_below, args.quiet_timeout)
+        # The service's code may change between two systems of a long run (a shared working tree):
+        # record what each one ran, read just before its server starts.
+        code[system] = code_version()
+        rows += measure(system, model_dir, args)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": origin,
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
+        "machine": machine(),
+        "code": code,
+        "llama_server": {"binary": args.llama_server, "gguf": args.gguf, "parallel": args.llama_parallel}
+        if args.llama_server else None,
         "rows": rows,
         "verdict": verdict(rows),
     }
@@ -276,6 +404,8 @@ def main(argv=None) -> int:
     plot(rows, args.out + ".png")
     print()
     print(table(rows))
+    print()
+    print(start_table(rows))
     print()
     for k, v in result["verdict"].items():
         print(f"- {k}: {v}")

@@ -6,7 +6,8 @@ AVX2 or AVX-512/VNNI kernels), kept behind one function, `_int8_matmul`, because
 ops are deprecated in 2.13: if they go away, that function and `tests/test_int8.py` say so at once.
 Measured here (2 threads, AMD EPYC with AVX-512 VNNI), DistilGPT2's LM head (50257 x 768):
 fp32 9.6 ms, bf16 4.0 ms, `torch._int_mm` with per-row scales (a matmul of our own) 3.7 ms, this
-function 0.8 ms at batch 1; 24.8 / 6.0 / 4.0 / 2.6 ms at batch 16 (`python bench/kernels.py --int8`).
+function 0.8 ms at batch 1; 24.8 / 6.0 / 4.0 / 2.6 ms at batch 16 (whole decode steps per kind of weights:
+`python bench/kernels.py`).
 
 Rows stay independent. FBGEMM quantizes its input with one scale for the whole tensor, taken from
 the tensor's min and max, so a row's result would depend on its neighbours (and a seeded request
@@ -83,20 +84,22 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         n = rows.shape[0]
+        stacked = torch.empty(2 * n + 2, self.in_features)
+        coarse, fine = stacked[:n], stacked[n : 2 * n]
         # Pass 1: each row scaled into [-1, 1] by its own largest magnitude.
-        magnitude = _magnitude(rows)
-        coarse = rows / magnitude
-        # Pass 2: what rounding pass 1 to the int8 grid loses, scaled into [-1, 1] in turn.
-        error = coarse - torch.round(coarse * (1.0 / STEP)) * STEP
-        error_magnitude = _magnitude(error)
-        stacked = torch.cat([coarse, error.div_(error_magnitude), _RANGE_ROWS.expand(2, self.in_features)])
+        magnitude = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+        torch.div(rows, magnitude, out=coarse)
+        # Pass 2: what rounding pass 1 to the grid loses, in grid steps (within +-1/2), doubled into [-1, 1].
+        torch.mul(coarse, 1.0 / STEP, out=fine)
+        fine.sub_(torch.round(fine)).mul_(2.0)
+        stacked[2 * n :] = _RANGE_ROWS
         # Recombine per slice straight into the output: no [2n+2, out] copy of a 50k-wide LM head.
         out = torch.empty(n, self.out_features)
         first = 0
         for packed in self._packed:
             part = _int8_matmul(stacked, packed)
             stop = first + part.shape[1]
-            torch.addcmul(part[:n], part[n : 2 * n], error_magnitude, out=out[:, first:stop])
+            torch.add(part[:n], part[n : 2 * n], alpha=STEP / 2, out=out[:, first:stop])
             first = stop
         out.mul_(magnitude)
         if self.bias is not None:
@@ -108,10 +111,6 @@ class Int8Linear(nn.Module):
 
 
 _RANGE_ROWS = torch.tensor([[1.0], [-1.0]])
-
-
-def _magnitude(rows: torch.Tensor) -> torch.Tensor:
-    return rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
 
 
 def int8_available() -> bool:

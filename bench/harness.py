@@ -1,0 +1,239 @@
+"""What the benchmarks share: starting a server with its memory watched from the first instant, and
+stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
+percentiles. Kept apart from tests/servers.py so the benchmarks do not move with the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import psutil
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def code_version() -> dict:
+    """The commit measured, and the files that differed from it (the numbers are those of the tree)."""
+    def git(*args):
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else None  # porcelain lines start with a space
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "modified": [line[3:] for line in (changed or "").splitlines()]}
+
+
+def percentile(values, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on any iterable."""
+    ordered = sorted(values)
+    index = (len(ordered) - 1) * q / 100
+    low, high = int(index), min(int(index) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
+
+
+class RssSampler:
+    """Resident memory of a process and all its children (gunicorn's master and worker), summed, from
+    the moment the process exists: `peak` covers the model load too. `window_peak` restarts at each
+    `new_window()`, for the peak of one load level alone.
+
+    Every 10 ms while the model loads (short spikes), then every 50 ms (`serving()`): listing a process
+    tree reads all of /proc, so the tree is listed every 0.2 s and only its members are read each tick;
+    sampling must not take a noticeable share of a 2-core machine from the server it measures."""
+
+    def __init__(self, pid: int, interval: float = 0.01, tree_every: float = 0.2):
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.tree_every = tree_every
+        self.peak = 0
+        self.window_peak = 0
+        self._members = [self.process]
+        self._listed_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def serving(self, interval: float = 0.05) -> None:
+        self.interval = interval
+
+    def _run(self):
+        while not self._stop.is_set():
+            if time.monotonic() - self._listed_at > self.tree_every:
+                self._members = self.tree() or self._members
+                self._listed_at = time.monotonic()
+            total = self._rss(self._members)
+            self.peak = max(self.peak, total)
+            self.window_peak = max(self.window_peak, total)
+            time.sleep(self.interval)
+
+    def tree(self):
+        try:
+            return [self.process] + self.process.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    @staticmethod
+    def _rss(procs) -> int:
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # a child that just exited: skip it
+                pass
+        return total
+
+    def current(self) -> int:
+        return self._rss(self.tree())
+
+    def high_water_mark(self) -> Optional[int]:
+        """Sum of the kernel's per-process RSS peaks (VmHWM): exact for each process, so it also catches
+        spikes shorter than the sampling interval; an upper bound when the peaks were not simultaneous."""
+        total = 0
+        for proc in self.tree():
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    line = next(line for line in f if line.startswith("VmHWM:"))
+                total += int(line.split()[1]) * 1024
+            except (OSError, StopIteration, ValueError):
+                return None
+        return total
+
+    def pids(self) -> set:
+        return {proc.pid for proc in self.tree()}
+
+    def new_window(self) -> None:
+        self.window_peak = self.current()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cpu_snapshot(pids) -> tuple:
+    """(CPU seconds the whole machine has been busy, CPU seconds the processes `pids` have used).
+
+    The machine's total comes from /proc/stat, so it also counts processes that start and exit
+    between two snapshots (a test run of a few seconds), which a per-process sum would miss."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+    own = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            own += times.user + times.system
+        except psutil.Error:
+            pass
+    return busy, own
+
+
+def others_cpu_share(before: tuple, after: tuple, seconds: float) -> float:
+    """Share of the machine's CPU time used by anything but the given processes (the server and this
+    benchmark) between two `cpu_snapshot`s of the same processes: the machine is shared."""
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others) / (seconds * (psutil.cpu_count() or 1))
+
+
+def wait_until_quiet(threshold: float, timeout: float, ours=(), window: float = 5.0) -> float:
+    """Wait (up to `timeout` s) until processes other than this one and `ours` use less than
+    `threshold` of the machine's CPU over `window` seconds: on a shared 2-core machine, another job's
+    one busy core can halve a server whose threads wait for each other. Returns the last share."""
+    pids = {os.getpid(), *ours}
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_snapshot(pids)
+        time.sleep(window)
+        share = others_cpu_share(before, cpu_snapshot(pids), window)
+        if share < threshold or time.monotonic() > deadline:
+            return share
+        print(f"other processes use {share:.0%} of the CPUs; waiting for a quieter machine", flush=True)
+
+
+@dataclass
+class Server:
+    """A running server: its process, base URL, memory sampler, and what its start-up cost."""
+
+    proc: subprocess.Popen
+    url: str
+    rss: RssSampler
+    log_path: str
+    load_seconds: float = 0.0
+    load_peak_rss: int = 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.rss.stop()
+        os.unlink(self.log_path)
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+
+def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0) -> Server:
+    """Start `cmd` (from the project root), watch its memory at once, and wait for GET /health = 200.
+
+    The sampler starts right after Popen, before the server has loaded anything, so the peak during the
+    model load is measured and not only the steady state. The output goes to a temporary file, shown
+    if the server dies before it is healthy."""
+    log = tempfile.NamedTemporaryFile("w", prefix="bench-server-", suffix=".log", delete=False)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    server = Server(proc, f"http://127.0.0.1:{port}", RssSampler(proc.pid), log.name)
+    try:
+        _wait_healthy(server, timeout)
+    except Exception:
+        print(f"server did not start: {' '.join(cmd)}\n{server.log_tail()}", file=sys.stderr)
+        server.stop()
+        raise
+    server.load_seconds = time.perf_counter() - started
+    server.load_peak_rss = server.rss.peak
+    server.rss.serving()
+    return server
+
+
+def _wait_healthy(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}")
+        try:
+            # llama-server answers 503 while it loads, the service only once its engine runs.
+            if requests.get(server.url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{server.url} not healthy after {timeout} s")
+
+
+def service_env(model_dir: str, port: int, **settings: str) -> dict:
+    """Environment for `gunicorn app:app` with a local model; `settings` are the service's variables
+    (MODEL_BACKEND=..., QUANTIZE=...). Offline: the model is a local directory."""
+    return {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "HF_HUB_OFFLINE": "1", **settings}
+
+
+def service_cmd() -> list:
+    # The deployment's own command (settings from gunicorn.conf.py), minus the access log's noise.
+    return [sys.executable, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
