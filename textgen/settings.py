@@ -56,8 +56,7 @@ class Settings:
     prefill_chunk_tokens: int = 256
     # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
     skinny_matmul: bool = True
-    # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware)
-    # minus one, left to the request threads (model/loader.py: default_torch_threads).
+    # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware).
     torch_threads: Optional[int] = None
     # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.
     max_request_bytes: int = 1_000_000
