@@ -104,3 +104,23 @@ def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir):
         assert together == alone and len(set(alone)) > 1
     finally:
         engine.stop()
+
+
+def test_transformers_backend_takes_the_same_int8_layers(tiny_model_dir):
+    """QUANTIZE=int8 on the fallback backend swaps transformers' linear layers (GPT-2's Conv1D
+    included) for the same int8 layers: its logits equal the native int8 model's."""
+    from textgen.model.kv_cache import KVCache
+
+    def logits(backend):
+        model, _ = load_model(
+            Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend=backend, quantize="int8")
+        )
+        assert model.backend == backend and model.dtype_name == "int8"
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(1, 7)
+        ids = torch.tensor([[5, 9, 14, 3, 27, 8, 2]])
+        with torch.inference_mode():
+            return model(ids, torch.arange(7)[None], cache, 0, torch.arange(7)[None])
+
+    native, fallback = logits("native"), logits("transformers")
+    assert (native - fallback).abs().max() < 1e-4
