@@ -23,6 +23,9 @@ graceful_timeout = 30
 keepalive = 5
 # No preload_app: torch's thread pools and fork do not mix; the worker loads the model itself.
 preload_app = False
+# No control socket (gunicorn >= 25's `gunicornc` interface): nothing in a container uses it, and its
+# default place, $HOME/.gunicorn, is not writable by the image's user (it logged an error at every boot).
+control_socket_disable = True
 # Access log to stdout, error log to stderr: what containers and Render collect.
 accesslog = "-"
 errorlog = "-"

@@ -25,6 +25,8 @@ result is as good as int8 weights with float32 activations (tests/test_real_weig
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -50,9 +52,12 @@ def quantize_rows(weight: torch.Tensor):
 
 
 def _pack(q: torch.Tensor, scale: torch.Tensor):
-    qweight = torch._make_per_channel_quantized_tensor(
-        q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
-    )
+    with warnings.catch_warnings():
+        # Known and guarded (tests/test_int8.py): the deprecation would otherwise print at every start.
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        qweight = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
+        )
     return torch.ops.quantized.linear_prepack(qweight, None)
 
 
