@@ -1,0 +1,149 @@
+"""Render's free instance reproduced: the real image with DistilGPT2's architecture, run with 512 MB,
+no swap and a tenth of a CPU, and the environment from render.yaml (README, "Deploy to Render").
+
+Marked `container` (and slow: a few minutes at 0.1 CPU). It prints the figures README quotes.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+import yaml
+
+from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2
+from tests.servers import ROOT, free_port
+
+pytestmark = [pytest.mark.container, pytest.mark.slow]
+
+IMAGE = "gpt2-text-generator-render"
+LIMITS = ["--memory", "512m", "--memory-swap", "512m", "--cpus", "0.1"]
+
+
+def docker(*args, check=True, timeout=1200):
+    return subprocess.run(["docker", *args], check=check, timeout=timeout, capture_output=True, text=True)
+
+
+def render_environment() -> dict:
+    with open(os.path.join(ROOT, "render.yaml"), encoding="utf-8") as f:
+        (service,) = yaml.safe_load(f)["services"]
+    return {item["key"]: str(item["value"]) for item in service["envVars"]}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """The image as Render builds it, with DistilGPT2's architecture (random weights, GPT-2's real
+    vocabulary when npm answers) in place of the Hub download."""
+    ctx = tmp_path_factory.mktemp("render-context")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    for name in files:
+        if os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(ctx, name)) or ctx, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(ctx, name))
+    try:
+        vocab = fetch_gpt2_vocab(os.path.join(os.path.expanduser("~"), ".cache", "textgen", "gpt2-vocab"))
+    except Exception:  # no npm: a trained tokenizer, same cost per token
+        vocab = None
+    make_distilgpt2(str(ctx / "models" / "distilgpt2-random"), vocab)
+    docker("build", "--build-arg", "MODEL_ID=models/distilgpt2-random", "-t", IMAGE, str(ctx))
+    return IMAGE
+
+
+def container_processes(name: str):
+    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+    root = psutil.Process(pid)
+    return [root] + root.children(recursive=True)
+
+
+class Watch:
+    """Every 0.2 s: RSS summed over the container's processes (not the page cache `docker stats` adds),
+    and from the first healthy answer on, how long /health takes (Render gives it 5 s)."""
+
+    def __init__(self, name: str, url: str):
+        self.name, self.url = name, url
+        self.peak_mb, self.health_seconds, self.healthy_at, self.cpu_at_healthy = 0.0, [], None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def _run(self):
+        next_health = 0.0
+        while not self._stop.is_set():
+            try:
+                procs = container_processes(self.name)
+                self.peak_mb = max(self.peak_mb, sum(p.memory_info().rss for p in procs) / 2**20)
+            except (psutil.Error, subprocess.SubprocessError, ValueError):
+                procs = []
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + 1.0
+                began = time.monotonic()
+                try:
+                    ok = requests.get(self.url + "/health", timeout=5).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                if ok and self.healthy_at is None:
+                    self.healthy_at = time.monotonic() - self.started
+                    self.cpu_at_healthy = sum(sum(p.cpu_times()[:4]) for p in procs)
+                if self.healthy_at is not None:
+                    self.health_seconds.append(time.monotonic() - began if ok else float("inf"))
+            time.sleep(0.2)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_free_instance_limits(image):
+    name, port = f"render-sim-{os.getpid()}", free_port()
+    env = [arg for key, value in render_environment().items() for arg in ("-e", f"{key}={value}")]
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, *LIMITS, "-e", "PORT=10000", *env, "-p", f"{port}:10000", image)
+    url = f"http://127.0.0.1:{port}"
+    watch = Watch(name, url)
+    try:
+        deadline = time.monotonic() + 600
+        while watch.healthy_at is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert watch.healthy_at is not None, docker("logs", name, check=False).stdout[-3000:]
+
+        def one(i):
+            began = time.monotonic()
+            body = {"inputs": f"Once upon a time, {i} travellers", "parameters": {"max_new_tokens": 32, "details": True}}
+            response = requests.post(url + "/generate", json=body, timeout=600)
+            return response.status_code, response.json(), time.monotonic() - began
+
+        began = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, range(8)))
+        elapsed = time.monotonic() - began
+        time.sleep(2)  # one more /health while idle
+    finally:
+        watch.stop()
+        logs = docker("logs", name, check=False)
+        docker("rm", "-f", name, check=False)
+    log_text = logs.stdout + logs.stderr
+    assert [status for status, _, _ in answers] == [200] * 8, answers
+    tokens = sum(body["details"]["generated_tokens"] for _, body, _ in answers)
+    latencies = sorted(seconds for _, _, seconds in answers)
+    figures = {
+        "seconds_to_healthy": round(watch.healthy_at, 1),
+        "cpu_seconds_to_healthy": round(watch.cpu_at_healthy, 2),
+        "peak_rss_mb": round(watch.peak_mb),
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "p50_latency_s": round(latencies[3], 1),
+        "p95_latency_s": round(latencies[-1], 1),
+        "slowest_health_s": round(max(watch.health_seconds), 2),
+    }
+    print("render simulation:", json.dumps(figures))
+    assert "was sent SIGKILL" not in log_text  # gunicorn's word for a worker the kernel killed
+    assert "[ERROR]" not in log_text, log_text[-3000:]  # e.g. the old control-socket error at boot
+    assert watch.peak_mb <= 450, figures
+    assert max(watch.health_seconds) < 5, figures
+    assert tokens == 8 * 32
