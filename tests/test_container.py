@@ -5,7 +5,6 @@ Marked `container`: `.ci/run` runs these when ../shared/container/setup can run 
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -15,7 +14,7 @@ import requests
 from scripts.make_model import make_tiny
 from tests.lambda_events import http_v2, response_json
 from tests.lambda_runtime import RuntimeAPI
-from tests.servers import ROOT, wait_healthy
+from tests.servers import ROOT, copy_tracked_files, wait_healthy
 
 pytestmark = pytest.mark.container
 
@@ -39,11 +38,7 @@ def docker(*args, check=True, timeout=900, **kw):
 def context(tmp_path_factory):
     """A build context as a user's checkout has it (tracked files), plus a tiny model under models/."""
     ctx = tmp_path_factory.mktemp("context")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
-    for name in files:
-        if os.path.exists(os.path.join(ROOT, name)):
-            os.makedirs(os.path.dirname(os.path.join(ctx, name)) or ctx, exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, name), os.path.join(ctx, name))
+    copy_tracked_files(ctx)
     make_tiny(str(ctx / "models" / "tiny-gpt2"))
     return ctx
 

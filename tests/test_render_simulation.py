@@ -6,7 +6,6 @@ Marked `container` (and slow: a few minutes at 0.1 CPU). It prints the figures R
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ import requests
 import yaml
 
 from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, copy_tracked_files, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -41,11 +40,7 @@ def image(tmp_path_factory):
     """The image as Render builds it, with DistilGPT2's architecture (random weights, GPT-2's real
     vocabulary when npm answers) in place of the Hub download."""
     ctx = tmp_path_factory.mktemp("render-context")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
-    for name in files:
-        if os.path.exists(os.path.join(ROOT, name)):
-            os.makedirs(os.path.dirname(os.path.join(ctx, name)) or ctx, exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, name), os.path.join(ctx, name))
+    copy_tracked_files(ctx)
     try:
         vocab = fetch_gpt2_vocab(os.path.join(os.path.expanduser("~"), ".cache", "textgen", "gpt2-vocab"))
     except Exception:  # no npm: a trained tokenizer, same cost per token

@@ -60,9 +60,6 @@ class Checkpoint:
                 start, end = meta["data_offsets"]
                 self._entries[key] = (path, meta["dtype"], meta["shape"], base + start, base + end)
 
-    def names(self):
-        return self._entries.keys()
-
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 

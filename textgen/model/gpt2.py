@@ -21,9 +21,8 @@ ARCHITECTURES = {"gpt2"}  # model_type values this module serves
 
 
 class Block(nn.Module):
-    def __init__(self, get, prefix: str, eps: float, quantize: str, skinny: bool):
+    def __init__(self, get, prefix: str, quantize: str, skinny: bool):
         super().__init__()
-        self.eps = eps
         self.ln_1 = (get(prefix + "ln_1.weight"), get(prefix + "ln_1.bias"))
         self.qkv = make_linear(get(prefix + "attn.c_attn.weight").t(), get(prefix + "attn.c_attn.bias"), quantize, skinny)
         self.proj = make_linear(get(prefix + "attn.c_proj.weight").t(), get(prefix + "attn.c_proj.bias"), quantize, skinny)
@@ -48,7 +47,7 @@ class GPT2(nn.Module):
         self.vocab_size = config["vocab_size"]
         self.eps = config.get("layer_norm_epsilon", 1e-5)
         self.blocks = nn.ModuleList(
-            Block(get, f"h.{i}.", self.eps, quantize, skinny) for i in range(self.n_layers)
+            Block(get, f"h.{i}.", quantize, skinny) for i in range(self.n_layers)
         )
         self.ln_f = (get("ln_f.weight"), get("ln_f.bias"))
         self.wpe = get("wpe.weight")

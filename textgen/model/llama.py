@@ -34,7 +34,7 @@ def _rope_theta(config: dict) -> float:
 
 
 class Block(nn.Module):
-    def __init__(self, get, prefix: str, config: dict, quantize: str, skinny: bool):
+    def __init__(self, get, prefix: str, quantize: str, skinny: bool):
         super().__init__()
 
         def bias(name):
@@ -79,7 +79,7 @@ class Llama(nn.Module):
         self.context = config.get("max_position_embeddings", 2048)
         self.vocab_size = config["vocab_size"]
         self.eps = config.get("rms_norm_eps", 1e-6)
-        self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", config, quantize, skinny) for i in range(self.n_layers))
+        self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", quantize, skinny) for i in range(self.n_layers))
         self.norm = get("norm.weight")
         tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in checkpoint
         head = None if tied else "lm_head.weight"

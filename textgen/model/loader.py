@@ -112,6 +112,11 @@ def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
     source = model_directory(settings)
     config = read_config(source)
     backend = choose_backend(settings.model_backend, config, source)
+    if settings.quantize == "int8":
+        from .int8 import int8_available
+
+        if not int8_available():
+            raise ValueError("QUANTIZE=int8: this torch build has no quantized engine (x86/fbgemm/qnnpack)")
     log.info("loading %s from %s (backend %s, weights %s)", config.get("model_type"), source, backend, settings.quantize)
     tokenizer = load_tokenizer(source, lean=backend == "native")
     with torch.inference_mode():

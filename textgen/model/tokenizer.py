@@ -45,7 +45,6 @@ class LeanTokenizer:
         self.eos_token = _token_text(config.get("eos_token"))
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token_id = self._id(self.eos_token)
-        self.bos_token_id = self._id(self.bos_token)
         named = (_token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token"))
         special = {self._id(t) for t in named} | {
             i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
