@@ -28,5 +28,7 @@ preload_app = False
 control_socket_disable = True
 # Access log to stdout, error log to stderr: what containers and Render collect.
 accesslog = "-"
+# gunicorn's default line plus the request id the app echoes back (the same id its own log lines carry).
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings.log_level.lower()

@@ -6,6 +6,8 @@ The `error_type` values follow Text Generation Inference where it has one.
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class ServiceError(Exception):
     status = 500
@@ -31,6 +33,17 @@ class ValidationError(ServiceError):
 
     status = 422
     error_type = "validation"
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param  # the offending field, when there is one (OpenAI's error body names it)
+
+
+class Unauthorized(ServiceError):
+    """API_KEY is set and the request has no `Authorization: Bearer <key>` with one of its keys."""
+
+    status = 401
+    error_type = "unauthorized"
 
 
 class Overloaded(ServiceError):
@@ -92,6 +105,7 @@ def from_http_status(status: int, description: str) -> ServiceError:
 
 _HTTP_ERROR_TYPES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",

@@ -22,3 +22,14 @@ def details_body(result: GenerationResult) -> dict:
         "prompt_tokens": result.prompt_tokens,
         "seed": result.seed,
     }
+
+
+def timing_headers(result: GenerationResult) -> dict:
+    """TGI's per-response headers: where the time went and how many tokens (milliseconds, as TGI)."""
+    return {
+        "x-compute-time": f"{result.compute_time:.3f}",
+        "x-queue-time": str(round(result.queue_time * 1000)),
+        "x-time-per-token": str(round(result.time_per_token * 1000)),
+        "x-prompt-tokens": str(result.prompt_tokens),
+        "x-generated-tokens": str(result.generated_tokens),
+    }

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any, Mapping, Union
 
-from flask import Flask, g, request
+from flask import Flask, g, has_request_context, request
 
 from .settings import Settings
 
@@ -18,7 +18,10 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     share one engine between many apps; the Lambda handler reuses its own).
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_request_ids()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+    )
     if engine is None:
         from .engine import create_engine
 
@@ -40,12 +43,30 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
+    from .http.access import enable_cors
     from .http.errors import register_error_handlers
     from .http.generate import bp as generate_bp
     from .http.health import bp as health_bp
 
     register_error_handlers(app)
+    enable_cors(app, settings.cors_origins)
     app.register_blueprint(health_bp)
     app.register_blueprint(generate_bp)
     return app
+
+
+def _log_request_ids() -> None:
+    """Every log record carries `request_id`: the current request's inside a request, "-" elsewhere
+    (the engine thread names the requests it logs about in the message itself)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_textgen", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return record
+
+    factory._textgen = True
+    logging.setLogRecordFactory(factory)
 

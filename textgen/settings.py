@@ -65,6 +65,26 @@ class Settings:
     # Python logging level for the service's own loggers.
     log_level: str = "INFO"
 
+    # Bearer keys for the generation routes, comma-separated (several: rotate one without downtime);
+    # unset = open. /health, /info, /metrics, /openapi.json, /docs and the playground page stay open.
+    api_key: Optional[str] = None
+    # Browser origins allowed to call the API (CORS), comma-separated, or "*"; unset = no CORS headers.
+    cors_allow_origins: Optional[str] = None
+    # The name /v1/models and OpenAI responses give the model; unset = the last part of MODEL_ID.
+    served_model_name: Optional[str] = None
+
+    @property
+    def api_keys(self) -> tuple:
+        return tuple(k.strip() for k in (self.api_key or "").split(",") if k.strip())
+
+    @property
+    def cors_origins(self) -> tuple:
+        return tuple(o.strip() for o in (self.cors_allow_origins or "").split(",") if o.strip())
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model_id.rstrip("/").split("/")[-1]
+
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
         """Build settings from environment variables (upper-case field names), then apply overrides."""

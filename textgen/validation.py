@@ -207,7 +207,9 @@ def _parse(model: type[BaseModel], body: dict) -> Any:
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:
-        raise ValidationError(_describe(exc.errors()[0])) from None
+        first = exc.errors()[0]
+        names = [str(part) for part in first["loc"] if not isinstance(part, int)]
+        raise ValidationError(_describe(first), param=names[-1] if names else None) from None
 
 
 def _describe(error: dict) -> str:

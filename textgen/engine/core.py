@@ -54,6 +54,7 @@ class Row:
     sampling: RowSampling
     detokenizer: IncrementalDetokenizer
     seed: Optional[int]
+    started_at: float = 0.0  # when it joined the batch (monotonic): queue time ends, compute time starts
     next_token: int = 0  # last token picked; the next decode step feeds it (it is not in the KV cache yet)
     generated: int = 0
     text: str = ""
@@ -250,6 +251,7 @@ class Engine:
             ),
             detokenizer=IncrementalDetokenizer(self.tokenizer, pending.prompt_ids),
             seed=seed if request.do_sample else None,
+            started_at=time.monotonic(),
         )
 
     def _accept(self, row: Row, token: int, logprob: float) -> bool:
@@ -291,6 +293,8 @@ class Engine:
                 generated_tokens=row.generated,
                 prompt_tokens=len(row.pending.prompt_ids),
                 seed=row.seed,
+                queue_time=row.started_at - row.pending.enqueued_at,
+                compute_time=time.monotonic() - row.started_at,
             ),
         )
         row.finished = True

@@ -32,6 +32,12 @@ class GenerationResult:
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int]
+    queue_time: float = 0.0  # seconds from admission until the request joined the batch
+    compute_time: float = 0.0  # seconds from joining the batch (prefill included) until the last token
+
+    @property
+    def time_per_token(self) -> float:
+        return self.compute_time / self.generated_tokens if self.generated_tokens else 0.0
 
 
 Event = Union[TokenEvent, GenerationResult, ServiceError]

@@ -1,20 +1,54 @@
-"""One JSON error body everywhere: {"error": ..., "error_type": ...}, also for 404/405/413 and crashes."""
+"""One JSON error body everywhere: {"error": ..., "error_type": ...}, also for 404/405/413 and crashes.
+
+Under /v1/ (the OpenAI-compatible routes) the same errors take OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}, so the `openai` SDK raises its own error classes;
+there a validation error is a 400, as OpenAI and vLLM answer it.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import InternalError, Overloaded, ServiceError, from_http_status
+from ..errors import InternalError, Overloaded, ServiceError, ValidationError, from_http_status
 
 log = logging.getLogger(__name__)
 
+# The service's error types as OpenAI names them (what its SDK and clients look at).
+_OPENAI_TYPES = {
+    "bad_request": "invalid_request_error",
+    "validation": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "not_found": "invalid_request_error",
+    "method_not_allowed": "invalid_request_error",
+    "payload_too_large": "invalid_request_error",
+    "overloaded": "rate_limit_error",
+}
+
+
+def openai_error_body(error: ServiceError) -> dict:
+    return {
+        "error": {
+            "message": error.message,
+            "type": _OPENAI_TYPES.get(error.error_type, "server_error"),
+            "param": getattr(error, "param", None),
+            "code": error.error_type,
+        }
+    }
+
 
 def error_response(error: ServiceError):
-    response = jsonify(error.to_dict())
-    response.status_code = error.status
+    status = error.status
+    if request and request.path.startswith("/v1/"):
+        body = openai_error_body(error)
+        if isinstance(error, ValidationError):
+            status = 400
+    else:
+        body = error.to_dict()
+    response = jsonify(body)
+    response.status_code = status
     if isinstance(error, Overloaded):
         response.headers["Retry-After"] = str(error.retry_after)
     return response

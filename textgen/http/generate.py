@@ -9,11 +9,13 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..engine import Handle, TokenEvent
 from ..errors import ServiceError
-from ..responses import details_body, result_body
+from ..responses import details_body, result_body, timing_headers
 from ..validation import GenerationRequest, parse_json_body, validate_generate
+from .access import require_key
 from .disconnect import client_gone_probe
 
 bp = Blueprint("generate", __name__)
+require_key(bp)
 
 
 @bp.post("/generate")
@@ -47,7 +49,9 @@ def _submit(stream: Optional[bool]):
 
 def _complete(gen_request: GenerationRequest, handle: Handle):
     result = handle.result(should_cancel=client_gone_probe(request.environ))
-    return jsonify(result_body(gen_request, result))
+    response = jsonify(result_body(gen_request, result))
+    response.headers.update(timing_headers(result))
+    return response
 
 
 def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
