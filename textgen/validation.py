@@ -107,10 +107,10 @@ def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = No
     if "inputs" in body and "prompt" in body:
         raise ValidationError("Give either `inputs` (TGI form) or `prompt`, not both")
     if "prompt" in body:
-        parsed = _parse(SeedRequest, body)
+        parsed = parse_model(SeedRequest, body)
         prompt, params, body_stream = parsed.prompt, parsed, parsed.stream
     else:
-        parsed = _parse(TGIRequest, body)
+        parsed = parse_model(TGIRequest, body)
         prompt, params, body_stream = parsed.inputs, parsed.parameters, parsed.stream
     return _apply_defaults(prompt, params, settings, body_stream if stream is None else stream)
 
@@ -118,15 +118,15 @@ def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = No
 def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool) -> GenerationRequest:
     field = "prompt" if isinstance(p, SeedRequest) else "inputs"
     if not prompt:
-        raise ValidationError(f"`{field}` cannot be empty")
+        raise ValidationError(f"`{field}` cannot be empty", field)
     _reject_unsupported(p)
     max_new_tokens = settings.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
     if max_new_tokens > settings.max_new_tokens_limit:
         raise ValidationError(
-            f"`max_new_tokens` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}"
+            f"`max_new_tokens` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}", "max_new_tokens"
         )
     if any(s == "" for s in p.stop):
-        raise ValidationError("`stop` sequences cannot be empty strings")
+        raise ValidationError("`stop` sequences cannot be empty strings", "stop")
 
     # TGI's rule: asking for a sampling parameter means sampling, unless do_sample is explicitly false.
     warpers_given = any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
@@ -165,23 +165,25 @@ def check_token_budget(
     only the engine holds the tokenizer.
     """
     if prompt_tokens == 0:
-        raise ValidationError("`inputs` cannot be empty")
+        raise ValidationError("`inputs` cannot be empty", "inputs")
     if request.truncate is not None:
         if request.truncate > max_input_tokens:
             raise ValidationError(
-                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {request.truncate}"
+                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {request.truncate}",
+                "truncate",
             )
         kept = min(prompt_tokens, request.truncate)
     else:
         if prompt_tokens > max_input_tokens:
             raise ValidationError(
-                f"`inputs` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}"
+                f"`inputs` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}", "inputs"
             )
         kept = prompt_tokens
     if kept + request.max_new_tokens > max_total_tokens:
         raise ValidationError(
             f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
-            f"Given: {kept} `inputs` tokens and {request.max_new_tokens} `max_new_tokens`"
+            f"Given: {kept} `inputs` tokens and {request.max_new_tokens} `max_new_tokens`",
+            "max_new_tokens",
         )
     return kept
 
@@ -203,7 +205,8 @@ def _reject_unsupported(p: Parameters) -> None:
             raise ValidationError(f"`{name}` is not supported by this server")
 
 
-def _parse(model: type[BaseModel], body: dict) -> Any:
+def parse_model(model: type[BaseModel], body: dict) -> Any:
+    """Validate `body` against `model`; the first problem becomes one named ValidationError."""
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:

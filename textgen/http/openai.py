@@ -1,0 +1,152 @@
+"""OpenAI-compatible routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models.
+
+The `openai` SDK and every tool built on it talk to the server through these. Bodies are validated by
+`openai_validation` into the same `GenerationRequest` as /generate and run by the same engine; only the
+answer's shape differs. Errors here take OpenAI's shape (http/errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator, Optional
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from ..engine.handle import GenerationResult, Handle, TokenEvent
+from ..errors import ServiceError, ValidationError
+from ..openai_validation import chat_request, completion_request, tgi_names_to_openai
+from ..responses import result_body, timing_headers
+from ..validation import parse_json_body
+from .access import require_key
+from .disconnect import client_gone_probe
+from .errors import openai_error_body
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+require_key(bp)
+
+# Why generation stopped, in OpenAI's words: a stop sequence and end-of-text are both "stop".
+FINISH_REASONS = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
+_STARTED = int(time.time())
+
+
+@bp.get("/models")
+def models():
+    settings = current_app.extensions["textgen.settings"]
+    model = {"id": settings.model_name, "object": "model", "created": _STARTED, "owned_by": "textgen"}
+    return jsonify({"object": "list", "data": [model]})
+
+
+@bp.post("/completions")
+def completions():
+    settings = current_app.extensions["textgen.settings"]
+    options, gen_request = completion_request(parse_json_body(request.get_data(cache=False)), settings)
+    return _answer(options, gen_request, chat=False)
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    settings = current_app.extensions["textgen.settings"]
+    engine = current_app.extensions["textgen.engine"]
+    body = parse_json_body(request.get_data(cache=False))
+    options, gen_request = chat_request(body, settings, engine.chat_prompt)
+    return _answer(options, gen_request, chat=True)
+
+
+def _answer(options, gen_request, chat: bool):
+    engine = current_app.extensions["textgen.engine"]
+    try:
+        handle = engine.submit(gen_request, request_id=g.request_id)
+    except ValidationError as error:  # token limits, checked once the prompt is tokenized
+        raise tgi_names_to_openai(error, chat) from None
+    shape = _Shape(chat, current_app.extensions["textgen.settings"].model_name, g.request_id)
+    if gen_request.stream:
+        include_usage = bool(options.stream_options and options.stream_options.include_usage)
+        return _stream(shape, gen_request, handle, include_usage)
+    result = handle.result(should_cancel=client_gone_probe(request.environ))
+    text = result_body(gen_request, result)["generated_text"]
+    response = jsonify(shape.complete(text, result))
+    response.headers.update(timing_headers(result))
+    return response
+
+
+def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -> Response:
+    """OpenAI's streaming: one chunk per token, a last chunk with finish_reason, then `data: [DONE]`."""
+    gone = client_gone_probe(request.environ)
+
+    def events() -> Iterator[str]:
+        try:
+            if shape.chat:
+                yield _sse(shape.chunk({"role": "assistant", "content": ""}, None))
+            elif gen_request.return_full_text:  # echo: the prompt comes first
+                yield _sse(shape.chunk(gen_request.prompt, None))
+            # Text that could be the start of a stop sequence is held back until it is known not to be,
+            # so the streamed text is exactly the complete answer's (the stop sequence itself is cut).
+            hold = max((len(s) for s in gen_request.stop), default=1) - 1
+            text, sent = "", 0
+            for event in handle.events(should_cancel=gone):
+                if isinstance(event, TokenEvent):
+                    if event.last:
+                        continue  # the result follows at once, its text cut before any stop sequence
+                    text += event.text
+                    end = len(text) - hold
+                else:  # the result: its text is final
+                    text, end = event.text, len(event.text)
+                if end > sent:
+                    piece, sent = text[sent:end], end
+                    yield _sse(shape.chunk({"content": piece} if shape.chat else piece, None))
+                if isinstance(event, TokenEvent):
+                    continue
+                yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
+                if include_usage:
+                    yield _sse({**shape.chunk({} if shape.chat else "", None), "choices": [], "usage": _usage(event)})
+            yield "data: [DONE]\n\n"
+        except ServiceError as error:
+            yield _sse(openai_error_body(error))
+        finally:
+            handle.cancel()  # also reached when the client went away mid-stream
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(events(), mimetype="text/event-stream", headers=headers)
+
+
+class _Shape:
+    """The envelope of one answer: completion or chat, whole or chunked."""
+
+    def __init__(self, chat: bool, model: str, request_id: str):
+        self.chat = chat
+        self.model = model
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
+        self.created = int(time.time())
+
+    def _envelope(self, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
+
+    def complete(self, text: str, result: GenerationResult) -> dict:
+        finish_reason = FINISH_REASONS[result.finish_reason]
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+            body = self._envelope("chat.completion")
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+            body = self._envelope("text_completion")
+        return {**body, "choices": [{**choice, "finish_reason": finish_reason}], "usage": _usage(result)}
+
+    def chunk(self, piece, finish_reason: Optional[str]) -> dict:
+        if self.chat:
+            choice = {"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish_reason}
+            return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._envelope("text_completion"), "choices": [choice]}
+
+
+def _usage(result: GenerationResult) -> dict:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.generated_tokens,
+        "total_tokens": result.prompt_tokens + result.generated_tokens,
+    }
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,119 @@
+"""OpenAI's request forms (/v1/completions, /v1/chat/completions) -> the same `GenerationRequest`.
+
+Pure like `validation`: each OpenAI body is checked against its own pydantic model (unknown fields are
+rejected, bounds declared), then translated into TGI's parameters and handed to `validate_generate`,
+so the server's defaults and limits apply exactly as on /generate. Messages name OpenAI's fields:
+`max_tokens`, not the `max_new_tokens` it becomes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import BadRequest, ValidationError
+from .settings import Settings
+from .validation import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, parse_model, validate_generate
+
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False
+
+
+class _OpenAIOptions(BaseModel):
+    """What both OpenAI routes share. Bounds are OpenAI's own (temperature 0-2, penalties -2..2)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    # One model per server: any name is accepted, as TGI does (GET /v1/models says which it is).
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(None, gt=0, description="Tokens to generate at most.")
+    temperature: Optional[float] = Field(None, ge=0, le=2, description="0 = greedy.")
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, gt=0, description="Not in OpenAI's API; vLLM's extension.")
+    n: int = Field(1, ge=1, le=1, description="Only 1 completion per request.")
+    stop: Union[str, List[str], None] = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences.")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Not supported: 0 only.")
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None  # an end-user id for the caller's own records; accepted and ignored
+
+
+class CompletionRequest(_OpenAIOptions):
+    prompt: Union[str, List[str]] = Field(description="The text to continue (a list of exactly one string is accepted).")
+    echo: bool = Field(False, description="Prepend the prompt to the completion.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(_OpenAIOptions):
+    messages: List[ChatMessage] = Field(min_length=1)
+
+
+def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest, GenerationRequest]:
+    parsed = _parse(CompletionRequest, body)
+    prompt = parsed.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ValidationError(f"`prompt` as a list must hold exactly one string. Given: {len(prompt)}", "prompt")
+        prompt = prompt[0]
+    return parsed, _generation(prompt, parsed, settings, return_full_text=parsed.echo, chat=False)
+
+
+def chat_request(
+    body: Any, settings: Settings, render: Callable[[list], str]
+) -> tuple[ChatCompletionRequest, GenerationRequest]:
+    """`render` turns the messages into the prompt with the model's chat template (the engine owns the
+    tokenizer); it raises BadRequest when the model has none."""
+    parsed = _parse(ChatCompletionRequest, body)
+    prompt = render([m.model_dump() for m in parsed.messages])
+    return parsed, _generation(prompt, parsed, settings, return_full_text=False, chat=True)
+
+
+def tgi_names_to_openai(error: ValidationError, chat: bool) -> ValidationError:
+    """TGI's validation (and the engine's token limits) name TGI's fields; say the OpenAI field sent."""
+    names = {"max_new_tokens": "max_tokens", "inputs": "messages" if chat else "prompt"}
+    message = error.message
+    for tgi_name, openai_name in names.items():
+        message = message.replace(f"`{tgi_name}`", f"`{openai_name}`")
+    return ValidationError(message, names.get(error.param, error.param))
+
+
+def _parse(model: type[BaseModel], body: Any):
+    if not isinstance(body, dict):
+        raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}")
+    return parse_model(model, body)
+
+
+def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_text: bool, chat: bool):
+    if o.temperature == 0:  # OpenAI's greedy: no sampling parameters at all
+        sampling: dict = {"do_sample": False}
+    else:
+        sampling = {"temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
+        if any(v is not None for v in sampling.values()) or settings.default_do_sample:
+            sampling["do_sample"] = True
+    parameters = {
+        "max_new_tokens": o.max_tokens,
+        "stop": [o.stop] if isinstance(o.stop, str) else (o.stop or []),
+        "seed": o.seed,
+        "frequency_penalty": o.frequency_penalty,
+        "return_full_text": return_full_text,
+        **sampling,
+    }
+    parameters = {k: v for k, v in parameters.items() if v is not None}
+    try:
+        return validate_generate({"inputs": prompt, "parameters": parameters}, settings, stream=o.stream)
+    except ValidationError as error:
+        raise tgi_names_to_openai(error, chat) from None
+
