@@ -21,12 +21,22 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Deque, List, Optional
 
 import torch
 
-from ..errors import Cancelled, GenerationError, Overloaded, QueueTimeout, ServiceError, Unavailable
+from ..errors import (
+    BadRequest,
+    Cancelled,
+    GenerationError,
+    Overloaded,
+    QueueTimeout,
+    ServiceError,
+    Unavailable,
+    ValidationError,
+)
 from ..settings import Settings
 from ..validation import GenerationRequest, check_token_budget
 from .batch import Batch
@@ -87,6 +97,7 @@ class Engine:
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self._thread: Optional[threading.Thread] = None
         self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
+        self._listeners: tuple = ()  # weak references (see add_listener); replaced, never mutated
 
     # -- public surface (any thread) ---------------------------------------------------------------
     def start(self) -> "Engine":
@@ -125,6 +136,29 @@ class Engine:
             self._waiting.append(_Pending(handle, request, prompt_ids, time.monotonic(), request_id))
             self._cond.notify()
         return handle
+
+    def chat_prompt(self, messages: list) -> str:
+        """The messages rendered with the model's chat template, ready to generate the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadRequest("This model has no chat template; send a plain prompt to /v1/completions instead")
+        try:
+            with self._tokenizer_lock:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template's own checks (e.g. roles must alternate) raise here
+            raise ValidationError(f"`messages` cannot be rendered with the model's chat template: {exc}", "messages")
+
+    def add_listener(self, listener) -> None:
+        """Observe the engine (metrics): `listener.on_outcome(result_or_error)` as each request ends and
+        `listener.on_decode_step(rows)` per decode step, both optional, called on the engine thread before
+        the caller sees the event, so they must be quick. Held weakly: it lives as long as its owner keeps
+        it. An exception in a listener is logged and ignored."""
+        with self._cond:
+            alive = tuple(ref for ref in self._listeners if ref() is not None)
+            self._listeners = alive + (weakref.ref(listener),)
+
+    def remove_listener(self, listener) -> None:
+        with self._cond:
+            self._listeners = tuple(ref for ref in self._listeners if ref() is not None and ref() is not listener)
 
     def info(self) -> dict:
         from importlib.metadata import version
@@ -227,6 +261,7 @@ class Engine:
             log.exception("decode step failed; failing the %d running requests", len(rows))
             self._drop(rows, GenerationError("Generation failed; see the server log"))
             return
+        self._notify("on_decode_step", len(rows))
         self._drop([row for row, token, lp in zip(rows, tokens, logprobs) if self._accept(row, token, lp)])
 
     def _new_row(self, pending: _Pending) -> Row:
@@ -320,7 +355,18 @@ class Engine:
 
     def _release_locked(self, pending: _Pending, outcome) -> None:
         self._admitted -= 1
+        self._notify("on_outcome", outcome)  # before the caller can see it: metrics are current by then
         pending.handle._emit(outcome)
+
+    def _notify(self, method: str, *args) -> None:
+        for ref in self._listeners:
+            listener = ref()
+            callback = getattr(listener, method, None)
+            if callback is not None:
+                try:
+                    callback(*args)
+                except Exception:  # an observer must never break the engine loop
+                    log.exception("engine listener %r failed in %s", listener, method)
 
 
 def _find_stop(text: str, stops, previous_length: int) -> Optional[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
 from ..errors import Cancelled, ServiceError
@@ -32,8 +32,9 @@ class GenerationResult:
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int]
-    queue_time: float = 0.0  # seconds from admission until the request joined the batch
-    compute_time: float = 0.0  # seconds from joining the batch (prefill included) until the last token
+    # Timings (not part of what was generated: two equal generations compare equal whatever they took).
+    queue_time: float = field(default=0.0, compare=False)  # admission -> joined the batch, seconds
+    compute_time: float = field(default=0.0, compare=False)  # joined the batch (prefill included) -> last token
 
     @property
     def time_per_token(self) -> float:

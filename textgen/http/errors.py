@@ -40,6 +40,7 @@ def openai_error_body(error: ServiceError) -> dict:
 
 
 def error_response(error: ServiceError):
+    g.error_type = error.error_type  # the outcome label of textgen_requests_total (http/metrics.py)
     status = error.status
     if request and request.path.startswith("/v1/"):
         body = openai_error_body(error)

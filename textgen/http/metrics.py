@@ -1,0 +1,131 @@
+"""GET /metrics: Prometheus text format, TGI-like names under `textgen_` (no API key: monitors scrape it).
+
+Three sources:
+- every HTTP answer (an app `after_request`): requests by route and outcome, and their duration;
+- the engine, through its listener hook: per finished generation its queue time, time per token,
+  prompt and generated tokens and compute time; per decode step the number of rows in the batch;
+- `engine.stats()`, read at scrape time: running and waiting requests.
+
+gunicorn runs a single worker (gunicorn.conf.py), so the one registry of this process holds every
+number and no multiprocess mode is needed. The registry belongs to the app (not prometheus_client's
+global one): tests build many apps in one process, and each gets its own metrics.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..engine.handle import GenerationResult
+
+bp = Blueprint("metrics", __name__)
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_TOKEN_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_TOKENS = tuple(2**i for i in range(14))  # 1 .. 8192
+_ROWS = tuple(2**i for i in range(8))  # 1 .. 128
+
+
+class Metrics:
+    """The app's registry and metrics; also the engine listener (`on_outcome`, `on_decode_step`)."""
+
+    def __init__(self, engine) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "textgen_requests", "HTTP requests by route and outcome", ["route", "outcome"], registry=registry
+        )
+        self.request_duration = Histogram(
+            "textgen_request_duration_seconds",
+            "HTTP request duration, until the last byte of the answer (streams included)",
+            ["route"],
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "textgen_request_queue_duration_seconds",
+            "Time a generation waited for a batch slot",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.time_per_token = Histogram(
+            "textgen_request_mean_time_per_token_duration_seconds",
+            "Compute time of a generation divided by its generated tokens",
+            buckets=_TOKEN_SECONDS,
+            registry=registry,
+        )
+        self.input_length = Histogram(
+            "textgen_request_input_length", "Prompt tokens per generation", buckets=_TOKENS, registry=registry
+        )
+        self.generated_tokens = Histogram(
+            "textgen_request_generated_tokens", "Generated tokens per generation", buckets=_TOKENS, registry=registry
+        )
+        self.inference_duration = Histogram(
+            "textgen_request_inference_duration_seconds",
+            "Time from joining the batch (prefill included) to the last token",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.batch_decode_size = Histogram(
+            "textgen_batch_decode_size", "Rows in the batch per decode step", buckets=_ROWS, registry=registry
+        )
+        if hasattr(engine, "stats"):
+            Gauge("textgen_queue_size", "Requests waiting for a batch slot", registry=registry).set_function(
+                lambda: engine.stats()["waiting"]
+            )
+            Gauge("textgen_batch_current_size", "Requests in the batch", registry=registry).set_function(
+                lambda: engine.stats()["running"]
+            )
+
+    # -- engine listener (called on the engine thread; must stay quick) -----------------------------
+    def on_outcome(self, outcome) -> None:
+        if not isinstance(outcome, GenerationResult):
+            return  # errors are counted per HTTP answer (textgen_requests_total{outcome=...})
+        self.queue_duration.observe(outcome.queue_time)
+        self.time_per_token.observe(outcome.time_per_token)
+        self.input_length.observe(outcome.prompt_tokens)
+        self.generated_tokens.observe(outcome.generated_tokens)
+        self.inference_duration.observe(outcome.compute_time)
+
+    def on_decode_step(self, batch_size: int) -> None:
+        self.batch_decode_size.observe(batch_size)
+
+
+def init_metrics(app: Flask, engine) -> Metrics:
+    """Create the app's registry, listen to `engine`, time and count every answer, serve /metrics."""
+    if "textgen.metrics" in app.extensions:
+        return app.extensions["textgen.metrics"]
+    metrics = app.extensions["textgen.metrics"] = Metrics(engine)
+    # The engine keeps its listeners weakly: this one lives as long as the app that holds it, so tests
+    # that build many apps over one shared engine leave nothing behind.
+    if hasattr(engine, "add_listener"):
+        engine.add_listener(metrics)
+
+    @app.before_request
+    def _start_timer():
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        if request.endpoint == "metrics.scrape":
+            return response
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        outcome = g.get("error_type") or ("success" if response.status_code < 400 else f"http_{response.status_code}")
+        # Counted when the headers go out: a stream that fails later still counts as a success here
+        # (its error travels as an SSE event).
+        metrics.requests.labels(route, outcome).inc()
+        started = g.get("metrics_started", time.perf_counter())
+        # The duration is taken when the server closes the response, after a stream's last event.
+        response.call_on_close(lambda: metrics.request_duration.labels(route).observe(time.perf_counter() - started))
+        return response
+
+    app.register_blueprint(bp)
+    return metrics
+
+
+@bp.get("/metrics")
+def scrape():
+    registry = current_app.extensions["textgen.metrics"].registry
+    # prometheus_client 0.26's CONTENT_TYPE_LATEST says version=1.0.0; the classic text format is 0.0.4.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
