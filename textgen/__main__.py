@@ -1,0 +1,3 @@
+"""`python -m textgen ...`: the command line in textgen/cli.py."""
+from .cli import main
+raise SystemExit(main())
