@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from scripts.make_model import make_tiny
+from tests.models import add_chat_template
 from textgen.engine import Engine
 from textgen.model.loader import configure_threads, load_model
 from textgen.server import create_app
@@ -14,6 +17,14 @@ from textgen.settings import Settings
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return str(make_tiny(str(tmp_path_factory.mktemp("tiny-gpt2"))))
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a chat template added to its tokenizer config."""
+    target = tmp_path_factory.mktemp("tiny-chat") / "model"
+    shutil.copytree(tiny_model_dir, target)
+    return add_chat_template(str(target))
 
 
 @pytest.fixture(scope="session", params=["native", "transformers"])

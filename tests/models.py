@@ -1,6 +1,10 @@
-"""Tiny Llama-family checkpoints built here (GPT-2's tiny one is scripts/make_model.make_tiny)."""
+"""Tiny Llama-family checkpoints built here (GPT-2's tiny one is scripts/make_model.make_tiny), and a
+chat template to give any of them."""
 
 from __future__ import annotations
+
+import json
+import os
 
 
 def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0) -> str:
@@ -32,3 +36,21 @@ def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# ChatML, the template SmolLM2-Instruct uses: enough to show the route renders the model's own template.
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def add_chat_template(model_dir: str, template: str = CHATML) -> str:
+    """Give a saved model's tokenizer a chat template (in its tokenizer_config.json)."""
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["chat_template"] = template
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return model_dir

@@ -110,7 +110,8 @@ def test_validation_errors_are_422(client, body, contains):
     [
         {"temperature": 1e-30, "max_new_tokens": 3},
         {"temperature": 1e6, "top_p": 0.5, "max_new_tokens": 3},
-        {"repetition_penalty": 1e30, "frequency_penalty": -2, "max_new_tokens": 3},
+        {"repetition_penalty": 100, "frequency_penalty": -2, "max_new_tokens": 3},
+        {"repetition_penalty": 0.01, "frequency_penalty": 2, "max_new_tokens": 3},
         {"seed": 2**64 - 1, "typical_p": 1e-9, "max_new_tokens": 3},
         {"stop": ["\u0000", "\ud7ff"], "max_new_tokens": 3},
     ],

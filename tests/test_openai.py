@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 
@@ -16,13 +14,6 @@ from textgen.engine import Engine
 from textgen.model.loader import load_model
 from textgen.server import create_app
 
-# ChatML, the template SmolLM2-Instruct uses: enough to show the route renders the model's own template.
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def sdk(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
 
@@ -31,18 +22,6 @@ def sdk(url: str, key: str = "unused") -> openai.OpenAI:
 def live(engine, base_settings):
     with thread_server(create_app(base_settings, engine=engine)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def chat_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with a chat template added to its tokenizer config."""
-    target = tmp_path_factory.mktemp("tiny-chat") / "model"
-    shutil.copytree(tiny_model_dir, target)
-    config_path = target / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = CHATML
-    config_path.write_text(json.dumps(config))
-    return str(target)
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ so the server's defaults and limits apply exactly as on /generate. Messages name
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .errors import BadRequest, ValidationError
 from .settings import Settings
-from .validation import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, parse_model, validate_generate
+from .validation import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, NonEmpty, OptionalInteger, _whole_number, parse_model, validate_generate
 
 
 
@@ -31,13 +31,15 @@ class _OpenAIOptions(BaseModel):
 
     # One model per server: any name is accepted, as TGI does (GET /v1/models says which it is).
     model: Optional[str] = None
-    max_tokens: Optional[int] = Field(None, gt=0, description="Tokens to generate at most.")
+    max_tokens: OptionalInteger = Field(None, gt=0, description="Tokens to generate at most.")
     temperature: Optional[float] = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = Field(None, gt=0, description="Not in OpenAI's API; vLLM's extension.")
-    n: int = Field(1, ge=1, le=1, description="Only 1 completion per request.")
-    stop: Union[str, List[str], None] = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences.")
-    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
+    top_k: OptionalInteger = Field(None, gt=0, description="Not in OpenAI's API; vLLM's extension.")
+    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_whole_number)] = Field(
+        1, description="Only 1 completion per request."
+    )
+    stop: Union[NonEmpty, List[NonEmpty], None] = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences.")
+    seed: OptionalInteger = Field(None, ge=0, le=MAX_SEED)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Not supported: 0 only.")
     stream: bool = False
@@ -46,7 +48,9 @@ class _OpenAIOptions(BaseModel):
 
 
 class CompletionRequest(_OpenAIOptions):
-    prompt: Union[str, List[str]] = Field(description="The text to continue (a list of exactly one string is accepted).")
+    prompt: Union[NonEmpty, Annotated[List[NonEmpty], Field(min_length=1, max_length=1)]] = Field(
+        description="The text to continue (or a list of exactly one)."
+    )
     echo: bool = Field(False, description="Prepend the prompt to the completion.")
 
 
@@ -64,9 +68,7 @@ class ChatCompletionRequest(_OpenAIOptions):
 def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest, GenerationRequest]:
     parsed = _parse(CompletionRequest, body)
     prompt = parsed.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ValidationError(f"`prompt` as a list must hold exactly one string. Given: {len(prompt)}", "prompt")
+    if isinstance(prompt, list):  # OpenAI's batch form, with the one prompt this route takes
         prompt = prompt[0]
     return parsed, _generation(prompt, parsed, settings, return_full_text=parsed.echo, chat=False)
 

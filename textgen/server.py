@@ -27,7 +27,7 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
 
         engine = create_engine(settings)
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # pages are served by their blueprints, with their headers
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug answers 413 beyond it
     app.json.sort_keys = False
     app.extensions["textgen.settings"] = settings
@@ -44,14 +44,22 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
         return response
 
     from .http.access import enable_cors
+    from .http.docs import bp as docs_bp
     from .http.errors import register_error_handlers
     from .http.generate import bp as generate_bp
     from .http.health import bp as health_bp
+    from .http.metrics import init_metrics
+    from .http.openai import bp as openai_bp
+    from .http.playground import bp as playground_bp
 
     register_error_handlers(app)
     enable_cors(app, settings.cors_origins)
     app.register_blueprint(health_bp)
     app.register_blueprint(generate_bp)
+    init_metrics(app, engine)  # GET /metrics, its registry, and the engine listener
+    app.register_blueprint(openai_bp)
+    app.register_blueprint(docs_bp)
+    app.register_blueprint(playground_bp)
     return app
 
 

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Annotated, Any, List, Optional
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .errors import BadRequest, ValidationError
 from .settings import Settings
 
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**64 - 1
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer, and so do JSON encoders that write every number as a float;
+    # 5.5 and true still fail the strict check after this.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema means it: 5 or 5.0 (or null). The validator wraps the Optional, so that
+# bounds given with Field() still reach the JSON Schema as exclusiveMinimum/maximum.
+OptionalInteger = Annotated[Optional[int], BeforeValidator(_whole_number)]
+
+# A string that must have something in it (prompts, stop sequences); the schema says so too.
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 @dataclass(frozen=True)
@@ -49,39 +63,42 @@ class Parameters(BaseModel):
     # NaN and Infinity are valid JSON for Python's parser, but no valid value for any parameter.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    max_new_tokens: Optional[int] = Field(None, gt=0)
+    max_new_tokens: OptionalInteger = Field(None, gt=0)
     do_sample: Optional[bool] = None
     temperature: Optional[float] = Field(None, gt=0)
-    top_k: Optional[int] = Field(None, gt=0)
+    top_k: OptionalInteger = Field(None, gt=0)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     typical_p: Optional[float] = Field(None, gt=0, le=1)
-    repetition_penalty: Optional[float] = Field(None, gt=0)
+    # Bounded both ways: the penalty divides or multiplies logits, and near 0 (5e-324, found by the
+    # schema fuzz) it overflows them to inf and sampling to NaN. 1.0 is off; 1.1-1.3 is typical.
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=100)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
-    stop: List[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    seed: OptionalInteger = Field(None, ge=0, le=MAX_SEED)
+    stop: List[NonEmpty] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     return_full_text: Optional[bool] = None
-    truncate: Optional[int] = Field(None, gt=0)
+    truncate: OptionalInteger = Field(None, gt=0)
     details: bool = False
     # Sent by TGI clients (huggingface_hub's InferenceClient) with these neutral values; anything else is
-    # a feature this server does not have, and saying so beats silently ignoring it.
-    decoder_input_details: bool = False
-    best_of: Optional[int] = None
-    watermark: bool = False
-    top_n_tokens: Optional[int] = None
-    grammar: Optional[Any] = None
-    adapter_id: Optional[str] = None
+    # a feature this server does not have, and saying so beats silently ignoring it. The schema shows
+    # the one accepted value; the check (with its own message) is `_reject_unsupported`.
+    decoder_input_details: bool = Field(False, json_schema_extra={"const": False})
+    best_of: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 1}, {"type": "null"}]})
+    watermark: bool = Field(False, json_schema_extra={"const": False})
+    top_n_tokens: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 0}, {"type": "null"}]})
+    grammar: Optional[Any] = Field(None, json_schema_extra={"type": "null"})
+    adapter_id: Optional[str] = Field(None, json_schema_extra={"anyOf": [{"type": "null"}]})
 
 
 class TGIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    inputs: str
+    inputs: NonEmpty
     parameters: Parameters = Field(default_factory=Parameters)
     stream: bool = False
 
 
 class SeedRequest(Parameters):
-    prompt: str
+    prompt: NonEmpty
     stream: bool = False
 
 
@@ -210,14 +227,23 @@ def parse_model(model: type[BaseModel], body: dict) -> Any:
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        names = [str(part) for part in first["loc"] if not isinstance(part, int)]
+        errors = exc.errors()
+        # A field with several accepted forms (str or list) fails once per form: the form whose type
+        # matched says what is really wrong ("too short" beats "must be a string").
+        same_field = [e for e in errors if _field_names(e)[:1] == _field_names(errors[0])[:1]]
+        first = next((e for e in same_field if not e["type"].endswith("_type")), errors[0])
+        names = _field_names(first)
         raise ValidationError(_describe(first), param=names[-1] if names else None) from None
+
+
+def _field_names(error: dict) -> list:
+    """The field path of an error, without list indexes and pydantic's union branch tags."""
+    return [part for part in error["loc"] if isinstance(part, str) and part.isidentifier()]
 
 
 def _describe(error: dict) -> str:
     """One pydantic error -> one sentence in TGI's style, naming the field and the limit."""
-    loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    loc = _field_names(error)
     name = loc[-1] if loc else "body"
     given = error.get("input")
     given_text = json.dumps(given) if isinstance(given, (str, bool)) or given is None else given
@@ -226,6 +252,8 @@ def _describe(error: dict) -> str:
     if kind == "extra_forbidden":
         where = "parameters" if len(loc) > 1 else "request body"
         return f"Unknown field `{name}` in {where}"
+    if kind == "string_too_short":
+        return "`stop` sequences cannot be empty strings" if name == "stop" else f"`{name}` cannot be empty"
     if kind == "missing":
         return f"`{name}` is required"
     if kind == "greater_than" and ctx.get("gt") == 0:
@@ -241,6 +269,10 @@ def _describe(error: dict) -> str:
         return f"`{name}` must be {bounds[kind]} {limit}. Given: {given_text}"
     if kind == "too_long" and name == "stop":
         return f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(given)}"
+    if kind in ("too_short", "too_long") and isinstance(given, list):
+        bound = "at least" if kind == "too_short" else "at most"
+        limit = ctx.get("min_length" if kind == "too_short" else "max_length")
+        return f"`{name}` must hold {bound} {limit} item(s). Given: {len(given)}"
     expected = {
         "int_type": "an integer",
         "float_type": "a number",

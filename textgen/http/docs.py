@@ -1,0 +1,31 @@
+"""GET /openapi.json (the OpenAPI 3.1 document) and GET /docs (a page that renders it, offline)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from ..openapi import build_openapi
+
+bp = Blueprint("docs", __name__)
+_PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static", "docs.html")
+
+
+@functools.lru_cache(maxsize=1)
+def _page() -> str:
+    with open(_PAGE, encoding="utf-8") as f:
+        return f.read()
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    settings = current_app.extensions["textgen.settings"]
+    engine = current_app.extensions["textgen.engine"]
+    return jsonify(build_openapi(settings.max_new_tokens_limit, engine.max_input_tokens))
+
+
+@bp.get("/docs")
+def docs():
+    return Response(_page(), mimetype="text/html")

@@ -1,0 +1,316 @@
+"""The OpenAPI 3.1 document served at /openapi.json. Pure: no Flask, no torch.
+
+Request bodies come from the very pydantic models the routes validate with (`validation`,
+`openai_validation`), so the document cannot drift from what the server accepts. Answers are
+described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .openai_validation import ChatCompletionRequest, CompletionRequest
+from .validation import SeedRequest, TGIRequest
+
+
+# -- answers ---------------------------------------------------------------------------------------
+class Details(BaseModel):
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    generated_tokens: int
+    prompt_tokens: int
+    seed: Optional[int] = Field(description="The sampling seed used (null when decoding greedily).")
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: Optional[Details] = Field(None, description='Present when the request sets `"details": true`.')
+
+
+class StreamToken(BaseModel):
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+class StreamEvent(BaseModel):
+    """One Server-Sent Event of /generate_stream: a token; the last one also carries the whole text."""
+
+    index: int
+    token: StreamToken
+    generated_text: Optional[str]
+    details: Optional[Details]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What went wrong, naming the field and the limit.")
+    error_type: str = Field(description="validation, bad_request, unauthorized, overloaded, ...")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str]
+    code: Optional[str]
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: List[CompletionChoice]
+    usage: Usage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: List[ChatChoice]
+    usage: Usage
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: Optional[Literal["stop", "length"]]
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: List[CompletionChunkChoice]
+    usage: Optional[Usage] = Field(None, description="In a last chunk, with stream_options.include_usage.")
+
+
+class Delta(BaseModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: None
+    finish_reason: Optional[Literal["stop", "length"]]
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: None
+    choices: List[ChatChunkChoice]
+    usage: Optional[Usage] = Field(None, description="In a last chunk, with stream_options.include_usage.")
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: List[Model]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Info(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model_id: str
+    max_input_tokens: int
+    max_total_tokens: int
+    max_new_tokens_limit: int
+    version: str
+
+
+# -- the document ------------------------------------------------------------------------------------
+_MODELS = [
+    TGIRequest, SeedRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
+    OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Info,
+]
+
+
+def _sse(*payloads: str, done: bool = False) -> dict:
+    """An event stream (OpenAPI 3.1: the schema describes one event): each event's `data` is JSON,
+    one of `payloads`; OpenAI's streams end with the literal `[DONE]`."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"oneOf": [_ref(p) for p in payloads]},
+    }
+    data = {"anyOf": [json_data, {"const": "[DONE]"}]} if done else json_data
+    event = {"type": "object", "properties": {"data": data, "event": {"type": "string"}}, "required": ["data"]}
+    return {"text/event-stream": {"schema": event}}
+
+
+# Statuses every generation route may answer besides 200 (413: body over MAX_REQUEST_BYTES).
+_GENERATION_ERRORS = {
+    "400": "Not JSON, or not an object",
+    "401": "API_KEY is set and the request has no valid bearer key",
+    "413": "Body larger than MAX_REQUEST_BYTES",
+    "422": "A field breaks a rule; the message names it and the limit",
+    "429": "MAX_CONCURRENT_REQUESTS reached; retry after Retry-After seconds",
+    "500": "Generation failed (details in the server log)",
+    "503": "Model not ready, or the request waited longer than QUEUE_TIMEOUT",
+}
+
+
+def build_openapi(max_new_tokens: int, max_input_tokens: int, title: str = "textgen") -> Dict[str, Any]:
+    """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens) are bounds
+    in the schema, so a client or a fuzzer knows them before it asks."""
+    schemas: Dict[str, Any] = {}
+    for model in _MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    for name, field in (("Parameters", "max_new_tokens"), ("SeedRequest", "max_new_tokens"),
+                        ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
+        _set_maximum(schemas[name]["properties"][field], max_new_tokens)
+    for name in ("Parameters", "SeedRequest"):
+        _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": __version__,
+            "description": "Text generation with a Hugging Face causal language model: TGI's routes, "
+            "OpenAI-compatible routes under /v1, health, info and metrics.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."}},
+        },
+    }
+
+
+def _set_maximum(field: dict, maximum: int) -> None:
+    for variant in field.get("anyOf", [field]):
+        if variant.get("type") == "integer":
+            variant["maximum"] = maximum
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str) -> dict:
+    return {"application/json": {"schema": _ref(name)}}
+
+
+def _errors(error_schema: str, statuses: Dict[str, str]) -> dict:
+    return {code: {"description": text, "content": _json(error_schema)} for code, text in statuses.items()}
+
+
+def _generation(summary: str, body: dict, ok: dict, error_schema: str = "ErrorBody", validation_status: str = "422"):
+    statuses = dict(_GENERATION_ERRORS)
+    if validation_status != "422":  # OpenAI's routes answer validation errors 400
+        statuses.pop("422")
+        statuses["400"] = "Not JSON, or a field breaks a rule; the message names it and the limit"
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{}, {"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "Generated", "content": ok}, **_errors(error_schema, statuses)},
+        }
+    }
+
+
+def _paths() -> dict:
+    tgi_body = {"oneOf": [_ref("TGIRequest"), _ref("SeedRequest")]}
+    tgi_stream = _sse("StreamEvent", "ErrorBody")
+    paths = {
+        "/generate": _generation("Generate text (TGI's form, or {\"prompt\": ...})", tgi_body, _json("GenerateResponse")),
+        "/generate_stream": _generation("Generate, one Server-Sent Event per token", tgi_body, tgi_stream),
+        "/": _generation("TGI's compat route: `stream` chooses the answer", tgi_body, {**_json("GenerateResponse"), **tgi_stream}),
+        "/v1/completions": _generation(
+            "OpenAI completions", _ref("CompletionRequest"), {**_json("Completion"), **_sse("CompletionChunk", "OpenAIError", done=True)}, "OpenAIError", "400"
+        ),
+        "/v1/chat/completions": _generation(
+            "OpenAI chat completions (the model's chat template; 400 without one)",
+            _ref("ChatCompletionRequest"),
+            {**_json("ChatCompletion"), **_sse("ChatCompletionChunk", "OpenAIError", done=True)},
+            "OpenAIError",
+            "400",
+        ),
+        "/v1/models": {
+            "get": {
+                "summary": "The served model",
+                "security": [{}, {"bearer": []}],
+                "responses": {"200": {"description": "One model", "content": _json("ModelList")},
+                              **_errors("OpenAIError", {"401": _GENERATION_ERRORS["401"]})},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness: model loaded and engine running",
+                "responses": {"200": {"description": "Ready", "content": _json("Health")},
+                              **_errors("ErrorBody", {"503": "Not ready"})},
+            }
+        },
+        "/info": {"get": {"summary": "Model, limits and versions", "responses": {"200": {"description": "Info", "content": _json("Info")}}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/docs": _page("This document, readable (no external resources)"),
+    }
+    paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
+    return paths
+
+
+def _page(summary: str) -> dict:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {"get": {"summary": summary, "responses": {"200": {"description": "An HTML page", "content": html}}}}
