@@ -491,3 +491,19 @@ def test_missing_api_url_is_a_clear_error(readme):
     assert proc.returncode == 1
     assert "no API URL given" in proc.stderr
     assert readme.read_bytes() == before
+
+
+def test_against_a_keyed_server(tiny_model_dir, readme, capsys, monkeypatch):
+    """The service with API_KEY set: the script's Bearer key gets through; without it, a 401 leaves
+    the README byte-identical."""
+    monkeypatch.delenv("INSIGHT_API_KEY", raising=False)
+    before = readme.read_bytes()
+    with gunicorn_server(tiny_model_dir, API_KEY="old-key,insight-key") as (url, _):
+        args = ["--api-url", url, "--readme", str(readme), "--greedy", "--max-new-tokens", "8", "--wake-timeout", "5"]
+        assert main([*args, "--api-key", "wrong-key"]) == 1
+        assert "401" in capsys.readouterr().err
+        assert readme.read_bytes() == before
+        monkeypatch.setenv("INSIGHT_API_KEY", "insight-key")
+        assert main(args) == 0
+    assert "updated" in capsys.readouterr().out
+    assert_only_block_changed(readme, before)
