@@ -49,6 +49,8 @@ CMD ["lambda_handler.handler"]
 # --- the HTTP service (default target): gunicorn with gunicorn.conf.py, honouring $PORT -------------
 FROM runtime AS service
 COPY --from=deps /opt/venv /opt/venv
+# Nothing writable for the service's user but /tmp: the base image leaves /var/tmp and /run/lock open too.
+RUN chmod o-w /var/tmp /run/lock
 USER 10001:10001
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \

@@ -6,4 +6,4 @@ app = create_app()  # loads the model once, at startup
 
 if __name__ == "__main__":
     settings = app.extensions["textgen.settings"]
-    app.run(host="0.0.0.0", port=settings.port, threaded=True)
+    app.run(host="0.0.0.0", port=settings.port, threaded=True, debug=False)  # never the debugger

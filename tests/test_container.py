@@ -92,6 +92,11 @@ def test_service_image_runs_answers_and_stops_cleanly(service_image):
         # Nothing but the baked-in model: the Hub is switched off inside.
         env = docker("exec", container, "env").stdout
         assert "HF_HUB_OFFLINE=1" in env and "MODEL_ID=/opt/model" in env
+        # The service's user can write nowhere but /tmp: not its code, its model, its packages.
+        writable = docker("exec", container, "find", "/", "-xdev", "-writable", "-type", "d", check=False).stdout
+        assert writable.split() == ["/tmp"], writable
+        # Debug mode (Werkzeug's debugger runs code sent to it) is not there to be switched on.
+        assert "FLASK_DEBUG" not in env
     finally:
         code = stop_and_exit_code(container, proc)
     assert code == 0
@@ -134,3 +139,16 @@ def test_lambda_image_answers_through_the_runtime_api(context):
         finally:
             docker("rm", "-f", "tg-lambda-test", check=False)
             proc.wait(timeout=60)
+
+
+def test_service_runs_on_a_read_only_root(service_image):
+    """`--read-only --tmpfs /tmp`, as a hardened deployment runs it: the service needs nothing else."""
+    name = "textgen-read-only-test"
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", "5055:5000", service_image)
+    try:
+        wait_healthy("http://127.0.0.1:5055", timeout=180)
+        answer = requests.post("http://127.0.0.1:5055/generate", json={"prompt": "Hi", "max_new_tokens": 3}, timeout=60)
+        assert answer.status_code == 200
+    finally:
+        docker("rm", "-f", name, check=False)

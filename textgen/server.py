@@ -7,6 +7,7 @@ import uuid
 from typing import Any, Mapping, Union
 
 from flask import Flask, g, has_request_context, request
+from flask.helpers import get_debug_flag
 
 from .settings import Settings
 
@@ -17,6 +18,9 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     The model loads here, once per process, unless an already running `engine` is passed in (tests
     share one engine between many apps; the Lambda handler reuses its own).
     """
+    if get_debug_flag():
+        # Werkzeug's debugger runs any Python sent to it from a browser: never on a served port.
+        raise RuntimeError("FLASK_DEBUG is set: debug mode is not allowed in this service; unset it")
     settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
     _log_request_ids()
     logging.basicConfig(
