@@ -246,8 +246,9 @@ def test_overload_is_refused_at_once(make_engine, slow_forward):
     assert run(engine, max_new_tokens=2).generated_tokens == 2  # admitted again once there is room
 
 
-def test_queue_deadline_answers_503(make_engine):
+def test_queue_deadline_answers_503(make_engine, slow_forward):
     engine = make_engine(max_batch_size=1, queue_timeout=0.2)
+    slow_forward(engine, 0.01)  # the busy request then holds the only slot for ~2.5 s, well past 0.2 s
     busy = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
     late = engine.submit(request(engine.settings, max_new_tokens=5))
     with pytest.raises(QueueTimeout, match="waited more than 0.2 s"):
