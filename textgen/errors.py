@@ -57,6 +57,14 @@ class Overloaded(ServiceError):
         self.retry_after = retry_after
 
 
+class RequestTimeout(ServiceError):
+    """The request body did not arrive within the server's read deadline (a slow or stalled client);
+    raised by the gunicorn worker's socket reads (http/gunicorn_worker.py), inside the app's body read."""
+
+    status = 408
+    error_type = "request_timeout"
+
+
 class QueueTimeout(ServiceError):
     """Waited longer than QUEUE_TIMEOUT for a batch slot."""
 

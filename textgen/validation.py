@@ -112,6 +112,11 @@ def parse_json_body(raw: bytes) -> Any:
         raise BadRequest(f"Malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("Malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        # An integer of more than 4300 digits (Python's int_max_str_digits) is valid JSON that Python's
+        # parser refuses with a plain ValueError: it was a 500 (found by tests/reliability). The part
+        # after ";" tells the reader to call sys.set_int_max_str_digits(), which is for us, not clients.
+        raise BadRequest(f"Malformed JSON: {str(exc).split(';')[0]}") from None
 
 
 def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = None) -> GenerationRequest:

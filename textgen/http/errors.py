@@ -24,6 +24,7 @@ _OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "payload_too_large": "invalid_request_error",
+    "request_timeout": "invalid_request_error",
     "overloaded": "rate_limit_error",
 }
 

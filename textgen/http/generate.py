@@ -10,8 +10,9 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from ..engine import Handle, TokenEvent
 from ..errors import ServiceError
 from ..responses import details_body, result_body, timing_headers
-from ..validation import GenerationRequest, parse_json_body, validate_generate
+from ..validation import GenerationRequest, validate_generate
 from .access import require_key
+from .body import json_body
 from .disconnect import client_gone_probe
 
 bp = Blueprint("generate", __name__)
@@ -42,7 +43,7 @@ def compat_generate():
 def _submit(stream: Optional[bool]):
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
-    body = parse_json_body(request.get_data(cache=False))
+    body = json_body()
     gen_request = validate_generate(body, settings, stream=stream)
     return gen_request, engine.submit(gen_request, request_id=g.request_id)
 

@@ -17,8 +17,8 @@ from ..engine.handle import GenerationResult, Handle, TokenEvent
 from ..errors import ServiceError, ValidationError
 from ..openai_validation import chat_request, completion_request, tgi_names_to_openai
 from ..responses import result_body, timing_headers
-from ..validation import parse_json_body
 from .access import require_key
+from .body import json_body
 from .disconnect import client_gone_probe
 from .errors import openai_error_body
 
@@ -40,7 +40,7 @@ def models():
 @bp.post("/completions")
 def completions():
     settings = current_app.extensions["textgen.settings"]
-    options, gen_request = completion_request(parse_json_body(request.get_data(cache=False)), settings)
+    options, gen_request = completion_request(json_body(), settings)
     return _answer(options, gen_request, chat=False)
 
 
@@ -48,7 +48,7 @@ def completions():
 def chat_completions():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
-    body = parse_json_body(request.get_data(cache=False))
+    body = json_body()
     options, gen_request = chat_request(body, settings, engine.chat_prompt)
     return _answer(options, gen_request, chat=True)
 
