@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import uuid
 from typing import Any, Mapping, Union
 
@@ -30,6 +32,11 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
         from .engine import create_engine
 
         engine = create_engine(settings)
+        # If the engine thread dies (a bug in its loop), this process can only answer 503: end it so what
+        # supervises it starts a fresh one. SIGTERM is a graceful exit for a gunicorn worker, whose master
+        # then forks a new worker; under `python app.py`, Lambda or a bare container the process ends and
+        # the platform restarts it. (Apps given an engine, as in tests, keep answering 503.)
+        engine.on_crash = lambda: os.kill(os.getpid(), signal.SIGTERM)
 
     app = Flask(__name__, static_folder=None)  # pages are served by their blueprints, with their headers
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # werkzeug answers 413 beyond it

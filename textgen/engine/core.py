@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Deque, List, Optional
+from typing import Callable, Deque, List, Optional
 
 import torch
 
@@ -98,6 +98,9 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
         self._listeners: tuple = ()  # weak references (see add_listener); replaced, never mutated
+        # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
+        # server sets it to end the process, which can only answer 503 from then on (server.py).
+        self.on_crash: Optional[Callable[[], None]] = None
 
     # -- public surface (any thread) ---------------------------------------------------------------
     def start(self) -> "Engine":
@@ -176,6 +179,7 @@ class Engine:
     # -- engine thread -----------------------------------------------------------------------------
     def _run(self) -> None:
         batch = self._batch
+        crashed = False
         try:
             with torch.inference_mode():
                 while True:
@@ -193,7 +197,8 @@ class Engine:
                         self._prefill_chunk()
                     if len(batch):
                         self._decode_step()
-        except BaseException:  # pragma: no cover - a bug in the loop itself; make it visible in /health
+        except BaseException:  # a bug in the loop itself; make it visible in /health
+            crashed = True
             log.exception("engine loop crashed")
         finally:
             with self._cond:
@@ -202,6 +207,8 @@ class Engine:
                 self._waiting.clear()
             for pending in leftovers:
                 self._release(pending, Unavailable("The server is shutting down"))
+            if crashed and self.on_crash is not None:
+                self.on_crash()
 
     def _take_group(self) -> List[_Pending]:
         """(Holding the lock.) Pop the next prefill group: waiting requests in order while they fit in
