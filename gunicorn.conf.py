@@ -2,7 +2,7 @@
 
 import os
 
-from textgen.http.gunicorn_worker import ThreadWorker
+from textgen.transports.http.gunicorn_worker import ThreadWorker
 from textgen.settings import Settings
 
 _settings = Settings.from_env()
@@ -13,14 +13,14 @@ bind = f"0.0.0.0:{_settings.port}"
 workers = 1
 # Threads only wait on the engine (they never run torch), so there are enough for every admitted
 # request plus room to answer /health and 429s at once when the engine is full, plus 64 for slow clients.
-# gthread, with a deadline on receiving each request (textgen/http/gunicorn_worker.py): plain gthread let
+# gthread, with a deadline on receiving each request (textgen/transports/http/gunicorn_worker.py): plain gthread let
 # a client that sends a byte per second keep its thread for as long as it liked, and 50 such connections
 # starved all 40 threads (/health timed out after 10 s; tests/reliability/test_hostile_input.py). Now the
 # request line, headers and body must arrive within REQUEST_READ_TIMEOUT seconds of the first byte (a late
 # body is answered 408, late headers closed), so a slow client holds a thread that long at most, and 50
 # of them at once leave /health answering in milliseconds. A proxy that buffers requests (nginx) in front
 # remains the full answer to many more slow clients than threads.
-worker_class = "textgen.http.gunicorn_worker.ThreadWorker"
+worker_class = "textgen.transports.http.gunicorn_worker.ThreadWorker"
 ThreadWorker.read_timeout = float(os.environ.get("REQUEST_READ_TIMEOUT", "10"))
 threads = _settings.max_concurrent_requests + 8 + 64
 # gthread workers heartbeat from their main loop, not per request, so this does not cut generations;

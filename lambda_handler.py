@@ -1,4 +1,4 @@
-"""AWS Lambda entry point: `lambda_handler.handler` (see textgen/lambda_adapter.py for the event kinds)."""
+"""AWS Lambda entry point: `lambda_handler.handler` (see textgen/transports/aws_lambda.py for the event kinds)."""
 
 import os
 
@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("HF_HOME", "/tmp/huggingface")
 os.environ.setdefault("GGUF_CACHE_DIR", "/tmp/textgen")
 
-from textgen.lambda_adapter import make_handler  # noqa: E402
+from textgen.transports.aws_lambda import make_handler  # noqa: E402
 from textgen.server import create_app  # noqa: E402
 
 app = create_app()  # the model loads during the init phase, once per execution environment

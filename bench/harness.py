@@ -1,13 +1,12 @@
 """What the benchmarks share: starting a server with its memory watched from the first instant, and
 stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
-percentiles. Kept apart from tests/servers.py so the benchmarks do not move with the tests.
+percentiles. Free ports and waiting for /health come from devtools/servers.py, shared with the tests.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +16,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import psutil
-import requests
+
+from devtools.servers import free_port, wait_healthy  # noqa: F401  (free_port: bench/run.py takes it from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def code_version() -> dict:
@@ -214,18 +208,8 @@ def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0) -
 
 
 def _wait_healthy(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}")
-        try:
-            # llama-server answers 503 while it loads, the service only once its engine runs.
-            if requests.get(server.url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{server.url} not healthy after {timeout} s")
+    # llama-server answers 503 while it loads, the service only once its engine runs: both wait for 200.
+    wait_healthy(server.url, timeout=timeout, proc=server.proc)
 
 
 def service_env(model_dir: str, port: int, **settings: str) -> dict:

@@ -7,7 +7,7 @@ import logging
 import pytest
 import requests
 
-from tests.servers import gunicorn_server
+from devtools.servers import gunicorn_server
 from textgen.server import create_app
 
 GUARDED = [

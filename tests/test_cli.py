@@ -11,8 +11,8 @@ from dataclasses import fields
 import pytest
 import requests
 
-from tests.servers import ROOT, free_port, stop_process, wait_healthy
-from textgen.cli import build_parser
+from devtools.servers import ROOT, free_port, stop_process, wait_healthy
+from textgen.transports.cli import build_parser
 from textgen.engine import Engine
 from textgen.model.loader import load_model
 from textgen.settings import Settings

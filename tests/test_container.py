@@ -14,7 +14,7 @@ import requests
 from scripts.make_model import make_tiny
 from tests.lambda_events import http_v2, response_json
 from tests.lambda_runtime import RuntimeAPI
-from tests.servers import ROOT, copy_tracked_files, wait_healthy
+from devtools.servers import ROOT, copy_tracked_files, wait_healthy
 
 pytestmark = pytest.mark.container
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from devtools.servers import wait_until
 from textgen.engine import GenerationResult, TokenEvent
 from textgen.errors import Cancelled, Overloaded, QueueTimeout, Unavailable, ValidationError
 from textgen.validation import validate_generate
@@ -26,15 +27,6 @@ def hf_generate(reference, prompt, **kwargs):
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     out = model.generate(ids, pad_token_id=tokenizer.eos_token_id, **kwargs)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -289,7 +281,10 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
 
 def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import os
+    import subprocess
+    import sys
 
+    from devtools.servers import ROOT
     from textgen.model.loader import available_cpus, configure_threads
 
     affinity = len(os.sched_getaffinity(0))
@@ -311,8 +306,14 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     assert available_cpus(str(tmp_path / "missing"), str(v1)) == 1
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
     assert available_cpus(str(tmp_path / "missing"), str(v1)) == affinity
-    # What the engine sets up: that many intra-op threads and a single inter-op thread.
-    configure_threads(1)
-    assert torch.get_num_threads() == 1 and torch.get_num_interop_threads() == 1
-    configure_threads(2)
-    assert torch.get_num_threads() == 2
+    # What the engine sets up, in a fresh process (the inter-op pool can be sized only before first use,
+    # so in this one it would depend on which tests ran before): every usable CPU for intra-op work by
+    # default, and a single inter-op thread.
+    script = (
+        "import torch; from textgen.model.loader import available_cpus, configure_threads; "
+        "n = configure_threads(None); print(n, available_cpus(), torch.get_num_threads(), torch.get_num_interop_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    fresh = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    chosen, usable, intra, inter = map(int, fresh.stdout.split())
+    assert chosen == usable == intra and inter == 1

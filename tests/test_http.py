@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.test_engine import wait_until
+from devtools.servers import wait_until
 from textgen.server import create_app
 
 
@@ -242,3 +242,22 @@ class TestStreaming:
         closed = time.monotonic()
         assert wait_until(lambda: engine.stats()["admitted"] == 0)
         assert time.monotonic() - closed < 2.0
+
+
+def test_transports_and_validation_do_not_import_torch():
+    """The layers as README draws them: only the engine and the model touch torch; the transports and the
+    validation they call load without it (a Lambda cold start or a CLI --help pays nothing for torch)."""
+    import subprocess
+    import sys
+
+    from devtools.servers import ROOT
+
+    modules = [
+        "textgen.transports.http.generate", "textgen.transports.http.openai", "textgen.transports.http.health",
+        "textgen.transports.http.metrics", "textgen.transports.http.docs", "textgen.transports.http.playground",
+        "textgen.transports.http.access", "textgen.transports.http.error_responses", "textgen.transports.aws_lambda",
+        "textgen.transports.cli", "textgen.transports.responses", "textgen.validation", "textgen.validation.openai_forms",
+    ]
+    script = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

@@ -6,8 +6,8 @@ import pytest
 
 from tests.lambda_events import HTTP_KINDS, response_json
 from tests.lambda_runtime import RuntimeAPI
-from tests.servers import start_module
-from textgen.lambda_adapter import make_handler
+from devtools.servers import start_module
+from textgen.transports.aws_lambda import make_handler
 
 SEED = {"prompt": "Once upon a time", "max_new_tokens": 5}
 

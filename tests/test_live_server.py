@@ -1,6 +1,7 @@
 """Real HTTP: gunicorn with gunicorn.conf.py, a real TGI client, disconnects on a real socket."""
 
 import json
+import os
 import socket
 import threading
 import time
@@ -8,8 +9,15 @@ import time
 import pytest
 import requests
 
-from tests.servers import gunicorn_server, thread_server
-from tests.test_engine import wait_until
+from devtools.servers import (
+    free_port,
+    gunicorn_server,
+    start_module,
+    stop_process,
+    thread_server,
+    wait_healthy,
+    wait_until,
+)
 from textgen.server import create_app
 
 
@@ -53,18 +61,41 @@ def test_tgi_client(gunicorn_url):
     assert "".join(streamed) == expected
 
 
-def test_health_answers_during_a_long_generation(gunicorn_url):
-    done = threading.Event()
+def test_health_answers_during_a_long_generation(tiny_model_dir, tmp_path):
+    """/health answers at once while the engine is busy: the generation is checked to be running (in the
+    batch, not finished) both before and after /health answered. Each forward pass is slowed to 20 ms
+    (the fault app's pause) so that 250 tokens take 5 s."""
+    port = free_port()
+    env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "TORCH_THREADS": "2",
+           "FAULT_SWITCH": str(tmp_path / "unused"), "FAULT_STEP_SECONDS": "0.02"}
+    proc = start_module(["gunicorn", "tests.reliability.fault_app:fault_app()"], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc=proc)
+        done = threading.Event()
 
-    def long_request():
-        requests.post(gunicorn_url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 250}}, timeout=120)
-        done.set()
+        def long_request():
+            requests.post(url + "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 250}}, timeout=120)
+            done.set()
 
-    threading.Thread(target=long_request, daemon=True).start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    assert requests.get(gunicorn_url + "/health", timeout=5).status_code == 200
-    assert time.monotonic() - started < 1.0
+        threading.Thread(target=long_request, daemon=True).start()
+        assert wait_until(lambda: running(url) == 1, timeout=10)
+        started = time.monotonic()
+        assert requests.get(url + "/health", timeout=5).status_code == 200
+        took = time.monotonic() - started
+        assert running(url) == 1 and not done.is_set()  # still generating after /health answered
+        assert took < 1.0
+        assert done.wait(60)
+    finally:
+        stop_process(proc)
+
+
+def running(url: str) -> float:
+    """Requests in the batch now, from /metrics."""
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("textgen_batch_current_size "):
+            return float(line.split()[1])
+    raise AssertionError("textgen_batch_current_size missing from /metrics")
 
 
 def raw_post(url: str, path: str, body: dict) -> socket.socket:

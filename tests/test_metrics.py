@@ -6,7 +6,7 @@ import weakref
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_engine import wait_until
+from devtools.servers import wait_until
 from textgen.server import create_app
 from textgen.validation import validate_generate
 

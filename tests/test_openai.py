@@ -9,7 +9,7 @@ import openai
 import pytest
 import requests
 
-from tests.servers import thread_server
+from devtools.servers import thread_server
 from textgen.engine import Engine
 from textgen.model.loader import load_model
 from textgen.server import create_app

@@ -13,10 +13,10 @@ import requests
 
 from scripts.make_model import make_tiny
 from tests.models import add_chat_template
-from tests.servers import thread_server
+from devtools.servers import thread_server
 from textgen.engine import Engine
 from textgen.model.loader import load_model
-from textgen.openai_validation import ChatCompletionRequest, CompletionRequest
+from textgen.validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from textgen.server import create_app
 from textgen.settings import Settings
 from textgen.validation import TGIRequest

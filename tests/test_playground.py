@@ -14,8 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from tests.servers import ROOT, thread_server
-from tests.test_engine import wait_until
+from devtools.servers import ROOT, thread_server, wait_until
 from textgen.engine import Engine
 from textgen.model.loader import load_model
 from textgen.server import create_app

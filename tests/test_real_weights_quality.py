@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.test_real_weights import GGUF_NAME, smollm2_dir
+from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
 from textgen.model.loader import configure_threads, load_model, model_directory

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from tests.servers import ROOT
+from devtools.servers import ROOT
 from textgen.settings import Settings
 
 

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2
-from tests.servers import ROOT, copy_tracked_files, free_port
+from devtools.servers import ROOT, copy_tracked_files, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 

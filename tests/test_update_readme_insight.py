@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import stat
+import string
 import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,21 +24,20 @@ from scripts.update_readme_insight import (
     MARKER_END,
     MARKER_START,
     InsightError,
-    MarkerError,
     main,
     render_insight,
     replace_between_markers,
     sanitize,
 )
-from tests.servers import ROOT, free_port, gunicorn_server, stop_process
+from devtools.servers import ROOT, free_port, gunicorn_server, stop_process
 
 SCRIPT = os.path.join(ROOT, "scripts", "update_readme_insight.py")
-MD_SIGNIFICANT = set("\\`*_[]<>#!|~&$")
 
 HEAD = "# Project\n\nIntro with $1, \\1 and \\g<0> outside the markers. Ünïcödé ✓\n\n"
 OLD_INNER = "\n### Insight of the day / Insight do dia\n\n> placeholder\n"
 TAIL = "\n\n## Later section\n\nBackslash \\ and dollar $ stay as they are.\n"
 SEED_README = HEAD + MARKER_START + OLD_INNER + MARKER_END + TAIL
+DAY = dt.date(2025, 1, 31)
 
 
 def utc_today() -> str:
@@ -48,17 +50,31 @@ def split_readme(text: str):
     return head, inner, tail
 
 
-def unescaped_significant(text: str) -> list:
-    """Markdown-significant characters in `text` not preceded by an escaping backslash."""
-    bad, i = [], 0
+def unescape(text: str) -> str:
+    """What a reader sees once the backslash escapes are applied (and the check that they are all there):
+    AssertionError on any ASCII punctuation character not preceded by an escaping backslash."""
+    out, i = [], 0
     while i < len(text):
         if text[i] == "\\":
+            assert i + 1 < len(text) and text[i + 1] in string.punctuation, f"dangling backslash in {text!r}"
+            out.append(text[i + 1])
             i += 2
             continue
-        if text[i] in MD_SIGNIFICANT:
-            bad.append(text[i])
+        assert text[i] not in string.punctuation, f"unescaped {text[i]!r} in {text!r}"
+        out.append(text[i])
         i += 1
-    return bad
+    return "".join(out)
+
+
+def assert_inert(out: str) -> None:
+    """`out` is one line of text that Markdown shows literally: every ASCII punctuation escaped (so no tag,
+    comment, entity, link, image, emphasis, table, heading or list can start), no control/format character,
+    no marker, no leading or doubled whitespace."""
+    unescape(out)
+    assert out == " ".join(out.split())
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") for ch in out)
+    for bit in ("<!--", "-->", "insight:start", "insight:end"):
+        assert bit not in out.lower()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,22 +85,19 @@ def unescaped_significant(text: str) -> list:
 def test_replace_changes_only_what_lies_between_the_markers():
     result = replace_between_markers(SEED_README, "new block")
     assert result == HEAD + MARKER_START + "\nnew block\n" + MARKER_END + TAIL
-    assert result.startswith(HEAD + MARKER_START) and result.endswith(MARKER_END + TAIL)
 
 
 def test_replace_is_idempotent():
     once = replace_between_markers(SEED_README, "line 1\n\nline 2")
-    twice = replace_between_markers(once, "line 1\n\nline 2")
-    assert once == twice
-    assert once != SEED_README
+    assert replace_between_markers(once, "line 1\n\nline 2") == once != SEED_README
 
 
 @pytest.mark.parametrize(
     "readme, message",
     [
-        ("no markers at all\n", "not found"),
-        (f"a\n{MARKER_START}\nb\n", "INSIGHT:END -->" + " not found"),
-        (f"a\n{MARKER_END}\nb\n", "INSIGHT:START -->" + " not found"),
+        ("no markers at all\n", "appears 0 times"),
+        (f"a\n{MARKER_START}\nb\n", "INSIGHT:END --> appears 0 times"),
+        (f"a\n{MARKER_END}\nb\n", "INSIGHT:START --> appears 0 times"),
         (f"{MARKER_START}\n{MARKER_END}\n{MARKER_START}\n", "appears 2 times"),
         (f"{MARKER_START}\n{MARKER_END}\n{MARKER_END}\n", "appears 2 times"),
         (f"a\n{MARKER_END}\nx\n{MARKER_START}\nb\n", "before"),
@@ -92,20 +105,18 @@ def test_replace_is_idempotent():
     ids=["none", "no-end", "no-start", "dup-start", "dup-end", "end-before-start"],
 )
 def test_replace_rejects_bad_markers(readme, message):
-    with pytest.raises(MarkerError, match=message):
+    with pytest.raises(InsightError, match=message):
         replace_between_markers(readme, "block")
-    assert issubclass(MarkerError, InsightError)
 
 
 def test_replace_refuses_a_block_that_contains_a_marker():
-    with pytest.raises(MarkerError):
+    with pytest.raises(InsightError, match="contains an INSIGHT marker"):
         replace_between_markers(SEED_README, f"evil {MARKER_END} tail")
 
 
 @pytest.mark.parametrize("block", ["\\1 and \\g<0> and $1", "C:\\new\\table \\\\ end", "$& $' $` ${1} \\n \\t"])
 def test_replace_treats_the_block_literally(block):
-    result = replace_between_markers(SEED_README, block)
-    _, inner, _ = split_readme(result)
+    _, inner, _ = split_readme(replace_between_markers(SEED_README, block))
     assert inner == "\n" + block + "\n"  # not one backslash or dollar interpreted
 
 
@@ -121,101 +132,107 @@ def test_replace_keeps_crlf_line_endings():
 # sanitize and render_insight
 # ---------------------------------------------------------------------------------------------------
 
-
-def test_sanitize_strips_html_tags_comments_and_scripts():
-    out = sanitize("<b>Bold</b> <!-- hidden comment --> <script>alert(1)</script><div class='x'>text</div>")
-    assert out == "Bold text"
-    # Entity-encoded tags are tags too.
-    assert sanitize("ok &lt;img src=x onerror=alert(1)&gt; fine") == "ok fine"
-    # An unterminated comment does not leak what follows into the README either.
-    assert sanitize("visible <!-- swallow the rest") == "visible"
-
-
-def test_sanitize_keeps_link_text_and_drops_urls():
-    out = sanitize("See [the docs](https://evil.example/x) and [ref][1] or <https://auto.example> or www.bare.example")
-    assert out == "See the docs and ref or or"
-    assert "example" not in out
-    assert sanitize("[outer [inner](https://a.example) text](https://b.example)") == "outer inner text"
-
-
-def test_sanitize_removes_images():
-    out = sanitize("before ![tracking pixel](https://evil.example/p.png) after")
-    assert out == "before after"
-    assert "evil" not in out and "pixel" not in out
+HOSTILE = [
+    "<b>Bold</b> <!-- hidden comment --> <script>alert(1)</script><div class='x'>text</div>",
+    "ok &lt;img src=x onerror=alert(1)&gt; &amp; &#60;b&#62; fine",
+    "visible <!-- swallow the rest",
+    "See [the docs](https://evil.example/x) and [ref][1] or <https://auto.example> or www.bare.example",
+    "[outer [inner](https://a.example) text](https://b.example)",
+    "before ![tracking pixel](https://evil.example/p.png) after",
+    "[1]: https://evil.example/def \"title\"",
+    "# Title\n## Sub title\n> quoted\n```python\ncode\n```\nSetext\n====\n---\n    indented code",
+    "- item\n+ item\n* item\n1. first\n2) second\n| a | b |\n|---|---|",
+    r"*a* _b_ **c** __d__ ~~e~~ `f` $x$ $$y$$ back\slash trailing\\",
+    f"a {MARKER_START} b {MARKER_END} c --> d <!-- e INSIGHT:STAINSIGHT:STARTRT insight:end",
+    "<!--" + MARKER_START + "INSIGHT:START --> joined",
+    "left\u202eright\x00end\u200b\x85c1\u2066iso\u2069\r\nnext\x1b[31mred",
+    ":smile: @someone #123 user@example.com javascript:alert(1)",
+]
 
 
-def test_sanitize_drops_heading_and_block_markers():
-    assert sanitize("# Title\n## Sub title\n> quoted\n```python\ncode\n```\nSetext\n====") == (
-        "Title Sub title quoted code Setext"
-    )
-
-
-def test_sanitize_removes_marker_strings():
-    raw = f"a {MARKER_START} b {MARKER_END} c --> d <!-- e INSIGHT:STAINSIGHT:STARTRT insight:end"
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_hostile_text_comes_out_inert(raw):
     out = sanitize(raw)
-    for bit in ("<!--", "-->", "INSIGHT:START", "INSIGHT:END"):
-        assert bit.lower() not in out.lower()
-    assert out.startswith("a b c")
+    assert_inert(out)
+    assert out  # reduced to text, not to nothing
 
 
-def test_sanitize_escapes_markdown():
-    out = sanitize(r"*a* _b_ [c] <d e> #f | g ~ h & i $x$ back\slash")
-    assert unescaped_significant(out) == []
-    assert r"\*a\*" in out and r"\$x\$" in out and r"back\\slash" in out
-    # Block starts at the beginning of the line: lists and ordered lists.
-    assert sanitize("1. first") == r"1\. first"
-    assert sanitize("- item") == r"\- item"
-    assert sanitize("+ item") == r"\+ item"
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_a_commonmark_renderer_shows_it_literally(raw):
+    """The proof that matters: rendered, the answer is one paragraph of plain text, nothing else."""
+    markdown_it = pytest.importorskip("markdown_it")
+    out = sanitize(raw)
+    rendered = markdown_it.MarkdownIt("commonmark").render(out)
+    assert rendered.startswith("<p>") and rendered.endswith("</p>\n")
+    body = rendered[len("<p>") : -len("</p>\n")]
+    assert "<" not in body  # no tag, link, image, heading or list was produced
+    assert html.unescape(body) == unescape(out)  # every character shows as itself
 
 
-def test_sanitize_collapses_whitespace_and_control_characters():
+def test_link_and_image_syntax_is_escaped_not_followed():
+    assert sanitize("[docs](https://x.example)") == r"\[docs\]\(https\:\/\/x\.example\)"
+    assert sanitize("![p](i.png)") == r"\!\[p\]\(i\.png\)"
+
+
+def test_html_is_escaped_as_text():
+    assert sanitize("<b>hi</b> &amp;") == r"\<b\>hi\<\/b\> \&amp\;"
+
+
+def test_block_markers_are_escaped_and_on_one_line():
+    assert sanitize("# Title\n- item\n1. first") == r"\# Title \- item 1\. first"
+
+
+def test_marker_strings_are_removed():
+    assert sanitize(f"a {MARKER_START} b {MARKER_END} c") == "a b c"
+    # Removing the inner marker joins its neighbours into another one, which goes too.
+    assert sanitize("x <!--" + MARKER_START + "INSIGHT:START --> y") == "x y"
+
+
+def test_control_characters_are_removed_and_whitespace_collapsed():
     assert sanitize("  a\n\n  b\t\tc\r\nd  ") == "a b c d"
-    assert sanitize("left\u202eright\x00end\u200b") == "left right end"
+    assert sanitize("left\u202eright\x00end\u200b\x9bz") == "left right end z"
 
 
-def test_sanitize_caps_length_at_a_word_boundary():
+def test_length_is_capped_at_a_word_boundary():
     raw = " ".join(f"word{i}" for i in range(500))
     out = sanitize(raw)
     assert len(out) <= 600 and out.endswith("…")
     body = out[:-1]
     assert raw.startswith(body) and raw[len(body)] == " "  # cut between two words
-    one_word = "x" * 5000
-    assert sanitize(one_word) == "x" * 599 + "…"
+    assert sanitize("x" * 5000) == "x" * 599 + "…"
     assert sanitize("short text") == "short text"
+    # The cap counts visible characters: escaping may make the Markdown longer, never the text.
+    assert unescape(sanitize("." * 5000)) == "." * 599 + "…"
 
 
-@pytest.mark.parametrize("raw", ["", "   \n\t", "<b></b><!-- x -->", "![img](https://x.example/i.png)", None])
+@pytest.mark.parametrize("raw", ["", "   \n\t", "\u200b\x00\u202e", f"{MARKER_START}\n{MARKER_END}"])
 def test_sanitize_can_leave_nothing(raw):
     assert sanitize(raw) == ""
 
 
 def test_render_insight_contents():
-    block = render_insight("What *is* it?", "An [answer](https://x.example) <b>here</b>", "2025-01-31", "org/model_x")
+    block = render_insight("What *is* it?", "An <b>answer</b>", DAY, "org/model_x")
     assert "Insight of the day / Insight do dia" in block
-    assert r"What \*is\* it?" in block
-    assert "\n> An answer here\n" in block
-    assert block.count("2025-01-31") >= 1
-    assert r"org/model\_x" in block
+    assert r"What \*is\* it\?" in block
+    assert "\n> An \\<b\\>answer\\<\\/b\\>\n" in block
+    assert "2025-01-31" in block
+    assert r"org\/model\_x" in block
     assert MARKER_START not in block and MARKER_END not in block
-    assert render_insight("p", "a", dt.date(2025, 1, 31), "m").count("2025-01-31") >= 1
 
 
-def test_render_insight_rejects_empty_answers_and_bad_dates():
+def test_render_insight_rejects_an_empty_answer():
     with pytest.raises(InsightError, match="empty"):
-        render_insight("prompt", "<p> </p>", "2025-01-31", "m")
-    with pytest.raises(ValueError):
-        render_insight("prompt", "answer", "31/01/2025", "m")
-    with pytest.raises(ValueError):
-        render_insight("prompt", "answer", "2025-13-45", "m")
+        render_insight("prompt", " \u200b\n", DAY, "m")
 
 
 def test_hostile_answer_cannot_break_the_readme():
     hostile = f"{MARKER_END}\n# Pwned\n<img src=x onerror=alert(1)>[click](javascript:alert(1)) {MARKER_START}"
-    result = replace_between_markers(SEED_README, render_insight("p", hostile, "2025-01-31", "m"))
+    result = replace_between_markers(SEED_README, render_insight("p", hostile, DAY, "m"))
     assert result.count(MARKER_START) == 1 and result.count(MARKER_END) == 1
     head, inner, tail = split_readme(result)
     assert head == HEAD and tail == TAIL
-    assert "javascript" not in inner and "<img" not in inner and "\n# " not in inner
+    quote = [line for line in inner.splitlines() if line.startswith("> ")]
+    assert quote == [r"> \# Pwned \<img src\=x onerror\=alert\(1\)\>\[click\]\(javascript\:alert\(1\)\)"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +294,7 @@ def test_end_to_end_against_gunicorn_then_unchanged(api_url, readme, tiny_model_
     ).json()["generated_text"]
     assert sanitize(expected)  # the tiny model's answer survives sanitising
     assert f"\n> {sanitize(expected)}\n" in inner
-    assert insight.DEFAULT_PROMPT in inner
+    assert sanitize(insight.DEFAULT_PROMPT, insight.PROMPT_MAX_CHARS) in inner
     assert any(day in inner for day in days)
     assert sanitize(tiny_model_dir, insight.MODEL_ID_MAX_CHARS) in inner  # /info's model_id
     assert stat.S_IMODE(os.stat(readme).st_mode) == 0o640
@@ -393,14 +410,15 @@ def stub_server(generate_status=200, generate_body=None, info=(200, {"model_id":
 @pytest.mark.parametrize(
     "status, body, message",
     [
-        (500, {"error": "boom", "error_type": "generation"}, "HTTP 500 (generation: boom)"),
+        (500, {"error": "boom", "error_type": "generation"}, "HTTP 500: {\"error\": \"boom\""),
         (422, {"error": "`inputs` must be a string", "error_type": "validation"}, "HTTP 422"),
-        (200, "this is not json{", "invalid JSON"),
-        (200, {"text": "wrong field"}, "without a 'generated_text' string"),
-        (200, {"generated_text": 42}, "without a 'generated_text' string"),
-        (200, {"generated_text": "<b> </b> <!-- --> ![x](https://e.example/i.png)"}, "empty after sanitising"),
+        (200, "this is not json{", "'generated_text' string"),
+        (200, {"text": "wrong field"}, "'generated_text' string"),
+        (200, {"generated_text": 42}, "'generated_text' string"),
+        (200, ["not", "an", "object"], "'generated_text' string"),
+        (200, {"generated_text": f" \u200b\n{MARKER_END}\t"}, "empty after sanitising"),
     ],
-    ids=["500", "422", "bad-json", "no-field", "not-a-string", "empty-after-sanitising"],
+    ids=["500", "422", "bad-json", "no-field", "not-a-string", "not-an-object", "empty-after-sanitising"],
 )
 def test_unusable_answers_fail_and_leave_the_readme_alone(readme, capsys, status, body, message):
     before = readme.read_bytes()
@@ -428,7 +446,7 @@ def test_request_shape_api_key_and_unknown_model(readme, capsys, monkeypatch):
         "parameters": {"max_new_tokens": 33, "seed": 5},
     }
     _, inner, _ = split_readme(readme.read_text(encoding="utf-8"))
-    assert "\n> Money is software now.\n" in inner
+    assert "\n> Money is \\<i\\>software\\<\\/i\\> now\\.\n" in inner
     assert "unknown model" in inner
 
 
@@ -441,7 +459,7 @@ def test_api_key_option_and_no_header_without_one(readme, monkeypatch):
         assert main(["--api-url", url, "--readme", str(readme), "--api-key", "k1"]) == 0
         assert {r["headers"].get("Authorization") for r in seen} == {"Bearer k1"}
     _, inner, _ = split_readme(readme.read_text(encoding="utf-8"))
-    assert "stub/model" in inner
+    assert r"stub\/model" in inner  # /info's model_id, escaped like any API text
 
 
 def test_hostile_answer_end_to_end(readme):
@@ -452,14 +470,16 @@ def test_hostile_answer_end_to_end(readme):
     text = readme.read_text(encoding="utf-8")
     assert text.count(MARKER_START) == 1 and text.count(MARKER_END) == 1
     inner = assert_only_block_changed(readme, before)
-    assert "evil" not in inner and "<script" not in inner
-    assert "\n> Nice x H\n" in inner
+    quote = [line[2:] for line in inner.splitlines() if line.startswith("> ")]
+    assert len(quote) == 1 and quote[0].startswith("Nice ")
+    assert_inert(quote[0])
+    assert r"\<script\>" in quote[0] and r"\]\(" in quote[0]  # shown as text, not run or followed
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("# No markers here\n", "not found"),
+        ("# No markers here\n", "appears 0 times"),
         (f"{MARKER_START}\n{MARKER_END}\n{MARKER_END}\n", "appears 2 times"),
         (f"{MARKER_END}\n{MARKER_START}\n", "before"),
     ],
@@ -481,7 +501,7 @@ def test_bad_markers_through_the_real_server(api_url, tmp_path):
     path.write_bytes(b"# Nothing to replace\n")
     proc, _ = run_cli("--api-url", api_url, "--readme", str(path), "--wake-timeout", "5")
     assert proc.returncode == 1
-    assert "INSIGHT:START --> not found" in proc.stderr
+    assert "INSIGHT:START --> appears 0 times" in proc.stderr
     assert path.read_bytes() == b"# Nothing to replace\n"
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from textgen.errors import BadRequest, ValidationError
 from textgen.settings import Settings
-from textgen.validation import check_token_budget, parse_json_body, validate_generate
+from textgen.validation import kept_prompt_tokens, parse_json_body, validate_generate
 
 SETTINGS = Settings.from_env(environ={})
 
@@ -167,24 +167,24 @@ class TestTokenBudget:
         return validate({"inputs": "x", "parameters": {"max_new_tokens": 10, **kw}})
 
     def test_within_limits_keeps_everything(self):
-        assert check_token_budget(20, self.req(), max_input_tokens=100, max_total_tokens=200) == 20
+        assert kept_prompt_tokens(20, self.req(), max_input_tokens=100, max_total_tokens=200) == 20
 
     def test_prompt_too_long(self):
         with pytest.raises(ValidationError, match=r"`inputs` must have less than 100 tokens. Given: 101"):
-            check_token_budget(101, self.req(), 100, 200)
+            kept_prompt_tokens(101, self.req(), 100, 200)
 
     def test_prompt_plus_new_tokens_over_total(self):
         with pytest.raises(ValidationError, match=r"must be <= 100. Given: 95 `inputs` tokens and 10 `max_new_tokens`"):
-            check_token_budget(95, self.req(), 99, 100)
+            kept_prompt_tokens(95, self.req(), 99, 100)
 
     def test_truncate_keeps_the_last_tokens(self):
-        assert check_token_budget(500, self.req(truncate=30), 100, 200) == 30
-        assert check_token_budget(5, self.req(truncate=30), 100, 200) == 5
+        assert kept_prompt_tokens(500, self.req(truncate=30), 100, 200) == 30
+        assert kept_prompt_tokens(5, self.req(truncate=30), 100, 200) == 5
 
     def test_truncate_over_the_input_limit(self):
         with pytest.raises(ValidationError, match=r"`truncate` must be strictly positive and less than 100. Given: 101"):
-            check_token_budget(500, self.req(truncate=101), 100, 200)
+            kept_prompt_tokens(500, self.req(truncate=101), 100, 200)
 
     def test_empty_after_tokenization(self):
         with pytest.raises(ValidationError, match="cannot be empty"):
-            check_token_budget(0, self.req(), 100, 200)
+            kept_prompt_tokens(0, self.req(), 100, 200)

@@ -1,3 +1,3 @@
-"""`python -m textgen ...`: the command line in textgen/cli.py."""
-from .cli import main
+"""`python -m textgen ...`: the command line in textgen/transports/cli.py."""
+from .transports.cli import main
 raise SystemExit(main())

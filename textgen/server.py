@@ -54,14 +54,14 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from .http.access import enable_cors
-    from .http.docs import bp as docs_bp
-    from .http.errors import register_error_handlers
-    from .http.generate import bp as generate_bp
-    from .http.health import bp as health_bp
-    from .http.metrics import init_metrics
-    from .http.openai import bp as openai_bp
-    from .http.playground import bp as playground_bp
+    from .transports.http.access import enable_cors
+    from .transports.http.docs import bp as docs_bp
+    from .transports.http.error_responses import register_error_handlers
+    from .transports.http.generate import bp as generate_bp
+    from .transports.http.health import bp as health_bp
+    from .transports.http.metrics import init_metrics
+    from .transports.http.openai import bp as openai_bp
+    from .transports.http.playground import bp as playground_bp
 
     register_error_handlers(app)
     enable_cors(app, settings.cors_origins)

@@ -28,7 +28,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.servers import ROOT, gunicorn_server
+from devtools.servers import ROOT, gunicorn_server
 
 GENERATION_ROUTES = ["/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions"]
 MAX_REQUEST_BYTES = 1_000_000  # Settings.max_request_bytes

@@ -6,7 +6,7 @@
 - Faults: SIGTERM with 8 generations in flight, SIGKILL of the worker, an exception inside one decode
   step, 100 clients abandoning their streams, the engine thread dying.
 
-Faults inside the engine need a switch in a real server: `fault_app()` below is the real app (gunicorn,
+Faults inside the engine need a switch in a real server: `fault_app()` in tests/reliability/fault_app.py is the real app (gunicorn,
 gunicorn.conf.py, create_app, create_engine) whose model's forward pass also reads a switch file, armed
 by the test. Each test writes its figures to test-artifacts/reliability-<name>.json ($TEST_ARTIFACTS).
 """
@@ -28,48 +28,13 @@ from types import SimpleNamespace
 import psutil
 import requests
 
-from tests.servers import ROOT, free_port, start_module, stop_process, wait_healthy
+from devtools.servers import ROOT, free_port, start_module, stop_process, wait_healthy
+from tests.reliability.fault_app import EngineCrash
 
 OVERLOAD_SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "60"))
 # A refused client retries after this many seconds, far sooner than the 1 s its Retry-After asks.
 # 0 = retry at once: then the 429 storm takes most of the worker's CPU (and GIL) from the engine.
 OVERLOAD_BACKOFF = float(os.environ.get("OVERLOAD_BACKOFF", "0.05"))
-
-
-# -- the fault switch, loaded by gunicorn in the server's worker ----------------------------------------
-class EngineCrash(BaseException):
-    """Not an Exception: the engine's per-step handlers let it through, so its loop itself dies."""
-
-
-def fault_app():
-    """`gunicorn 'tests.reliability.test_overload_faults:fault_app()'`: the real app, plus a switch.
-
-    Before each forward pass the model sleeps FAULT_STEP_SECONDS (so generations last long enough to
-    overlap) and reads the file FAULT_SWITCH: "raise" makes this one forward pass raise RuntimeError,
-    "crash" raises EngineCrash; the file is removed when it fires, so it fires once.
-    """
-    from textgen.server import create_app
-
-    app = create_app()
-    model = app.extensions["textgen.engine"].model
-    switch = os.environ["FAULT_SWITCH"]
-    pause = float(os.environ.get("FAULT_STEP_SECONDS", "0"))
-    real_forward = model.forward
-
-    def forward(*args, **kwargs):
-        time.sleep(pause)
-        if os.path.exists(switch):
-            with open(switch) as f:
-                what = f.read().strip()
-            os.remove(switch)
-            if what == "raise":
-                raise RuntimeError("injected fault in a forward pass")
-            if what == "crash":
-                raise EngineCrash("injected crash of the engine loop")
-        return real_forward(*args, **kwargs)
-
-    model.forward = forward
-    return app
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -292,7 +257,7 @@ def test_sigterm_lets_eight_running_generations_finish_then_exits_0(tiny_model_d
     # 2 s or more, whatever the machine's speed (2-3 s on an idle 2-core box, about 9 s on a busy one).
     tokens = 200
     env = dict(FAULT_SWITCH=str(tmp_path / "switch"), FAULT_STEP_SECONDS="0.01", MAX_CONCURRENT_REQUESTS="8")
-    with serve(tiny_model_dir, app="tests.reliability.test_overload_faults:fault_app()", **env) as server:
+    with serve(tiny_model_dir, app="tests.reliability.fault_app:fault_app()", **env) as server:
         url, proc = server.url, server.proc
         ended = {}
 
@@ -364,7 +329,7 @@ def test_a_failing_decode_step_fails_only_its_requests(tiny_model_dir, tmp_path)
     switch = tmp_path / "switch"
     tokens = 200  # at 10 ms a step: over 2 s
     env = dict(FAULT_SWITCH=str(switch), FAULT_STEP_SECONDS="0.01", MAX_BATCH_SIZE="2", MAX_CONCURRENT_REQUESTS="8")
-    with serve(tiny_model_dir, app="tests.reliability.test_overload_faults:fault_app()", **env) as server:
+    with serve(tiny_model_dir, app="tests.reliability.fault_app:fault_app()", **env) as server:
         url = server.url
         b_events = []
 
@@ -487,7 +452,7 @@ def test_engine_death_turns_health_503_in_process(make_engine, monkeypatch):
 def test_engine_death_ends_the_worker_and_gunicorn_replaces_it(tiny_model_dir, tmp_path):
     switch = tmp_path / "switch"
     env = dict(FAULT_SWITCH=str(switch), FAULT_STEP_SECONDS="0.01")
-    with serve(tiny_model_dir, app="tests.reliability.test_overload_faults:fault_app()", **env) as server:
+    with serve(tiny_model_dir, app="tests.reliability.fault_app:fault_app()", **env) as server:
         url, pid = server.url, server.proc.pid
         old = the_worker(pid)
         with ThreadPoolExecutor(1) as pool:

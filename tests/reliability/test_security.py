@@ -12,7 +12,7 @@ import sys
 import pytest
 import requests
 
-from tests.servers import ROOT, gunicorn_server
+from devtools.servers import ROOT, gunicorn_server
 from textgen.server import create_app
 from textgen.settings import Settings
 

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from tests.servers import ROOT
+from devtools.servers import ROOT
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 

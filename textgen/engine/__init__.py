@@ -1,19 +1,36 @@
-"""The engine package: the only code in the service that imports torch."""
+"""The engine package: the only code in the service that runs torch.
+
+Importing the package does not import torch (transports import `handle` from here and must stay light):
+`Engine` and `create_engine` load it on first use.
+"""
 
 from __future__ import annotations
 
-import atexit
+from typing import TYPE_CHECKING
 
-from ..settings import Settings
-from .core import Engine
 from .handle import GenerationResult, Handle, TokenEvent
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .core import Engine
 
 __all__ = ["Engine", "GenerationResult", "Handle", "TokenEvent", "create_engine"]
 
 
-def create_engine(settings: Settings) -> Engine:
+def __getattr__(name: str):
+    if name == "Engine":
+        from .core import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create_engine(settings: "Settings") -> "Engine":
     """Size torch's threads, load the model once, and start the engine thread."""
+    import atexit
+
     from ..model.loader import configure_threads, load_model, tune_malloc
+    from .core import Engine
 
     tune_malloc()
     configure_threads(settings.torch_threads)

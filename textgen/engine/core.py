@@ -38,7 +38,7 @@ from ..errors import (
     ValidationError,
 )
 from ..settings import Settings
-from ..validation import GenerationRequest, check_token_budget
+from ..validation import GenerationRequest, kept_prompt_tokens
 from .batch import Batch
 from .detokenize import IncrementalDetokenizer
 from .handle import GenerationResult, Handle, TokenEvent
@@ -129,7 +129,7 @@ class Engine:
             raise Unavailable("Model is not ready")
         with self._tokenizer_lock:
             prompt_ids = self.tokenizer(request.prompt)["input_ids"]
-        kept = check_token_budget(len(prompt_ids), request, self.max_input_tokens, self.max_total_tokens)
+        kept = kept_prompt_tokens(len(prompt_ids), request, self.max_input_tokens, self.max_total_tokens)
         prompt_ids = prompt_ids[len(prompt_ids) - kept :]  # `truncate` keeps the last tokens
         handle = Handle()
         with self._cond:

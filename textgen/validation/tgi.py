@@ -15,8 +15,8 @@ from typing import Annotated, Any, List, Optional
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .errors import BadRequest, ValidationError
-from .settings import Settings
+from ..errors import BadRequest, ValidationError
+from ..settings import Settings
 
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**64 - 1
@@ -97,7 +97,9 @@ class TGIRequest(BaseModel):
     stream: bool = False
 
 
-class SeedRequest(Parameters):
+class PromptRequest(Parameters):
+    """The seed app's form: `{"prompt": "...", "max_new_tokens": 20}`, parameters beside the prompt."""
+
     prompt: NonEmpty
     stream: bool = False
 
@@ -129,7 +131,7 @@ def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = No
     if "inputs" in body and "prompt" in body:
         raise ValidationError("Give either `inputs` (TGI form) or `prompt`, not both")
     if "prompt" in body:
-        parsed = parse_model(SeedRequest, body)
+        parsed = parse_model(PromptRequest, body)
         prompt, params, body_stream = parsed.prompt, parsed, parsed.stream
     else:
         parsed = parse_model(TGIRequest, body)
@@ -138,7 +140,7 @@ def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = No
 
 
 def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool) -> GenerationRequest:
-    field = "prompt" if isinstance(p, SeedRequest) else "inputs"
+    field = "prompt" if isinstance(p, PromptRequest) else "inputs"
     if not prompt:
         raise ValidationError(f"`{field}` cannot be empty", field)
     _reject_unsupported(p)
@@ -178,7 +180,7 @@ def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool
     )
 
 
-def check_token_budget(
+def kept_prompt_tokens(
     prompt_tokens: int, request: GenerationRequest, max_input_tokens: int, max_total_tokens: int
 ) -> int:
     """Check the token-count limits once the prompt is tokenized; return how many prompt tokens to keep.

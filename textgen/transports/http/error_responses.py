@@ -12,7 +12,7 @@ import logging
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import InternalError, Overloaded, ServiceError, ValidationError, from_http_status
+from ...errors import InternalError, Overloaded, ServiceError, ValidationError, from_http_status
 
 log = logging.getLogger(__name__)
 

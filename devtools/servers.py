@@ -1,4 +1,5 @@
-"""Real servers for tests: gunicorn running app.py as users run it, and a werkzeug server in a thread."""
+"""Real servers for the tests and the benchmark: gunicorn running app.py as users run it, a werkzeug server
+in a thread, free ports, waiting for a condition or for /health."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def copy_tracked_files(dest) -> None:
         if os.path.exists(os.path.join(ROOT, name)):
             os.makedirs(os.path.dirname(os.path.join(dest, name)) or dest, exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
 
 
 def free_port() -> int:

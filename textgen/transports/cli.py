@@ -13,10 +13,11 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import ServiceError
-from .settings import Settings
+from ..errors import ServiceError
+from ..settings import Settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where app.py and gunicorn.conf.py live
+# Where app.py and gunicorn.conf.py live: the checkout (or /app in the image), above the package.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Exit status for bad input or configuration (argparse uses 2 for its own usage errors as well).
 EXIT_USAGE = 2
@@ -98,7 +99,7 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     # Validate before loading the model: a bad option fails in a fraction of a second.
     request = _validate(args, settings)
 
-    from .engine import create_engine  # imports torch: only once there is something to generate
+    from ..engine import create_engine  # imports torch: only once there is something to generate
     from .responses import result_body
 
     try:
@@ -122,7 +123,7 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _validate(args: argparse.Namespace, settings: Settings):
-    from .validation import validate_generate
+    from ..validation import validate_generate
 
     # Only what was given goes in the body, so the service's defaults apply to the rest, as over HTTP.
     body = {"prompt": args.prompt, "details": True}
@@ -136,7 +137,7 @@ def _validate(args: argparse.Namespace, settings: Settings):
 
 def _consume(handle, request, stream: bool):
     """Wait for the result; with `stream`, print the text as it comes, ending exactly as the result's text."""
-    from .engine import GenerationResult
+    from ..engine import GenerationResult
 
     # Token events carry a stop sequence's text before the engine cuts it from the result. The token that
     # completes one is the last (the result follows it); before that, hold back the last (longest stop - 1)

@@ -11,7 +11,7 @@ import hmac
 
 from flask import Blueprint, Flask, current_app, request
 
-from ..errors import Unauthorized
+from ...errors import Unauthorized
 
 # Response headers a browser page may read (the playground shows the request id and timings).
 EXPOSED_HEADERS = [

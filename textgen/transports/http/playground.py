@@ -1,6 +1,6 @@
 """GET /: the playground, one self-contained HTML page (inline CSS and JS) that streams from the API.
 
-The page is package data beside this package (textgen/static/playground.html), found relative to this
+The page is package data beside this package (textgen/transports/http/static/playground.html), found relative to this
 file so it works from any working directory, in the image and in a checkout. It needs no key to load:
 the page itself asks for one when a generation route answers 401.
 """
@@ -11,7 +11,7 @@ import os
 
 from flask import Blueprint, send_file
 
-PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static", "playground.html")
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "playground.html")
 
 # Inline script and style only, and requests to this server only: the page loads nothing from elsewhere.
 CSP = (

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .engine.handle import GenerationResult
-from .validation import GenerationRequest
+from ..engine.handle import GenerationResult
+from ..validation import GenerationRequest
 
 
 def result_body(gen_request: GenerationRequest, result: GenerationResult) -> dict:

@@ -18,7 +18,7 @@ import time
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..engine.handle import GenerationResult
+from ...engine.handle import GenerationResult
 
 bp = Blueprint("metrics", __name__)
 

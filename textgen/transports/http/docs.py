@@ -7,10 +7,10 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from ..openapi import build_openapi
+from .openapi import build_openapi
 
 bp = Blueprint("docs", __name__)
-_PAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static", "docs.html")
+_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "docs.html")
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,14 +13,14 @@ from typing import Iterator, Optional
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ..engine.handle import GenerationResult, Handle, TokenEvent
-from ..errors import ServiceError, ValidationError
-from ..openai_validation import chat_request, completion_request, tgi_names_to_openai
+from ...engine.handle import GenerationResult, Handle, TokenEvent
+from ...errors import ServiceError, ValidationError
+from ...validation.openai_forms import chat_request, completion_request, tgi_names_to_openai
 from ..responses import result_body, timing_headers
 from .access import require_key
 from .body import json_body
 from .disconnect import client_gone_probe
-from .errors import openai_error_body
+from .error_responses import openai_error_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 require_key(bp)

@@ -15,9 +15,9 @@ import uuid
 from apig_wsgi import make_lambda_handler
 from flask import Flask
 
-from .errors import InternalError, ServiceError
+from ..errors import InternalError, ServiceError
 from .responses import result_body
-from .validation import validate_generate
+from ..validation import validate_generate
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
 
-from ..errors import RequestTimeout
+from ...errors import RequestTimeout
 
 
 class _ReadDeadline:

