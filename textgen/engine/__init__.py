@@ -29,10 +29,9 @@ def create_engine(settings: "Settings") -> "Engine":
     """Size torch's threads, load the model once, and start the engine thread."""
     import atexit
 
-    from ..model.loader import configure_threads, load_model, tune_malloc
+    from ..model.loader import configure_threads, load_model
     from .core import Engine
 
-    tune_malloc()
     configure_threads(settings.torch_threads)
     model, tokenizer = load_model(settings)
     engine = Engine(model, tokenizer, settings).start()
