@@ -43,33 +43,18 @@ class Metrics:
             buckets=_SECONDS,
             registry=registry,
         )
-        self.queue_duration = Histogram(
-            "textgen_request_queue_duration_seconds",
-            "Time a generation waited for a batch slot",
-            buckets=_SECONDS,
-            registry=registry,
-        )
-        self.time_per_token = Histogram(
-            "textgen_request_mean_time_per_token_duration_seconds",
-            "Compute time of a generation divided by its generated tokens",
-            buckets=_TOKEN_SECONDS,
-            registry=registry,
-        )
-        self.input_length = Histogram(
-            "textgen_request_input_length", "Prompt tokens per generation", buckets=_TOKENS, registry=registry
-        )
-        self.generated_tokens = Histogram(
-            "textgen_request_generated_tokens", "Generated tokens per generation", buckets=_TOKENS, registry=registry
-        )
-        self.inference_duration = Histogram(
-            "textgen_request_inference_duration_seconds",
-            "Time from joining the batch (prefill included) to the last token",
-            buckets=_SECONDS,
-            registry=registry,
-        )
-        self.batch_decode_size = Histogram(
-            "textgen_batch_decode_size", "Rows in the batch per decode step", buckets=_ROWS, registry=registry
-        )
+        # Per finished generation, and per decode step: (attribute, name, help, buckets).
+        for attribute, name, help_text, buckets in (
+            ("queue_duration", "request_queue_duration_seconds", "Time a generation waited for a batch slot", _SECONDS),
+            ("time_per_token", "request_mean_time_per_token_duration_seconds",
+             "Compute time of a generation divided by its generated tokens", _TOKEN_SECONDS),
+            ("input_length", "request_input_length", "Prompt tokens per generation", _TOKENS),
+            ("generated_tokens", "request_generated_tokens", "Generated tokens per generation", _TOKENS),
+            ("inference_duration", "request_inference_duration_seconds",
+             "Time from joining the batch (prefill included) to the last token", _SECONDS),
+            ("batch_decode_size", "batch_decode_size", "Rows in the batch per decode step", _ROWS),
+        ):
+            setattr(self, attribute, Histogram("textgen_" + name, help_text, buckets=buckets, registry=registry))
         if hasattr(engine, "stats"):
             Gauge("textgen_queue_size", "Requests waiting for a batch slot", registry=registry).set_function(
                 lambda: engine.stats()["waiting"]
