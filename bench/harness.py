@@ -17,7 +17,7 @@ from typing import Optional
 
 import psutil
 
-from devtools.servers import free_port, wait_healthy  # noqa: F401  (free_port: bench/run.py takes it from here)
+from devtools.servers import wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")

@@ -38,12 +38,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import llama  # noqa: E402
+from devtools.servers import free_port  # noqa: E402
 from bench.harness import (  # noqa: E402
     CACHE,
     Server,
     code_version,
     cpu_snapshot,
-    free_port,
     launch,
     others_cpu_share,
     percentile,

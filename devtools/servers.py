@@ -39,6 +39,13 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool
     return False
 
 
+def chromium_path() -> str:
+    """The Chromium the browser tests drive: $CHROMIUM_PATH, or Debian's `chromium`."""
+    import shutil
+
+    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

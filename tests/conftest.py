@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from devtools.servers import chromium_path
 from scripts.make_model import make_tiny
 from tests.models import add_chat_template
 from textgen.engine import Engine
@@ -32,18 +33,28 @@ def container_engine_problem():
     return None
 
 
+def _chromium_problem():
+    path = chromium_path()
+    return None if os.path.exists(path) else f"no Chromium at {path} (apt-get install chromium, or set CHROMIUM_PATH)"
+
+
+# Tests that need something outside Python: why it is missing here (None when it is there).
+_OUTSIDE_TOOLS = {"container": container_engine_problem, "browser": _chromium_problem}
+
+
 def pytest_runtest_setup(item):
-    """Container tests skip, saying why, where no engine answers (a `docker` client without a daemon
-    included); checked before their fixtures build images. Under CI they fail instead: .ci/run
-    deselects them itself, saying why, or runs them."""
-    if item.get_closest_marker("container") is None:
-        return
-    problem = container_engine_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"container tests selected but no container engine answers ({problem})")
-    pytest.skip(f"no container engine answers: {problem}")
+    """Container and browser tests skip, saying why, where their tool is missing (a `docker` client
+    without a daemon included); checked before their fixtures build images or start browsers. Under CI
+    they fail instead: .ci/run deselects them itself, saying why, or runs them."""
+    for marker, problem_of in _OUTSIDE_TOOLS.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        problem = problem_of()
+        if problem is None:
+            continue
+        if os.environ.get("CI"):
+            pytest.fail(f"{marker} tests selected but {problem}")
+        pytest.skip(f"{marker} tests need what is missing here: {problem}")
 
 
 @pytest.fixture(scope="session")

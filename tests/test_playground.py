@@ -6,7 +6,6 @@ One backend is enough here: the page only sees HTTP, which both backends answer 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from contextlib import ExitStack
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from devtools.servers import ROOT, thread_server, wait_until
+from devtools.servers import ROOT, chromium_path, thread_server, wait_until
 from textgen.engine import Engine
 from textgen.model.loader import load_model
 from textgen.server import create_app
@@ -33,10 +32,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def chromium_path():
-    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-
-
 def artifacts_dir() -> str:
     path = os.environ.get("TEST_ARTIFACTS") or os.path.join(ROOT, "test-artifacts")
     os.makedirs(path, exist_ok=True)
@@ -45,8 +40,6 @@ def artifacts_dir() -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(chromium_path()):
-        pytest.fail(f"no Chromium at {chromium_path()}: apt-get install chromium, or set CHROMIUM_PATH")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
         yield browser

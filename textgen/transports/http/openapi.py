@@ -7,6 +7,7 @@ described by the small models below; tests/test_openapi.py fuzzes the live serve
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -203,6 +204,7 @@ _GENERATION_ERRORS = {
 }
 
 
+@functools.lru_cache(maxsize=4)  # a server has one pair of limits: built once, not per request
 def build_openapi(max_new_tokens: int, max_input_tokens: int, title: str = "textgen") -> Dict[str, Any]:
     """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens) are bounds
     in the schema, so a client or a fuzzer knows them before it asks."""
