@@ -33,7 +33,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODEL_ID=/opt/model \
     HF_HUB_OFFLINE=1 \
     HF_HOME=/tmp/huggingface \
-    GGUF_CACHE_DIR=/tmp/textgen \
+    CACHE_DIR=/tmp/textgen \
     PORT=5000
 WORKDIR /app
 COPY --from=model /opt/model /opt/model

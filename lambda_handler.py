@@ -4,7 +4,7 @@ import os
 
 # Lambda's filesystem is read-only except /tmp, and HOME may not exist: keep every cache under /tmp.
 os.environ.setdefault("HF_HOME", "/tmp/huggingface")
-os.environ.setdefault("GGUF_CACHE_DIR", "/tmp/textgen")
+os.environ.setdefault("CACHE_DIR", "/tmp/textgen")
 
 from textgen.transports.aws_lambda import make_handler  # noqa: E402
 from textgen.server import create_app  # noqa: E402

@@ -70,7 +70,7 @@ def wait_healthy(url: str, timeout: float = 60.0, proc=None) -> None:
 def gunicorn_server(model_dir: str, **env_overrides):
     """`gunicorn app:app` from the project root with MODEL_ID pointing at a local model directory."""
     port = free_port()
-    env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "TORCH_THREADS": "2", **env_overrides}
+    env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "THREADS": "2", **env_overrides}
     proc = start_module(["gunicorn", "app:app"], env)
     url = f"http://127.0.0.1:{port}"
     try:

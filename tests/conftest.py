@@ -75,7 +75,7 @@ def base_settings(tiny_model_dir, request):
     """Every test that uses the engine runs on both backends: the native GPT-2 module and
     transformers' AutoModelForCausalLM behind the same interface."""
     # The environment of the machine running the tests must not change what they check.
-    return Settings.from_env(environ={}, model_id=tiny_model_dir, torch_threads=2, model_backend=request.param)
+    return Settings.from_env(environ={}, model_id=tiny_model_dir, threads=2, model_backend=request.param)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +89,7 @@ def reference_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def loaded(base_settings):
     """Model and tokenizer, loaded once for the whole session (engines below share them)."""
-    configure_threads(base_settings.torch_threads)
+    configure_threads(base_settings.threads)
     return load_model(base_settings)
 
 

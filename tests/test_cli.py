@@ -26,13 +26,13 @@ def cli_env(tiny_model_dir):
     # The machine's own settings (QUANTIZE, PORT, ...) must not change what these tests check.
     names = {f.name.upper() for f in fields(Settings)}
     env = {k: v for k, v in os.environ.items() if k not in names}
-    return {**env, "MODEL_ID": tiny_model_dir, "TORCH_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    return {**env, "MODEL_ID": tiny_model_dir, "THREADS": "1", "PYTHONIOENCODING": "utf-8"}
 
 
 @pytest.fixture(scope="module")
 def in_process(tiny_model_dir):
     """The engine in this process on the same model: what the command line must reproduce."""
-    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, torch_threads=1)
+    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, threads=1)
     engine = Engine(*load_model(settings), settings).start()
     yield lambda body: engine.submit(validate_generate(body, settings)).result().text
     engine.stop()

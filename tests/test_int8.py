@@ -90,7 +90,7 @@ def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir):
     from textgen.engine import Engine
     from textgen.validation import validate_generate
 
-    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8", torch_threads=2)
+    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8", threads=2)
     engine = Engine(*load_model(settings), settings).start()
     try:
         bodies = [{"inputs": "Hello " * (i + 1), "parameters": {"max_new_tokens": 12, "seed": i}} for i in range(6)]

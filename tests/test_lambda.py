@@ -67,7 +67,7 @@ def test_real_awslambdaric_answers_every_event_kind(tiny_model_dir, tmp_path):
             MODEL_ID=tiny_model_dir,
             HOME=str(tmp_path / "no-home"),  # does not exist, as on Lambda
             TMPDIR=str(tmp_path),
-            TORCH_THREADS="2",
+            THREADS="2",
         )
         proc = start_module(["awslambdaric", "lambda_handler.handler"], env)
         try:

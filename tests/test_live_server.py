@@ -66,7 +66,7 @@ def test_health_answers_during_a_long_generation(tiny_model_dir, tmp_path):
     batch, not finished) both before and after /health answered. Each forward pass is slowed to 20 ms
     (the fault app's pause) so that 250 tokens take 5 s."""
     port = free_port()
-    env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "TORCH_THREADS": "2",
+    env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "THREADS": "2",
            "FAULT_SWITCH": str(tmp_path / "unused"), "FAULT_STEP_SECONDS": "0.02"}
     proc = start_module(["gunicorn", "tests.reliability.fault_app:fault_app()"], env)
     url = f"http://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ def qwen2_dir(tmp_path_factory, tiny_model_dir):
 
 
 def native(model_dir, quantize="none"):
-    settings = Settings.from_env(environ={}, model_id=model_dir, model_backend="native", quantize=quantize, torch_threads=2)
+    settings = Settings.from_env(environ={}, model_id=model_dir, model_backend="native", quantize=quantize, threads=2)
     return load_model(settings)
 
 
@@ -64,7 +64,7 @@ def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_di
 def test_native_llama_greedy_equals_generate(which, llama_dir, qwen2_dir):
     model_dir = llama_dir if which == "llama" else qwen2_dir
     model, tokenizer = native(model_dir)
-    settings = Settings.from_env(environ={}, model_id=model_dir, torch_threads=2)
+    settings = Settings.from_env(environ={}, model_id=model_dir, threads=2)
     engine = Engine(model, tokenizer, settings).start()
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     try:
@@ -104,7 +104,7 @@ def test_serving_a_native_model_imports_no_transformers_modeling_code(tiny_model
         "import json, sys\n"
         "from textgen.server import create_app\n"
         "from textgen.settings import Settings\n"
-        f"create_app(Settings.from_env(environ={{}}, model_id={tiny_model_dir!r}, torch_threads=1))\n"
+        f"create_app(Settings.from_env(environ={{}}, model_id={tiny_model_dir!r}, threads=1))\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('transformers'))))\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -29,7 +29,7 @@ def live_url(tmp_path_factory):
     the prompt-tokens + max_new_tokens budget depends on the tokenizer, so no JSON Schema can state it,
     and with 1024 tokens the fuzzer's prompts stay inside it, as a real client's do."""
     model_dir = add_chat_template(make_tiny(str(tmp_path_factory.mktemp("tiny-fuzz")), n_positions=1024))
-    server_settings = Settings.from_env(environ={}, model_id=model_dir, torch_threads=2, max_new_tokens_limit=64)
+    server_settings = Settings.from_env(environ={}, model_id=model_dir, threads=2, max_new_tokens_limit=64)
     model, tokenizer = load_model(server_settings)
     engine = Engine(model, tokenizer, server_settings).start()
     try:

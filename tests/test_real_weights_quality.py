@@ -61,10 +61,10 @@ def settings(**overrides) -> Settings:
     # The environment of the machine running the tests must not change what they check (except where
     # the GGUF conversion is cached).
     return Settings.from_env(
-        environ={k: v for k, v in os.environ.items() if k == "GGUF_CACHE_DIR"},
+        environ={k: v for k, v in os.environ.items() if k == "CACHE_DIR"},
         model_id=smollm2_dir(),
         model_gguf_file=GGUF_NAME,
-        torch_threads=2,
+        threads=2,
         model_backend="native",
         **overrides,
     )

@@ -33,7 +33,7 @@ def test_every_variable_is_a_setting_the_service_reads_with_a_valid_value(servic
     fields = {name.upper() for name in Settings.__dataclass_fields__}
     assert set(env) <= fields, f"not read by the service: {set(env) - fields}"
     settings = Settings.from_env(environ=env)  # raises on a value the service would refuse
-    assert settings.quantize == "int8" and settings.torch_threads == 1
+    assert settings.quantize == "int8" and settings.threads == 1
     assert settings.max_new_tokens_limit < settings.max_total_tokens
 
 

@@ -18,14 +18,14 @@ def test_every_field_reads_its_upper_case_variable():
         "MAX_NEW_TOKENS_LIMIT": "64",
         "DEFAULT_DO_SAMPLE": "false",
         "DEFAULT_TEMPERATURE": "0.7",
-        "TORCH_THREADS": "3",
+        "THREADS": "3",
         "PORT": "8080",
         "QUEUE_TIMEOUT": "2.5",
     }
     s = Settings.from_env(environ=env)
     assert s.model_id == "/models/x" and s.max_input_tokens == 100 and s.max_total_tokens == 200
     assert s.max_new_tokens_limit == 64 and s.default_do_sample is False and s.default_temperature == 0.7
-    assert s.torch_threads == 3 and s.port == 8080 and s.queue_timeout == 2.5
+    assert s.threads == 3 and s.port == 8080 and s.queue_timeout == 2.5
 
 
 def test_empty_variable_means_default_and_overrides_win():

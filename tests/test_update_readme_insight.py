@@ -335,7 +335,7 @@ def test_waits_for_a_server_that_comes_up_late(tiny_model_dir, readme, capsys):
     procs = []
 
     def start():
-        env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "TORCH_THREADS": "2"}
+        env = {**os.environ, "MODEL_ID": tiny_model_dir, "PORT": str(port), "THREADS": "2"}
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,

@@ -18,8 +18,8 @@ class Settings:
     model_id: str = "distilbert/distilgpt2"
     # A .gguf file inside `model_id` (a directory); transformers dequantises it, so it is done once and cached.
     model_gguf_file: Optional[str] = None
-    # Where GGUF conversions are cached (a directory per file); must be writable (/tmp on Lambda).
-    gguf_cache_dir: str = field(default_factory=lambda: os.path.join(os.path.expanduser("~"), ".cache", "textgen"))
+    # Where built artefacts are cached (ONNX graphs, GGUF conversions; a directory each); writable (/tmp on Lambda).
+    cache_dir: str = field(default_factory=lambda: os.path.join(os.path.expanduser("~"), ".cache", "textgen"))
 
     # Longest prompt accepted, in tokens; None = MAX_TOTAL_TOKENS - 1 (TGI's default).
     max_input_tokens: Optional[int] = None
@@ -45,8 +45,9 @@ class Settings:
     # Seconds a request may wait for a batch slot before it is answered 503 rather than left hanging.
     queue_timeout: float = 60.0
 
-    # "auto": the native plain-torch module when the architecture has one (GPT-2, Llama, Qwen2), else
-    # transformers' AutoModelForCausalLM; "native" or "transformers" force one (native fails on others).
+    # "auto": ONNX Runtime when the architecture has a native definition (GPT-2, Llama, Qwen2), else
+    # transformers' AutoModelForCausalLM; "onnx", "torch" (the native plain-torch modules, the readable
+    # reference; "native" is its old name) or "transformers" force one (onnx and torch fail on others).
     model_backend: str = "auto"
     # "int8": int8 weights with per-channel scales, 4x less memory and ~5x faster decode on a CPU, at
     # ~1% perplexity (README, Performance); "none" keeps the checkpoint's float32 numbers.
@@ -56,8 +57,9 @@ class Settings:
     prefill_chunk_tokens: int = 256
     # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
     skinny_matmul: bool = True
-    # torch intra-op threads; None = the CPUs this process may use (affinity and cgroup quota aware).
-    torch_threads: Optional[int] = None
+    # Intra-op threads of the model runtime (ONNX Runtime or torch); None = the CPUs this process may
+    # use (affinity and cgroup quota aware).
+    threads: Optional[int] = None
     # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.
     max_request_bytes: int = 1_000_000
     # HTTP port (Render and most PaaS set $PORT); read by gunicorn.conf.py and the dev server.
@@ -99,7 +101,7 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("model_backend", ("auto", "native", "transformers")), ("quantize", ("none", "int8"))):
+        for name, allowed in (("model_backend", ("auto", "onnx", "torch", "native", "transformers")), ("quantize", ("none", "int8"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.upper()}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.prefill_chunk_tokens < 1:

@@ -44,7 +44,7 @@ def serve(model_dir: str, app: str = "app:app", **env):
     server's logging, then the server) and kept for failure messages."""
     port = free_port()
     proc = start_module(
-        ["gunicorn", app], {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "TORCH_THREADS": "2", **env}
+        ["gunicorn", app], {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "THREADS": "2", **env}
     )
     lines: collections.deque = collections.deque(maxlen=2000)
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()

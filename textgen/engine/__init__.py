@@ -32,7 +32,7 @@ def create_engine(settings: "Settings") -> "Engine":
     from ..model.loader import configure_threads, load_model
     from .core import Engine
 
-    configure_threads(settings.torch_threads)
+    configure_threads(settings.threads)
     model, tokenizer = load_model(settings)
     engine = Engine(model, tokenizer, settings).start()
     # Stop the engine thread before the interpreter tears torch down (a clean exit 0 on SIGTERM).

@@ -172,7 +172,7 @@ class Engine:
             "model_device_type": "cpu",
             "max_input_tokens": self.max_input_tokens,
             "max_total_tokens": self.max_total_tokens,
-            "torch_threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(),
             "versions": {"torch": torch.__version__, "transformers": version("transformers")},
         }
 

@@ -59,14 +59,14 @@ def _cgroup_quota(v2_cpu_max: str, v1_dir: str) -> Optional[float]:
         return None
 
 
-def configure_threads(torch_threads: Optional[int]) -> int:
+def configure_threads(threads: Optional[int]) -> int:
     """One engine thread drives torch: give it every usable CPU for intra-op work and no inter-op pool.
 
     Request threads never run torch, so more intra-op threads than CPUs would only oversubscribe.
     (Measured on this 2-core machine over HTTP: one thread instead of two halved float32's tokens/s at
     8 clients, 270 -> 132, and left int8's level, 405 -> 413.)
     """
-    threads = torch_threads or available_cpus()
+    threads = threads or available_cpus()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -236,7 +236,7 @@ def _cached_gguf_conversion(settings: Settings) -> str:
     gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
     stat = os.stat(gguf_path)
     key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = os.path.join(settings.gguf_cache_dir, "gguf-" + key[:16])
+    target = os.path.join(settings.cache_dir, "gguf-" + key[:16])
     if not os.path.exists(os.path.join(target, "config.json")):
         log.info("converting %s (once; cached in %s)", gguf_path, target)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_id, gguf_file=settings.model_gguf_file)
@@ -250,7 +250,7 @@ def _cached_gguf_conversion(settings: Settings) -> str:
         tmp = target + f".tmp{os.getpid()}"
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.makedirs(settings.gguf_cache_dir, exist_ok=True)
+        os.makedirs(settings.cache_dir, exist_ok=True)
         try:
             os.rename(tmp, target)  # atomic: a concurrent converter either wins or finds it done
         except OSError:

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m textgen",
         description="Text generation from the command line, or the HTTP service under gunicorn.",
-        epilog="Settings not given as options come from environment variables (MODEL_ID, TORCH_THREADS, ...).",
+        epilog="Settings not given as options come from environment variables (MODEL_ID, THREADS, ...).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

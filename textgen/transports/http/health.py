@@ -50,7 +50,7 @@ def info():
         "max_batch_size": settings.max_batch_size,
         "model_backend": engine_info["model_backend"],
         "quantize": settings.quantize,
-        "torch_threads": engine_info["torch_threads"],
+        "threads": engine_info["threads"],
         "versions": {
             "python": platform.python_version(),
             **engine_info["versions"],

@@ -1,0 +1,47 @@
+"""The one contract every model backend fills: what the engine may ask of a model, in numpy.
+
+The engine owns the KV cache (`KVCache`, numpy arrays `[slots, kv_heads, time, head_dim]` per layer)
+and hands the model a contiguous range of its slots each call. A call is either a prefill chunk
+(several tokens per row, right-padded) or a decode step (one token per row); the model writes each
+row's new keys and values into its slot at the row's own positions and returns the logits at each
+row's last new token. Backends: `onnx` (ONNX Runtime, one graph, the cache bound in place), `torch`
+(the native modules, the readable reference), `transformers` (AutoModelForCausalLM, the fallback).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Set, runtime_checkable
+
+import numpy as np
+
+from .kv_cache import KVCache
+
+
+@runtime_checkable
+class CausalLM(Protocol):
+    backend: str  # "onnx", "torch" or "transformers"
+    dtype_name: str  # "int8" or "float32": the weights' numbers
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    context: int  # positions the model was trained for: no row may go past it
+    vocab_size: int
+    eos_token_ids: Set[int]
+
+    def forward(
+        self,
+        tokens: np.ndarray,
+        starts: np.ndarray,
+        counts: np.ndarray,
+        cache: KVCache,
+        first_slot: int,
+        want_logits: bool,
+    ) -> Optional[np.ndarray]:
+        """One forward pass over rows that live in cache slots `first_slot, first_slot + 1, ...`.
+
+        tokens: int64 `[rows, width]`, right-padded; starts: int64 `[rows]`, tokens each row already
+        has in the cache (the position of its first token here); counts: int64 `[rows]`, its real
+        tokens here (0..width; 0 = the row only waits, nothing of it is written). Padding never reaches
+        the cache. Returns float32 `[rows, vocab]`, the logits after each row's last real token (rows
+        with count 0: any values), or None when `want_logits` is False."""
+        ...
