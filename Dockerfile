@@ -1,36 +1,42 @@
 # syntax=docker/dockerfile:1
-# The service image (default target) and the AWS Lambda image (`--target lambda`), CPU-only.
+# The service image (default target) and the AWS Lambda image (`--target lambda`), CPU-only, no torch:
+# the model is served by ONNX Runtime from a graph built here, at image build time, from the checkpoint.
 #   docker build -t gpt2-text-generator .
 #   docker build --build-arg MODEL_ID=models/my-model -t gpt2-text-generator .   (a path in the context)
 #   docker build --target lambda --platform linux/amd64 --provenance=false -t gpt2-text-generator-lambda .
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- dependencies, in a virtual environment copied whole into the final images ---------------------
+# --- what the serving process imports, in a virtual environment copied whole into the final images --
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements.txt requirements-lambda.txt /tmp/
-# PyTorch's CPU wheel index: the CUDA build from PyPI would add gigabytes for nothing.
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-        -r /tmp/requirements.txt
+COPY requirements-serve.txt requirements-lambda.txt /tmp/
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-serve.txt
 
 FROM deps AS deps-lambda
 RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements-lambda.txt
 
-# --- the model, baked in: a hub id is downloaded here, a path in the build context is copied -------
+# --- the model, baked in as an ONNX graph: a hub id is downloaded here, a path in the context copied;
+#     the graph (8-bit weights by default) is built with numpy + onnx, without torch, and only the
+#     graph, the config and the tokenizer go into the final images (not the float32 checkpoint) ------
 FROM deps AS model
 ARG MODEL_ID=distilbert/distilgpt2
+ARG QUANTIZE=int8
+COPY requirements-serve.txt requirements.txt /tmp/
+RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 WORKDIR /context
 COPY . .
-RUN /opt/venv/bin/python scripts/fetch_model.py "${MODEL_ID}" /opt/model \
+RUN /opt/venv/bin/python scripts/fetch_model.py "${MODEL_ID}" /opt/checkpoint \
+    && /opt/venv/bin/python scripts/build_graph.py /opt/checkpoint /opt/model --quantize "${QUANTIZE}" \
     && chmod -R a+rX /opt/model
 
 # --- common runtime settings ------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+ARG QUANTIZE=int8
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MODEL_ID=/opt/model \
+    QUANTIZE=${QUANTIZE} \
     HF_HUB_OFFLINE=1 \
     HF_HOME=/tmp/huggingface \
     CACHE_DIR=/tmp/textgen \
@@ -53,6 +59,6 @@ COPY --from=deps /opt/venv /opt/venv
 RUN chmod o-w /var/tmp /run/lock
 USER 10001:10001
 EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '5000'), timeout=4)"]
 CMD ["gunicorn", "app:app"]

@@ -4,9 +4,11 @@ request) and, when a binary is given, llama.cpp's llama-server; same model, one 
     python bench/run.py --model random                 # DistilGPT2's exact shape, random weights
     python bench/run.py --rounds 3 --llama-server /path/to/llama-server
     python bench/run.py --clients 16 --max-new-tokens 400 --systems service-int8 naive-threads
+    python bench/run.py --model random --clients 1 8 --background-load 0 2 --systems service-int8
 
-Systems: service-int8 / service-fp32 (native modules, int8 or float32 weights), service-transformers
-(transformers' classes: the engine's previous path), naive (the seed: one sync gunicorn worker),
+Systems: service-int8 / service-fp32 (ONNX Runtime, 8-bit or float32 weights: what the service serves
+by default), service-torch-int8 / service-torch-fp32 (the native torch modules), service-transformers
+(transformers' classes), naive (the seed: one sync gunicorn worker),
 naive-threads (the seed with 16 threads: concurrent model.generate calls), and llama-server-<quant>
 with --llama-server (the model converted to GGUF q8_0 or f32 on the fly, or --llama-server-gguf).
 
@@ -15,6 +17,9 @@ aggregate tokens/s (tokens the servers report they generated), p50/p95 latency, 
 (streaming; the naive design cannot stream, so its first token arrives with the last) and the peak RSS
 of the server's whole process tree since it started, model load included. The servers run one after
 the other. Writes bench/results/latest.json and latest.png, prints tables.
+With `--background-load N [N ...]` every system is measured again beside N busy-loop processes (one
+pure-Python `while True` each), started before its server and stopped after it: how it degrades when
+others compete for the CPUs. Rows carry `background_load`.
 The machine is shared and noisy: compare the ratios within one run, not absolute numbers across runs.
 Each system waits until other processes leave the CPUs mostly idle, a level they disturbed anyway is
 measured again (up to 3 times), and each row records the share of CPU others took meanwhile.
@@ -23,10 +28,12 @@ measured again (up to 3 times), and each row records the share of CPU others too
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +62,15 @@ from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
 
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
-    "service-int8": {"MODEL_BACKEND": "native", "QUANTIZE": "int8"},
-    "service-fp32": {"MODEL_BACKEND": "native", "QUANTIZE": "none"},
+    "service-int8": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int8"},
+    "service-fp32": {"MODEL_BACKEND": "onnx", "QUANTIZE": "none"},
+    "service-torch-int8": {"MODEL_BACKEND": "torch", "QUANTIZE": "int8"},
+    "service-torch-fp32": {"MODEL_BACKEND": "torch", "QUANTIZE": "none"},
     "service-transformers": {"MODEL_BACKEND": "transformers", "QUANTIZE": "none"},
 }
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
 SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
-DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "naive", "naive-threads"]
+DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "service-torch-int8", "naive", "naive-threads"]
 RESULTS = os.path.join(ROOT, "bench", "results")
 PROMPTS = [
     "Once upon a time",
@@ -211,24 +220,43 @@ def quiet_level(server: Server, request, clients: int, args, attempts: int = 3) 
         wait_until_quiet(args.quiet_below, args.quiet_timeout, server.rss.pids())
 
 
-def measure(system: str, model_dir: str, args) -> list:
-    server = start(system, model_dir, args)
-    request = request_for(system)
+def measure(system: str, model_dir: str, args, background: int = 0) -> list:
+    with busy_loops(background):
+        server = start(system, model_dir, args)
+        request = request_for(system)
+        try:
+            request(server.url, PROMPTS[0], args.max_new_tokens)  # warm-up
+            rows = []
+            for clients in args.clients:
+                level = quiet_level(server, request, clients, args) if not background else run_level(
+                    server, request, clients, args.rounds, args.max_new_tokens
+                )
+                label = f"{system} (+{background} busy)" if background else system
+                row = {"system": label, "base_system": system, "background_load": background, **level}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            return rows
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def busy_loops(count: int):
+    """`count` processes that only burn CPU (a pure-Python loop each), for as long as the block runs
+    and never longer than an hour."""
+    loop = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(count)]
     try:
-        request(server.url, PROMPTS[0], args.max_new_tokens)  # warm-up
-        rows = []
-        for clients in args.clients:
-            row = {"system": system, **quiet_level(server, request, clients, args)}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        return rows
+        yield
     finally:
-        server.stop()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # -- reporting -----------------------------------------------------------------------------------------
-def streams(system: str) -> bool:
-    return system not in NAIVE_THREADS
+def streams(row: dict) -> bool:
+    return row["base_system"] not in NAIVE_THREADS
 
 
 def table(rows) -> str:
@@ -238,7 +266,7 @@ def table(rows) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ttft = f"{r['p50_ttft_s']:.3f}" if streams(r["system"]) else f"{r['p50_ttft_s']:.2f} (= latency)"
+        ttft = f"{r['p50_ttft_s']:.3f}" if streams(r) else f"{r['p50_ttft_s']:.2f} (= latency)"
         lines.append(
             f"| {r['system']} | {r['clients']} | {r['tokens_per_s']} | {r['p50_latency_s']} | "
             f"{r['p95_latency_s']} | {ttft} | {r['peak_rss_mb']} | {r['level_peak_rss_mb']} | "
@@ -260,20 +288,29 @@ def start_table(rows) -> str:
 
 
 def verdict(rows) -> dict:
-    by = {(r["system"], r["clients"]): r for r in rows}
-    peers = [s for s in dict.fromkeys(r["system"] for r in rows) if s not in SERVICE_MODES]
+    """Ratios within one run: each service mode against each peer at 8 clients (and against the seed),
+    at each background load, and each system's tokens/s under load against its own quiet figure."""
     out = {}
-    for service in (s for s in SERVICE_MODES if (s, 8) in by):
-        s = by[(service, 8)]
-        for peer in (p for p in peers if (p, 8) in by):
-            out[f"8 clients: {service} / {peer} tokens/s"] = round(s["tokens_per_s"] / by[(peer, 8)]["tokens_per_s"], 2)
-        if ("naive", 8) in by:
-            n = by[("naive", 8)]
-            out[f"8 clients: {service} p95 <= naive p50"] = s["p95_latency_s"] <= n["p50_latency_s"]
-            out[f"8 clients: {service} peak RSS <= naive's"] = s["peak_rss_mb"] <= n["peak_rss_mb"]
-        if (service, 1) in by and ("naive", 1) in by:
-            out[f"1 client: {service} / naive tokens/s"] = round(
-                by[(service, 1)]["tokens_per_s"] / by[("naive", 1)]["tokens_per_s"], 2
+    loads = sorted({r["background_load"] for r in rows})
+    for background in loads:
+        suffix = f" (+{background} busy)" if background else ""
+        by = {(r["base_system"], r["clients"]): r for r in rows if r["background_load"] == background}
+        systems = list(dict.fromkeys(system for system, _ in by))
+        peers = [s for s in systems if s not in SERVICE_MODES]
+        for service in (s for s in SERVICE_MODES if s in systems):
+            for clients in (1, 8):
+                for peer in (p for p in peers if (p, clients) in by and (service, clients) in by):
+                    ratio = by[(service, clients)]["tokens_per_s"] / by[(peer, clients)]["tokens_per_s"]
+                    out[f"{clients} client(s){suffix}: {service} / {peer} tokens/s"] = round(ratio, 2)
+            if (service, 8) in by and ("naive", 8) in by:
+                s, n = by[(service, 8)], by[("naive", 8)]
+                out[f"8 clients{suffix}: {service} p95 <= naive p50"] = s["p95_latency_s"] <= n["p50_latency_s"]
+    quiet = {(r["base_system"], r["clients"]): r for r in rows if r["background_load"] == 0}
+    for r in rows:
+        if r["background_load"] and (r["base_system"], r["clients"]) in quiet:
+            slower = quiet[(r["base_system"], r["clients"])]["tokens_per_s"] / max(r["tokens_per_s"], 1e-9)
+            out[f"{r['clients']} client(s): {r['base_system']} quiet / +{r['background_load']} busy tokens/s"] = round(
+                slower, 2
             )
     return out
 
@@ -298,7 +335,7 @@ def plot(rows, path: str) -> None:
     markers = "osD^v<>ph*"
     for i, system in enumerate(systems):
         rs = [r for r in rows if r["system"] == system]
-        style = ("-" if system in SERVICE_MODES else "--") + markers[i % len(markers)]
+        style = ("-" if rs[0]["base_system"] in SERVICE_MODES else "--") + markers[i % len(markers)]
         for ax, (key, _) in zip(axes, lines):
             ax.plot([r["clients"] for r in rs], [r[key] for r in rs], style, label=system)
     for ax, (key, title) in zip(axes, lines):
@@ -365,6 +402,8 @@ def main(argv=None) -> int:
                         help="convert_hf_to_gguf.py (default: found in the source tree beside the binary's build)")
     parser.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")
     parser.add_argument("--llama-threads", type=int, help="llama-server -t/-tb (default: the usable CPUs)")
+    parser.add_argument("--background-load", type=int, nargs="+", default=[0], metavar="N",
+                        help="busy-loop processes running beside each system; each N is one pass (0: none)")
     parser.add_argument("--quiet-below", type=float, default=0.15,
                         help="before each system, wait until other processes use less than this share of the CPUs")
     parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
@@ -380,12 +419,13 @@ def main(argv=None) -> int:
         systems.append(llama_system(args, model_dir))
     rows, code = [], {}
     for system in systems:
-        if args.quiet_timeout > 0:
-            wait_until_quiet(args.quiet_below, args.quiet_timeout)
-        # The service's code may change between two systems of a long run (a shared working tree):
-        # record what each one ran, read just before its server starts.
-        code[system] = code_version()
-        rows += measure(system, model_dir, args)
+        for background in args.background_load:
+            if args.quiet_timeout > 0:
+                wait_until_quiet(args.quiet_below, args.quiet_timeout)
+            # The service's code may change between two systems of a long run (a shared working tree):
+            # record what each one ran, read just before its server starts.
+            code[system] = code_version()
+            rows += measure(system, model_dir, args, background)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": origin,
