@@ -111,9 +111,14 @@ def scripted_run(model, sequences, reference, tolerance):
         ([0, 4, 1], [1, 2, 3], True),  # a sub-range of the slots (first slot 3)
         ([1, 1, 1, 1], None, True),  # decode steps
         ([1, 1, 0, 1], None, True),
+        "grow",  # the cache regrows (new arrays): the bindings must follow
         ([1, 1, 1, 1], None, True),
     ]
-    for counts, subset, want in script:
+    for item in script:
+        if item == "grow":
+            rows.cache.reserve(rows.cache.slot_capacity, rows.cache.time_capacity + 1)
+            continue
+        counts, subset, want = item
         logits = rows.step(counts, subset, want)
         if want:
             assert logits.shape == (len(counts), model.vocab_size) and logits.dtype == np.float32

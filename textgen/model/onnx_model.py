@@ -3,13 +3,14 @@ cache bound in place as each layer's past and present (GroupQueryAttention write
 into the same memory it reads; nothing is copied per step).
 
 Per call only the small inputs and the logits are bound anew; the cache bindings of a slot range are
-kept in an IOBinding reused while the cache buffers, the range and the time capacity stay the same
+kept in an IOBinding reused while the cache arrays, the range and the time capacity stay the same
 (the engine alternates between a decode range and a prefill range, so a few are kept).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from typing import Optional, Set
 
@@ -51,12 +52,21 @@ class OnnxModel:
         self.vocab_size = config["vocab_size"]
         self.eos_token_ids: Set[int] = set()
         self._bindings: "OrderedDict[tuple, ort.IOBinding]" = OrderedDict()
+        self._bound_arrays: list = []  # weak references to the cache arrays the bindings point into
         self._no_rows = np.zeros(0, dtype=np.int64)
 
     def _binding(self, cache: KVCache, first_slot: int, rows: int) -> ort.IOBinding:
         """An IOBinding with every layer's past and present bound to the cache slots
-        [first_slot, first_slot + rows); reused while the cache arrays are the same."""
-        key = (first_slot, rows, cache.time_capacity, tuple(id(a) for a in cache.keys), tuple(id(a) for a in cache.values))
+        [first_slot, first_slot + rows); reused while the cache arrays are the same objects.
+
+        The arrays are followed by weak references: a regrown or cleared cache frees them (a weak
+        reference then answers None, where a kept id could match a new array), and holding them
+        strongly would keep a released cache's memory alive."""
+        arrays = cache.keys + cache.values
+        if len(arrays) != len(self._bound_arrays) or any(ref() is not a for ref, a in zip(self._bound_arrays, arrays)):
+            self._bindings.clear()
+            self._bound_arrays = [weakref.ref(a) for a in arrays]
+        key = (first_slot, rows, cache.time_capacity)
         binding = self._bindings.get(key)
         if binding is not None:
             self._bindings.move_to_end(key)
