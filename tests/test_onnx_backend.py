@@ -116,7 +116,7 @@ def scripted_run(model, sequences, reference, tolerance):
     ]
     for item in script:
         if item == "grow":
-            rows.cache.reserve(rows.cache.slot_capacity, rows.cache.time_capacity + 1)
+            rows.cache.reserve(rows.cache.slot_capacity + 1, rows.cache.time_capacity)  # same time: same binding key
             continue
         counts, subset, want = item
         logits = rows.step(counts, subset, want)
