@@ -26,6 +26,11 @@ itself: one copy). `quantize="int8"` passes every MatMul, the LM head included, 
 onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
 quantized per row, so a row's result never depends on its neighbours), and stores the token embedding
 once in 8 bits as a GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
+Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
+LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
+scales are negative; MatMulNBits prepacks its weight, so the shared original stays resident in full),
+~330 MB with a float32 table. The table sits in model.onnx.data, which ORT maps: only the pages of
+tokens actually looked up become resident (file-backed, shared by processes using the same file).
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ from .kv_cache import KVCache
 from .onnx_graph import GPT2_ARCHITECTURES, context_length
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
-# "0": a thread that finds no work sleeps instead of spinning. Spinning wins a little on an idle
-# machine but burns the cores other processes (the HTTP workers, a neighbour) need; see the report.
+# "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
+# machine (DistilGPT2 int8, decode, past 128): other work running, B=1 16-24 ms vs 24-36 ms with
+# spinning, B=16 56-108 vs 84-148 ms; with two busy loops added, B=1 16-48 vs 72 ms, B=16 120-143 vs
+# 254-273 ms. Spinning takes the cores from whatever else must run (the HTTP threads included).
 DEFAULT_SPINNING = os.environ.get("ORT_ALLOW_SPINNING", "0")
 
 
