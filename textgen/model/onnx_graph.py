@@ -47,7 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, read_config, weight_files
 
-GRAPH_VERSION = 1  # bump whenever the graph built for the same inputs changes
+GRAPH_VERSION = 2  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
@@ -287,7 +287,11 @@ def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
     ckpt = NumpyCheckpoint(source_dir)
     build = build_gpt2 if config["model_type"] in GPT2_ARCHITECTURES else build_llama
     model = build(config, ckpt, quantize)
-    return quantize_matmuls(model) if quantize == "int8" else model
+    if quantize == "int8":
+        model = quantize_matmuls(model)
+    # Read back by OnnxModel through the session's metadata (no onnx import at run time).
+    helper.set_model_props(model, {"textgen.quantize": quantize, "textgen.graph_version": str(GRAPH_VERSION)})
+    return model
 
 
 def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:

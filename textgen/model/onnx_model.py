@@ -9,7 +9,6 @@ kept in an IOBinding reused while the cache arrays, the range and the time capac
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections import OrderedDict
 from typing import Optional, Set
@@ -25,7 +24,7 @@ BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill,
 # machine (DistilGPT2 int8, decode, past 128): other work running, B=1 16-24 ms vs 24-36 ms with
 # spinning, B=16 56-108 vs 84-148 ms; with two busy loops added, B=1 16-48 vs 72 ms, B=16 120-143 vs
 # 254-273 ms. Spinning takes the cores from whatever else must run (the HTTP threads included).
-DEFAULT_SPINNING = os.environ.get("ORT_ALLOW_SPINNING", "0")
+DEFAULT_SPINNING = "0"
 
 
 def session_options(threads: int, allow_spinning: str = DEFAULT_SPINNING) -> ort.SessionOptions:
@@ -42,7 +41,8 @@ class OnnxModel:
 
     def __init__(self, graph_path: str, config: dict, threads: int, allow_spinning: str = DEFAULT_SPINNING):
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
-        self.dtype_name = "int8" if any(n.op_type == "MatMulNBits" for n in _graph_nodes(graph_path)) else "float32"
+        quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
+        self.dtype_name = "int8" if quantize == "int8" else "float32"
         if config.get("model_type") in GPT2_ARCHITECTURES:
             self.n_layers, heads = config["n_layer"], config["n_head"]
             self.n_kv_heads, self.head_dim = heads, config["n_embd"] // heads
@@ -119,8 +119,3 @@ class OnnxModel:
         self.session.run_with_iobinding(binding)
         return logits if want_logits else None
 
-
-def _graph_nodes(graph_path: str):
-    import onnx
-
-    return onnx.load(graph_path, load_external_data=False).graph.node
