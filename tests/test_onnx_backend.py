@@ -240,3 +240,26 @@ def test_building_and_running_import_no_torch(model_dirs, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_checkpoint_reader_widens_half_precision(tmp_path):
+    """bf16 (most Llama-family checkpoints) and f16 tensors come back as float32, values kept."""
+    import json
+    import struct
+
+    from textgen.model.onnx_weights import NumpyCheckpoint
+
+    values = np.array([[1.0, -2.5, 0.15625], [3.0e4, -1.0e-3, 0.0]], dtype=np.float32)
+    bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact where the low 16 bits are 0
+    tensors = {"a.bf16": ("BF16", bf16.tobytes()), "b.f16": ("F16", values.astype(np.float16).tobytes())}
+    header, offset = {}, 0
+    for name, (dtype, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(values.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    with open(tmp_path / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(data for _, data in tensors.values()))
+    ckpt = NumpyCheckpoint(str(tmp_path))
+    expected_bf16 = (bf16.astype(np.uint32) << 16).view(np.float32)
+    assert ckpt.get("a.bf16").dtype == np.float32 and np.array_equal(ckpt.get("a.bf16"), expected_bf16)
+    assert np.array_equal(ckpt.get("b.f16"), values.astype(np.float16).astype(np.float32))
