@@ -213,7 +213,10 @@ def test_supports_agrees_with_the_native_modules():
         assert onnx_graph.supports(config) == native, config
 
 
-def test_building_and_running_import_no_torch(model_dirs, tmp_path):
+def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path):
+    """Running a built graph imports neither torch nor onnx; building one does not import torch."""
+    source = model_dirs["llama"]
+    prebuilt = graph_path(source, graph_cache, "int8")
     # textgen/model/__init__.py imports the loader, which imports torch: the package is stood in for
     # here so that what is measured is the ONNX modules' own imports.
     code = textwrap.dedent(
@@ -224,17 +227,22 @@ def test_building_and_running_import_no_torch(model_dirs, tmp_path):
         sys.modules["textgen.model"] = package
         import numpy as np
         from textgen.model.kv_cache import KVCache
-        from textgen.model.onnx_graph import graph_path
         from textgen.model.onnx_model import OnnxModel
         from textgen.model.onnx_weights import read_config
-        source = {model_dirs["llama"]!r}
-        for quantize in ("none", "int8"):
-            model = OnnxModel(graph_path(source, {str(tmp_path)!r}, quantize), read_config(source), threads=1)
+
+        def run(path):
+            model = OnnxModel(path, read_config({source!r}), threads=1)
             cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
             cache.reserve(1, 8)
             logits = model.forward(np.array([[1, 2, 3]]), np.array([0]), np.array([3]), cache, 0, True)
             assert logits.shape == (1, model.vocab_size)
-        assert "torch" not in sys.modules, "torch was imported"
+
+        run({prebuilt!r})
+        assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runtime imported torch or onnx"
+        from textgen.model.onnx_graph import graph_path
+        for quantize in ("none", "int8"):
+            run(graph_path({source!r}, {str(tmp_path)!r}, quantize))
+        assert "torch" not in sys.modules, "building the graph imported torch"
         print("ok")
         """
     )

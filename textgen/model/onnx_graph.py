@@ -45,34 +45,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_config import GPT2_ARCHITECTURES, model_shape, supports
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, read_config, weight_files
 
 GRAPH_VERSION = 3  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
-GPT2_ARCHITECTURES = {"gpt2"}  # as textgen/model/gpt2.py's ARCHITECTURES
-LLAMA_ARCHITECTURES = {"llama", "qwen2"}  # as textgen/model/llama.py's ARCHITECTURES
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-
-
-def supports(config: dict) -> bool:
-    """The configs this builder serves: the native modules' (gpt2.ARCHITECTURES, llama.supports),
-    restated here because those modules import torch. Plain RoPE and full attention only."""
-    if config.get("model_type") in GPT2_ARCHITECTURES:
-        return True
-    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
-        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-            return False
-    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
-    return config.get("model_type") in LLAMA_ARCHITECTURES and not sliding
-
-
-def context_length(config: dict) -> int:
-    if config.get("model_type") in GPT2_ARCHITECTURES:
-        return config.get("n_positions") or config.get("n_ctx") or 1024
-    return config.get("max_position_embeddings", 2048)
 
 
 class GraphBuilder:
@@ -111,7 +92,7 @@ class GraphBuilder:
         return self.proto
 
 
-def _declare_io(g: GraphBuilder, n_layers: int, kv_heads: int, head_dim: int, vocab: int) -> None:
+def _declare_io(g: GraphBuilder, shape) -> None:
     float_, int64, int32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     g.inputs += [
         helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
@@ -121,11 +102,12 @@ def _declare_io(g: GraphBuilder, n_layers: int, kv_heads: int, head_dim: int, vo
         helper.make_tensor_value_info("query_seqlens", int32, ["batch"]),
         helper.make_tensor_value_info("logit_index", int64, ["rows"]),
     ]
-    g.outputs.append(helper.make_tensor_value_info("logits", float_, ["rows", vocab]))
-    for i in range(n_layers):
+    g.outputs.append(helper.make_tensor_value_info("logits", float_, ["rows", shape.vocab_size]))
+    cache = ["batch", shape.n_kv_heads, "time", shape.head_dim]
+    for i in range(shape.n_layers):
         for kind in ("key", "value"):
-            g.inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", float_, ["batch", kv_heads, "time", head_dim]))
-            g.outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", float_, ["batch", kv_heads, "time", head_dim]))
+            g.inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", float_, cache))
+            g.outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", float_, cache))
 
 
 def _linear(g: GraphBuilder, x: str, name: str, weight_in_out: np.ndarray, bias: Optional[np.ndarray] = None) -> str:
@@ -171,16 +153,17 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     def w(name):
         return ckpt.get(prefix + name)
 
-    width, heads, n_layers = config["n_embd"], config["n_head"], config["n_layer"]
+    shape = model_shape(config)
+    width, heads = shape.width, shape.n_heads
     eps = float(config.get("layer_norm_epsilon", 1e-5))
     g = GraphBuilder()
-    _declare_io(g, n_layers, heads, width // heads, config["vocab_size"])
+    _declare_io(g, shape)
     wte = w("wte.weight")
     tokens = _embedding(g, "wte", wte, quantize)
     positions = g.op("Gather", [g.weight("wpe", w("wpe.weight")), "position_ids"])
     # Each LayerNorm adds the previous sublayer's output (and its projection bias) to the residual.
     pending, residual, pending_bias = tokens, positions, None
-    for i in range(n_layers):
+    for i in range(shape.n_layers):
         p = f"h.{i}."
 
         def norm(name, x, skip, bias):
@@ -222,21 +205,19 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     def maybe(name):
         return w(name) if "model." + name in ckpt else None
 
-    width, n_layers = config["hidden_size"], config["num_hidden_layers"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or width // heads
+    shape = model_shape(config)
+    width, heads, kv_heads, head_dim = shape.width, shape.n_heads, shape.n_kv_heads, shape.head_dim
     eps = float(config.get("rms_norm_eps", 1e-6))
     g = GraphBuilder()
-    _declare_io(g, n_layers, kv_heads, head_dim, config["vocab_size"])
+    _declare_io(g, shape)
     embed = w("embed_tokens.weight")
     x = _embedding(g, "embed_tokens", embed, quantize)
-    cos, sin = rotary_tables(config, head_dim, context_length(config))
+    cos, sin = rotary_tables(config, head_dim, shape.context)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
     split_qkv = g.weight("qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
     h = g.op("SimplifiedLayerNormalization", [x, g.weight("layers.0.input_layernorm.weight", w("layers.0.input_layernorm.weight"))], epsilon=eps, axis=-1)
     residual = x
-    for i in range(n_layers):
+    for i in range(shape.n_layers):
         p = f"layers.{i}."
         attn, mlp = p + "self_attn.", p + "mlp."
         if i > 0:

@@ -1,6 +1,6 @@
 """`CausalLM` on ONNX Runtime: one session over the graph from `onnx_graph`, the engine's numpy KV
 cache bound in place as each layer's past and present (GroupQueryAttention writes the new positions
-into the same memory it reads; nothing is copied per step).
+into the same memory it reads; nothing is copied per step). Imports neither onnx nor torch.
 
 Per call only the small inputs and the logits are bound anew; the cache bindings of a slot range are
 kept in an IOBinding reused while the cache arrays, the range and the time capacity stay the same
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .kv_cache import KVCache
-from .onnx_graph import GPT2_ARCHITECTURES, context_length
+from .onnx_config import model_shape
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
@@ -43,15 +43,9 @@ class OnnxModel:
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
         quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
         self.dtype_name = "int8" if quantize == "int8" else "float32"
-        if config.get("model_type") in GPT2_ARCHITECTURES:
-            self.n_layers, heads = config["n_layer"], config["n_head"]
-            self.n_kv_heads, self.head_dim = heads, config["n_embd"] // heads
-        else:
-            self.n_layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
-            self.n_kv_heads = config.get("num_key_value_heads") or heads
-            self.head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        self.context = context_length(config)
-        self.vocab_size = config["vocab_size"]
+        shape = model_shape(config)
+        self.n_layers, self.n_kv_heads, self.head_dim = shape.n_layers, shape.n_kv_heads, shape.head_dim
+        self.context, self.vocab_size = shape.context, shape.vocab_size
         self.eos_token_ids: Set[int] = set()
         self._bindings: "OrderedDict[tuple, ort.IOBinding]" = OrderedDict()
         self._bound_arrays: list = []  # weak references to the cache arrays the bindings point into
