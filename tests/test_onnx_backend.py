@@ -140,6 +140,21 @@ def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     scripted_run(model, sequences, reference_logits(model_dirs[arch], sequences), FLOAT_TOLERANCE)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_padding_past_the_context(model_dirs, graph_cache, arch):
+    """A row ending at the last position of the context, right-padded beyond it, in a cache longer
+    than the context: padding positions are clamped (learned and rotary tables have `context` rows)."""
+    model = load(model_dirs, graph_cache, arch, "none")
+    context = model.context
+    sequences = random_sequences(model.vocab_size, [context, 12], seed=5)
+    reference = reference_logits(model_dirs[arch], sequences)
+    rows = Rows(model, sequences, first_slot=0, slots=2)
+    rows.cache.reserve(2, context + 40)
+    rows.step([context - 3, 0], want_logits=False)
+    logits = rows.step([3, 9])  # row 0's padding reaches positions context .. context + 5
+    rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
