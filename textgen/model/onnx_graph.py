@@ -21,6 +21,10 @@ com.microsoft GroupQueryAttention (GPT-2: the fused c_attn output as packed QKV;
 com.microsoft RotaryEmbedding with the explicit position ids); the final norm runs on all positions,
 then `logit_index` gathers the wanted rows before the LM head.
 
+Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rotate row s at P + s
+(checked: logits identical to RotaryEmbedding's), but it refuses a cos/sin table shorter than
+`total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
+
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
 `_logits`). `quantize="int8"` passes every MatMul, the LM head included, through
 onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
