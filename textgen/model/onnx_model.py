@@ -33,6 +33,9 @@ def session_options(threads: int, allow_spinning: str = DEFAULT_SPINNING) -> ort
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", allow_spinning)
+    # No arena: it keeps the largest prefill's activations for good (DistilGPT2 int8 after a 16 x 128
+    # prefill: 449 MB RSS with it, 321 MB without, of which 112 MB KV cache); decode time unchanged.
+    options.enable_cpu_mem_arena = False
     return options
 
 
