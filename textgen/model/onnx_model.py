@@ -21,9 +21,10 @@ from .onnx_config import model_shape
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
-# machine (DistilGPT2 int8, decode, past 128): other work running, B=1 16-24 ms vs 24-36 ms with
-# spinning, B=16 56-108 vs 84-148 ms; with two busy loops added, B=1 16-48 vs 72 ms, B=16 120-143 vs
-# 254-273 ms. Spinning takes the cores from whatever else must run (the HTTP threads included).
+# machine, others' jobs running (load ~4), DistilGPT2 int8 decode with 128 past, B = 1 / 8 / 16:
+# 16 / 36 / 56 ms without spinning, 24 / 56 / 88 ms with it; with two busy loops added, 16 / 41 / 146
+# vs 21 / 51 / 176 ms (float32: 34 / 53 / 147 vs 105 / 168 / 199). Spinning takes the cores from
+# whatever else must run, the HTTP threads included.
 DEFAULT_SPINNING = "0"
 
 
