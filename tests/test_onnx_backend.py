@@ -1,0 +1,288 @@
+"""The ONNX Runtime backend against transformers' own forward pass, on tiny GPT-2, Llama and Qwen2.
+
+Each scenario runs rows through `OnnxModel.forward` the way the engine does (prefill chunks of
+different lengths, rows with different pasts, idle rows, decode steps, slots past 0) and compares every
+returned row with the logits transformers computes for the whole sequence in one plain forward.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.models import make_tiny_llama
+from textgen.model import onnx_graph
+from textgen.model.kv_cache import KVCache
+from textgen.model.onnx_graph import graph_path
+from textgen.model.onnx_model import OnnxModel
+from textgen.model.onnx_weights import read_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOAT_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tiny_model_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("onnx-models")
+    return {
+        "gpt2": tiny_model_dir,
+        "llama": make_tiny_llama(str(base / "llama"), tiny_model_dir),
+        "qwen2": make_tiny_llama(str(base / "qwen2"), tiny_model_dir, qwen2=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def graph_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("onnx-graphs"))
+
+
+def load(model_dirs, graph_cache, arch, quantize):
+    source = model_dirs[arch]
+    return OnnxModel(graph_path(source, graph_cache, quantize), read_config(source), threads=2)
+
+
+def reference_logits(source: str, sequences):
+    """transformers' logits at every position of each whole sequence (no cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    with torch.no_grad():
+        return [model(torch.tensor(seq)[None]).logits[0].numpy() for seq in sequences]
+
+
+class Rows:
+    """Rows living in consecutive cache slots from `first_slot`, each with its own full token sequence;
+    `step` feeds each row its next `count` tokens and checks what must and must not change."""
+
+    def __init__(self, model, sequences, first_slot, slots):
+        self.model, self.sequences, self.first_slot = model, sequences, first_slot
+        self.done = [0] * len(sequences)
+        self.cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        self.cache.reserve(slots, max(len(s) for s in sequences) + 8)
+        rng = np.random.default_rng(1)
+        for array in self.cache.keys + self.cache.values:  # noise: writes out of place would show
+            array[:] = rng.standard_normal(array.shape, dtype=np.float32)
+
+    def step(self, counts, rows=None, want_logits=True):
+        rows = list(range(len(self.sequences))) if rows is None else rows
+        width = max(max(counts), 1)
+        tokens = np.zeros((len(rows), width), dtype=np.int64)
+        for i, (row, count) in enumerate(zip(rows, counts)):
+            tokens[i, :count] = self.sequences[row][self.done[row] : self.done[row] + count]
+        starts = np.array([self.done[r] for r in rows], dtype=np.int64)
+        before = [a.copy() for a in self.cache.keys + self.cache.values]
+        first = self.first_slot + rows[0]
+        logits = self.model.forward(tokens, starts, np.array(counts), self.cache, first, want_logits)
+        for i, (row, count) in enumerate(zip(rows, counts)):
+            slot, end = first + i, self.done[row] + count
+            for old, new in zip(before, self.cache.keys + self.cache.values):
+                # Only [start, start + count) of a row's slot changes: padding never reaches the cache.
+                assert np.array_equal(old[slot, :, end:], new[slot, :, end:])
+                assert np.array_equal(old[slot, :, : self.done[row]], new[slot, :, : self.done[row]])
+                if count == 0:
+                    assert np.array_equal(old[slot], new[slot])
+            self.done[row] = end
+        outside = [s for s in range(self.cache.slot_capacity) if not first <= s < first + len(rows)]
+        for old, new in zip(before, self.cache.keys + self.cache.values):
+            assert np.array_equal(old[outside], new[outside])
+        return logits
+
+    def expect(self, logits, counts, rows, reference, tolerance):
+        rows = list(range(len(self.sequences))) if rows is None else rows
+        for i, (row, count) in enumerate(zip(rows, counts)):
+            if count:
+                want = reference[row][self.done[row] - 1]
+                np.testing.assert_allclose(logits[i], want, atol=tolerance, rtol=0)
+
+
+def scripted_run(model, sequences, reference, tolerance):
+    """The engine's kinds of call, in one script. Rows live in slots 2..5 (first_slot > 0)."""
+    rows = Rows(model, sequences, first_slot=2, slots=6)
+    script = [
+        ([5, 9, 3, 0], None, True),  # prefill, three lengths in one call; row 3 an idle empty slot
+        ([7, 7, 4, 6], None, True),  # different pasts in one call: chunk 7 after 9 (row 1), a first chunk (row 3)
+        ([3, 0, 5, 2], None, False),  # more chunks, no logits wanted; row 1 idle with a past
+        ([0, 4, 1], [1, 2, 3], True),  # a sub-range of the slots (first slot 3)
+        ([1, 1, 1, 1], None, True),  # decode steps
+        ([1, 1, 0, 1], None, True),
+        "grow",  # the cache regrows (new arrays): the bindings must follow
+        ([1, 1, 1, 1], None, True),
+    ]
+    for item in script:
+        if item == "grow":
+            rows.cache.reserve(rows.cache.slot_capacity + 1, rows.cache.time_capacity)  # same time: same binding key
+            continue
+        counts, subset, want = item
+        logits = rows.step(counts, subset, want)
+        if want:
+            assert logits.shape == (len(counts), model.vocab_size) and logits.dtype == np.float32
+            rows.expect(logits, counts, subset, reference, tolerance)
+        else:
+            assert logits is None
+
+
+def random_sequences(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
+    model = load(model_dirs, graph_cache, arch, "none")
+    assert (model.backend, model.dtype_name) == ("onnx", "float32")
+    sequences = random_sequences(model.vocab_size, [30, 30, 30, 30])
+    scripted_run(model, sequences, reference_logits(model_dirs[arch], sequences), FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_padding_past_the_context(model_dirs, graph_cache, arch):
+    """A row ending at the last position of the context, right-padded beyond it, in a cache longer
+    than the context: padding positions are clamped (learned and rotary tables have `context` rows)."""
+    model = load(model_dirs, graph_cache, arch, "none")
+    context = model.context
+    sequences = random_sequences(model.vocab_size, [context, 12], seed=5)
+    reference = reference_logits(model_dirs[arch], sequences)
+    rows = Rows(model, sequences, first_slot=0, slots=2)
+    rows.cache.reserve(2, context + 40)
+    rows.step([context - 3, 0], want_logits=False)
+    logits = rows.step([3, 9])  # row 0's padding reaches positions context .. context + 5
+    rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
+    model = load(model_dirs, graph_cache, arch, "int8")
+    assert model.dtype_name == "int8"
+    sequences = random_sequences(model.vocab_size, [4, 11, 17])
+
+    def run(rows_sequences, row):
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(len(rows_sequences), 32)
+        lengths = np.array([len(s) for s in rows_sequences])
+        tokens = np.zeros((len(rows_sequences), lengths.max()), dtype=np.int64)
+        for i, seq in enumerate(rows_sequences):
+            tokens[i, : len(seq)] = seq
+        prefill = model.forward(tokens, np.zeros(len(lengths), np.int64), lengths, cache, 0, True)[row]
+        decode = model.forward(np.full((len(lengths), 1), 5), lengths, np.ones(len(lengths), np.int64), cache, 0, True)[row]
+        return prefill, decode
+
+    alone = run([sequences[1]], 0)
+    batched = run(sequences, 1)
+    assert np.array_equal(alone[0], batched[0]) and np.array_equal(alone[1], batched[1])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
+    exact = load(model_dirs, graph_cache, arch, "none")
+    int8 = load(model_dirs, graph_cache, arch, "int8")
+    lengths = list(range(1, 25))
+    sequences = random_sequences(exact.vocab_size, lengths, seed=3)
+    tokens = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        tokens[i, : len(seq)] = seq
+    outputs = []
+    for model in (exact, int8):
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(len(lengths), 32)
+        outputs.append(model.forward(tokens, np.zeros(len(lengths), np.int64), np.array(lengths), cache, 0, True))
+    want, got = outputs
+    agree = np.mean(want.argmax(axis=1) == got.argmax(axis=1))
+    relative = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert agree >= 0.8, agree
+    assert relative.max() < 0.1, relative.max()
+
+
+def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
+    builds = []
+    real_build = onnx_graph.build_graph
+    monkeypatch.setattr(onnx_graph, "build_graph", lambda *a: builds.append(a) or real_build(*a))
+    first = graph_path(model_dirs["gpt2"], str(tmp_path), "none")
+    mtime = os.stat(first).st_mtime_ns
+    assert graph_path(model_dirs["gpt2"], str(tmp_path), "none") == first
+    assert len(builds) == 1 and os.stat(first).st_mtime_ns == mtime
+    other = graph_path(model_dirs["gpt2"], str(tmp_path), "int8")
+    assert other != first and len(builds) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(os.path.dirname(p)) for p in (first, other)})
+
+
+def test_supports_agrees_with_the_native_modules():
+    from textgen.model import gpt2, llama
+
+    configs = [
+        {"model_type": "gpt2"},
+        {"model_type": "llama"},
+        {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096},
+        {"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096},
+        {"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+        {"model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+        {"model_type": "mistral"},
+    ]
+    for config in configs:
+        native = config["model_type"] in gpt2.ARCHITECTURES or llama.supports(config)
+        assert onnx_graph.supports(config) == native, config
+
+
+def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path):
+    """Running a built graph imports neither torch nor onnx; building one does not import torch."""
+    source = model_dirs["llama"]
+    prebuilt = graph_path(source, graph_cache, "int8")
+    # textgen/model/__init__.py imports the loader, which imports torch: the package is stood in for
+    # here so that what is measured is the ONNX modules' own imports.
+    code = textwrap.dedent(
+        f"""
+        import sys, types
+        package = types.ModuleType("textgen.model")
+        package.__path__ = [{os.path.join(ROOT, "textgen", "model")!r}]
+        sys.modules["textgen.model"] = package
+        import numpy as np
+        from textgen.model.kv_cache import KVCache
+        from textgen.model.onnx_model import OnnxModel
+        from textgen.model.onnx_weights import read_config
+
+        def run(path):
+            model = OnnxModel(path, read_config({source!r}), threads=1)
+            cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+            cache.reserve(1, 8)
+            logits = model.forward(np.array([[1, 2, 3]]), np.array([0]), np.array([3]), cache, 0, True)
+            assert logits.shape == (1, model.vocab_size)
+
+        run({prebuilt!r})
+        assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runtime imported torch or onnx"
+        from textgen.model.onnx_graph import graph_path
+        for quantize in ("none", "int8"):
+            run(graph_path({source!r}, {str(tmp_path)!r}, quantize))
+        assert "torch" not in sys.modules, "building the graph imported torch"
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_checkpoint_reader_widens_half_precision(tmp_path):
+    """bf16 (most Llama-family checkpoints) and f16 tensors come back as float32, values kept."""
+    import json
+    import struct
+
+    from textgen.model.onnx_weights import NumpyCheckpoint
+
+    values = np.array([[1.0, -2.5, 0.15625], [3.0e4, -1.0e-3, 0.0]], dtype=np.float32)
+    bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact where the low 16 bits are 0
+    tensors = {"a.bf16": ("BF16", bf16.tobytes()), "b.f16": ("F16", values.astype(np.float16).tobytes())}
+    header, offset = {}, 0
+    for name, (dtype, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(values.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    with open(tmp_path / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(data for _, data in tensors.values()))
+    ckpt = NumpyCheckpoint(str(tmp_path))
+    expected_bf16 = (bf16.astype(np.uint32) << 16).view(np.float32)
+    assert ckpt.get("a.bf16").dtype == np.float32 and np.array_equal(ckpt.get("a.bf16"), expected_bf16)
+    assert np.array_equal(ckpt.get("b.f16"), values.astype(np.float16).astype(np.float32))

@@ -1,0 +1,323 @@
+"""One decoder step as an ONNX graph for ONNX Runtime, built from a `save_pretrained` directory
+without torch (numpy, `onnx.helper`, onnxruntime's own quantizer).
+
+Graph inputs (B rows, S tokens per row, right-padded; T = the cache's time capacity):
+- `input_ids` int64 [B, S]; `position_ids` int64 [B, S]: start + 0..S-1, padding clamped to
+  context - 1 by the runtime (learned position tables and rotary tables have `context` rows).
+- `seqlens_k` int32 [B]: P + Q - 1 (P tokens cached before this call, Q real tokens in it); an idle
+  row (Q = 0) keeps P - 1, an idle empty slot needs 0 (GroupQueryAttention refuses -1).
+- `query_seqlens` int32 [B]: Q per row (GroupQueryAttention's input 16). Rows [0, Q) are written
+  into the cache at positions [P, P + Q); padding never reaches it.
+- `total_sequence_length` int32 scalar: an upper bound of P + Q (the runtime passes T).
+- `logit_index` int64 [R]: flat indices b * S + s into the [B * S, hidden] final hidden states,
+  the rows whose next-token logits are wanted (R = 0 is allowed: no LM head work).
+- `past_key_{i}`, `past_value_{i}` float32 [B, kv_heads, T, head_dim] per layer.
+Outputs: `logits` float32 [R, vocab]; `present_key_{i}`, `present_value_{i}`, which the runtime binds
+to the same memory as the past ones (GroupQueryAttention writes the new positions in place).
+
+Layout: every residual add is folded into a Skip(Simplified)LayerNormalization (its 4th output is the
+new residual stream, its `bias` input carries the previous projection's bias); attention is
+com.microsoft GroupQueryAttention (GPT-2: the fused c_attn output as packed QKV; Llama: q, k, v after
+com.microsoft RotaryEmbedding with the explicit position ids); the final norm runs on all positions,
+then `logit_index` gathers the wanted rows before the LM head.
+
+Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rotate row s at P + s
+(checked: logits identical to RotaryEmbedding's), but it refuses a cos/sin table shorter than
+`total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
+
+Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
+`_logits`). `quantize="int8"` passes every MatMul, the LM head included, through
+onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
+quantized per row, so a row's result never depends on its neighbours), and stores the token embedding
+once in 8 bits as a GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
+Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
+LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
+scales are negative; MatMulNBits prepacks its weight, so the shared original stays resident in full),
+~330 MB with a float32 table. The table sits in model.onnx.data, which ORT maps: only the pages of
+tokens actually looked up become resident (file-backed, shared by processes using the same file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import List, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .onnx_config import GPT2_ARCHITECTURES, model_shape, supports
+from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, read_config, weight_files
+
+GRAPH_VERSION = 3  # bump whenever the graph built for the same inputs changes
+MS = "com.microsoft"
+OPSET = 17
+BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+class GraphBuilder:
+    """Nodes and initializers of one graph; names of intermediate values are generated."""
+
+    def __init__(self):
+        # Initializers go straight into the model's graph: helper.make_graph / make_model would copy
+        # every weight once more (DistilGPT2's build peaked 0.3 GB higher that way).
+        self.proto = helper.make_model(helper.make_graph([], "decoder_step", [], []), producer_name="textgen")
+        self.nodes: List[onnx.NodeProto] = []
+        self.inputs: List[onnx.ValueInfoProto] = []
+        self.outputs: List[onnx.ValueInfoProto] = []
+        self._count = 0
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[Optional[str]], outputs=1, domain: str = "", **attrs):
+        """Add a node; `outputs` is a count (names generated) or a list of names. Returns the output
+        name, or the list of names when there are several."""
+        self._count += 1
+        if isinstance(outputs, int):
+            outputs = [f"{op_type}_{self._count}_{k}" for k in range(outputs)]
+        inputs = [name or "" for name in inputs]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._count}", domain=domain, **attrs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def model(self) -> onnx.ModelProto:
+        graph = self.proto.graph
+        graph.node.extend(self.nodes)
+        graph.input.extend(self.inputs)
+        graph.output.extend(self.outputs)
+        del self.proto.opset_import[:]
+        self.proto.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+        return self.proto
+
+
+def _declare_io(g: GraphBuilder, shape) -> None:
+    float_, int64, int32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+    g.inputs += [
+        helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("position_ids", int64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("seqlens_k", int32, ["batch"]),
+        helper.make_tensor_value_info("total_sequence_length", int32, []),
+        helper.make_tensor_value_info("query_seqlens", int32, ["batch"]),
+        helper.make_tensor_value_info("logit_index", int64, ["rows"]),
+    ]
+    g.outputs.append(helper.make_tensor_value_info("logits", float_, ["rows", shape.vocab_size]))
+    cache = ["batch", shape.n_kv_heads, "time", shape.head_dim]
+    for i in range(shape.n_layers):
+        for kind in ("key", "value"):
+            g.inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", float_, cache))
+            g.outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", float_, cache))
+
+
+def _linear(g: GraphBuilder, x: str, name: str, weight_in_out: np.ndarray, bias: Optional[np.ndarray] = None) -> str:
+    """x @ W (+ b), W stored [in, out] as MatMul wants (and MatMulNBitsQuantizer quantizes)."""
+    y = g.op("MatMul", [x, g.weight(name, weight_in_out)])
+    return y if bias is None else g.op("Add", [y, g.weight(name + ".bias", bias)])
+
+
+def _attention(g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int) -> str:
+    """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV."""
+    inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
+    inputs += [None] * 9 + ["query_seqlens"]  # cos/sin caches .. k_norm_weight unused; query_seqlens is input 16
+    outputs = [f"attention_{layer}", f"present_key_{layer}", f"present_value_{layer}"]
+    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads)[0]
+
+
+def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
+    """Token embedding lookup; int8 keeps the table once, in 8 bits (a float32 copy of a 50k-token
+    vocabulary is 154 MB)."""
+    if quantize == "int8":
+        data, scales = quantize_rows_uint8(table, BLOCK_SIZE)
+        inputs = [g.weight(name + ".q8", data), "input_ids", g.weight(name + ".scales", scales)]
+        return g.op("GatherBlockQuantized", inputs, domain=MS, bits=8, block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
+    return g.op("Gather", [g.weight(name, table), "input_ids"])
+
+
+def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray) -> None:
+    """Gather the wanted rows of the final hidden states, then the LM head ([vocab, hidden] `head`).
+
+    A tied head is stored again, transposed, rather than shared with the embedding (a Gemm with
+    transB over the same table): ORT prepacks a MatMul's weight into its own buffer, so a shared table
+    stays resident in full beside the packed copy, while an unshared one is released and the lookup
+    table, mapped from model.onnx.data, pages in only the rows used. DistilGPT2 float32, RSS after
+    load: 380 MB this way, 528 MB shared (the file grows by 154 MB)."""
+    flat = g.op("Reshape", [hidden, g.weight("flat_shape", np.array([-1, width], dtype=np.int64))])
+    rows = g.op("Gather", [flat, "logit_index"], axis=0)
+    g.op("MatMul", [rows, g.weight("lm_head", head.T)], ["logits"])
+
+
+def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
+    prefix = "transformer." if "transformer.wte.weight" in ckpt else ""
+
+    def w(name):
+        return ckpt.get(prefix + name)
+
+    shape = model_shape(config)
+    width, heads = shape.width, shape.n_heads
+    eps = float(config.get("layer_norm_epsilon", 1e-5))
+    g = GraphBuilder()
+    _declare_io(g, shape)
+    wte = w("wte.weight")
+    tokens = _embedding(g, "wte", wte, quantize)
+    positions = g.op("Gather", [g.weight("wpe", w("wpe.weight")), "position_ids"])
+    # Each LayerNorm adds the previous sublayer's output (and its projection bias) to the residual.
+    pending, residual, pending_bias = tokens, positions, None
+    for i in range(shape.n_layers):
+        p = f"h.{i}."
+
+        def norm(name, x, skip, bias):
+            inputs = [x, skip, g.weight(p + name + ".weight", w(p + name + ".weight")), g.weight(p + name + ".bias", w(p + name + ".bias")), bias]
+            out, _, _, summed = g.op("SkipLayerNormalization", inputs, 4, domain=MS, epsilon=eps)
+            return out, summed
+
+        h, residual = norm("ln_1", pending, residual, pending_bias)
+        qkv = _linear(g, h, p + "attn.c_attn", w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"))
+        attended = _attention(g, i, qkv, None, None, heads, heads)
+        projected = _linear(g, attended, p + "attn.c_proj", w(p + "attn.c_proj.weight"))
+        h, residual = norm("ln_2", projected, residual, g.weight(p + "attn.c_proj.bias", w(p + "attn.c_proj.bias")))
+        # GPT-2's gelu_new is the tanh approximation: FastGelu, with the c_fc bias folded in.
+        fc = _linear(g, h, p + "mlp.c_fc", w(p + "mlp.c_fc.weight"))
+        activated = g.op("FastGelu", [fc, g.weight(p + "mlp.c_fc.bias", w(p + "mlp.c_fc.bias"))], domain=MS)
+        pending = _linear(g, activated, p + "mlp.c_proj", w(p + "mlp.c_proj.weight"))
+        pending_bias = g.weight(p + "mlp.c_proj.bias", w(p + "mlp.c_proj.bias"))
+    final = [pending, residual, g.weight("ln_f.weight", w("ln_f.weight")), g.weight("ln_f.bias", w("ln_f.bias")), pending_bias]
+    hidden = g.op("SkipLayerNormalization", final, 4, domain=MS, epsilon=eps)[0]
+    tied = config.get("tie_word_embeddings", True)
+    head = wte if tied else ckpt.get("lm_head.weight")
+    _logits(g, hidden, width, head)
+    return g.model()
+
+
+def rotary_tables(config: dict, head_dim: int, positions: int):
+    """cos and sin [positions, head_dim / 2] for rotate-half RoPE, in float32 as transformers computes
+    them (angle = position / theta^(2i / head_dim))."""
+    theta = float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
+    inv_freq = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
+    angles = np.outer(np.arange(positions, dtype=np.float32), inv_freq).astype(np.float32)
+    return np.cos(angles), np.sin(angles)
+
+
+def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
+    def w(name):
+        return ckpt.get("model." + name)
+
+    def maybe(name):
+        return w(name) if "model." + name in ckpt else None
+
+    shape = model_shape(config)
+    width, heads, kv_heads, head_dim = shape.width, shape.n_heads, shape.n_kv_heads, shape.head_dim
+    eps = float(config.get("rms_norm_eps", 1e-6))
+    g = GraphBuilder()
+    _declare_io(g, shape)
+    embed = w("embed_tokens.weight")
+    x = _embedding(g, "embed_tokens", embed, quantize)
+    cos, sin = rotary_tables(config, head_dim, shape.context)
+    cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
+    split_qkv = g.weight("qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
+    h = g.op("SimplifiedLayerNormalization", [x, g.weight("layers.0.input_layernorm.weight", w("layers.0.input_layernorm.weight"))], epsilon=eps, axis=-1)
+    residual = x
+    for i in range(shape.n_layers):
+        p = f"layers.{i}."
+        attn, mlp = p + "self_attn.", p + "mlp."
+        if i > 0:
+            norm_w = g.weight(p + "input_layernorm.weight", w(p + "input_layernorm.weight"))
+            h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)
+        # One fused q/k/v projection (Qwen2 has biases on all three), rotary on q and k at their own positions.
+        qkv_w = np.concatenate([w(attn + f"{n}_proj.weight") for n in "qkv"]).T
+        biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
+        qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
+        q, k, v = g.op("Split", [_linear(g, h, attn + "qkv_proj", qkv_w, qkv_b), split_qkv], 3, axis=-1)
+        q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
+        k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
+        attended = _attention(g, i, q, k, v, heads, kv_heads)
+        projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
+        o_bias = maybe(attn + "o_proj.bias")
+        norm_w = g.weight(p + "post_attention_layernorm.weight", w(p + "post_attention_layernorm.weight"))
+        skip_inputs = [projected, residual, norm_w, None if o_bias is None else g.weight(attn + "o_proj.bias", o_bias)]
+        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", skip_inputs, 4, domain=MS, epsilon=eps)
+        # SwiGLU: silu(gate) * up, then down.
+        gate = _linear(g, h, mlp + "gate_proj", w(mlp + "gate_proj.weight").T)
+        up = _linear(g, h, mlp + "up_proj", w(mlp + "up_proj.weight").T)
+        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
+        pending = _linear(g, g.op("Mul", [silu, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)
+    norm_w = g.weight("norm.weight", w("norm.weight"))
+    hidden = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)[0]
+    tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in ckpt
+    head = embed if tied else ckpt.get("lm_head.weight")
+    _logits(g, hidden, width, head)
+    return g.model()
+
+
+def quantize_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every MatMul with a constant weight (the LM head included) -> 8-bit MatMulNBits."""
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # The quantizer logs every node at INFO (its module sets the level): keep the build quiet.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
+    if quantize not in ("none", "int8"):
+        raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+    config = read_config(source_dir)
+    if not supports(config):
+        raise ValueError(f"no ONNX graph builder for model_type {config.get('model_type')!r} with this config")
+    ckpt = NumpyCheckpoint(source_dir)
+    build = build_gpt2 if config["model_type"] in GPT2_ARCHITECTURES else build_llama
+    model = build(config, ckpt, quantize)
+    if quantize == "int8":
+        model = quantize_matmuls(model)
+    # Read back by OnnxModel through the session's metadata (no onnx import at run time).
+    helper.set_model_props(model, {"textgen.quantize": quantize, "textgen.graph_version": str(GRAPH_VERSION)})
+    return model
+
+
+def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:
+    """Build the graph into `out_dir` (model.onnx plus its weights in model.onnx.data, so that graphs
+    past protobuf's 2 GB limit save the same way); returns the .onnx path. Usable at image build time."""
+    model = build_model(source_dir, quantize)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, MODEL_FILE)
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    return path
+
+
+def graph_key(source_dir: str, quantize: str) -> str:
+    """Changes whenever the graph built from this directory would: config, weight files (names, sizes,
+    mtimes), architecture, quantization, onnxruntime version, GRAPH_VERSION."""
+    import onnxruntime
+
+    with open(os.path.join(source_dir, "config.json"), "rb") as f:
+        parts = [f.read().decode("utf-8", "replace")]
+    for path in weight_files(source_dir):
+        stat = os.stat(path)
+        parts.append(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+    parts += [str(read_config(source_dir).get("model_type")), quantize, onnxruntime.__version__, str(GRAPH_VERSION)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def graph_path(source_dir: str, cache_dir: str, quantize: str) -> str:
+    """The cached graph for this checkpoint and quantization, built on first use into
+    `cache_dir/onnx-<key>/` (in a temporary directory renamed into place: a concurrent builder either
+    wins or finds it done)."""
+    target = os.path.join(cache_dir, "onnx-" + graph_key(source_dir, quantize))
+    path = os.path.join(target, MODEL_FILE)
+    if not os.path.exists(path):
+        tmp = target + f".tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_graph(source_dir, tmp, quantize)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -1,0 +1,78 @@
+"""A `save_pretrained` checkpoint read as numpy, for building ONNX graphs without torch.
+
+The safetensors header is parsed here (8-byte length, JSON, then raw little-endian data) rather than
+through `safetensors.safe_open(framework="numpy")`, because numpy has no bfloat16: bf16 checkpoints
+(most Llama-family ones) are widened to float32 by shifting their 16 bits into a float32's high half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
+
+
+def read_config(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def weight_files(model_dir: str) -> List[str]:
+    """The safetensors files of a checkpoint (one file, or the shards its index names), as paths."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        names = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+    return [os.path.join(model_dir, name) for name in names]
+
+
+class NumpyCheckpoint:
+    """Tensors by name, each read from disk when asked for (float32), so that a builder holds only the
+    ones it is working on."""
+
+    def __init__(self, model_dir: str):
+        # name -> (path, dtype tag, shape, absolute byte offset)
+        self._entries: Dict[str, Tuple[str, str, list, int]] = {}
+        for path in weight_files(model_dir):
+            with open(path, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+            for name, meta in header.items():
+                if name != "__metadata__":
+                    self._entries[name] = (path, meta["dtype"], meta["shape"], 8 + header_len + meta["data_offsets"][0])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> np.ndarray:
+        path, tag, shape, offset = self._entries[name]
+        if tag not in _NUMPY_DTYPES:
+            raise ValueError(f"{name}: unsupported safetensors dtype {tag}")
+        count = int(np.prod(shape)) if shape else 1
+        raw = np.fromfile(path, dtype=_NUMPY_DTYPES[tag], count=count, offset=offset).reshape(shape)
+        if tag == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32, copy=False)
+
+
+def quantize_rows_uint8(table: np.ndarray, block_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit blocks along each row: `table ~= (data - 128) * scale`, the layout of
+    GatherBlockQuantized with bits=8 and no zero points (its default zero point is 128), which is also
+    MatMulNBits' symmetric layout. Returns data uint8 [rows, cols], scales float32 [rows, cols/block]."""
+    rows, cols = table.shape
+    if cols % block_size:
+        raise ValueError(f"embedding width {cols} is not a multiple of the block size {block_size}")
+    blocks = table.reshape(rows, cols // block_size, block_size)
+    scales = np.abs(blocks).max(axis=2) / 127.0
+    safe = np.where(scales == 0, 1.0, scales).astype(np.float32)
+    data = np.clip(np.rint(blocks / safe[:, :, None]), -127, 127).astype(np.int16) + 128
+    return data.astype(np.uint8).reshape(rows, cols), scales.astype(np.float32)
