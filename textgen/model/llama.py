@@ -17,18 +17,6 @@ from .checkpoint import Checkpoint
 from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
-ARCHITECTURES = {"llama", "qwen2"}
-
-
-def supports(config: dict) -> bool:
-    """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
-    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
-        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-            return False
-    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
-    return config.get("model_type") in ARCHITECTURES and not sliding
-
-
 def _rope_theta(config: dict) -> float:
     return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
 
