@@ -55,8 +55,8 @@ from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
 
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
-    "service-int8": {"MODEL_BACKEND": "native", "QUANTIZE": "int8"},
-    "service-fp32": {"MODEL_BACKEND": "native", "QUANTIZE": "none"},
+    "service-int8": {"MODEL_BACKEND": "torch", "QUANTIZE": "int8"},
+    "service-fp32": {"MODEL_BACKEND": "torch", "QUANTIZE": "none"},
     "service-transformers": {"MODEL_BACKEND": "transformers", "QUANTIZE": "none"},
 }
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
