@@ -14,6 +14,7 @@ from tests.models import make_tiny_llama
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
 from textgen.model.architectures import read_config
+from textgen.model.contract import CausalLM
 from textgen.model.loader import choose_backend, load_model
 from textgen.settings import Settings
 from textgen.validation import validate_generate
@@ -77,6 +78,24 @@ def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_di
     assert (got - expected).abs().max() < 1e-4
     last = last_logits(model, ids, chunk)
     assert last.dtype == np.float32 and np.abs(last - expected[-1].numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "transformers"])
+def test_a_forward_pass_writes_only_each_rows_new_positions(backend, tiny_model_dir):
+    """Through the contract: row 0 adds two tokens at 4 and 5; row 1 only waits (count 0), and what
+    either row already had in the cache stays as it was."""
+    model, _ = load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend=backend, threads=2))
+    assert isinstance(model, CausalLM) and model.backend == backend
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(2, 8)
+    prompts = np.array([[5, 6, 7, 8], [9, 10, 11, 0]])
+    assert model.forward(prompts, np.array([0, 0]), np.array([4, 3]), cache, 0, False) is None
+    before = [array.copy() for array in cache.keys + cache.values]
+    logits = model.forward(np.array([[12, 13], [0, 0]]), np.array([4, 3]), np.array([2, 0]), cache, 0, True)
+    assert logits.shape == (2, model.vocab_size) and logits.dtype == np.float32
+    for old, new in zip(before, cache.keys + cache.values):
+        assert np.array_equal(new[0, :, :4], old[0, :, :4]) and not np.array_equal(new[0, :, 4:6], old[0, :, 4:6])
+        assert np.array_equal(new[1, :, :3], old[1, :, :3])
 
 
 @pytest.mark.parametrize("which", ["llama", "qwen2"])
