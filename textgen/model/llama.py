@@ -2,7 +2,8 @@
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
-the MLP's gate and up projections.
+the MLP's gate and up projections. Plain RoPE and full attention only: which configs come here is
+decided in architectures.py.
 """
 
 from __future__ import annotations
