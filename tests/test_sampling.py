@@ -1,6 +1,8 @@
 """The batched logits processors (numpy) keep exactly the tokens that transformers' own warpers keep
 (torch, as the reference), and each row's draw depends on its own generator only."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,11 @@ def test_extreme_scores_stay_finite():
     assert np.isfinite(log_softmax(x)[0, :2]).all()
     tokens, logprobs = choose_next_tokens(x, [row(seed=1, temperature=1e-6, top_p=0.9, typical_p=0.9)])
     assert tokens[0] in (0, 1) and np.isfinite(logprobs[0])
+    # A temperature past float32's range: uniform over the candidates (here the top 3), not NaN.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens, logprobs = choose_next_tokens(logits(rows=1), [row(seed=1, temperature=1e300, top_k=3)])
+    assert tokens[0] in np.argsort(-logits(rows=1)[0])[:3] and np.isclose(logprobs[0], -np.log(3))
 
 
 def test_seeded_draw_depends_only_on_the_row():

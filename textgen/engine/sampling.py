@@ -14,6 +14,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 MIN_TEMPERATURE = 1e-4
+# Above this a float32 temperature would be inf (and -inf scores / inf = NaN); the distribution is
+# uniform to float32's precision long before.
+MAX_TEMPERATURE = 1e30
 
 
 @dataclass
@@ -75,7 +78,7 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def _with_temperature(scores: np.ndarray, rows, which: List[int]) -> np.ndarray:
     """Temperature: flatten (>1) or sharpen (<1) each row's distribution."""
     # Below 1e-4 the division overflows float32 to inf and softmax to NaN; that low is greedy anyway.
-    temps = [max(rows[i].temperature, MIN_TEMPERATURE) for i in which]
+    temps = [min(max(rows[i].temperature, MIN_TEMPERATURE), MAX_TEMPERATURE) for i in which]
     if all(t == 1.0 for t in temps):
         return scores
     return scores / np.array(temps, dtype=scores.dtype)[:, None]
