@@ -15,14 +15,12 @@ import statistics
 import sys
 import time
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.run import prepare_model  # noqa: E402
 from textgen.engine.batch import Batch  # noqa: E402
-from textgen.model.loader import configure_threads, load_model  # noqa: E402
+from textgen.model.loader import load_model  # noqa: E402
 from textgen.settings import Settings  # noqa: E402
 
 KINDS = {
@@ -33,17 +31,16 @@ KINDS = {
 
 
 def step_ms(model, batch: int, prompt_len: int = 40, steps: int = 15) -> float:
-    with torch.inference_mode():
-        rows = Batch(model)
-        rows.add(list(range(batch)), [list(range(1, prompt_len + 1))] * batch)
-        while rows.prefill_step() is None:
-            pass
-        times = []
-        for _ in range(steps):
-            rows.lengths = [prompt_len] * batch  # rewrite the same position: the cache length stays put
-            started = time.perf_counter()
-            rows.step([5] * batch)
-            times.append((time.perf_counter() - started) * 1000)
+    rows = Batch(model)
+    rows.add(list(range(batch)), [list(range(1, prompt_len + 1))] * batch)
+    while rows.prefill_step() is None:
+        pass
+    times = []
+    for _ in range(steps):
+        rows.lengths = [prompt_len] * batch  # rewrite the same position: the cache length stays put
+        started = time.perf_counter()
+        rows.step([5] * batch)
+        times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
 
@@ -54,11 +51,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
     args = parser.parse_args(argv)
     model_dir, origin = prepare_model(args.model)
-    threads = configure_threads(args.threads)
     models = {
-        name: load_model(Settings.from_env(environ={}, model_id=model_dir, model_backend="native", **kind))[0]
+        name: load_model(
+            Settings.from_env(environ={}, model_id=model_dir, model_backend="torch", threads=args.threads, **kind)
+        )[0]
         for name, kind in KINDS.items()
     }
+    threads = next(iter(models.values())).threads
     print(f"model: {origin}; torch threads: {threads}")
     print("| batch | " + " | ".join(f"{name} (ms/step)" for name in KINDS) + " | int8 speed-up |")
     print("|---|" + "---|" * (len(KINDS) + 1))

@@ -140,7 +140,7 @@ def gaps(arrivals, window) -> tuple[list, list]:
 
 def measure(model_dir: str, quantize: str, chunk: int, args) -> dict:
     port = free_port()
-    settings = {"MODEL_BACKEND": "native", "QUANTIZE": quantize, "PREFILL_CHUNK_TOKENS": str(chunk)}
+    settings = {"MODEL_BACKEND": "torch", "QUANTIZE": quantize, "PREFILL_CHUNK_TOKENS": str(chunk)}
     server = launch(service_cmd(), port, service_env(model_dir, port, **settings))
     try:
         return _bursts(server, args)

@@ -13,7 +13,7 @@ from devtools.servers import chromium_path
 from scripts.make_model import make_tiny
 from tests.models import add_chat_template
 from textgen.engine import Engine
-from textgen.model.loader import configure_threads, load_model
+from textgen.model.loader import load_model
 from textgen.server import create_app
 from textgen.settings import Settings
 
@@ -70,10 +70,10 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
     return add_chat_template(str(target))
 
 
-@pytest.fixture(scope="session", params=["native", "transformers"])
+@pytest.fixture(scope="session", params=["torch", "transformers"])
 def base_settings(tiny_model_dir, request):
-    """Every test that uses the engine runs on both backends: the native GPT-2 module and
-    transformers' AutoModelForCausalLM behind the same interface."""
+    """Every test that uses the engine runs on both backends: the native GPT-2 module (torch) and
+    transformers' AutoModelForCausalLM behind the same contract."""
     # The environment of the machine running the tests must not change what they check.
     return Settings.from_env(environ={}, model_id=tiny_model_dir, threads=2, model_backend=request.param)
 
@@ -88,8 +88,8 @@ def reference_model(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def loaded(base_settings):
-    """Model and tokenizer, loaded once for the whole session (engines below share them)."""
-    configure_threads(base_settings.threads)
+    """Model and tokenizer, loaded once for the whole session (engines below share them; the loader
+    sizes torch's threads)."""
     return load_model(base_settings)
 
 

@@ -1,8 +1,8 @@
-"""The running batch on plain tensors: rows joining with different widths, leaving, prefilled in
+"""The running batch on numpy arrays: rows joining with different widths, leaving, prefilled in
 chunks; every row's logits equal those of the same tokens run alone."""
 
+import numpy as np
 import pytest
-import torch
 
 from textgen.engine.batch import Batch
 from textgen.model.loader import load_model
@@ -11,7 +11,7 @@ from textgen.settings import Settings
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend="native"))[0]
+    return load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend="torch"))[0]
 
 
 def alone(model, prompt, continuation):
@@ -32,7 +32,7 @@ def finish_prefill(batch):
 
 
 def close(a, b):
-    return torch.allclose(a, b, atol=1e-5)
+    return np.allclose(a, b, atol=1e-5)
 
 
 A = [5, 17, 23, 42, 8]
@@ -42,74 +42,111 @@ STEPS = [12, 13, 14, 15, 16]
 
 
 def test_rows_of_different_widths_join_and_match_separate_runs(model):
-    with torch.inference_mode():
-        expect_a, expect_b = alone(model, A, STEPS), alone(model, B, STEPS[:3])
-        batch = Batch(model)
-        batch.add(["a"], [A])
-        rows, logits = finish_prefill(batch)
-        assert rows == ["a"] and close(logits[0], expect_a[0])
-        got_a = [batch.step([STEPS[0]])[0], batch.step([STEPS[1]])[0]]
-        batch.add(["b"], [B])  # a longer prompt joins a row already 7 positions in
-        rows, logits = finish_prefill(batch)
-        assert rows == ["b"] and batch.rows == ["a", "b"] and close(logits[0], expect_b[0])
-        for i in range(3):
-            both = batch.step([STEPS[2 + i], STEPS[i]])
-            got_a.append(both[0])
-            assert close(both[1], expect_b[1 + i])
+    expect_a, expect_b = alone(model, A, STEPS), alone(model, B, STEPS[:3])
+    batch = Batch(model)
+    batch.add(["a"], [A])
+    rows, logits = finish_prefill(batch)
+    assert rows == ["a"] and close(logits[0], expect_a[0])
+    got_a = [batch.step([STEPS[0]])[0], batch.step([STEPS[1]])[0]]
+    batch.add(["b"], [B])  # a longer prompt joins a row already 7 positions in
+    rows, logits = finish_prefill(batch)
+    assert rows == ["b"] and batch.rows == ["a", "b"] and close(logits[0], expect_b[0])
+    for i in range(3):
+        both = batch.step([STEPS[2 + i], STEPS[i]])
+        got_a.append(both[0])
+        assert close(both[1], expect_b[1 + i])
     assert all(close(g, e) for g, e in zip(got_a, expect_a[1:]))
 
 
 def test_keeping_a_subset_keeps_each_rows_own_cache(model):
-    with torch.inference_mode():
-        expected = {name: alone(model, p, STEPS) for name, p in (("a", A), ("b", B), ("c", C))}
-        batch = Batch(model)
-        batch.add(["a", "b", "c"], [A, B, C])  # prefilled together, right-padded to B's width
-        rows, logits = finish_prefill(batch)
-        assert rows == ["a", "b", "c"]
-        for i, name in enumerate(rows):
-            assert close(logits[i], expected[name][0])
-        batch.step([STEPS[0]] * 3)
-        batch.remove(["a"])  # c moves into a's slot
-        assert batch.rows == ["c", "b"]
-        for step in range(1, 4):
-            out = batch.step([STEPS[step]] * 2)
-            assert close(out[0], expected["c"][step + 1]) and close(out[1], expected["b"][step + 1])
-        batch.remove(["b", "c"])
-        assert batch.empty and batch.cache.nbytes() == 0  # memory given back when idle
+    expected = {name: alone(model, p, STEPS) for name, p in (("a", A), ("b", B), ("c", C))}
+    batch = Batch(model)
+    batch.add(["a", "b", "c"], [A, B, C])  # prefilled together, right-padded to B's width
+    rows, logits = finish_prefill(batch)
+    assert rows == ["a", "b", "c"]
+    for i, name in enumerate(rows):
+        assert close(logits[i], expected[name][0])
+    batch.step([STEPS[0]] * 3)
+    batch.remove(["a"])  # c moves into a's slot
+    assert batch.rows == ["c", "b"]
+    for step in range(1, 4):
+        out = batch.step([STEPS[step]] * 2)
+        assert close(out[0], expected["c"][step + 1]) and close(out[1], expected["b"][step + 1])
+    batch.remove(["b", "c"])
+    assert batch.empty and batch.cache.nbytes() == 0  # memory given back when idle
 
 
 def test_chunked_prefill_equals_one_pass_and_decode_goes_on_between_chunks(model):
     long_prompt = list(range(3, 40))
-    with torch.inference_mode():
-        expected_long, expected_a = alone(model, long_prompt, STEPS[:2]), alone(model, A, STEPS)
-        batch = Batch(model, chunk_tokens=8)
-        batch.add(["a"], [A])
-        finish_prefill(batch)
-        batch.add(["long"], [long_prompt])
-        got_a, chunks = [], 0
-        while True:  # one prefill chunk, then one decode step of the running row: interleaved
-            joined = batch.prefill_step()
-            chunks += 1
-            if joined is not None:
-                break
-            got_a.append(batch.step([STEPS[len(got_a)]])[0])
-        assert chunks == 5  # 37 tokens in chunks of 8
-        assert close(joined[1][0], expected_long[0])
-        assert all(close(g, e) for g, e in zip(got_a, expected_a[1:]))
-        out = batch.step([STEPS[len(got_a)], STEPS[0]])
-        assert close(out[0], expected_a[len(got_a) + 1]) and close(out[1], expected_long[1])
+    expected_long, expected_a = alone(model, long_prompt, STEPS[:2]), alone(model, A, STEPS)
+    batch = Batch(model, chunk_tokens=8)
+    batch.add(["a"], [A])
+    finish_prefill(batch)
+    batch.add(["long"], [long_prompt])
+    got_a, chunks = [], 0
+    while True:  # one prefill chunk, then one decode step of the running row: interleaved
+        joined = batch.prefill_step()
+        chunks += 1
+        if joined is not None:
+            break
+        got_a.append(batch.step([STEPS[len(got_a)]])[0])
+    assert chunks == 5  # 37 tokens in chunks of 8
+    assert close(joined[1][0], expected_long[0])
+    assert all(close(g, e) for g, e in zip(got_a, expected_a[1:]))
+    out = batch.step([STEPS[len(got_a)], STEPS[0]])
+    assert close(out[0], expected_a[len(got_a) + 1]) and close(out[1], expected_long[1])
 
 
 def test_a_row_leaving_during_a_prefill_moves_the_group_down(model):
-    with torch.inference_mode():
-        expected_b, expected_c = alone(model, B, STEPS[:2]), alone(model, C, STEPS[:2])
-        batch = Batch(model, chunk_tokens=4)
-        batch.add(["a"], [A])
-        finish_prefill(batch)
-        batch.add(["b", "c"], [B, C])
-        assert batch.prefill_step() is None  # two rows of 2 tokens each: not done yet
-        batch.remove(["a"])  # the group's slots shift down under it
-        rows, logits = finish_prefill(batch)
-        assert rows == ["b", "c"] and close(logits[0], expected_b[0]) and close(logits[1], expected_c[0])
-        out = batch.step([STEPS[0], STEPS[0]])
-        assert close(out[0], expected_b[1]) and close(out[1], expected_c[1])
+    expected_b, expected_c = alone(model, B, STEPS[:2]), alone(model, C, STEPS[:2])
+    batch = Batch(model, chunk_tokens=4)
+    batch.add(["a"], [A])
+    finish_prefill(batch)
+    batch.add(["b", "c"], [B, C])
+    assert batch.prefill_step() is None  # two rows of 2 tokens each: not done yet
+    batch.remove(["a"])  # the group's slots shift down under it
+    rows, logits = finish_prefill(batch)
+    assert rows == ["b", "c"] and close(logits[0], expected_b[0]) and close(logits[1], expected_c[0])
+    out = batch.step([STEPS[0], STEPS[0]])
+    assert close(out[0], expected_b[1]) and close(out[1], expected_c[1])
+
+
+class RecordingModel:
+    """A stand-in `CausalLM` that records each call and checks what ONNX Runtime will need: numpy int64
+    inputs, and a cache already reserved for the rows' slots and positions."""
+
+    n_layers, n_kv_heads, head_dim, vocab_size = 1, 1, 2, 5
+
+    def __init__(self):
+        self.calls = []
+
+    def forward(self, tokens, starts, counts, cache, first_slot, want_logits):
+        assert tokens.dtype == starts.dtype == counts.dtype == np.int64
+        rows, width = tokens.shape
+        assert starts.shape == counts.shape == (rows,)
+        assert first_slot + rows <= cache.slot_capacity
+        assert int(starts.max()) + width <= cache.time_capacity
+        self.calls.append((tokens.tolist(), starts.tolist(), counts.tolist(), first_slot, want_logits))
+        return np.zeros((rows, self.vocab_size), np.float32) if want_logits else None
+
+
+def test_what_the_batch_asks_of_the_model():
+    model = RecordingModel()
+    batch = Batch(model, chunk_tokens=4)
+    batch.add(["a"], [A])  # 5 tokens, chunks of 4
+    finish_prefill(batch)
+    batch.step([STEPS[0]])
+    batch.add(["b", "c"], [B, C])  # 2 tokens each per chunk: c is done after 2 chunks, b after 5
+    finish_prefill(batch)
+    batch.step([STEPS[1], STEPS[2], STEPS[3]])
+    assert model.calls == [
+        ([A[:4]], [0], [4], 0, False),
+        ([A[4:]], [4], [1], 0, True),  # logits as the prompt ends
+        ([[STEPS[0]]], [5], [1], 0, True),  # decode: one token at each row's length
+        ([B[0:2], C[0:2]], [0, 0], [2, 2], 1, False),  # the group in the slots after the decoding row
+        ([B[2:4], C[2:] + [0]], [2, 2], [2, 1], 1, True),  # right-padded; c's prompt ends here
+        ([B[4:6], [0, 0]], [4, 3], [2, 0], 1, False),  # c only waits: count 0
+        ([B[6:8], [0, 0]], [6, 3], [2, 0], 1, False),
+        ([B[8:], [0]], [8, 3], [1, 0], 1, True),
+        ([[STEPS[1]], [STEPS[2]], [STEPS[3]]], [6, 9, 3], [1, 1, 1], 0, True),
+    ]

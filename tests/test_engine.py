@@ -29,6 +29,16 @@ def hf_generate(reference, prompt, **kwargs):
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
 
 
+class DecodeStepSizes:
+    """An engine listener: how many rows each decode step ran."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_decode_step(self, rows):
+        self.rows.append(rows)
+
+
 @pytest.fixture
 def reference(reference_model, loaded):
     return reference_model, loaded[1]
@@ -75,9 +85,12 @@ def test_seeded_request_is_the_same_alone_and_batched(make_engine):
     bodies += [dict(prompt=f"The quick {'brown ' * i}", max_new_tokens=20 - i, do_sample=False) for i in range(4)]
     bodies += [dict(prompt="Finance", max_new_tokens=15, seed=5, top_p=0.9, typical_p=0.95, top_k=20)]
     alone = [run(engine, **b) for b in bodies]
+    steps = DecodeStepSizes()
+    engine.add_listener(steps)
     with ThreadPoolExecutor(len(bodies)) as pool:
         together = list(pool.map(lambda b: run(engine, **b), bodies))
     assert together == alone
+    assert max(steps.rows) > 1  # they really shared decode steps, not only the engine
     # Each got its own length: max_new_tokens honoured per request (unless EOS came first).
     for body, result in zip(bodies, together):
         assert result.generated_tokens == body["max_new_tokens"] or result.finish_reason == "eos_token"
@@ -285,7 +298,7 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import sys
 
     from devtools.servers import ROOT
-    from textgen.model.loader import available_cpus, configure_threads
+    from textgen.model.threads import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     no_v1 = str(tmp_path / "no-v1")
@@ -310,7 +323,8 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     # so in this one it would depend on which tests ran before): every usable CPU for intra-op work by
     # default, and a single inter-op thread.
     script = (
-        "import torch; from textgen.model.loader import available_cpus, configure_threads; "
+        "import torch; from textgen.model.threads import available_cpus; "
+        "from textgen.model.torch_backend import configure_threads; "
         "n = configure_threads(None); print(n, available_cpus(), torch.get_num_threads(), torch.get_num_interop_threads())"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

@@ -181,6 +181,7 @@ def test_health_and_info(client):
     assert info["max_input_tokens"] == 255 and info["max_total_tokens"] == 256
     assert info["max_stop_sequences"] == 4 and info["model_pipeline_tag"] == "text-generation"
     assert info["model_dtype"] == "float32" and info["model_device_type"] == "cpu"
+    assert info["model_backend"] in ("torch", "transformers") and info["threads"] == 2  # THREADS=2 in the tests
     assert set(info["versions"]) >= {"python", "torch", "transformers", "textgen"}
 
 
@@ -244,9 +245,10 @@ class TestStreaming:
         assert time.monotonic() - closed < 2.0
 
 
-def test_transports_and_validation_do_not_import_torch():
-    """The layers as README draws them: only the engine and the model touch torch; the transports and the
-    validation they call load without it (a Lambda cold start or a CLI --help pays nothing for torch)."""
+def test_transports_validation_and_engine_do_not_import_torch():
+    """The layers as README draws them: only the torch and transformers backends touch torch; the
+    transports, the validation they call and the engine (numpy) load without it (a Lambda cold start or
+    a CLI --help pays nothing for torch, and neither will an ONNX Runtime backend)."""
     import subprocess
     import sys
 
@@ -257,6 +259,8 @@ def test_transports_and_validation_do_not_import_torch():
         "textgen.transports.http.metrics", "textgen.transports.http.docs", "textgen.transports.http.playground",
         "textgen.transports.http.access", "textgen.transports.http.error_responses", "textgen.transports.aws_lambda",
         "textgen.transports.cli", "textgen.transports.responses", "textgen.validation", "textgen.validation.openai_forms",
+        "textgen.engine.core", "textgen.engine.batch", "textgen.engine.sampling", "textgen.model.contract",
+        "textgen.model.kv_cache", "textgen.model.loader", "textgen.model.threads",
     ]
     script = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)

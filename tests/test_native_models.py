@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,8 +13,9 @@ from transformers import AutoModelForCausalLM
 from tests.models import make_tiny_llama
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
+from textgen.model.architectures import read_config
+from textgen.model.contract import CausalLM
 from textgen.model.loader import choose_backend, load_model
-from textgen.model.checkpoint import read_config
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
@@ -29,20 +31,36 @@ def qwen2_dir(tmp_path_factory, tiny_model_dir):
 
 
 def native(model_dir, quantize="none"):
-    settings = Settings.from_env(environ={}, model_id=model_dir, model_backend="native", quantize=quantize, threads=2)
+    settings = Settings.from_env(environ={}, model_id=model_dir, model_backend="torch", quantize=quantize, threads=2)
     return load_model(settings)
 
 
-def every_position_logits(model, ids, chunk):
-    """Prefill `ids` in chunks of `chunk` tokens (through the KV cache), logits at every position."""
+def new_cache(model, length):
     cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
-    cache.reserve(1, ids.shape[1])
+    cache.reserve(1, length)
+    return cache
+
+
+def every_position_logits(model, ids, chunk):
+    """Prefill `ids` in chunks of `chunk` tokens (through the KV cache), logits at every position: the
+    native module itself, whose torch signature can ask for several positions per row."""
+    cache = new_cache(model, ids.shape[1])
     out = []
     for start in range(0, ids.shape[1], chunk):
         part = ids[:, start : start + chunk]
         positions = torch.arange(start, start + part.shape[1])[None]
-        out.append(model(part, positions, cache, 0, torch.arange(part.shape[1])[None])[0])
+        out.append(model.module(part, positions, cache, 0, torch.arange(part.shape[1])[None])[0])
     return torch.cat(out)
+
+
+def last_logits(model, ids, chunk):
+    """The same prefill through the contract (numpy, `forward`): the logits after the last token."""
+    ids = ids.numpy()
+    cache = new_cache(model, ids.shape[1])
+    for start in range(0, ids.shape[1], chunk):
+        part = ids[:, start : start + chunk]
+        logits = model.forward(part, np.array([start]), np.array([part.shape[1]]), cache, 0, True)
+    return logits[0]
 
 
 @pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2"])
@@ -50,7 +68,7 @@ def every_position_logits(model, ids, chunk):
 def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_dir, qwen2_dir):
     model_dir = {"gpt2": tiny_model_dir, "llama": llama_dir, "qwen2": qwen2_dir}[which]
     model, _ = native(model_dir)
-    assert model.backend == "native"
+    assert model.backend == "torch"
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.randint(0, model.vocab_size, (1, 23), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -58,6 +76,26 @@ def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_di
         got = every_position_logits(model, ids, chunk)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
+    last = last_logits(model, ids, chunk)
+    assert last.dtype == np.float32 and np.abs(last - expected[-1].numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "transformers"])
+def test_a_forward_pass_writes_only_each_rows_new_positions(backend, tiny_model_dir):
+    """Through the contract: row 0 adds two tokens at 4 and 5; row 1 only waits (count 0), and what
+    either row already had in the cache stays as it was."""
+    model, _ = load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend=backend, threads=2))
+    assert isinstance(model, CausalLM) and model.backend == backend
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(2, 8)
+    prompts = np.array([[5, 6, 7, 8], [9, 10, 11, 0]])
+    assert model.forward(prompts, np.array([0, 0]), np.array([4, 3]), cache, 0, False) is None
+    before = [array.copy() for array in cache.keys + cache.values]
+    logits = model.forward(np.array([[12, 13], [0, 0]]), np.array([4, 3]), np.array([2, 0]), cache, 0, True)
+    assert logits.shape == (2, model.vocab_size) and logits.dtype == np.float32
+    for old, new in zip(before, cache.keys + cache.values):
+        assert np.array_equal(new[0, :, :4], old[0, :, :4]) and not np.array_equal(new[0, :, 4:6], old[0, :, 4:6])
+        assert np.array_equal(new[1, :, :3], old[1, :, :3])
 
 
 @pytest.mark.parametrize("which", ["llama", "qwen2"])
@@ -79,8 +117,9 @@ def test_native_llama_greedy_equals_generate(which, llama_dir, qwen2_dir):
 
 
 def test_auto_backend_is_native_for_known_architectures_only(tiny_model_dir, llama_dir, tmp_path):
-    assert choose_backend("auto", read_config(tiny_model_dir), tiny_model_dir) == "native"
-    assert choose_backend("auto", read_config(llama_dir), llama_dir) == "native"
+    assert choose_backend("auto", read_config(tiny_model_dir), tiny_model_dir) == "torch"
+    assert choose_backend("auto", read_config(llama_dir), llama_dir) == "torch"
+    assert choose_backend("native", read_config(llama_dir), llama_dir) == "torch"  # the old name
     assert choose_backend("transformers", read_config(llama_dir), llama_dir) == "transformers"
     # An architecture without a native module (GPT-Neo here) goes to transformers, or fails if forced.
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
@@ -90,8 +129,8 @@ def test_auto_backend_is_native_for_known_architectures_only(tiny_model_dir, lla
         GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]])
     ).save_pretrained(neo)
     assert choose_backend("auto", read_config(neo), neo) == "transformers"
-    with pytest.raises(ValueError, match="MODEL_BACKEND=native: no native module for model_type 'gpt_neo'"):
-        choose_backend("native", read_config(neo), neo)
+    with pytest.raises(ValueError, match="MODEL_BACKEND=torch: no native module for model_type 'gpt_neo'"):
+        choose_backend("torch", read_config(neo), neo)
     # Scaled RoPE is not implemented natively: such a Llama goes to transformers.
     config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
     assert choose_backend("auto", config, llama_dir) == "transformers"

@@ -48,7 +48,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def native(tiny_model_dir):
-    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, threads=2, model_backend="native")
+    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, threads=2, model_backend="torch")
     return settings, load_model(settings)
 
 

@@ -15,7 +15,7 @@ import torch
 from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
-from textgen.model.loader import configure_threads, load_model, model_directory
+from textgen.model.loader import load_model, model_directory
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
@@ -65,20 +65,18 @@ def settings(**overrides) -> Settings:
         model_id=smollm2_dir(),
         model_gguf_file=GGUF_NAME,
         threads=2,
-        model_backend="native",
+        model_backend="torch",
         **overrides,
     )
 
 
 @pytest.fixture(scope="module")
 def fp32():
-    configure_threads(2)
     return load_model(settings(quantize="none"))
 
 
 @pytest.fixture(scope="module")
 def int8():
-    configure_threads(2)
     return load_model(settings(quantize="int8"))
 
 
@@ -98,11 +96,13 @@ def new_cache(model, length: int) -> KVCache:
 
 
 def forward_all(model, cache: KVCache, ids, start: int) -> torch.Tensor:
-    """Feed `ids` at positions start.. of the single row in slot 0; the logits at every one: [len, vocab]."""
+    """Feed `ids` at positions start.. of the single row in slot 0; the logits at every one: [len, vocab]
+    (the native module itself: its torch signature can ask for several positions per row)."""
     n = len(ids)
     tokens = torch.tensor([ids], dtype=torch.long)
     positions = torch.arange(start, start + n)[None]
-    return model(tokens, positions, cache, 0, torch.arange(n)[None])[0]
+    with torch.inference_mode():
+        return model.module(tokens, positions, cache, 0, torch.arange(n)[None])[0]
 
 
 def tokenize(tokenizer, prompt):
@@ -114,7 +114,7 @@ def tokenize(tokenizer, prompt):
 
 def test_native_logits_equal_transformers(fp32, reference):
     model, tokenizer = fp32
-    assert model.backend == "native"
+    assert model.backend == "torch"
     ids = tokenizer(LOGITS_PROMPT)["input_ids"]
     assert 25 <= len(ids) <= 40
     steps = 5

@@ -1,5 +1,9 @@
-"""The batched logits processors keep exactly the tokens that transformers' own warpers keep."""
+"""The batched logits processors (numpy) keep exactly the tokens that transformers' own warpers keep
+(torch, as the reference), and each row's draw depends on its own generator only."""
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import (
@@ -16,89 +20,151 @@ from textgen.engine.sampling import (
     _top_p,
     _typical_p,
     choose_next_tokens,
+    log_softmax,
 )
 
 
 def logits(rows=3, vocab=200, seed=0):
-    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+    return (np.random.default_rng(seed).standard_normal((rows, vocab)) * 3).astype(np.float32)
 
 
 def kept(scores):
-    return torch.isfinite(scores)
+    return np.isfinite(np.asarray(scores))
+
+
+def theirs(warper, x):
+    """What a transformers warper keeps of numpy scores (it works on torch tensors)."""
+    return kept(warper(None, torch.from_numpy(x.copy())).numpy())
+
+
+def row(seed=None, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, repetition_penalty=1.0, seen_ids=(), **kwargs):
+    """A sampled row; its own generator when seeded."""
+    generator = None if seed is None else np.random.default_rng(seed)
+    return RowSampling(
+        True, temperature, top_k, top_p, typical_p, repetition_penalty, 0.0, generator, seen_ids=list(seen_ids), **kwargs
+    )
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
 def test_top_p_matches_transformers(p):
     x = logits()
-    ours = _top_p(x.clone(), [p] * 3)
-    theirs = TopPLogitsWarper(p)(None, x.clone())
-    assert torch.equal(kept(ours), kept(theirs))
+    assert np.array_equal(kept(_top_p(x.copy(), [p] * 3)), theirs(TopPLogitsWarper(p), x))
 
 
 @pytest.mark.parametrize("mass", [0.2, 0.5, 0.95])
 def test_typical_p_matches_transformers(mass):
     x = logits()
-    ours = _typical_p(x.clone(), [mass] * 3)
-    theirs = TypicalLogitsWarper(mass)(None, x.clone())
-    assert torch.equal(kept(ours), kept(theirs))
+    assert np.array_equal(kept(_typical_p(x.copy(), [mass] * 3)), theirs(TypicalLogitsWarper(mass), x))
 
 
 def test_top_k_candidates_per_row_match_transformers():
     x = logits()
-    values, ids = _top_k_candidates(x.clone(), [1, 10, 3])
-    for row, k in enumerate([1, 10, 3]):
-        theirs = TopKLogitsWarper(k)(None, x[row : row + 1].clone())[0]
-        ours = set(ids[row, :k].tolist())
-        assert ours == set(torch.nonzero(kept(theirs)).flatten().tolist())
-        assert torch.isinf(values[row, k:]).all()
+    values, ids = _top_k_candidates(x.copy(), [1, 10, 3])
+    for r, k in enumerate([1, 10, 3]):
+        expected = theirs(TopKLogitsWarper(k), x[r : r + 1])[0]
+        assert set(ids[r, :k].tolist()) == set(np.flatnonzero(expected).tolist())
+        assert np.all(np.diff(values[r, :k]) <= 0)  # best first
+        assert np.isinf(values[r, k:]).all()
 
 
 def test_sampled_tokens_stay_inside_top_k_and_top_p():
     x = logits(rows=2, seed=3)
-    top5 = set(torch.topk(x[0], 5).indices.tolist())
-    nucleus = set(torch.nonzero(kept(TopPLogitsWarper(0.5)(None, x[1:2].clone())[0])).flatten().tolist())
-    gen = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
-    rows = [
-        RowSampling(True, 1.0, 5, 1.0, 1.0, 1.0, 0.0, gen[0], seen_ids=[]),
-        RowSampling(True, 1.0, 0, 0.5, 1.0, 1.0, 0.0, gen[1], seen_ids=[]),
-    ]
-    picks = [choose_next_tokens(x.clone(), rows)[0] for _ in range(200)]
+    top5 = set(np.argsort(-x[0])[:5].tolist())
+    nucleus = set(np.flatnonzero(theirs(TopPLogitsWarper(0.5), x[1:2])[0]).tolist())
+    rows = [row(seed=0, top_k=5), row(seed=1, top_p=0.5)]
+    picks = [choose_next_tokens(x, rows)[0] for _ in range(200)]
     assert {p[0] for p in picks} <= top5 and len({p[0] for p in picks}) > 1
     assert {p[1] for p in picks} <= nucleus
 
 
 def test_rows_with_different_parameters_do_not_mix():
     x = logits()
-    ours = _top_p(x.clone(), [0.3, 1.0, 0.9])
+    ours = _top_p(x.copy(), [0.3, 1.0, 0.9])
     assert kept(ours[1]).all()
-    assert torch.equal(kept(ours[0]), kept(TopPLogitsWarper(0.3)(None, x[0:1].clone())[0]))
-    assert torch.equal(kept(ours[2]), kept(TopPLogitsWarper(0.9)(None, x[2:3].clone())[0]))
+    assert np.array_equal(kept(ours[0]), theirs(TopPLogitsWarper(0.3), x[0:1])[0])
+    assert np.array_equal(kept(ours[2]), theirs(TopPLogitsWarper(0.9), x[2:3])[0])
 
 
 def test_repetition_penalty_matches_transformers():
     x = logits(rows=1)
     seen = [3, 7, 7, 100]
-    row = RowSampling(True, 1.0, 0, 1.0, 1.0, 1.7, 0.0, None, seen_ids=seen)
-    theirs = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([seen]), x.clone())
-    assert torch.allclose(_apply_penalties(x.clone(), [row]), theirs)
+    expected = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([seen]), torch.from_numpy(x.copy())).numpy()
+    assert np.allclose(_apply_penalties(x.copy(), [row(repetition_penalty=1.7, seen_ids=seen)]), expected)
 
 
 def test_frequency_penalty_subtracts_per_occurrence():
-    x = torch.zeros(1, 10)
-    row = RowSampling(True, 1.0, 0, 1.0, 1.0, 1.0, 0.5, None, seen_ids=[], generated_ids=[2, 2, 5])
-    out = _apply_penalties(x, [row])
+    x = np.zeros((1, 10), dtype=np.float32)
+    r = RowSampling(True, 1.0, 0, 1.0, 1.0, 1.0, 0.5, None, seen_ids=[], generated_ids=[2, 2, 5])
+    out = _apply_penalties(x, [r])
     assert out[0, 2] == -1.0 and out[0, 5] == -0.5 and out[0, 0] == 0.0
+
+
+def test_choosing_leaves_the_callers_logits_alone():
+    x = logits(rows=1)
+    before = x.copy()
+    choose_next_tokens(x, [row(seed=1, repetition_penalty=1.7, seen_ids=[3, 7])])
+    assert np.array_equal(x, before)
+
+
+def test_greedy_is_argmax_with_its_log_probability():
+    x = logits()
+    greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
+    tokens, logprobs = choose_next_tokens(x, [greedy] * 3)
+    assert tokens == x.argmax(axis=-1).tolist()
+    expected = torch.log_softmax(torch.from_numpy(x), dim=-1).max(dim=-1).values.numpy()
+    assert np.allclose(logprobs, expected, atol=1e-5)
+
+
+def test_log_probability_of_a_draw_is_that_of_the_processed_distribution():
+    x = logits(rows=1)
+    tokens, logprobs = choose_next_tokens(x, [row(seed=4, temperature=0.7, top_k=20)])
+    top = np.argsort(-x[0])[:20].tolist()
+    expected = torch.log_softmax(torch.from_numpy(x[0, top] / np.float32(0.7)), dim=-1).numpy()
+    assert tokens[0] in top
+    assert np.isclose(logprobs[0], expected[top.index(tokens[0])], atol=1e-5)
+
+
+def test_extreme_scores_stay_finite():
+    """Softmax subtracts the maximum first: huge logits and a tiny temperature give no NaN or inf."""
+    x = np.array([[1e30, 1e30 - 1e24, -1e30, 0.0]], dtype=np.float32)
+    assert np.isfinite(log_softmax(x)[0, :2]).all()
+    tokens, logprobs = choose_next_tokens(x, [row(seed=1, temperature=1e-6, top_p=0.9, typical_p=0.9)])
+    assert tokens[0] in (0, 1) and np.isfinite(logprobs[0])
+    # A temperature past float32's range: uniform over the candidates (here the top 3), not NaN.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens, logprobs = choose_next_tokens(logits(rows=1), [row(seed=1, temperature=1e300, top_k=3)])
+    assert tokens[0] in np.argsort(-logits(rows=1)[0])[:3] and np.isclose(logprobs[0], -np.log(3))
 
 
 def test_seeded_draw_depends_only_on_the_row():
     x = logits(rows=4)
 
     def rows():
+        return [row(seed=s, temperature=0.8, top_k=k, top_p=0.9) for s, k in ((1, 0), (2, 50), (3, 7), (4, 50))]
+
+    together, _ = choose_next_tokens(x, rows())
+    alone = [choose_next_tokens(x[i : i + 1], [rows()[i]])[0][0] for i in range(4)]
+    assert together == alone
+
+
+def test_a_seeded_row_draws_the_same_alone_and_among_rows_with_other_parameters():
+    """Its draws, step after step, whatever its neighbours ask for (greedy, other k, p, temperature,
+    penalties) and whatever their generators draw."""
+    x = logits(rows=5, seed=7)
+    ours = dict(seed=42, temperature=0.9, top_k=30, top_p=0.95)
+
+    def neighbours():
         return [
-            RowSampling(True, 0.8, k, 0.9, 1.0, 1.0, 0.0, torch.Generator().manual_seed(s), seen_ids=[])
-            for s, k in ((1, 0), (2, 50), (3, 7), (4, 50))
+            RowSampling(False, 1.0, 0, 1.0, 1.0, 1.3, 0.0, None, seen_ids=[1, 2, 3]),
+            row(seed=5, temperature=1.5),
+            row(seed=6, top_k=3, typical_p=0.5),
+            row(seed=7, top_p=0.2, generated_ids=[9]),
         ]
 
-    together, _ = choose_next_tokens(x.clone(), rows())
-    alone = [choose_next_tokens(x[i : i + 1].clone(), [rows()[i]])[0][0] for i in range(4)]
-    assert together == alone
+    alone, batched = row(**ours), row(**ours)
+    others = neighbours()
+    for _ in range(50):
+        solo = choose_next_tokens(x[2:3], [alone])
+        mixed = choose_next_tokens(x, others[:2] + [batched] + others[2:])
+        assert (solo[0][0], solo[1][0]) == (mixed[0][2], mixed[1][2])

@@ -39,12 +39,14 @@ def test_a_bad_value_names_the_variable():
 
 
 def test_backend_quantize_and_chunk_settings():
-    s = Settings.from_env(environ={"MODEL_BACKEND": "native", "QUANTIZE": "int8", "PREFILL_CHUNK_TOKENS": "64"})
-    assert s.model_backend == "native" and s.quantize == "int8" and s.prefill_chunk_tokens == 64
+    s = Settings.from_env(environ={"MODEL_BACKEND": "torch", "QUANTIZE": "int8", "PREFILL_CHUNK_TOKENS": "64"})
+    assert s.model_backend == "torch" and s.quantize == "int8" and s.prefill_chunk_tokens == 64
     assert Settings.from_env(environ={}).model_backend == "auto"
+    for backend in ("onnx", "native", "transformers"):  # "native": the old name of "torch", still read
+        assert Settings.from_env(environ={"MODEL_BACKEND": backend}).model_backend == backend
     with pytest.raises(ValueError, match="QUANTIZE='int4': expected one of none, int8"):
         Settings.from_env(environ={"QUANTIZE": "int4"})
-    with pytest.raises(ValueError, match="MODEL_BACKEND='onnx'"):
-        Settings.from_env(environ={"MODEL_BACKEND": "onnx"})
+    with pytest.raises(ValueError, match="MODEL_BACKEND='tensorflow'"):
+        Settings.from_env(environ={"MODEL_BACKEND": "tensorflow"})
     with pytest.raises(ValueError, match="PREFILL_CHUNK_TOKENS"):
         Settings.from_env(environ={"PREFILL_CHUNK_TOKENS": "0"})

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textgen.model.loader import _swap_linears
+from textgen.model.torch_backend import _swap_linears
 from textgen.model.skinny import SKINNY_MAX_ROWS, SkinnyLinear
 
 

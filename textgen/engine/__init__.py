@@ -1,7 +1,8 @@
-"""The engine package: the only code in the service that runs torch.
+"""The engine package: the only code in the service that runs the model.
 
-Importing the package does not import torch (transports import `handle` from here and must stay light):
-`Engine` and `create_engine` load it on first use.
+The engine itself is numpy only; the model backend it is given may import torch (torch_backend.py) or
+not. Importing the package loads neither (transports import `handle` from here and must stay light):
+`Engine` and `create_engine` load the rest on first use.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ def __getattr__(name: str):
 
 
 def create_engine(settings: "Settings") -> "Engine":
-    """Size torch's threads, load the model once, and start the engine thread."""
+    """Load the model once (its backend sizes its own threads) and start the engine thread."""
     import atexit
 
-    from ..model.loader import configure_threads, load_model
+    from ..model.loader import load_model
     from .core import Engine
 
-    configure_threads(settings.threads)
     model, tokenizer = load_model(settings)
     engine = Engine(model, tokenizer, settings).start()
-    # Stop the engine thread before the interpreter tears torch down (a clean exit 0 on SIGTERM).
+    # Stop the engine thread before the interpreter tears the model's runtime down (a clean exit 0 on SIGTERM).
     atexit.register(engine.stop)
     return engine

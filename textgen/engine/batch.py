@@ -7,14 +7,15 @@ the running streams for longer than one chunk; when the whole group is prefilled
 (`prefill_step` returns its rows and their next-token logits). Rows leave with `remove`: the last rows
 move into the holes, so the rest never moves.
 
-Rows are opaque to the batch (the engine's request state); it only needs each row's prompt.
+Rows are opaque to the batch (the engine's request state); it only needs each row's prompt. The model
+is any `CausalLM` (model/contract.py): numpy in, numpy out.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-import torch
+import numpy as np
 
 from ..model.kv_cache import KVCache
 
@@ -30,7 +31,7 @@ class Batch:
         self.group: List[object] = []
         self._prompts: List[List[int]] = []
         self._done: List[int] = []
-        self._logits: List[Optional[torch.Tensor]] = []
+        self._logits: List[Optional[np.ndarray]] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -51,44 +52,40 @@ class Batch:
         self._done = [0] * len(rows)
         self._logits = [None] * len(rows)
 
-    def prefill_step(self) -> Optional[Tuple[List[object], torch.Tensor]]:
+    def prefill_step(self) -> Optional[Tuple[List[object], np.ndarray]]:
         """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
         group joins the decoding rows and this returns (those rows, their next-token logits)."""
         k = len(self.group)
         per_row = max(1, self.chunk_tokens // k)
-        take = [min(len(p) - d, per_row) for p, d in zip(self._prompts, self._done)]
-        width = max(max(take), 1)
-        # Right-padded chunk; a padding token writes past its row's prompt, where nothing reads
-        # before the row's own tokens overwrite it.
-        tokens = torch.zeros(k, width, dtype=torch.long)
+        take = np.array([min(len(p) - d, per_row) for p, d in zip(self._prompts, self._done)], dtype=np.int64)
+        width = max(int(take.max()), 1)
+        tokens = np.zeros((k, width), dtype=np.int64)  # right-padded
         for i, (p, d, n) in enumerate(zip(self._prompts, self._done, take)):
-            tokens[i, :n] = torch.tensor(p[d : d + n], dtype=torch.long)
-        positions = torch.tensor(self._done)[:, None] + torch.arange(width)[None, :]
+            tokens[i, :n] = p[d : d + n]
+        starts = np.array(self._done, dtype=np.int64)
         finishing = [i for i in range(k) if take[i] > 0 and self._done[i] + take[i] == len(self._prompts[i])]
-        last = torch.tensor([max(n - 1, 0) for n in take]) if finishing else None
         first = len(self.rows)
-        self.cache.reserve(first + k, int(positions.max()) + 1)
-        logits = self.model(tokens, positions, self.cache, first, last)
+        self.cache.reserve(first + k, int(starts.max()) + width)
+        logits = self.model.forward(tokens, starts, take, self.cache, first, bool(finishing))
         for i in range(k):
-            self._done[i] += take[i]
+            self._done[i] += int(take[i])
         for i in finishing:
-            self._logits[i] = logits[i]
+            self._logits[i] = logits[i].copy()  # a backend may reuse its output buffer on the next call
         if any(d < len(p) for d, p in zip(self._done, self._prompts)):
             return None
-        joined, joined_logits = self.group, torch.stack(self._logits)
+        joined, joined_logits = self.group, np.stack(self._logits)
         self.rows.extend(joined)
         self.lengths.extend(self._done)
         self.group, self._prompts, self._done, self._logits = [], [], [], []
         return joined, joined_logits
 
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
         """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""
         n = len(self.rows)
-        positions = torch.tensor(self.lengths, dtype=torch.long)[:, None]
-        group_width = max(self._done, default=0)
-        self.cache.reserve(n + len(self.group), max(max(self.lengths) + 1, group_width))
-        logits = self.model(
-            torch.tensor(tokens, dtype=torch.long)[:, None], positions, self.cache, 0, torch.zeros(n, dtype=torch.long)
+        starts = np.array(self.lengths, dtype=np.int64)
+        self.cache.reserve(n, int(starts.max()) + 1)  # grows only: the prefill group's slots stay
+        logits = self.model.forward(
+            np.array(tokens, dtype=np.int64)[:, None], starts, np.ones(n, dtype=np.int64), self.cache, 0, True
         )
         self.lengths = [length + 1 for length in self.lengths]
         return logits

@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional
 
-import torch
+import numpy as np
 
 from ..errors import (
     BadRequest,
@@ -45,6 +45,8 @@ from .handle import GenerationResult, Handle, TokenEvent
 from .sampling import RowSampling, choose_next_tokens
 
 log = logging.getLogger(__name__)
+
+RUNTIME_PACKAGES = ("onnxruntime", "torch", "transformers")  # whose versions /info reports
 
 
 @dataclass(eq=False)
@@ -164,16 +166,14 @@ class Engine:
             self._listeners = tuple(ref for ref in self._listeners if ref() is not None and ref() is not listener)
 
     def info(self) -> dict:
-        from importlib.metadata import version
-
         return {
             "model_dtype": self.model.dtype_name,
             "model_backend": self.model.backend,
             "model_device_type": "cpu",
             "max_input_tokens": self.max_input_tokens,
             "max_total_tokens": self.max_total_tokens,
-            "threads": torch.get_num_threads(),
-            "versions": {"torch": torch.__version__, "transformers": version("transformers")},
+            "threads": self.model.threads,
+            "versions": _runtime_versions(),
         }
 
     # -- engine thread -----------------------------------------------------------------------------
@@ -181,22 +181,21 @@ class Engine:
         batch = self._batch
         crashed = False
         try:
-            with torch.inference_mode():
-                while True:
-                    group: List[_Pending] = []
-                    with self._cond:
-                        while not self._stopping and not self._waiting and batch.empty:
-                            self._cond.wait()
-                        if self._stopping:
-                            break
-                        if not batch.prefilling:
-                            group = self._take_group()
-                    if group:
-                        batch.add([self._new_row(p) for p in group], [p.prompt_ids for p in group])
-                    if batch.prefilling:
-                        self._prefill_chunk()
-                    if len(batch):
-                        self._decode_step()
+            while True:
+                group: List[_Pending] = []
+                with self._cond:
+                    while not self._stopping and not self._waiting and batch.empty:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    if not batch.prefilling:
+                        group = self._take_group()
+                if group:
+                    batch.add([self._new_row(p) for p in group], [p.prompt_ids for p in group])
+                if batch.prefilling:
+                    self._prefill_chunk()
+                if len(batch):
+                    self._decode_step()
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
             log.exception("engine loop crashed")
@@ -277,7 +276,7 @@ class Engine:
         if request.do_sample:
             seed = secrets.randbits(63) if seed is None else seed
             # A generator per request: its tokens depend on its seed only, never on its neighbours.
-            generator = torch.Generator().manual_seed(seed)
+            generator = np.random.default_rng(seed)
         return Row(
             pending=pending,
             sampling=RowSampling(
@@ -374,6 +373,19 @@ class Engine:
                     callback(*args)
                 except Exception:  # an observer must never break the engine loop
                     log.exception("engine listener %r failed in %s", listener, method)
+
+
+def _runtime_versions() -> dict:
+    """Versions of the model runtimes installed here (those absent are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in RUNTIME_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def _find_stop(text: str, stops, previous_length: int) -> Optional[int]:

@@ -1,5 +1,5 @@
-"""Reading a `save_pretrained` directory without transformers' modeling code: config.json and the
-safetensors weights, one tensor at a time.
+"""Reading a `save_pretrained` directory's safetensors weights without transformers' modeling code,
+one tensor at a time (its config.json: `architectures.read_config`).
 
 Tensors are read with plain file reads, not a memory map: pages of a mapped 330 MB checkpoint count in
 the process's RSS while they stay mapped, and a free Render instance has 512 MB for everything. Each
@@ -27,11 +27,6 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-
-
-def read_config(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 class Checkpoint:

@@ -27,6 +27,7 @@ class CausalLM(Protocol):
     context: int  # positions the model was trained for: no row may go past it
     vocab_size: int
     eos_token_ids: Set[int]
+    threads: int  # intra-op threads the runtime uses (reported by /info)
 
     def forward(
         self,
@@ -41,7 +42,9 @@ class CausalLM(Protocol):
 
         tokens: int64 `[rows, width]`, right-padded; starts: int64 `[rows]`, tokens each row already
         has in the cache (the position of its first token here); counts: int64 `[rows]`, its real
-        tokens here (0..width; 0 = the row only waits, nothing of it is written). Padding never reaches
-        the cache. Returns float32 `[rows, vocab]`, the logits after each row's last real token (rows
-        with count 0: any values), or None when `want_logits` is False."""
+        tokens here (0..width; 0 = the row only waits). Positions below a row's start are never written;
+        its padding may be (torch does), past its real tokens, where nothing reads before the row's own
+        next tokens overwrite it. The engine reserves the cache first: `first_slot + rows` slots and
+        `max(starts) + width` positions fit. Returns float32 `[rows, vocab]`, the logits after each
+        row's last real token (rows with count 0: any values), or None when `want_logits` is False."""
         ...

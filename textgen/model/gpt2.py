@@ -17,9 +17,6 @@ from .checkpoint import Checkpoint
 from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
-ARCHITECTURES = {"gpt2"}  # model_type values this module serves
-
-
 class Block(nn.Module):
     def __init__(self, get, prefix: str, quantize: str, skinny: bool):
         super().__init__()

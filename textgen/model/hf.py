@@ -1,9 +1,10 @@
 """The fallback for architectures without a native module: transformers' `AutoModelForCausalLM`,
-wrapped to the native models' contract (same forward signature, same KV cache owned by the engine).
+wrapped to the native modules' torch signature (so `torch_backend.TorchModel` serves both alike),
+over the same KV cache owned by the engine.
 
 transformers' attention layers call `past_key_values.update(keys, values, layer)` and attend to what
 it returns; `_SlotCache` answers that call by writing into the engine's cache slots at each row's
-positions and returning the rows' views. The 4D mask is passed as is, so transformers builds none.
+positions and returning the rows' views of it. The 4D mask is passed as is, so transformers builds none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from .kv_cache import KVCache
 from .layers import attention_mask, pick_positions
+from .torch_cache import store_and_read
 
 
 def _context(config) -> int:
@@ -70,14 +72,12 @@ except ImportError:  # pragma: no cover
 class _SlotCache(_CacheBase):
     def __init__(self, cache: KVCache, first_slot: int, positions: torch.Tensor):
         self.cache, self.first_slot, self.positions = cache, first_slot, positions
-        self.slots = torch.arange(first_slot, first_slot + positions.shape[0])
-        self.length = int(positions.max()) + 1
         self.layers = []
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
         # transformers passes [rows, kv_heads, time, dim]; the cache takes [rows, time, kv_heads, dim].
-        self.cache.write(layer_idx, self.slots, self.positions, key_states.transpose(1, 2), value_states.transpose(1, 2))
-        return self.cache.view(layer_idx, self.first_slot, len(self.slots), self.length)
+        k, v = key_states.transpose(1, 2), value_states.transpose(1, 2)
+        return store_and_read(self.cache, layer_idx, self.first_slot, self.positions, k, v)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.positions.min())

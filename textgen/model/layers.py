@@ -13,6 +13,7 @@ from torch import nn
 
 from .int8 import Int8Linear
 from .kv_cache import KVCache
+from .torch_cache import store_and_read
 
 
 class Linear(nn.Module):
@@ -111,9 +112,7 @@ def attend(
     Writes k and v into the rows' cache slots at their positions, then attends each query to its own
     row's positions up to its own (`mask`: [rows, 1, time, length]). Returns [rows, time, heads*dim]."""
     rows, time, heads, dim = q.shape
-    slots = torch.arange(first_slot, first_slot + rows)
-    cache.write(layer, slots, positions, k, v)
-    keys, values = cache.view(layer, first_slot, rows, mask.shape[-1])
+    keys, values = store_and_read(cache, layer, first_slot, positions, k, v)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != heads
     )

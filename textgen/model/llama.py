@@ -2,7 +2,8 @@
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
-the MLP's gate and up projections.
+the MLP's gate and up projections. Plain RoPE and full attention only: which configs come here is
+decided in architectures.py.
 """
 
 from __future__ import annotations
@@ -16,18 +17,6 @@ from torch import nn
 from .checkpoint import Checkpoint
 from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
-
-ARCHITECTURES = {"llama", "qwen2"}
-
-
-def supports(config: dict) -> bool:
-    """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
-    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
-        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-            return False
-    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
-    return config.get("model_type") in ARCHITECTURES and not sliding
-
 
 def _rope_theta(config: dict) -> float:
     return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))

@@ -1,8 +1,9 @@
-"""Loading the model and tokenizer once per process, and sizing torch's thread pools.
+"""Loading the model and tokenizer once per process: which backend, which tokenizer, which end tokens.
 
-`MODEL_BACKEND=auto` serves GPT-2- and Llama-family checkpoints with the native modules (no
-transformers modeling code imported: ~100 MB less memory and a faster start) and anything else with
-transformers' `AutoModelForCausalLM`.
+`MODEL_BACKEND=auto` serves GPT-2- and Llama-family checkpoints with the native modules (backend
+`torch`: no transformers modeling code imported, ~100 MB less memory and a faster start) and anything
+else with transformers' `AutoModelForCausalLM`. Importing this module does not import torch: only
+building a torch backend does (torch_backend.py).
 """
 
 from __future__ import annotations
@@ -10,69 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-from typing import Optional, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
-from .checkpoint import Checkpoint, read_config
+from .architectures import native_family, read_config
+
+if TYPE_CHECKING:
+    from .contract import CausalLM
 
 log = logging.getLogger(__name__)
 
 # What a hub id needs to be served: config, weights, tokenizer files.
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
-
-
-def available_cpus(
-    cgroup_v2_cpu_max: str = "/sys/fs/cgroup/cpu.max",
-    cgroup_v1_dir: str = "/sys/fs/cgroup/cpu",
-) -> int:
-    """CPUs this process may really use: its affinity mask, further capped by a cgroup CPU quota, v2
-    (`cpu.max`) or v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`): a container limited to `--cpus 0.1`
-    on a 2-core host must run one torch thread, not two."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_quota(cgroup_v2_cpu_max, cgroup_v1_dir)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return max(1, cpus)
-
-
-def _cgroup_quota(v2_cpu_max: str, v1_dir: str) -> Optional[float]:
-    try:
-        with open(v2_cpu_max) as f:
-            quota, period = f.read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(os.path.join(v1_dir, "cpu.cfs_quota_us")) as f:
-            quota = int(f.read())
-        with open(os.path.join(v1_dir, "cpu.cfs_period_us")) as f:
-            period = int(f.read())
-        return None if quota <= 0 or period <= 0 else quota / period  # -1 = no quota
-    except (OSError, ValueError):
-        return None
-
-
-def configure_threads(threads: Optional[int]) -> int:
-    """One engine thread drives torch: give it every usable CPU for intra-op work and no inter-op pool.
-
-    Request threads never run torch, so more intra-op threads than CPUs would only oversubscribe.
-    (Measured on this 2-core machine over HTTP: one thread instead of two halved float32's tokens/s at
-    8 clients, 270 -> 132, and left int8's level, 405 -> 413.)
-    """
-    threads = threads or available_cpus()
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set (or already used) in this process: keep what is there
-        pass
-    return threads
 
 
 # No mallopt tuning (two arenas, a fixed 1 MB mmap threshold) any more: measured in the Render simulation
@@ -96,27 +47,19 @@ def _glibc():
         return None
 
 
-def load_model(settings: Settings) -> Tuple[torch.nn.Module, object]:
-    """The model (native or transformers, float32 or int8) and its tokenizer, from MODEL_ID: a local
-    `save_pretrained` directory or a hub id (downloaded once); GGUF files are converted once and cached."""
+def load_model(settings: Settings) -> Tuple["CausalLM", object]:
+    """The model (a `CausalLM`: torch or transformers backend, float32 or int8) and its tokenizer, from
+    MODEL_ID: a local `save_pretrained` directory or a hub id (downloaded once); GGUF files are
+    converted once and cached."""
     source = model_directory(settings)
     config = read_config(source)
     backend = choose_backend(settings.model_backend, config, source)
-    if settings.quantize == "int8":
-        from .int8 import int8_available
-
-        if not int8_available():
-            raise ValueError("QUANTIZE=int8: this torch build has no quantized engine (x86/fbgemm/qnnpack)")
     log.info("loading %s from %s (backend %s, weights %s)", config.get("model_type"), source, backend, settings.quantize)
-    tokenizer = load_tokenizer(source, lean=backend == "native")
-    with torch.inference_mode():
-        if backend == "native":
-            model = _load_native(config, source, settings)
-        else:
-            model = _load_transformers(source, settings)
-    model.backend = backend
-    model.dtype_name = "int8" if settings.quantize == "int8" else "float32"
-    model.eos_token_ids = _eos_token_ids(source, config, tokenizer)
+    tokenizer = load_tokenizer(source, lean=backend != "transformers")
+    eos_token_ids = _eos_token_ids(source, config, tokenizer)
+    from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
+
+    model = load_torch_model(backend, config, source, settings, eos_token_ids)
     release_freed_memory()
     return model, tokenizer
 
@@ -132,75 +75,30 @@ def load_tokenizer(source: str, lean: bool = True):
     return AutoTokenizer.from_pretrained(source)
 
 
-def native_module(config: dict):
-    """The native class for this config, or None."""
-    from . import gpt2, llama
-
-    if config.get("model_type") in gpt2.ARCHITECTURES:
-        return gpt2.GPT2
-    if llama.supports(config):
-        return llama.Llama
-    return None
+# What MODEL_BACKEND=auto serves the native architectures (GPT-2, Llama, Qwen2) with; the others go to
+# transformers.
+AUTO_NATIVE_BACKEND = "torch"
 
 
 def choose_backend(requested: str, config: dict, source: str) -> str:
+    """The backend serving this checkpoint, "torch" or "transformers", from MODEL_BACKEND
+    (auto|onnx|torch|native|transformers; "native" is the old name of "torch")."""
     has_safetensors = any(
         os.path.exists(os.path.join(source, f)) for f in ("model.safetensors", "model.safetensors.index.json")
     )
-    native = native_module(config) is not None and has_safetensors
-    if requested == "native" and not native:
-        raise ValueError(
-            f"MODEL_BACKEND=native: no native module for model_type {config.get('model_type')!r} "
-            "(native: gpt2, llama, qwen2 with safetensors weights); use MODEL_BACKEND=auto or transformers"
-        )
-    if requested == "transformers" or not native:
-        return "transformers"
-    return "native"
-
-
-def _load_native(config: dict, source: str, settings: Settings):
-    model = native_module(config)(config, Checkpoint(source), quantize=settings.quantize, skinny=settings.skinny_matmul)
-    model.eval()
-    return model
-
-
-def _load_transformers(source: str, settings: Settings):
-    from transformers import AutoModelForCausalLM
-
-    from .hf import TransformersModel
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa")
-    model.eval()  # no dropout
-    model.requires_grad_(False)  # inference only: no autograd bookkeeping
-    if settings.quantize == "int8":
-        _swap_linears(model, "int8")
-    elif settings.skinny_matmul:
-        _swap_linears(model, "skinny")
-    return TransformersModel(model)
-
-
-def _swap_linears(model: torch.nn.Module, kind: str) -> int:
-    """Replace every nn.Linear and GPT-2 Conv1D by an int8 or skinny float32 layer (a module swap)."""
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    from .int8 import Int8Linear
-    from .skinny import SkinnyLinear
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                weight = child.weight
-            elif isinstance(child, Conv1D):
-                weight = child.weight.detach().t().contiguous()  # Conv1D stores [in, out]
-            else:
-                continue
-            bias = None if child.bias is None else child.bias.detach()
-            layer = Int8Linear(weight.detach(), bias) if kind == "int8" else SkinnyLinear(weight, child.bias)
-            setattr(parent, name, layer)
-            replaced += 1
-    return replaced
+    native = native_family(config) is not None and has_safetensors
+    if requested == "auto":
+        return AUTO_NATIVE_BACKEND if native else "transformers"
+    if requested == "onnx":
+        raise ValueError("MODEL_BACKEND=onnx: this build has no ONNX Runtime backend yet; use auto, torch or transformers")
+    if requested in ("torch", "native"):
+        if not native:
+            raise ValueError(
+                f"MODEL_BACKEND={requested}: no native module for model_type {config.get('model_type')!r} "
+                "(native: gpt2, llama, qwen2 with safetensors weights); use MODEL_BACKEND=auto or transformers"
+            )
+        return "torch"
+    return "transformers"
 
 
 def _eos_token_ids(source: str, config: dict, tokenizer) -> set:
@@ -231,6 +129,7 @@ def model_directory(settings: Settings) -> str:
 
 def _cached_gguf_conversion(settings: Settings) -> str:
     """Dequantising a GGUF file takes ~40 s; do it once and keep the result as a plain checkpoint."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)

@@ -99,7 +99,7 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     # Validate before loading the model: a bad option fails in a fraction of a second.
     request = _validate(args, settings)
 
-    from ..engine import create_engine  # imports torch: only once there is something to generate
+    from ..engine import create_engine  # loads the model runtime: only once there is something to generate
     from .responses import result_body
 
     try:
