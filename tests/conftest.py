@@ -70,7 +70,7 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
     return add_chat_template(str(target))
 
 
-@pytest.fixture(scope="session", params=["torch", "transformers"])
+@pytest.fixture(scope="session", params=["onnx", "torch", "transformers"])
 def base_settings(tiny_model_dir, request):
     """Every test that uses the engine runs on both backends: the native GPT-2 module (torch) and
     transformers' AutoModelForCausalLM behind the same contract."""

@@ -116,9 +116,10 @@ def test_native_llama_greedy_equals_generate(which, llama_dir, qwen2_dir):
         engine.stop()
 
 
-def test_auto_backend_is_native_for_known_architectures_only(tiny_model_dir, llama_dir, tmp_path):
-    assert choose_backend("auto", read_config(tiny_model_dir), tiny_model_dir) == "torch"
-    assert choose_backend("auto", read_config(llama_dir), llama_dir) == "torch"
+def test_auto_backend_is_onnx_for_known_architectures_only(tiny_model_dir, llama_dir, tmp_path):
+    assert choose_backend("auto", read_config(tiny_model_dir), tiny_model_dir) == "onnx"
+    assert choose_backend("auto", read_config(llama_dir), llama_dir) == "onnx"
+    assert choose_backend("torch", read_config(llama_dir), llama_dir) == "torch"
     assert choose_backend("native", read_config(llama_dir), llama_dir) == "torch"  # the old name
     assert choose_backend("transformers", read_config(llama_dir), llama_dir) == "transformers"
     # An architecture without a native module (GPT-Neo here) goes to transformers, or fails if forced.
@@ -131,20 +132,31 @@ def test_auto_backend_is_native_for_known_architectures_only(tiny_model_dir, lla
     assert choose_backend("auto", read_config(neo), neo) == "transformers"
     with pytest.raises(ValueError, match="MODEL_BACKEND=torch: no native module for model_type 'gpt_neo'"):
         choose_backend("torch", read_config(neo), neo)
+    with pytest.raises(ValueError, match="MODEL_BACKEND=onnx: no ONNX graph for model_type 'gpt_neo'"):
+        choose_backend("onnx", read_config(neo), neo)
+    # A directory holding only a graph built ahead of time (the image's) is served by onnx, for the
+    # QUANTIZE it was built for.
+    graph_only = tmp_path / "graph-only"
+    (graph_only / "onnx-int8").mkdir(parents=True)
+    (graph_only / "config.json").write_text(json.dumps(read_config(tiny_model_dir)))
+    assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "int8") == "onnx"
+    assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "none") == "transformers"
     # Scaled RoPE is not implemented natively: such a Llama goes to transformers.
     config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
     assert choose_backend("auto", config, llama_dir) == "transformers"
 
 
-def test_serving_a_native_model_imports_no_transformers_modeling_code(tiny_model_dir):
-    """The native path needs neither transformers' modeling classes nor (with tokenizer.json) its
-    tokenizers: those imports alone cost ~100 MB and seconds of CPU at start-up."""
+def test_serving_a_native_model_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path):
+    """The default path (ONNX Runtime, graph built on first start) needs neither torch nor
+    transformers' modeling classes nor (with tokenizer.json) its tokenizers: torch alone is ~220 MB
+    of resident memory, and those imports cost seconds of CPU at start-up."""
     code = (
         "import json, sys\n"
         "from textgen.server import create_app\n"
         "from textgen.settings import Settings\n"
-        f"create_app(Settings.from_env(environ={{}}, model_id={tiny_model_dir!r}, threads=1))\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('transformers'))))\n"
+        f"app = create_app(Settings.from_env(environ={{}}, model_id={tiny_model_dir!r}, threads=1, cache_dir={str(tmp_path)!r}))\n"
+        "assert app.extensions['textgen.engine'].model.backend == 'onnx'\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'torch'))))\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)

@@ -20,7 +20,7 @@ from textgen.model import onnx_graph
 from textgen.model.kv_cache import KVCache
 from textgen.model.onnx_graph import graph_path
 from textgen.model.onnx_model import OnnxModel
-from textgen.model.onnx_weights import read_config
+from textgen.model.architectures import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOAT_TOLERANCE = 1e-4
@@ -211,39 +211,17 @@ def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(os.path.dirname(p)) for p in (first, other)})
 
 
-def test_supports_agrees_with_the_native_modules():
-    from textgen.model import gpt2, llama
-
-    configs = [
-        {"model_type": "gpt2"},
-        {"model_type": "llama"},
-        {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096},
-        {"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096},
-        {"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
-        {"model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
-        {"model_type": "mistral"},
-    ]
-    for config in configs:
-        native = config["model_type"] in gpt2.ARCHITECTURES or llama.supports(config)
-        assert onnx_graph.supports(config) == native, config
-
-
 def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path):
     """Running a built graph imports neither torch nor onnx; building one does not import torch."""
     source = model_dirs["llama"]
     prebuilt = graph_path(source, graph_cache, "int8")
-    # textgen/model/__init__.py imports the loader, which imports torch: the package is stood in for
-    # here so that what is measured is the ONNX modules' own imports.
     code = textwrap.dedent(
         f"""
-        import sys, types
-        package = types.ModuleType("textgen.model")
-        package.__path__ = [{os.path.join(ROOT, "textgen", "model")!r}]
-        sys.modules["textgen.model"] = package
+        import sys
         import numpy as np
+        from textgen.model.architectures import read_config
         from textgen.model.kv_cache import KVCache
         from textgen.model.onnx_model import OnnxModel
-        from textgen.model.onnx_weights import read_config
 
         def run(path):
             model = OnnxModel(path, read_config({source!r}), threads=1)

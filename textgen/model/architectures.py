@@ -1,5 +1,6 @@
-"""What a checkpoint directory says about its model, read without torch: its config.json, and which
-native family (the architectures this service defines itself) can serve it.
+"""What a checkpoint directory says about its model, read without torch or onnx: its config.json, which
+native family (the architectures this service defines itself: torch modules and ONNX graphs) can
+serve it, and its shape.
 
 Kept apart from the modules that define the families, so that choosing a backend never imports torch.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
+
+GRAPH_FILE = "model.onnx"  # an ONNX graph's file (onnx_graph.build_graph; its weights beside it, model.onnx.data)
 
 GPT2_TYPES = {"gpt2"}  # model_type values gpt2.py serves
 LLAMA_TYPES = {"llama", "qwen2"}  # model_type values llama.py serves
@@ -17,6 +20,17 @@ LLAMA_TYPES = {"llama", "qwen2"}  # model_type values llama.py serves
 def read_config(model_dir: str) -> dict:
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def prebuilt_dir(model_dir: str, quantize: str) -> str:
+    """Where a graph built ahead of time (scripts/build_graph.py, at image build time) sits inside the
+    model directory it serves; such a directory needs no weights."""
+    return os.path.join(model_dir, f"onnx-{quantize}")
+
+
+def prebuilt_graph(model_dir: str, quantize: str) -> Optional[str]:
+    path = os.path.join(prebuilt_dir(model_dir, quantize), GRAPH_FILE)
+    return path if os.path.exists(path) else None
 
 
 def native_family(config: dict) -> Optional[str]:
@@ -35,3 +49,31 @@ def _llama_supported(config: dict) -> bool:
             return False
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
     return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+class Shape(NamedTuple):
+    n_layers: int
+    width: int  # hidden size
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    context: int  # rows of the position (or rotary) table
+    vocab_size: int
+
+
+def model_shape(config: dict) -> Shape:
+    """The shape of a native family's model (GPT-2's config names, or Llama's)."""
+    if native_family(config) == "gpt2":
+        width, heads = config["n_embd"], config["n_head"]
+        context = config.get("n_positions") or config.get("n_ctx") or 1024
+        return Shape(config["n_layer"], width, heads, heads, width // heads, context, config["vocab_size"])
+    width, heads = config["hidden_size"], config["num_attention_heads"]
+    return Shape(
+        config["num_hidden_layers"],
+        width,
+        heads,
+        config.get("num_key_value_heads") or heads,
+        config.get("head_dim") or width // heads,
+        config.get("max_position_embeddings", 2048),
+        config["vocab_size"],
+    )

@@ -1,9 +1,10 @@
 """Loading the model and tokenizer once per process: which backend, which tokenizer, which end tokens.
 
-`MODEL_BACKEND=auto` serves GPT-2- and Llama-family checkpoints with the native modules (backend
-`torch`: no transformers modeling code imported, ~100 MB less memory and a faster start) and anything
-else with transformers' `AutoModelForCausalLM`. Importing this module does not import torch: only
-building a torch backend does (torch_backend.py).
+`MODEL_BACKEND=auto` serves GPT-2- and Llama-family checkpoints with ONNX Runtime (backend `onnx`: the
+graph built once from the checkpoint and cached, or built ahead of time into the model directory; no
+torch imported at all) and anything else with transformers' `AutoModelForCausalLM`. `torch` serves the
+native families with the readable plain-torch modules. Importing this module imports neither torch nor
+onnx: only building the backend that needs them does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
-from .architectures import native_family, read_config
+from .architectures import native_family, prebuilt_dir, prebuilt_graph, read_config
+from .threads import available_cpus
 
 if TYPE_CHECKING:
     from .contract import CausalLM
@@ -53,15 +55,37 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
     converted once and cached."""
     source = model_directory(settings)
     config = read_config(source)
-    backend = choose_backend(settings.model_backend, config, source)
+    backend = choose_backend(settings.model_backend, config, source, settings.quantize)
     log.info("loading %s from %s (backend %s, weights %s)", config.get("model_type"), source, backend, settings.quantize)
     tokenizer = load_tokenizer(source, lean=backend != "transformers")
     eos_token_ids = _eos_token_ids(source, config, tokenizer)
-    from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
+    if backend == "onnx":
+        model = _load_onnx(source, config, settings)
+        model.eos_token_ids = eos_token_ids
+    else:
+        from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
 
-    model = load_torch_model(backend, config, source, settings, eos_token_ids)
+        model = load_torch_model(backend, config, source, settings, eos_token_ids)
     release_freed_memory()
     return model, tokenizer
+
+
+def _load_onnx(source: str, config: dict, settings: Settings):
+    """The graph built into the model directory ahead of time, else the one cached for this checkpoint
+    (built on first use: a few seconds, no torch)."""
+    from .onnx_model import OnnxModel
+
+    path = prebuilt_graph(source, settings.quantize)
+    if path is None:
+        if not _has_safetensors(source):
+            raise ValueError(
+                f"{source} has neither an ONNX graph for QUANTIZE={settings.quantize} (onnx-{settings.quantize}/) "
+                "nor safetensors weights to build one from"
+            )
+        from .onnx_graph import graph_path  # imports onnx: only building needs it
+
+        path = graph_path(source, settings.cache_dir, settings.quantize)
+    return OnnxModel(path, config, settings.threads or available_cpus())
 
 
 def load_tokenizer(source: str, lean: bool = True):
@@ -75,22 +99,25 @@ def load_tokenizer(source: str, lean: bool = True):
     return AutoTokenizer.from_pretrained(source)
 
 
-# What MODEL_BACKEND=auto serves the native architectures (GPT-2, Llama, Qwen2) with; the others go to
-# transformers.
-AUTO_NATIVE_BACKEND = "torch"
+def _has_safetensors(source: str) -> bool:
+    return any(os.path.exists(os.path.join(source, f)) for f in ("model.safetensors", "model.safetensors.index.json"))
 
 
-def choose_backend(requested: str, config: dict, source: str) -> str:
-    """The backend serving this checkpoint, "torch" or "transformers", from MODEL_BACKEND
+def choose_backend(requested: str, config: dict, source: str, quantize: str = "none") -> str:
+    """The backend serving this checkpoint, "onnx", "torch" or "transformers", from MODEL_BACKEND
     (auto|onnx|torch|native|transformers; "native" is the old name of "torch")."""
-    has_safetensors = any(
-        os.path.exists(os.path.join(source, f)) for f in ("model.safetensors", "model.safetensors.index.json")
-    )
-    native = native_family(config) is not None and has_safetensors
+    family = native_family(config)
+    native = family is not None and _has_safetensors(source)
+    onnx = family is not None and (native or os.path.isdir(prebuilt_dir(source, quantize)))
     if requested == "auto":
-        return AUTO_NATIVE_BACKEND if native else "transformers"
+        return "onnx" if onnx else "transformers"
     if requested == "onnx":
-        raise ValueError("MODEL_BACKEND=onnx: this build has no ONNX Runtime backend yet; use auto, torch or transformers")
+        if not onnx:
+            raise ValueError(
+                f"MODEL_BACKEND=onnx: no ONNX graph for model_type {config.get('model_type')!r} "
+                "(onnx: gpt2, llama, qwen2 with safetensors weights or a prebuilt graph); use MODEL_BACKEND=auto or transformers"
+            )
+        return "onnx"
     if requested in ("torch", "native"):
         if not native:
             raise ValueError(

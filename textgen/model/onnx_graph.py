@@ -49,14 +49,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_config import GPT2_ARCHITECTURES, model_shape, supports
-from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, read_config, weight_files
+from .architectures import GRAPH_FILE, model_shape, native_family, read_config
+from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
 
 GRAPH_VERSION = 3  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
-MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
 
@@ -270,10 +269,11 @@ def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
     if quantize not in ("none", "int8"):
         raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
     config = read_config(source_dir)
-    if not supports(config):
+    family = native_family(config)
+    if family is None:
         raise ValueError(f"no ONNX graph builder for model_type {config.get('model_type')!r} with this config")
     ckpt = NumpyCheckpoint(source_dir)
-    build = build_gpt2 if config["model_type"] in GPT2_ARCHITECTURES else build_llama
+    build = build_gpt2 if family == "gpt2" else build_llama
     model = build(config, ckpt, quantize)
     if quantize == "int8":
         model = quantize_matmuls(model)
@@ -287,7 +287,7 @@ def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:
     past protobuf's 2 GB limit save the same way); returns the .onnx path. Usable at image build time."""
     model = build_model(source_dir, quantize)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, MODEL_FILE)
+    path = os.path.join(out_dir, GRAPH_FILE)
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
     return path
 
@@ -311,7 +311,7 @@ def graph_path(source_dir: str, cache_dir: str, quantize: str) -> str:
     `cache_dir/onnx-<key>/` (in a temporary directory renamed into place: a concurrent builder either
     wins or finds it done)."""
     target = os.path.join(cache_dir, "onnx-" + graph_key(source_dir, quantize))
-    path = os.path.join(target, MODEL_FILE)
+    path = os.path.join(target, GRAPH_FILE)
     if not os.path.exists(path):
         tmp = target + f".tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .kv_cache import KVCache
-from .onnx_config import model_shape
+from .architectures import model_shape
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
@@ -44,6 +44,7 @@ class OnnxModel:
     backend = "onnx"
 
     def __init__(self, graph_path: str, config: dict, threads: int, allow_spinning: str = DEFAULT_SPINNING):
+        self.threads = threads
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
         quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
         self.dtype_name = "int8" if quantize == "int8" else "float32"

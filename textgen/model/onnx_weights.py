@@ -17,11 +17,6 @@ import numpy as np
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
 
 
-def read_config(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def weight_files(model_dir: str) -> List[str]:
     """The safetensors files of a checkpoint (one file, or the shards its index names), as paths."""
     index = os.path.join(model_dir, "model.safetensors.index.json")
