@@ -1,6 +1,7 @@
-"""The native model layer on real weights (SmolLM2-135M-Instruct, Llama architecture): its float32
-logits equal transformers' on the same checkpoint, its greedy text through the engine equals
-transformers' `generate`, and int8 weights cost little quality (perplexity, greedy continuations).
+"""The native model layer on real weights (SmolLM2-135M-Instruct, Llama architecture): the torch
+module's float32 logits equal transformers' on the same checkpoint and the ONNX graph's equal the
+torch module's, greedy text through the engine equals transformers' `generate`, and 8-bit weights
+cost little quality on both backends (perplexity, greedy continuations).
 
 Uses the GGUF conversion cached by tests/test_real_weights.py (made on first use, ~40 s).
 """
@@ -9,6 +10,7 @@ import math
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +59,9 @@ GREEDY_PROMPTS = [
 ]
 
 
+BACKENDS = ["torch", "onnx"]
+
+
 def settings(**overrides) -> Settings:
     # The environment of the machine running the tests must not change what they check (except where
     # the GGUF conversion is cached).
@@ -65,19 +70,23 @@ def settings(**overrides) -> Settings:
         model_id=smollm2_dir(),
         model_gguf_file=GGUF_NAME,
         threads=2,
-        model_backend="torch",
-        **overrides,
+        **{"model_backend": "torch", **overrides},
     )
 
 
-@pytest.fixture(scope="module")
-def fp32():
-    return load_model(settings(quantize="none"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def int8():
-    return load_model(settings(quantize="int8"))
+def fp32(backend):
+    return load_model(settings(quantize="none", model_backend=backend))
+
+
+@pytest.fixture(scope="module")
+def int8(backend):
+    return load_model(settings(quantize="int8", model_backend=backend))
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,17 @@ def forward_all(model, cache: KVCache, ids, start: int) -> torch.Tensor:
         return model.module(tokens, positions, cache, 0, torch.arange(n)[None])[0]
 
 
+def logits_at_every_position(model, cache: KVCache, ids, start: int) -> np.ndarray:
+    """The same as `forward_all` through any backend's contract (logits after the last token of a
+    call only): one token per call, as decode steps. [len, vocab]"""
+    if model.backend == "torch":
+        return forward_all(model, cache, ids, start).numpy()
+    out = []
+    for i, token in enumerate(ids):
+        out.append(model.forward(np.array([[token]]), np.array([start + i]), np.array([1]), cache, 0, True)[0])
+    return np.stack(out)
+
+
 def tokenize(tokenizer, prompt):
     if isinstance(prompt, list):  # chat messages: the model's own template, then the plain tokenizer
         prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -112,8 +132,8 @@ def tokenize(tokenizer, prompt):
     return tokenizer(prompt)["input_ids"]
 
 
-def test_native_logits_equal_transformers(fp32, reference):
-    model, tokenizer = fp32
+def test_native_logits_equal_transformers(reference):
+    model, tokenizer = load_model(settings(quantize="none", model_backend="torch"))
     assert model.backend == "torch"
     ids = tokenizer(LOGITS_PROMPT)["input_ids"]
     assert 25 <= len(ids) <= 40
@@ -139,6 +159,31 @@ def test_native_logits_equal_transformers(fp32, reference):
         f"(logits up to {scale:.1f})"
     )
     assert prefill_diff <= 1e-4 and decode_diff <= 1e-4, (prefill_diff, decode_diff)
+
+
+def test_onnx_logits_equal_the_torch_module():
+    """float32 through ONNX Runtime (a chunked prefill, then decode steps) against the readable torch
+    module on the same weights: within 1e-4."""
+    onnx_model, tokenizer = load_model(settings(quantize="none", model_backend="onnx"))
+    assert onnx_model.backend == "onnx"
+    torch_model, _ = load_model(settings(quantize="none", model_backend="torch"))
+    ids = tokenizer(LOGITS_PROMPT)["input_ids"]
+    steps = 5
+    reference_cache, cache = new_cache(torch_model, len(ids) + steps), new_cache(onnx_model, len(ids) + steps)
+    expected = forward_all(torch_model, reference_cache, ids, 0).numpy()
+    # Two prefill chunks, the second after a past; each returns the logits after its last token.
+    cut = len(ids) // 2
+    first = onnx_model.forward(np.array([ids[:cut]]), np.array([0]), np.array([cut]), cache, 0, True)[0]
+    second = onnx_model.forward(np.array([ids[cut:]]), np.array([cut]), np.array([len(ids) - cut]), cache, 0, True)[0]
+    diffs = [np.abs(first - expected[cut - 1]).max(), np.abs(second - expected[-1]).max()]
+    sequence = list(ids)
+    for _ in range(steps):
+        sequence.append(int(expected[-1].argmax()))
+        expected = forward_all(torch_model, reference_cache, sequence[-1:], len(sequence) - 1).numpy()
+        got = onnx_model.forward(np.array([sequence[-1:]]), np.array([len(sequence) - 1]), np.array([1]), cache, 0, True)
+        diffs.append(np.abs(got[0] - expected[-1]).max())
+    print(f"\nlogits max |onnx - torch| (prefill chunks, then decode): {max(diffs):.2e}")
+    assert max(diffs) <= 1e-4, diffs
 
 
 def test_engine_greedy_equals_transformers_generate(fp32, reference):
@@ -170,7 +215,7 @@ def perplexity(model, ids, chunk: int = 256) -> float:
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids), chunk):
-            logits = forward_all(model, cache, ids[start : start + chunk], start)
+            logits = torch.from_numpy(logits_at_every_position(model, cache, ids[start : start + chunk], start))
             targets = torch.tensor(ids[start + 1 : start + chunk + 1])  # the last position has no next token
             logp = torch.log_softmax(logits[: len(targets)].double(), dim=-1)
             nll -= logp.gather(1, targets[:, None]).sum().item()
@@ -188,7 +233,7 @@ def test_int8_perplexity_within_3_percent(fp32, int8):
     ppl_fp32 = perplexity(fp32[0], ids)
     ppl_int8 = perplexity(int8[0], ids)
     print(
-        f"\nperplexity over {len(ids)} tokens: float32 {ppl_fp32:.3f}, int8 {ppl_int8:.3f} "
+        f"\n{fp32[0].backend}: perplexity over {len(ids)} tokens: float32 {ppl_fp32:.3f}, int8 {ppl_int8:.3f} "
         f"({100 * (ppl_int8 / ppl_fp32 - 1):+.2f}%; {time.perf_counter() - start:.1f} s)"
     )
     # A sanity floor: a broken model (wrong rotary layout, a missing norm) is far above this on English.
@@ -200,12 +245,12 @@ def greedy(model, ids, n: int = 16):
     """n greedy tokens: a prefill, then n - 1 decode steps through the KV cache."""
     cache = new_cache(model, len(ids) + n)
     out = []
-    with torch.inference_mode():
-        logits = forward_all(model, cache, ids, 0)[-1]
-        for step in range(n):
-            out.append(int(logits.argmax()))
-            if step < n - 1:
-                logits = forward_all(model, cache, out[-1:], len(ids) + step)[-1]
+    last = np.array([len(ids)])
+    logits = model.forward(np.array([ids]), np.array([0]), last, cache, 0, True)[0]
+    for step in range(n):
+        out.append(int(logits.argmax()))
+        if step < n - 1:
+            logits = model.forward(np.array([out[-1:]]), np.array([len(ids) + step]), np.array([1]), cache, 0, True)[0]
     return out
 
 
@@ -219,5 +264,5 @@ def test_int8_greedy_continuations_mostly_match(fp32, int8):
         matches += a == b
         if a != b:
             print(f"\ndiffers: {prompt!r}\n  float32 {tokenizer.decode(a)!r}\n  int8    {tokenizer.decode(b)!r}")
-    print(f"\nint8 greedy: first 16 tokens identical to float32 for {matches}/20 prompts")
+    print(f"\n{fp32[0].backend} int8 greedy: first 16 tokens identical to float32 for {matches}/20 prompts")
     assert matches >= 14, f"only {matches}/20 greedy continuations match"

@@ -56,13 +56,23 @@ def container_processes(name: str):
     return [root] + root.children(recursive=True)
 
 
+def pss_bytes(proc) -> int:
+    """Proportional set size: pages shared by gunicorn's master and worker (and the mapped graph file)
+    counted once across them, unlike RSS."""
+    with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class Watch:
-    """Every 0.2 s: RSS summed over the container's processes (not the page cache `docker stats` adds),
-    and from the first healthy answer on, how long /health takes (Render gives it 5 s)."""
+    """Every 0.2 s: RSS and PSS summed over the container's processes (not the page cache `docker
+    stats` adds), and from the first healthy answer on, how long /health takes (Render gives it 5 s)."""
 
     def __init__(self, name: str, url: str):
         self.name, self.url = name, url
-        self.peak_mb, self.health_seconds, self.healthy_at, self.cpu_at_healthy = 0.0, [], None, None
+        self.peak_mb, self.peak_pss_mb, self.health_seconds, self.healthy_at, self.cpu_at_healthy = 0.0, 0.0, [], None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.started = time.monotonic()
@@ -74,7 +84,8 @@ class Watch:
             try:
                 procs = container_processes(self.name)
                 self.peak_mb = max(self.peak_mb, sum(p.memory_info().rss for p in procs) / 2**20)
-            except (psutil.Error, subprocess.SubprocessError, ValueError):
+                self.peak_pss_mb = max(self.peak_pss_mb, sum(pss_bytes(p) for p in procs) / 2**20)
+            except (psutil.Error, subprocess.SubprocessError, ValueError, OSError):
                 procs = []
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + 1.0
@@ -110,7 +121,9 @@ def test_free_instance_limits(image):
 
         def one(i):
             began = time.monotonic()
-            body = {"inputs": f"Once upon a time, {i} travellers", "parameters": {"max_new_tokens": 32, "details": True}}
+            # Greedy: a sampled end-of-text could end a request early, and the count below is exact.
+            parameters = {"max_new_tokens": 32, "details": True, "do_sample": False}
+            body = {"inputs": f"Once upon a time, {i} travellers", "parameters": parameters}
             response = requests.post(url + "/generate", json=body, timeout=600)
             return response.status_code, response.json(), time.monotonic() - began
 
@@ -131,14 +144,16 @@ def test_free_instance_limits(image):
         "seconds_to_healthy": round(watch.healthy_at, 1),
         "cpu_seconds_to_healthy": round(watch.cpu_at_healthy, 2),
         "peak_rss_mb": round(watch.peak_mb),
+        "peak_pss_mb": round(watch.peak_pss_mb),
         "tokens_per_s": round(tokens / elapsed, 1),
         "p50_latency_s": round(latencies[3], 1),
-        "p95_latency_s": round(latencies[-1], 1),
+        "max_latency_s": round(latencies[-1], 1),  # of 8: no percentile beyond the median means much
         "slowest_health_s": round(max(watch.health_seconds), 2),
     }
     print("render simulation:", json.dumps(figures))
     assert "was sent SIGKILL" not in log_text  # gunicorn's word for a worker the kernel killed
     assert "[ERROR]" not in log_text, log_text[-3000:]  # e.g. the old control-socket error at boot
-    assert watch.peak_mb <= 450, figures
+    # The ONNX Runtime image: the processes hold at most 300 MB of the 512 (torch's needed ~410).
+    assert watch.peak_pss_mb <= 300, figures
     assert max(watch.health_seconds) < 5, figures
     assert tokens == 8 * 32

@@ -46,7 +46,8 @@ from .sampling import RowSampling, choose_next_tokens
 
 log = logging.getLogger(__name__)
 
-RUNTIME_PACKAGES = ("onnxruntime", "torch", "transformers")  # whose versions /info reports
+# The packages each backend runs on: whose versions /info reports.
+RUNTIME_PACKAGES = {"onnx": ("onnxruntime",), "torch": ("torch",), "transformers": ("torch", "transformers")}
 
 
 @dataclass(eq=False)
@@ -173,7 +174,7 @@ class Engine:
             "max_input_tokens": self.max_input_tokens,
             "max_total_tokens": self.max_total_tokens,
             "threads": self.model.threads,
-            "versions": _runtime_versions(),
+            "versions": _runtime_versions(RUNTIME_PACKAGES.get(self.model.backend, ())),
         }
 
     # -- engine thread -----------------------------------------------------------------------------
@@ -375,12 +376,12 @@ class Engine:
                     log.exception("engine listener %r failed in %s", listener, method)
 
 
-def _runtime_versions() -> dict:
-    """Versions of the model runtimes installed here (those absent are left out)."""
+def _runtime_versions(packages) -> dict:
+    """Versions of the packages the model runs on (those absent are left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in RUNTIME_PACKAGES:
+    for package in packages:
         try:
             found[package] = version(package)
         except PackageNotFoundError:
