@@ -64,7 +64,7 @@ def test_large_matrices_are_packed_in_slices_with_the_same_result(monkeypatch):
 
 
 def test_int8_model_keeps_no_float32_copy_of_the_embedding(tiny_model_dir):
-    model, _ = load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8"))
+    model, _ = load_model(Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8", model_backend="torch"))
     module = model.module
     assert model.dtype_name == "int8" and isinstance(module.wte, FileEmbedding)
     vocab, width = model.vocab_size, module.wpe.shape[1]
@@ -86,14 +86,29 @@ def test_file_embedding_reads_the_checkpoints_rows(tiny_model_dir):
         embedding(torch.tensor([[len(table)]]))
 
 
-def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir):
+class _StepRows:
+    """Engine listener: the rows of every decode step."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_decode_step(self, rows):
+        self.rows.append(rows)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir, backend, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from textgen.engine import Engine
     from textgen.validation import validate_generate
 
-    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, quantize="int8", threads=2)
+    settings = Settings.from_env(
+        environ={}, model_id=tiny_model_dir, quantize="int8", threads=2, model_backend=backend, cache_dir=str(tmp_path)
+    )
     engine = Engine(*load_model(settings), settings).start()
+    steps = _StepRows()
+    engine.add_listener(steps)
     try:
         bodies = [{"inputs": "Hello " * (i + 1), "parameters": {"max_new_tokens": 12, "seed": i}} for i in range(6)]
 
@@ -101,9 +116,11 @@ def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir):
             return engine.submit(validate_generate(body, settings)).result().text
 
         alone = [run(b) for b in bodies]
+        assert max(steps.rows) == 1
         with ThreadPoolExecutor(6) as pool:
             together = list(pool.map(run, bodies))
         assert together == alone and len(set(alone)) > 1
+        assert max(steps.rows) > 1  # the requests really shared decode steps
     finally:
         engine.stop()
 
