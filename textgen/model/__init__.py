@@ -3,8 +3,11 @@
 `load_model(settings)` returns `(model, tokenizer)`. Every model fills the same contract,
 `contract.CausalLM`: numpy in and out, `model.forward(tokens, starts, counts, cache, first_slot,
 want_logits)` over a `KVCache` the engine owns, plus `n_layers`, `n_kv_heads`, `head_dim`, `context`,
-`vocab_size`, `eos_token_ids`, `backend`, `dtype_name`. Importing this package does not import torch.
+`vocab_size`, `eos_token_ids`, `backend`, `dtype_name`, `threads`. Importing this package imports
+neither torch nor onnx.
 
+- onnx (`onnx_model.py` over the graph `onnx_graph.py` builds): ONNX Runtime, the KV cache bound in
+  place, float32 or 8-bit weights; no torch at all. The default for the native families.
 - torch (`torch_backend.py` over `gpt2.py`, `llama.py`): plain torch, weights read straight from
   safetensors, float32 or int8 (`QUANTIZE=int8`); importing them loads no transformers modeling code.
 - transformers (`torch_backend.py` over `hf.py`): `AutoModelForCausalLM` for every other architecture.

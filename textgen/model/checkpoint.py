@@ -10,11 +10,12 @@ copy go before the next one arrives.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from .onnx_weights import weight_files
 
 _DTYPES = {
     "F32": torch.float32,
@@ -33,18 +34,9 @@ class Checkpoint:
     """The tensors of a safetensors checkpoint (single file or sharded with an index), by name."""
 
     def __init__(self, model_dir: str):
-        index = os.path.join(model_dir, "model.safetensors.index.json")
-        if os.path.exists(index):
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        elif os.path.exists(os.path.join(model_dir, "model.safetensors")):
-            files = ["model.safetensors"]
-        else:
-            raise FileNotFoundError(f"no safetensors weights in {model_dir}")
         # name -> (file, dtype, shape, start, end), offsets absolute in the file
         self._entries: Dict[str, Tuple[str, str, list, int, int]] = {}
-        for name in files:
-            path = os.path.join(model_dir, name)
+        for path in weight_files(model_dir):
             with open(path, "rb") as f:
                 (header_len,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(header_len))
