@@ -13,7 +13,13 @@ neither torch nor onnx.
 - transformers (`torch_backend.py` over `hf.py`): `AutoModelForCausalLM` for every other architecture.
 """
 
-from .kv_cache import KVCache
-from .loader import load_model
+import os
+
+# ONNX Runtime's Linux wheels collect telemetry and write a device id under $HOME unless this is set
+# before the library initialises (a service sends nothing home and writes nowhere but its cache).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .kv_cache import KVCache  # noqa: E402
+from .loader import load_model  # noqa: E402
 
 __all__ = ["KVCache", "load_model"]

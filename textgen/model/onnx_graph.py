@@ -52,7 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .architectures import GRAPH_FILE, model_shape, native_family, read_config
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
 
-GRAPH_VERSION = 3  # bump whenever the graph built for the same inputs changes
+GRAPH_VERSION = 4  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
@@ -137,17 +137,29 @@ def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> 
     return g.op("Gather", [g.weight(name, table), "input_ids"])
 
 
-def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray) -> None:
+def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize: str, norm_weight: np.ndarray) -> None:
     """Gather the wanted rows of the final hidden states, then the LM head ([vocab, hidden] `head`).
 
     A tied head is stored again, transposed, rather than shared with the embedding (a Gemm with
     transB over the same table): ORT prepacks a MatMul's weight into its own buffer, so a shared table
     stays resident in full beside the packed copy, while an unshared one is released and the lookup
     table, mapped from model.onnx.data, pages in only the rows used. DistilGPT2 float32, RSS after
-    load: 380 MB this way, 528 MB shared (the file grows by 154 MB)."""
+    load: 380 MB this way, 528 MB shared (the file grows by 154 MB).
+
+    8-bit: MatMulNBits quantizes its input to int8 per block of BLOCK_SIZE channels, and a block
+    holding one of the final norm's large channels leaves its neighbours few levels. The head's input
+    channels are therefore reordered by the norm's |weight| (the same order for the head's rows: the
+    product is unchanged), so channels of like scale share blocks. Measured on SmolLM2 (greedy, first
+    16 tokens of 20 prompts equal to float32's): 13/20 in channel order, 15/20 reordered, at no cost;
+    17/20 with the rows passed twice (their int8 values and the rounding error), +15-27% per step."""
     flat = g.op("Reshape", [hidden, g.weight("flat_shape", np.array([-1, width], dtype=np.int64))])
     rows = g.op("Gather", [flat, "logit_index"], axis=0)
-    g.op("MatMul", [rows, g.weight("lm_head", head.T)], ["logits"])
+    weight = head.T
+    if quantize == "int8":
+        order = np.argsort(-np.abs(norm_weight), kind="stable").astype(np.int64)
+        rows = g.op("Gather", [rows, g.weight("head_channel_order", order)], axis=1)
+        weight = weight[order]
+    g.op("MatMul", [rows, g.weight("lm_head", weight)], ["logits"])
 
 
 def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
@@ -188,7 +200,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     hidden = g.op("SkipLayerNormalization", final, 4, domain=MS, epsilon=eps)[0]
     tied = config.get("tie_word_embeddings", True)
     head = wte if tied else ckpt.get("lm_head.weight")
-    _logits(g, hidden, width, head)
+    _logits(g, hidden, width, head, quantize, w("ln_f.weight"))
     return g.model()
 
 
@@ -248,7 +260,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     hidden = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)[0]
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in ckpt
     head = embed if tied else ckpt.get("lm_head.weight")
-    _logits(g, hidden, width, head)
+    _logits(g, hidden, width, head, quantize, w("norm.weight"))
     return g.model()
 
 

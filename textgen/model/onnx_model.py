@@ -19,10 +19,6 @@ import onnxruntime as ort
 from .kv_cache import KVCache
 from .architectures import model_shape
 
-# A service sends nothing home (and with a read-only HOME, ONNX Runtime warned at every start that it
-# could not persist a telemetry id).
-ort.disable_telemetry_events()
-
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
 # machine, others' jobs running (load ~4), DistilGPT2 int8 decode with 128 past, B = 1 / 8 / 16:
