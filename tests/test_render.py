@@ -11,7 +11,7 @@ from textgen.settings import Settings
 
 # Summed PSS of the container's processes serving 8 short requests under Render's limits, the KV cache
 # of those requests included (tests/test_render_simulation.py; README, "Deploy to Render").
-MEASURED_SERVER_PSS_MB = 300
+MEASURED_SERVER_PSS_MB = 256
 
 
 @pytest.fixture(scope="module")
