@@ -50,7 +50,7 @@ def _glibc():
 
 
 def load_model(settings: Settings) -> Tuple["CausalLM", object]:
-    """The model (a `CausalLM`: torch or transformers backend, float32 or int8) and its tokenizer, from
+    """The model (a `CausalLM`: onnx, torch or transformers backend, float32 or int8) and its tokenizer, from
     MODEL_ID: a local `save_pretrained` directory or a hub id (downloaded once); GGUF files are
     converted once and cached."""
     source = model_directory(settings)
@@ -60,8 +60,7 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
     tokenizer = load_tokenizer(source, lean=backend != "transformers")
     eos_token_ids = _eos_token_ids(source, config, tokenizer)
     if backend == "onnx":
-        model = _load_onnx(source, config, settings)
-        model.eos_token_ids = eos_token_ids
+        model = _load_onnx(source, config, settings, eos_token_ids)
     else:
         from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
 
@@ -70,7 +69,7 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
     return model, tokenizer
 
 
-def _load_onnx(source: str, config: dict, settings: Settings):
+def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set):
     """The graph built into the model directory ahead of time, else the one cached for this checkpoint
     (built on first use: a few seconds, no torch)."""
     from .onnx_model import OnnxModel
@@ -85,7 +84,7 @@ def _load_onnx(source: str, config: dict, settings: Settings):
         from .onnx_graph import graph_path  # imports onnx: only building needs it
 
         path = graph_path(source, settings.cache_dir, settings.quantize)
-    return OnnxModel(path, config, settings.threads or available_cpus())
+    return OnnxModel(path, config, settings.threads or available_cpus(), eos_token_ids=eos_token_ids)
 
 
 def load_tokenizer(source: str, lean: bool = True):

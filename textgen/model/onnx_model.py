@@ -43,7 +43,14 @@ def session_options(threads: int, allow_spinning: str = DEFAULT_SPINNING) -> ort
 class OnnxModel:
     backend = "onnx"
 
-    def __init__(self, graph_path: str, config: dict, threads: int, allow_spinning: str = DEFAULT_SPINNING):
+    def __init__(
+        self,
+        graph_path: str,
+        config: dict,
+        threads: int,
+        allow_spinning: str = DEFAULT_SPINNING,
+        eos_token_ids: Set[int] = frozenset(),
+    ):
         self.threads = threads
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
         quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
@@ -51,7 +58,7 @@ class OnnxModel:
         shape = model_shape(config)
         self.n_layers, self.n_kv_heads, self.head_dim = shape.n_layers, shape.n_kv_heads, shape.head_dim
         self.context, self.vocab_size = shape.context, shape.vocab_size
-        self.eos_token_ids: Set[int] = set()
+        self.eos_token_ids: Set[int] = set(eos_token_ids)
         self._bindings: "OrderedDict[tuple, ort.IOBinding]" = OrderedDict()
         self._bound_arrays: list = []  # weak references to the cache arrays the bindings point into
         self._no_rows = np.zeros(0, dtype=np.int64)
