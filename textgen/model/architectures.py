@@ -51,6 +51,11 @@ def _llama_supported(config: dict) -> bool:
     return config.get("model_type") in LLAMA_TYPES and not sliding
 
 
+def rope_theta(config: dict) -> float:
+    """RoPE's base (Llama family); newer configs nest it in `rope_parameters`."""
+    return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
 class Shape(NamedTuple):
     n_layers: int
     width: int  # hidden size

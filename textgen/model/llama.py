@@ -14,13 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import rope_theta
 from .checkpoint import Checkpoint
 from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
-
-def _rope_theta(config: dict) -> float:
-    return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
-
 
 class Block(nn.Module):
     def __init__(self, get, prefix: str, quantize: str, skinny: bool):
@@ -74,7 +71,7 @@ class Llama(nn.Module):
         head = None if tied else "lm_head.weight"
         self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
         # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
-        inv_freq = 1.0 / (_rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()

@@ -49,10 +49,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .architectures import GRAPH_FILE, model_shape, native_family, read_config
+from .architectures import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
 
-GRAPH_VERSION = 4  # bump whenever the graph built for the same inputs changes
+GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
@@ -207,8 +207,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
 def rotary_tables(config: dict, head_dim: int, positions: int):
     """cos and sin [positions, head_dim / 2] for rotate-half RoPE, in float32 as transformers computes
     them (angle = position / theta^(2i / head_dim))."""
-    theta = float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
-    inv_freq = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
+    inv_freq = (1.0 / (rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
     angles = np.outer(np.arange(positions, dtype=np.float32), inv_freq).astype(np.float32)
     return np.cos(angles), np.sin(angles)
 
@@ -229,6 +228,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     x = _embedding(g, "embed_tokens", embed, quantize)
     cos, sin = rotary_tables(config, head_dim, shape.context)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
+    ffn = config["intermediate_size"]
+    split_gate_up = g.weight("gate_up_split", np.array([ffn, ffn], dtype=np.int64))
     split_qkv = g.weight("qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
     h = g.op("SimplifiedLayerNormalization", [x, g.weight("layers.0.input_layernorm.weight", w("layers.0.input_layernorm.weight"))], epsilon=eps, axis=-1)
     residual = x
@@ -252,8 +253,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         skip_inputs = [projected, residual, norm_w, None if o_bias is None else g.weight(attn + "o_proj.bias", o_bias)]
         h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", skip_inputs, 4, domain=MS, epsilon=eps)
         # SwiGLU: silu(gate) * up, then down.
-        gate = _linear(g, h, mlp + "gate_proj", w(mlp + "gate_proj.weight").T)
-        up = _linear(g, h, mlp + "up_proj", w(mlp + "up_proj.weight").T)
+        # One fused gate/up projection, as llama.py has it: one matmul (one pass over h) instead of two.
+        gate_up_w = np.concatenate([w(mlp + "gate_proj.weight"), w(mlp + "up_proj.weight")]).T
+        gate, up = g.op("Split", [_linear(g, h, mlp + "gate_up_proj", gate_up_w), split_gate_up], 2, axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         pending = _linear(g, g.op("Mul", [silu, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)
     norm_w = g.weight("norm.weight", w("norm.weight"))
