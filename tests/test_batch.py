@@ -18,17 +18,18 @@ def alone(model, prompt, continuation):
     """Logits after the prompt, then after each continuation token: one row, nothing else running."""
     batch = Batch(model, chunk_tokens=10_000)
     batch.add(["alone"], [prompt])
-    logits = [finish_prefill(batch)[1][0]]
+    logits = [finish_prefill(batch)[0]]
     for token in continuation:
         logits.append(batch.step([token])[0])
     return logits
 
 
 def finish_prefill(batch):
+    """The joined rows' next-token logits, once every prompt of the group is prefilled."""
     while True:
-        joined = batch.prefill_step()
-        if joined is not None:
-            return joined
+        logits = batch.prefill_step()
+        if logits is not None:
+            return logits
 
 
 def close(a, b):
@@ -45,12 +46,12 @@ def test_rows_of_different_widths_join_and_match_separate_runs(model):
     expect_a, expect_b = alone(model, A, STEPS), alone(model, B, STEPS[:3])
     batch = Batch(model)
     batch.add(["a"], [A])
-    rows, logits = finish_prefill(batch)
-    assert rows == ["a"] and close(logits[0], expect_a[0])
+    logits = finish_prefill(batch)
+    assert batch.rows == ["a"] and close(logits[0], expect_a[0])
     got_a = [batch.step([STEPS[0]])[0], batch.step([STEPS[1]])[0]]
     batch.add(["b"], [B])  # a longer prompt joins a row already 7 positions in
-    rows, logits = finish_prefill(batch)
-    assert rows == ["b"] and batch.rows == ["a", "b"] and close(logits[0], expect_b[0])
+    logits = finish_prefill(batch)
+    assert batch.rows == ["a", "b"] and close(logits[0], expect_b[0])
     for i in range(3):
         both = batch.step([STEPS[2 + i], STEPS[i]])
         got_a.append(both[0])
@@ -62,9 +63,9 @@ def test_keeping_a_subset_keeps_each_rows_own_cache(model):
     expected = {name: alone(model, p, STEPS) for name, p in (("a", A), ("b", B), ("c", C))}
     batch = Batch(model)
     batch.add(["a", "b", "c"], [A, B, C])  # prefilled together, right-padded to B's width
-    rows, logits = finish_prefill(batch)
-    assert rows == ["a", "b", "c"]
-    for i, name in enumerate(rows):
+    logits = finish_prefill(batch)
+    assert batch.rows == ["a", "b", "c"]
+    for i, name in enumerate(batch.rows):
         assert close(logits[i], expected[name][0])
     batch.step([STEPS[0]] * 3)
     batch.remove(["a"])  # c moves into a's slot
@@ -91,7 +92,7 @@ def test_chunked_prefill_equals_one_pass_and_decode_goes_on_between_chunks(model
             break
         got_a.append(batch.step([STEPS[len(got_a)]])[0])
     assert chunks == 5  # 37 tokens in chunks of 8
-    assert close(joined[1][0], expected_long[0])
+    assert close(joined[0], expected_long[0])
     assert all(close(g, e) for g, e in zip(got_a, expected_a[1:]))
     out = batch.step([STEPS[len(got_a)], STEPS[0]])
     assert close(out[0], expected_a[len(got_a) + 1]) and close(out[1], expected_long[1])
@@ -105,8 +106,8 @@ def test_a_row_leaving_during_a_prefill_moves_the_group_down(model):
     batch.add(["b", "c"], [B, C])
     assert batch.prefill_step() is None  # two rows of 2 tokens each: not done yet
     batch.remove(["a"])  # the group's slots shift down under it
-    rows, logits = finish_prefill(batch)
-    assert rows == ["b", "c"] and close(logits[0], expected_b[0]) and close(logits[1], expected_c[0])
+    logits = finish_prefill(batch)
+    assert batch.rows == ["b", "c"] and close(logits[0], expected_b[0]) and close(logits[1], expected_c[0])
     out = batch.step([STEPS[0], STEPS[0]])
     assert close(out[0], expected_b[1]) and close(out[1], expected_c[1])
 

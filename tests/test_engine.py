@@ -13,8 +13,8 @@ from textgen.errors import Cancelled, Overloaded, QueueTimeout, Unavailable, Val
 from textgen.validation import validate_generate
 
 
-def request(settings, prompt="Hello world", **parameters):
-    return validate_generate({"inputs": prompt, "parameters": parameters}, settings)
+def request(settings, prompt="Hello world", stream=False, **parameters):
+    return validate_generate({"inputs": prompt, "parameters": parameters}, settings, stream=stream)
 
 
 def run(engine, prompt="Hello world", **parameters):
@@ -112,7 +112,7 @@ def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
         return real_forward(tokens, *args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", counting)
-    busy = engine.submit(request(engine.settings, max_new_tokens=200, do_sample=False))
+    busy = engine.submit(request(engine.settings, max_new_tokens=200, do_sample=False, stream=True))
     next(busy.events())  # the engine is decoding: what arrives now waits for the next iteration together
     handles = [engine.submit(request(engine.settings, b.pop("prompt"), **b)) for b in [dict(x) for x in bodies]]
     together = [h.result() for h in handles]
@@ -164,7 +164,7 @@ def test_length_finish(engine):
 
 def test_eos_finish(make_engine):
     engine = make_engine()
-    first_token = engine.submit(request(engine.settings, max_new_tokens=5, do_sample=False))
+    first_token = engine.submit(request(engine.settings, max_new_tokens=5, do_sample=False, stream=True))
     tokens = [e.id for e in first_token.events() if isinstance(e, TokenEvent)]
     engine.eos_token_ids = {tokens[2]}  # a model whose EOS is the third token it generates
     result = run(engine, max_new_tokens=5, do_sample=False)
@@ -200,20 +200,31 @@ def test_total_tokens_never_exceed_the_model_context(make_engine):
     assert engine.max_input_tokens == 255
 
 
-def test_token_events_then_result(engine):
-    handle = engine.submit(request(engine.settings, max_new_tokens=6, do_sample=False))
+def test_a_stream_gets_token_events_then_the_result(engine):
+    handle = engine.submit(request(engine.settings, max_new_tokens=6, do_sample=False, stream=True))
     events = list(handle.events())
     tokens, result = events[:-1], events[-1]
     assert [e.index for e in tokens] == [1, 2, 3, 4, 5, 6]
     assert [e.last for e in tokens] == [False] * 5 + [True]
     assert all(isinstance(e.logprob, float) and e.logprob <= 0 for e in tokens)
     assert isinstance(result, GenerationResult)
-    assert "".join(e.text for e in tokens) == result.text
+    assert "".join(e.text for e in tokens) == "".join(e.released for e in tokens) == result.text
+
+
+def test_a_blocking_request_is_woken_once_with_the_same_text(engine):
+    """No events per token for a caller that only wants the result: one wake-up, and the text decoded
+    at the end equals the streamed one, for sampled tokens (any bytes) and greedy ones."""
+    for parameters in ({"do_sample": False}, {"seed": 7, "temperature": 1.5}, {"seed": 3, "top_k": 5}):
+        handle = engine.submit(request(engine.settings, max_new_tokens=30, **parameters))
+        events = list(handle.events())
+        assert len(events) == 1 and isinstance(events[0], GenerationResult)
+        streamed = engine.submit(request(engine.settings, max_new_tokens=30, stream=True, **parameters)).result()
+        assert events[0] == streamed
 
 
 def test_cancel_frees_the_slot_within_a_few_steps(make_engine):
     engine = make_engine()
-    handle = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False))
+    handle = engine.submit(request(engine.settings, max_new_tokens=250, do_sample=False, stream=True))
     events = handle.events()
     next(events)  # it is running
     handle.cancel()

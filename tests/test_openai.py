@@ -115,7 +115,7 @@ def test_chat_renders_the_template_and_streams(chat_live):
     client = sdk(url)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     whole = client.chat.completions.create(model="m", messages=messages, max_tokens=6, temperature=0)
-    prompt = engine.chat_prompt(messages)
+    prompt = engine.prompts.chat_prompt(messages)
     assert prompt.endswith("<|im_start|>assistant\n") and "Be brief." in prompt
     tgi = requests.post(url + "/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": 6, "do_sample": False}})
     assert whole.choices[0].message.content == tgi.json()["generated_text"]

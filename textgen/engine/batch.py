@@ -4,7 +4,7 @@ sit in the KV cache, and the prompts being prefilled. The engine's loop only sch
 Row i of the batch lives in cache slot i. A group of new rows is prefilled into the slots after the
 decoding rows, at most `chunk_tokens` prompt tokens per forward pass, so a long prompt never freezes
 the running streams for longer than one chunk; when the whole group is prefilled it joins the batch
-(`prefill_step` returns its rows and their next-token logits). Rows leave with `remove`: the last rows
+(`prefill_step` returns their next-token logits, in the group's order). Rows leave with `remove`: the last rows
 move into the holes, so the rest never moves.
 
 Rows are opaque to the batch (the engine's request state); it only needs each row's prompt. The model
@@ -13,7 +13,7 @@ is any `CausalLM` (model/contract.py): numpy in, numpy out.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -52,9 +52,9 @@ class Batch:
         self._done = [0] * len(rows)
         self._logits = [None] * len(rows)
 
-    def prefill_step(self) -> Optional[Tuple[List[object], np.ndarray]]:
+    def prefill_step(self) -> Optional[np.ndarray]:
         """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
-        group joins the decoding rows and this returns (those rows, their next-token logits)."""
+        group joins the decoding rows (in its order) and this returns their next-token logits."""
         k = len(self.group)
         per_row = max(1, self.chunk_tokens // k)
         take = np.array([min(len(p) - d, per_row) for p, d in zip(self._prompts, self._done)], dtype=np.int64)
@@ -73,11 +73,11 @@ class Batch:
             self._logits[i] = logits[i].copy()  # a backend may reuse its output buffer on the next call
         if any(d < len(p) for d, p in zip(self._done, self._prompts)):
             return None
-        joined, joined_logits = self.group, np.stack(self._logits)
-        self.rows.extend(joined)
+        joined_logits = np.stack(self._logits)
+        self.rows.extend(self.group)
         self.lengths.extend(self._done)
         self.group, self._prompts, self._done, self._logits = [], [], [], []
-        return joined, joined_logits
+        return joined_logits
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""

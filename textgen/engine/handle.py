@@ -1,6 +1,7 @@
 """What a transport holds while the engine works on its request: a stream of events ending in a result.
 
-Blocking callers call `result()`; streaming callers iterate. Either may `cancel()`; the engine drops the
+Streaming callers iterate over token events and the result; blocking callers call `result()`, and the
+engine sends them nothing else (their thread wakes once). Either may `cancel()`; the engine drops the
 request from its batch at the next step. Nothing here touches torch.
 """
 
@@ -19,9 +20,12 @@ from ..errors import Cancelled, ServiceError
 class TokenEvent:
     index: int  # 1-based position of the token among the generated ones (TGI's numbering)
     id: int
-    text: str  # the text this token adds (may be "" while a multi-byte character is incomplete)
-    logprob: float
+    text: str  # the token's own text (may be "" while a multi-byte character is incomplete)
+    logprob: Optional[float]
     special: bool
+    # The text this token adds to the answer: held back while it could still begin a stop sequence, never
+    # the stop sequence itself. Joined, the events' `released` texts are exactly the result's text.
+    released: str = ""
     last: bool = False  # the request's result follows at once (lets SSE put it on this token's event)
 
 

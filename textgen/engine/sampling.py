@@ -33,21 +33,26 @@ class RowSampling:
     generated_ids: List[int] = field(default_factory=list)  # what the frequency penalty counts
 
 
-def choose_next_tokens(logits: np.ndarray, rows: Sequence[RowSampling]) -> Tuple[List[int], List[float]]:
-    """logits: [batch, vocab] float32 for the last position. Returns (token ids, their log-probabilities)."""
-    logits = _apply_penalties(np.array(logits, dtype=np.float32), rows)  # a copy: the caller's stay as they are
+def choose_next_tokens(
+    logits: np.ndarray, rows: Sequence[RowSampling], want_logprobs: Optional[Sequence[bool]] = None
+) -> Tuple[List[int], List[Optional[float]]]:
+    """logits: [batch, vocab] float32 for the last position (left as they are). Returns (token ids, their
+    log-probabilities); a greedy row's log-probability costs a pass over the vocabulary, so it is only
+    computed where `want_logprobs` (default: every row) says so, else None."""
+    logits = _apply_penalties(logits, rows)
     vocab = logits.shape[-1]
     tokens: List[int] = [0] * len(rows)
-    logprobs: List[float] = [0.0] * len(rows)
+    logprobs: List[Optional[float]] = [None] * len(rows)
 
     greedy = [i for i, r in enumerate(rows) if not r.do_sample]
     if greedy:
         # Greedy: the most likely token; its log-probability under the (penalised) distribution.
-        scores = logits[greedy]
+        scores = logits if len(greedy) == len(rows) else logits[greedy]
         best = scores.argmax(axis=-1)
-        best_logprobs = np.take_along_axis(log_softmax(scores), best[:, None], axis=-1)[:, 0]
         for j, i in enumerate(greedy):
-            tokens[i], logprobs[i] = int(best[j]), float(best_logprobs[j])
+            tokens[i] = int(best[j])
+            if want_logprobs is None or want_logprobs[i]:
+                logprobs[i] = float(scores[j, best[j]] - _logsumexp(scores[j]))
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
@@ -56,7 +61,8 @@ def choose_next_tokens(logits: np.ndarray, rows: Sequence[RowSampling]) -> Tuple
         if with_k:
             # Top-k first (temperature does not change the order), so everything after it works on
             # k candidates instead of the whole vocabulary.
-            cand_scores, cand_ids = _top_k_candidates(logits[with_k], [rows[i].top_k for i in with_k])
+            scores = logits if len(with_k) == len(rows) else logits[with_k]
+            cand_scores, cand_ids = _top_k_candidates(scores, [rows[i].top_k for i in with_k])
             _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, tokens, logprobs)
         if without_k:
             full = _with_temperature(logits[without_k], rows, without_k)
@@ -69,6 +75,11 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     """Along the last axis; -inf scores stay -inf. The maximum is subtracted first, so exp never overflows."""
     shifted = scores - scores.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _logsumexp(row: np.ndarray) -> float:
+    top = row.max()
+    return float(top + np.log(np.exp(row - top).sum()))
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -84,36 +95,78 @@ def _with_temperature(scores: np.ndarray, rows, which: List[int]) -> np.ndarray:
     return scores / np.array(temps, dtype=scores.dtype)[:, None]
 
 
-def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List[float]) -> None:
+def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List[Optional[float]]) -> None:
     """Nucleus and typical filtering, then one draw per row from its own generator."""
     scores = _top_p(scores, [rows[i].top_p for i in which])
     scores = _typical_p(scores, [rows[i].typical_p for i in which])
     log_probs = log_softmax(scores)
+    # float64 and renormalised, then the cumulative sum `Generator.choice(p=...)` would build, for all rows
+    # in one operation: each row's draw below is exactly choice's (the same number from its generator).
+    probs = np.exp(log_probs.astype(np.float64))
+    cdf = (probs / probs.sum(axis=-1, keepdims=True)).cumsum(axis=-1)
     for j, i in enumerate(which):
         # Only the row's own candidates take part, so the draw is the same whatever else is in the batch.
         width = rows[i].top_k if 0 < rows[i].top_k < log_probs.shape[-1] else log_probs.shape[-1]
-        row_log_probs = log_probs[j, :width]
-        # float64 and renormalised: `choice` wants probabilities summing to 1 closer than float32 does.
-        probs = np.exp(row_log_probs.astype(np.float64))
-        pick = int(rows[i].generator.choice(width, p=probs / probs.sum()))
-        tokens[i], logprobs[i] = int(ids[j, pick]), float(row_log_probs[pick])
+        row_cdf = cdf[j, :width] / cdf[j, width - 1]
+        pick = int(row_cdf.searchsorted(rows[i].generator.random(), side="right"))
+        tokens[i], logprobs[i] = int(ids[j, pick]), float(log_probs[j, pick])
 
 
 def _top_k_candidates(scores: np.ndarray, ks: List[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """Each row's k best scores (sorted, best first) and their token ids; -inf past a row's own k."""
+    """Each row's k best scores (sorted, best first; ties by token id) and their token ids; -inf past a
+    row's own k."""
     k = max(ks)
-    # A partial sort finds the k best in linear time; only those k are sorted.
-    ids = np.argpartition(-scores, k - 1, axis=-1)[:, :k]
+    rows, vocab = scores.shape
+    ids = _k_best_ids(scores, k)
     values = np.take_along_axis(scores, ids, axis=-1)
-    order = np.argsort(-values, axis=-1, kind="stable")
+    # Best first; equal scores in token order, so a row's candidates never depend on its neighbours.
+    order = np.lexsort((ids, -values), axis=-1)
     ids, values = np.take_along_axis(ids, order, axis=-1), np.take_along_axis(values, order, axis=-1)
     beyond = np.arange(k)[None, :] >= np.array(ks)[:, None]
     return np.where(beyond, -np.inf, values).astype(scores.dtype), ids
 
 
+# Tokens per group when bounding the k-th best score from group maxima (see _k_best_ids).
+_GROUP = 64
+
+
+def _k_best_ids(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ids of each row's k best scores (unordered; of equal scores at the cut, the lowest ids).
+
+    A partial sort of the whole vocabulary per row (argpartition) costs ~0.2 ms for GPT-2's 50,257 tokens;
+    instead, the vocabulary is cut into 785 groups of 64 tokens and the k-th best of the group maxima is
+    a score that at least k tokens reach (the maxima of those k groups), so only the few tokens at or
+    above it are candidates: one vectorised pass instead of a sort (~0.04 ms a row)."""
+    rows, vocab = scores.shape
+    groups = vocab // _GROUP
+    if groups <= k:  # small vocabularies: the plain way
+        return np.sort(np.argpartition(-scores, k - 1, axis=-1)[:, :k], axis=-1)
+    group_max = scores[:, : groups * _GROUP].reshape(rows, _GROUP, groups).max(axis=1)
+    bound = np.partition(group_max, groups - k, axis=-1)[:, groups - k]
+    flat = np.flatnonzero(scores >= bound[:, None])  # row-major: row by row, each in token order
+    row_of, token = np.divmod(flat, vocab)
+    counts = np.bincount(row_of, minlength=rows)
+    if counts.min() < k:  # only NaN scores can break the bound; the plain way then
+        return np.sort(np.argpartition(-scores, k - 1, axis=-1)[:, :k], axis=-1)
+    values = scores[row_of, token]
+    # Per row, its candidates best first (ties: lowest id); the first k of each row are its k best.
+    order = np.lexsort((token, -values, row_of))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return token[order[starts[:, None] + np.arange(k)[None, :]]]
+
+
 def _apply_penalties(logits: np.ndarray, rows: Sequence[RowSampling]) -> np.ndarray:
-    """In place on `logits`, which it returns."""
-    for i, r in enumerate(rows):
+    """The logits with each row's penalties applied: a copy when any row has one, else `logits` itself."""
+    penalised = [
+        i
+        for i, r in enumerate(rows)
+        if (r.repetition_penalty != 1.0 and r.seen_ids) or (r.frequency_penalty != 0.0 and r.generated_ids)
+    ]
+    if not penalised:
+        return logits
+    logits = np.array(logits, dtype=np.float32)  # the caller's stay as they are
+    for i in penalised:
+        r = rows[i]
         if r.repetition_penalty != 1.0 and r.seen_ids:
             # CTRL's repetition penalty, as transformers applies it: tokens already present become less likely.
             ids = np.array(r.seen_ids, dtype=np.int64)

@@ -109,7 +109,7 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     try:
         handle = engine.submit(request)
         try:
-            result = _consume(handle, request, stream=args.stream and not args.json)
+            result = _consume(handle, stream=args.stream and not args.json)
         except KeyboardInterrupt:
             handle.cancel()
             return 130
@@ -135,26 +135,17 @@ def _validate(args: argparse.Namespace, settings: Settings):
     return validate_generate(body, settings, stream=args.stream)
 
 
-def _consume(handle, request, stream: bool):
-    """Wait for the result; with `stream`, print the text as it comes, ending exactly as the result's text."""
+def _consume(handle, stream: bool):
+    """Wait for the result; with `stream`, print the text as it comes (joined, exactly the result's text)."""
     from ..engine import GenerationResult
 
-    # Token events carry a stop sequence's text before the engine cuts it from the result. The token that
-    # completes one is the last (the result follows it); before that, hold back the last (longest stop - 1)
-    # characters, where a stop sequence completed later could start. The result then prints the rest.
-    hold = max((len(s) for s in request.stop), default=1) - 1
-    seen, printed = "", 0
     for event in handle.events():
         if isinstance(event, GenerationResult):
             if stream:
-                _write(event.text[printed:] + "\n")
+                _write("\n")
             return event
-        if stream and not event.last:
-            seen += event.text
-            safe = len(seen) - hold
-            if safe > printed:
-                _write(seen[printed:safe])
-                printed = safe
+        if stream and event.released:
+            _write(event.released)  # held back by the engine while it could begin a stop sequence
     raise AssertionError("event stream ended without a result")  # pragma: no cover - events() always ends so
 
 

@@ -1,6 +1,7 @@
 """Validation: a request body (TGI's form, the seed's, or OpenAI's) -> one `GenerationRequest`, or a
-named error. Pure: no Flask, no torch. `tgi` holds the rules and the request every transport hands to
-the engine; `openai_forms` translates OpenAI's bodies into TGI's parameters and reuses them."""
+named error; then its prompt as tokens within the token limits. Pure: no Flask, no torch. `tgi` holds
+the rules and the request every transport hands to the engine; `openai_forms` translates OpenAI's
+bodies into TGI's parameters and reuses them; `tokens` owns the tokenizer on the request's side."""
 
 from .tgi import (
     MAX_SEED,
@@ -8,12 +9,14 @@ from .tgi import (
     GenerationRequest,
     Parameters,
     PromptRequest,
+    TGI_FIELDS,
+    FieldNames,
     TGIRequest,
-    kept_prompt_tokens,
     parse_json_body,
     parse_model,
     validate_generate,
 )
+from .tokens import PromptTokens, TokenizedRequest, kept_prompt_tokens
 
 __all__ = [
     "MAX_SEED",
@@ -22,6 +25,10 @@ __all__ = [
     "Parameters",
     "PromptRequest",
     "TGIRequest",
+    "TGI_FIELDS",
+    "FieldNames",
+    "PromptTokens",
+    "TokenizedRequest",
     "kept_prompt_tokens",
     "parse_json_body",
     "parse_model",

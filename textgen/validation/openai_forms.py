@@ -12,11 +12,19 @@ from typing import Annotated, Any, Callable, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..errors import BadRequest, ValidationError
+from ..errors import BadRequest
 from ..settings import Settings
-from .tgi import MAX_SEED, MAX_STOP_SEQUENCES, GenerationRequest, NonEmpty, OptionalInteger, _whole_number, parse_model, validate_generate
-
-
+from .tgi import (
+    MAX_SEED,
+    MAX_STOP_SEQUENCES,
+    FieldNames,
+    GenerationRequest,
+    NonEmpty,
+    OptionalInteger,
+    _whole_number,
+    parse_model,
+    validate_generate,
+)
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -83,13 +91,9 @@ def chat_request(
     return parsed, _generation(prompt, parsed, settings, return_full_text=False, chat=True)
 
 
-def tgi_names_to_openai(error: ValidationError, chat: bool) -> ValidationError:
-    """TGI's validation (and the engine's token limits) name TGI's fields; say the OpenAI field sent."""
-    names = {"max_new_tokens": "max_tokens", "inputs": "messages" if chat else "prompt"}
-    message = error.message
-    for tgi_name, openai_name in names.items():
-        message = message.replace(f"`{tgi_name}`", f"`{openai_name}`")
-    return ValidationError(message, names.get(error.param, error.param))
+def openai_fields(chat: bool) -> FieldNames:
+    """OpenAI's names for the prompt and the token budget: what its clients sent, in every message."""
+    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens")
 
 
 def _parse(model: type[BaseModel], body: Any):
@@ -114,8 +118,6 @@ def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_
         **sampling,
     }
     parameters = {k: v for k, v in parameters.items() if v is not None}
-    try:
-        return validate_generate({"inputs": prompt, "parameters": parameters}, settings, stream=o.stream)
-    except ValidationError as error:
-        raise tgi_names_to_openai(error, chat) from None
+    body = {"inputs": prompt, "parameters": parameters}
+    return validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
 

@@ -37,6 +37,17 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 @dataclass(frozen=True)
+class FieldNames:
+    """What the client called the prompt and the token budget, so that messages name its own fields."""
+
+    prompt: str = "inputs"
+    max_new_tokens: str = "max_new_tokens"
+
+
+TGI_FIELDS = FieldNames()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A request with every default applied and every limit that needs no tokenizer checked."""
 
@@ -121,10 +132,13 @@ def parse_json_body(raw: bytes) -> Any:
         raise BadRequest(f"Malformed JSON: {str(exc).split(';')[0]}") from None
 
 
-def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = None) -> GenerationRequest:
+def validate_generate(
+    body: Any, settings: Settings, stream: Optional[bool] = None, fields: Optional[FieldNames] = None
+) -> GenerationRequest:
     """Turn a decoded JSON body into a `GenerationRequest` (defaults applied), or raise a named error.
 
-    `stream` forces streaming on (the /generate_stream route) regardless of the body's own flag.
+    `stream` forces streaming on (the /generate_stream route) regardless of the body's own flag;
+    `fields` names the prompt and token budget as the client's protocol does (OpenAI's forms).
     """
     if not isinstance(body, dict):
         raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}")
@@ -136,19 +150,21 @@ def validate_generate(body: Any, settings: Settings, stream: Optional[bool] = No
     else:
         parsed = parse_model(TGIRequest, body)
         prompt, params, body_stream = parsed.inputs, parsed.parameters, parsed.stream
-    return _apply_defaults(prompt, params, settings, body_stream if stream is None else stream)
+    if fields is None:
+        fields = FieldNames(prompt="prompt" if "prompt" in body else "inputs")
+    return _apply_defaults(prompt, params, settings, body_stream if stream is None else stream, fields)
 
 
-def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool) -> GenerationRequest:
-    field = "prompt" if isinstance(p, PromptRequest) else "inputs"
+def _apply_defaults(
+    prompt: str, p: Parameters, settings: Settings, stream: bool, fields: FieldNames
+) -> GenerationRequest:
     if not prompt:
-        raise ValidationError(f"`{field}` cannot be empty", field)
+        raise ValidationError(f"`{fields.prompt}` cannot be empty", fields.prompt)
     _reject_unsupported(p)
     max_new_tokens = settings.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
     if max_new_tokens > settings.max_new_tokens_limit:
-        raise ValidationError(
-            f"`max_new_tokens` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}", "max_new_tokens"
-        )
+        name = fields.max_new_tokens
+        raise ValidationError(f"`{name}` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}", name)
     if any(s == "" for s in p.stop):
         raise ValidationError("`stop` sequences cannot be empty strings", "stop")
 
@@ -178,38 +194,6 @@ def _apply_defaults(prompt: str, p: Parameters, settings: Settings, stream: bool
         stream=stream,
         **sampling,
     )
-
-
-def kept_prompt_tokens(
-    prompt_tokens: int, request: GenerationRequest, max_input_tokens: int, max_total_tokens: int
-) -> int:
-    """Check the token-count limits once the prompt is tokenized; return how many prompt tokens to keep.
-
-    Kept here (pure) so the rules and their wording live beside the others; the engine calls it because
-    only the engine holds the tokenizer.
-    """
-    if prompt_tokens == 0:
-        raise ValidationError("`inputs` cannot be empty", "inputs")
-    if request.truncate is not None:
-        if request.truncate > max_input_tokens:
-            raise ValidationError(
-                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {request.truncate}",
-                "truncate",
-            )
-        kept = min(prompt_tokens, request.truncate)
-    else:
-        if prompt_tokens > max_input_tokens:
-            raise ValidationError(
-                f"`inputs` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}", "inputs"
-            )
-        kept = prompt_tokens
-    if kept + request.max_new_tokens > max_total_tokens:
-        raise ValidationError(
-            f"`inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
-            f"Given: {kept} `inputs` tokens and {request.max_new_tokens} `max_new_tokens`",
-            "max_new_tokens",
-        )
-    return kept
 
 
 def _default(value, default):

@@ -14,8 +14,8 @@ from typing import Iterator, Optional
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import GenerationResult, Handle, TokenEvent
-from ...errors import ServiceError, ValidationError
-from ...validation.openai_forms import chat_request, completion_request, tgi_names_to_openai
+from ...errors import ServiceError
+from ...validation.openai_forms import chat_request, completion_request, openai_fields
 from ..responses import result_body, timing_headers
 from .access import require_key
 from .body import json_body
@@ -49,16 +49,13 @@ def chat_completions():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
     body = json_body()
-    options, gen_request = chat_request(body, settings, engine.chat_prompt)
+    options, gen_request = chat_request(body, settings, engine.prompts.chat_prompt)
     return _answer(options, gen_request, chat=True)
 
 
 def _answer(options, gen_request, chat: bool):
     engine = current_app.extensions["textgen.engine"]
-    try:
-        handle = engine.submit(gen_request, request_id=g.request_id)
-    except ValidationError as error:  # token limits, checked once the prompt is tokenized
-        raise tgi_names_to_openai(error, chat) from None
+    handle = engine.submit(gen_request, request_id=g.request_id, fields=openai_fields(chat))
     shape = _Shape(chat, current_app.extensions["textgen.settings"].model_name, g.request_id)
     if gen_request.stream:
         include_usage = bool(options.stream_options and options.stream_options.include_usage)
@@ -80,22 +77,12 @@ def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -
                 yield _sse(shape.chunk({"role": "assistant", "content": ""}, None))
             elif gen_request.return_full_text:  # echo: the prompt comes first
                 yield _sse(shape.chunk(gen_request.prompt, None))
-            # Text that could be the start of a stop sequence is held back until it is known not to be,
-            # so the streamed text is exactly the complete answer's (the stop sequence itself is cut).
-            hold = max((len(s) for s in gen_request.stop), default=1) - 1
-            text, sent = "", 0
             for event in handle.events(should_cancel=gone):
                 if isinstance(event, TokenEvent):
-                    if event.last:
-                        continue  # the result follows at once, its text cut before any stop sequence
-                    text += event.text
-                    end = len(text) - hold
-                else:  # the result: its text is final
-                    text, end = event.text, len(event.text)
-                if end > sent:
-                    piece, sent = text[sent:end], end
-                    yield _sse(shape.chunk({"content": piece} if shape.chat else piece, None))
-                if isinstance(event, TokenEvent):
+                    # Text that could still begin a stop sequence is held back by the engine until it is
+                    # known not to be: the streamed pieces join into exactly the complete answer.
+                    if event.released:
+                        yield _sse(shape.chunk({"content": event.released} if shape.chat else event.released, None))
                     continue
                 yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
                 if include_usage:

@@ -1,0 +1,120 @@
+"""Admission and the waiting line: who may enter, and which waiting requests join the batch next.
+
+`next_group` is the scheduling policy as a pure function of plain data (TGI's `queue.rs` `next_batch`
+is unit-tested the same way); `Queue` holds the line and the admission count behind one lock, for the
+request threads that `admit` and the engine thread that takes groups.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Iterable, List, Optional, Tuple
+
+from ..errors import Cancelled, Overloaded, QueueTimeout, ServiceError, Unavailable
+from ..validation import GenerationRequest
+from .handle import Handle
+
+
+@dataclass(eq=False)
+class Entry:
+    """An admitted request: what it asked for, its prompt ids, and the handle its caller waits on."""
+
+    handle: Handle
+    request: GenerationRequest
+    prompt_ids: Tuple[int, ...]
+    enqueued_at: float
+    request_id: Optional[str] = None
+
+
+@dataclass
+class Grouping:
+    """What `next_group` decided: the group to prefill now, who keeps waiting, and who is answered now."""
+
+    group: List[Entry] = field(default_factory=list)
+    waiting: List[Entry] = field(default_factory=list)
+    refused: List[Tuple[Entry, ServiceError]] = field(default_factory=list)
+
+
+def next_group(waiting: Iterable[Entry], room: int, chunk_tokens: int, now: float, queue_timeout: float) -> Grouping:
+    """The next prefill group: waiting requests in order while they fit in the batch (`room` rows) and,
+    together, in one prefill chunk (a longer prompt goes alone, chunk by chunk). First come, first
+    served: once a request is left waiting, nothing behind it joins. Cancelled requests, and those that
+    waited past `queue_timeout` seconds without joining, are refused."""
+    out = Grouping()
+    width, closed = 0, False
+    for entry in waiting:
+        wider = max(width, len(entry.prompt_ids))
+        if entry.handle.cancelled:
+            out.refused.append((entry, Cancelled("client disconnected")))
+        elif not closed and len(out.group) < room and (not out.group or wider * (len(out.group) + 1) <= chunk_tokens):
+            out.group.append(entry)
+            width = wider
+        elif now - entry.enqueued_at > queue_timeout:
+            out.refused.append((entry, QueueTimeout(f"Request waited more than {queue_timeout:g} s for a free slot")))
+        else:
+            closed = True
+            out.waiting.append(entry)
+    return out
+
+
+class Queue:
+    """The waiting line and the admission count (running + waiting, what `max_admitted` bounds)."""
+
+    def __init__(self, max_admitted: int):
+        self.max_admitted = max_admitted
+        self._cond = threading.Condition()
+        self._waiting: Deque[Entry] = collections.deque()
+        self._admitted = 0
+        self.closed = False
+
+    def admit(self, entry: Entry) -> None:
+        """Join the line, or Overloaded (429) at once when the service holds as many as it may."""
+        with self._cond:
+            if self.closed:
+                raise Unavailable("The server is shutting down")
+            if self._admitted >= self.max_admitted:
+                raise Overloaded()
+            self._admitted += 1
+            self._waiting.append(entry)
+            self._cond.notify()
+
+    def done(self) -> None:
+        """An admitted request got its answer (result or error): its place is free."""
+        with self._cond:
+            self._admitted -= 1
+
+    def wait_for_work(self, busy: bool) -> bool:
+        """(Engine thread.) Block while there is nothing to do (`busy`: rows in the batch); False once closed."""
+        with self._cond:
+            while not self.closed and not self._waiting and not busy:
+                self._cond.wait()
+            return not self.closed
+
+    def take(self, room: int, chunk_tokens: int, queue_timeout: float) -> Grouping:
+        """(Engine thread.) Apply `next_group` to the line; the caller answers the refused."""
+        with self._cond:
+            if not self._waiting:
+                return Grouping()
+            grouping = next_group(self._waiting, room, chunk_tokens, time.monotonic(), queue_timeout)
+            self._waiting = collections.deque(grouping.waiting)
+            return grouping
+
+    def close(self) -> None:
+        """No more admissions; wakes the engine thread, which then answers what is left (`drain`)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def drain(self) -> List[Entry]:
+        """(Engine thread, closed.) Those still waiting, taken out of the line to be answered."""
+        with self._cond:
+            self.closed = True
+            leftovers, self._waiting = list(self._waiting), collections.deque()
+            return leftovers
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {"waiting": len(self._waiting), "admitted": self._admitted}

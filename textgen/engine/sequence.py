@@ -1,0 +1,122 @@
+"""One request in the batch: its tokens, how it samples, its text, and when it is done.
+
+`Sequence.append` is the whole per-token update: record the token, stop on end-of-text, a stop
+sequence or `max_new_tokens`, and (for a streaming request only) emit the token's event with the text
+it releases. Text is made only where it is needed: a request that streams or has stop sequences is
+detokenized token by token; any other is decoded once, at its end.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import List, Optional
+
+import numpy as np
+
+from .detokenize import IncrementalDetokenizer, decode_generated
+from .handle import GenerationResult, TokenEvent
+from .queue import Entry
+from .sampling import RowSampling
+from .stop import StopMatcher
+
+
+class Sequence:
+    def __init__(self, entry: Entry, tokenizer, eos_token_ids: frozenset, special_token_ids: frozenset):
+        request = entry.request
+        self.entry = entry
+        self.handle = entry.handle
+        self.request = request
+        self._tokenizer = tokenizer
+        self._eos_token_ids = eos_token_ids
+        self._special_token_ids = special_token_ids
+        seed, generator = None, None
+        if request.do_sample:
+            seed = secrets.randbits(63) if request.seed is None else request.seed
+            # A generator per request: its tokens depend on its seed only, never on its neighbours.
+            generator = np.random.default_rng(seed)
+        self.seed = seed
+        self.sampling = RowSampling(
+            do_sample=request.do_sample,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            top_p=request.top_p,
+            typical_p=request.typical_p,
+            repetition_penalty=request.repetition_penalty,
+            frequency_penalty=request.frequency_penalty,
+            generator=generator,
+            # What the repetition penalty looks at: prompt and generated tokens (kept only when it applies).
+            seen_ids=list(entry.prompt_ids) if request.repetition_penalty != 1.0 else [],
+        )
+        self.generated: List[int] = self.sampling.generated_ids
+        self._track_seen = request.repetition_penalty != 1.0
+        self._stops = StopMatcher(request.stop) if request.stop else None
+        incremental = request.stream or self._stops is not None
+        self._detokenizer = IncrementalDetokenizer(tokenizer, entry.prompt_ids) if incremental else None
+        self.started_at = time.monotonic()  # joined the batch: queue time ends, compute time starts
+        self.next_token = 0  # the last token picked: the next decode step feeds it
+        self.finish_reason: Optional[str] = None
+        self.text = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, token: int, logprob: Optional[float]) -> None:
+        """Record one generated token; emit its event to a streaming caller; note when the request ends."""
+        self.generated.append(token)
+        if self._track_seen:
+            self.sampling.seen_ids.append(token)
+        self.next_token = token
+        is_eos = token in self._eos_token_ids
+        if is_eos:
+            self.finish_reason = "eos_token"
+        elif len(self.generated) >= self.request.max_new_tokens:
+            self.finish_reason = "length"
+        if self._detokenizer is None:
+            return
+        special = token in self._special_token_ids
+        piece = self._detokenizer.add(token)
+        if special:
+            piece = ""  # special tokens (EOS above all) never become part of the text
+        if self.finish_reason is not None:
+            piece += self._detokenizer.flush()  # release bytes held for an unfinished character
+        released = self._release(piece)
+        if self.request.stream:
+            event = TokenEvent(
+                index=len(self.generated),
+                id=token,
+                text=piece,
+                logprob=logprob,
+                special=special,
+                released=released,
+                last=self.finished,
+            )
+            self.handle._emit(event)
+
+    def _release(self, piece: str) -> str:
+        """The text this token adds to the answer, and the end of the request at a stop sequence."""
+        if self._stops is None:
+            self.text += piece
+            return piece
+        released, stopped = self._stops.push(piece)
+        if stopped:
+            self.finish_reason = "stop_sequence"
+        elif self.finish_reason is not None:
+            released += self._stops.flush()
+        self.text = self._stops.text
+        return released
+
+    def result(self) -> GenerationResult:
+        text = self.text
+        if self._detokenizer is None:
+            text = decode_generated(self._tokenizer, self.entry.prompt_ids, self.generated, self._special_token_ids)
+        return GenerationResult(
+            text=text,
+            finish_reason=self.finish_reason,
+            generated_tokens=len(self.generated),
+            prompt_tokens=len(self.entry.prompt_ids),
+            seed=self.seed,
+            queue_time=self.started_at - self.entry.enqueued_at,
+            compute_time=time.monotonic() - self.started_at,
+        )

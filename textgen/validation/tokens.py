@@ -1,0 +1,89 @@
+"""The second half of validation: the prompt as tokens, and the limits counted in tokens.
+
+Owns the tokenizer on the request threads' side (TGI's `validation.rs` does the same), so the engine
+receives a request whose prompt is already ids that fit; a rule broken here is answered in the
+request's own thread, before anything is queued. Pure apart from the tokenizer: no torch, no Flask.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Tuple
+
+from ..errors import BadRequest, ValidationError
+from .tgi import TGI_FIELDS, FieldNames, GenerationRequest
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizedRequest:
+    """A valid request with its prompt as the ids to prefill (cut to `truncate`)."""
+
+    request: GenerationRequest
+    prompt_ids: Tuple[int, ...]
+
+
+class PromptTokens:
+    """Tokenizes prompts and applies the token limits; renders chat messages with the model's template."""
+
+    def __init__(self, tokenizer, max_input_tokens: int, max_total_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_input_tokens = max_input_tokens
+        self.max_total_tokens = max_total_tokens
+        self._lock = threading.Lock()  # a fast tokenizer is not safe to share between request threads
+
+    @classmethod
+    def for_model(cls, tokenizer, context: int, max_total_tokens=None, max_input_tokens=None) -> "PromptTokens":
+        """Limits from the settings (None = TGI's defaults), never past the model's context."""
+        total = min(max_total_tokens or context, context)
+        return cls(tokenizer, min(max_input_tokens or total - 1, total - 1), total)
+
+    def tokenize(self, request: GenerationRequest, fields: FieldNames = TGI_FIELDS) -> TokenizedRequest:
+        with self._lock:
+            ids = self.tokenizer(request.prompt)["input_ids"]
+        kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens, fields)
+        return TokenizedRequest(request, tuple(ids[len(ids) - kept :]))  # `truncate` keeps the last tokens
+
+    def chat_prompt(self, messages: list) -> str:
+        """The messages rendered with the model's chat template, ready to generate the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadRequest("This model has no chat template; send a plain prompt to /v1/completions instead")
+        try:
+            with self._lock:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template's own checks (e.g. roles must alternate) raise here
+            raise ValidationError(f"`messages` cannot be rendered with the model's chat template: {exc}", "messages")
+
+
+def kept_prompt_tokens(
+    prompt_tokens: int,
+    request: GenerationRequest,
+    max_input_tokens: int,
+    max_total_tokens: int,
+    fields: FieldNames = TGI_FIELDS,
+) -> int:
+    """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep."""
+    prompt, new_tokens = fields.prompt, fields.max_new_tokens
+    if prompt_tokens == 0:
+        raise ValidationError(f"`{prompt}` cannot be empty", prompt)
+    if request.truncate is not None:
+        if request.truncate > max_input_tokens:
+            raise ValidationError(
+                f"`truncate` must be strictly positive and less than {max_input_tokens}. Given: {request.truncate}",
+                "truncate",
+            )
+        kept = min(prompt_tokens, request.truncate)
+    else:
+        if prompt_tokens > max_input_tokens:
+            raise ValidationError(
+                f"`{prompt}` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}", prompt
+            )
+        kept = prompt_tokens
+    if kept + request.max_new_tokens > max_total_tokens:
+        raise ValidationError(
+            f"`{prompt}` tokens + `{new_tokens}` must be <= {max_total_tokens}. "
+            f"Given: {kept} `{prompt}` tokens and {request.max_new_tokens} `{new_tokens}`",
+            new_tokens,
+        )
+    return kept
+
