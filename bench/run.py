@@ -58,7 +58,7 @@ from bench.harness import (  # noqa: E402
     service_env,
     wait_until_quiet,
 )
-from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
+from devtools.models import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
 
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
