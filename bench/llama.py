@@ -19,7 +19,7 @@ import time
 
 import requests
 
-from bench.harness import CACHE
+from devtools.benchmark import CACHE
 
 QUANTS = ("q8_0", "f32")
 

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.servers import free_port  # noqa: E402
-from bench.harness import (  # noqa: E402
+from devtools.benchmark import (  # noqa: E402
     Server,
     code_version,
     cpu_snapshot,

@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 
 from bench import llama  # noqa: E402
 from devtools.servers import free_port  # noqa: E402
-from bench.harness import (  # noqa: E402
+from devtools.benchmark import (  # noqa: E402
     CACHE,
     Server,
     code_version,

@@ -1,5 +1,5 @@
-"""What the benchmarks share: starting a server with its memory watched from the first instant, and
-stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
+"""What the benchmarks (bench/) share: starting a server with its memory watched from the first instant,
+and stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
 percentiles. Free ports and waiting for /health come from devtools/servers.py, shared with the tests.
 """
 
