@@ -44,7 +44,7 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import llama  # noqa: E402
+from devtools import llama_server  # noqa: E402
 from devtools.servers import free_port  # noqa: E402
 from devtools.benchmark import (  # noqa: E402
     CACHE,
@@ -141,7 +141,7 @@ def request_for(system: str):
         return service_request
     if system in NAIVE_THREADS:
         return naive_request
-    return llama.one_request
+    return llama_server.one_request
 
 
 # -- starting each system ----------------------------------------------------------------------------
@@ -155,9 +155,9 @@ def start(system: str, model_dir: str, args) -> Server:
         cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
                "--threads", str(NAIVE_THREADS[system]), "--timeout", "600"]
         return launch(cmd, port, service_env(model_dir, port))
-    ctx = llama.context_size(args.llama_parallel, args.max_new_tokens)
+    ctx = llama_server.context_size(args.llama_parallel, args.max_new_tokens)
     threads = args.llama_threads or len(os.sched_getaffinity(0))
-    cmd = llama.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
+    cmd = llama_server.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
     return launch(cmd, port)
 
 
@@ -166,8 +166,8 @@ def llama_system(args, model_dir: str) -> str:
     if args.llama_server_gguf:
         args.gguf = args.llama_server_gguf
         return "llama-server-" + os.path.splitext(os.path.basename(args.gguf))[0]
-    converter = args.llama_convert or llama.find_converter(args.llama_server)
-    args.gguf = llama.gguf_for(model_dir, args.llama_quant, converter)
+    converter = args.llama_convert or llama_server.find_converter(args.llama_server)
+    args.gguf = llama_server.gguf_for(model_dir, args.llama_quant, converter)
     return "llama-server-" + args.llama_quant
 
 
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
                         help="naive = the seed (one sync worker); llama-server comes with --llama-server")
     parser.add_argument("--llama-server", metavar="PATH", help="a llama-server binary: adds its row")
     parser.add_argument("--llama-server-gguf", metavar="FILE", help="serve this GGUF instead of converting")
-    parser.add_argument("--llama-quant", choices=llama.QUANTS, default="q8_0", help="GGUF type to convert to")
+    parser.add_argument("--llama-quant", choices=llama_server.QUANTS, default="q8_0", help="GGUF type to convert to")
     parser.add_argument("--llama-convert", metavar="PATH",
                         help="convert_hf_to_gguf.py (default: found in the source tree beside the binary's build)")
     parser.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")
