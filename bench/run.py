@@ -31,34 +31,34 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools import llama_server  # noqa: E402
-from devtools.servers import free_port  # noqa: E402
 from devtools.benchmark import (  # noqa: E402
-    CACHE,
+    PROMPTS,
+    RESULTS,
     Server,
     code_version,
     cpu_snapshot,
     launch,
+    machine,
     others_cpu_share,
     percentile,
+    prepare_model,
     service_cmd,
     service_env,
     wait_until_quiet,
 )
-from devtools.models import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
+from devtools.servers import free_port  # noqa: E402
 
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
@@ -71,38 +71,6 @@ SERVICE_MODES = {
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
 SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
 DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "service-torch-int8", "naive", "naive-threads"]
-RESULTS = os.path.join(ROOT, "bench", "results")
-PROMPTS = [
-    "Once upon a time",
-    "The future of artificial intelligence is",
-    "In a small village by the sea, an old fisherman",
-    "Technology and finance meet where",
-    "The best way to learn a new programming language is to",
-    "Scientists announced today that",
-    "My favourite recipe for a rainy afternoon",
-    "The history of the printing press shows",
-]
-
-
-def prepare_model(choice: str) -> tuple[str, str]:
-    """The model directory and how it was obtained: real DistilGPT2 when it can be downloaded."""
-    if choice not in ("auto", "random"):
-        return choice, "given"
-    if choice == "auto":
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download("distilbert/distilgpt2", allow_patterns=["*.json", "*.safetensors", "*.txt"]), "real"
-        except Exception as exc:  # offline: no Hub here
-            print(f"distilbert/distilgpt2 not downloadable ({type(exc).__name__}); using its exact shape, random weights")
-    target = os.path.join(CACHE, "distilgpt2-random")
-    if not os.path.exists(os.path.join(target, "model.safetensors")):
-        try:
-            vocab = fetch_gpt2_vocab(os.path.join(CACHE, "gpt2-vocab"))
-        except Exception:
-            vocab = None  # no npm: a trained tokenizer; the cost per token is the same
-        make_distilgpt2(target, vocab)
-    return target, "random weights, DistilGPT2 config"
 
 
 # -- one request, per protocol -----------------------------------------------------------------------
@@ -364,27 +332,6 @@ def _memory_bars(ax, rows, systems) -> None:
     ax.set_title("peak RSS since process start (MB)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-
-
-def machine() -> dict:
-    cpu = ""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not cpu:
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {
-        "summary": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
-        "cpu": cpu,
-        # int8 matmuls (FBGEMM, llama.cpp's q8_0) are much faster with these instructions.
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx2": "avx2" in flags,
-    }
 
 
 def main(argv=None) -> int:
