@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.run import prepare_model  # noqa: E402
+from devtools.benchmark import prepare_model  # noqa: E402
 from textgen.engine.batch import Batch  # noqa: E402
 from textgen.model.loader import load_model  # noqa: E402
 from textgen.settings import Settings  # noqa: E402

@@ -29,19 +29,22 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devtools.servers import free_port  # noqa: E402
-from bench.harness import (  # noqa: E402
+from devtools.benchmark import (  # noqa: E402
+    PROMPTS,
+    RESULTS,
     Server,
     code_version,
     cpu_snapshot,
     launch,
+    machine,
     others_cpu_share,
     percentile,
+    prepare_model,
     service_cmd,
     service_env,
     wait_until_quiet,
 )
-from bench.run import PROMPTS, RESULTS, machine, prepare_model  # noqa: E402
+from devtools.servers import free_port  # noqa: E402
 
 MODES = {"int8": "int8", "fp32": "none"}  # label -> QUANTIZE
 # "before": a chunk larger than any prompt, so each prompt (and a group of them) is one forward pass.

@@ -31,34 +31,34 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import llama  # noqa: E402
-from devtools.servers import free_port  # noqa: E402
-from bench.harness import (  # noqa: E402
-    CACHE,
+from devtools import llama_server  # noqa: E402
+from devtools.benchmark import (  # noqa: E402
+    PROMPTS,
+    RESULTS,
     Server,
     code_version,
     cpu_snapshot,
     launch,
+    machine,
     others_cpu_share,
     percentile,
+    prepare_model,
     service_cmd,
     service_env,
     wait_until_quiet,
 )
-from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
+from devtools.servers import free_port  # noqa: E402
 
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
@@ -71,38 +71,6 @@ SERVICE_MODES = {
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
 SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
 DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "service-torch-int8", "naive", "naive-threads"]
-RESULTS = os.path.join(ROOT, "bench", "results")
-PROMPTS = [
-    "Once upon a time",
-    "The future of artificial intelligence is",
-    "In a small village by the sea, an old fisherman",
-    "Technology and finance meet where",
-    "The best way to learn a new programming language is to",
-    "Scientists announced today that",
-    "My favourite recipe for a rainy afternoon",
-    "The history of the printing press shows",
-]
-
-
-def prepare_model(choice: str) -> tuple[str, str]:
-    """The model directory and how it was obtained: real DistilGPT2 when it can be downloaded."""
-    if choice not in ("auto", "random"):
-        return choice, "given"
-    if choice == "auto":
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download("distilbert/distilgpt2", allow_patterns=["*.json", "*.safetensors", "*.txt"]), "real"
-        except Exception as exc:  # offline: no Hub here
-            print(f"distilbert/distilgpt2 not downloadable ({type(exc).__name__}); using its exact shape, random weights")
-    target = os.path.join(CACHE, "distilgpt2-random")
-    if not os.path.exists(os.path.join(target, "model.safetensors")):
-        try:
-            vocab = fetch_gpt2_vocab(os.path.join(CACHE, "gpt2-vocab"))
-        except Exception:
-            vocab = None  # no npm: a trained tokenizer; the cost per token is the same
-        make_distilgpt2(target, vocab)
-    return target, "random weights, DistilGPT2 config"
 
 
 # -- one request, per protocol -----------------------------------------------------------------------
@@ -141,7 +109,7 @@ def request_for(system: str):
         return service_request
     if system in NAIVE_THREADS:
         return naive_request
-    return llama.one_request
+    return llama_server.one_request
 
 
 # -- starting each system ----------------------------------------------------------------------------
@@ -155,9 +123,9 @@ def start(system: str, model_dir: str, args) -> Server:
         cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
                "--threads", str(NAIVE_THREADS[system]), "--timeout", "600"]
         return launch(cmd, port, service_env(model_dir, port))
-    ctx = llama.context_size(args.llama_parallel, args.max_new_tokens)
+    ctx = llama_server.context_size(args.llama_parallel, args.max_new_tokens)
     threads = args.llama_threads or len(os.sched_getaffinity(0))
-    cmd = llama.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
+    cmd = llama_server.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
     return launch(cmd, port)
 
 
@@ -166,8 +134,8 @@ def llama_system(args, model_dir: str) -> str:
     if args.llama_server_gguf:
         args.gguf = args.llama_server_gguf
         return "llama-server-" + os.path.splitext(os.path.basename(args.gguf))[0]
-    converter = args.llama_convert or llama.find_converter(args.llama_server)
-    args.gguf = llama.gguf_for(model_dir, args.llama_quant, converter)
+    converter = args.llama_convert or llama_server.find_converter(args.llama_server)
+    args.gguf = llama_server.gguf_for(model_dir, args.llama_quant, converter)
     return "llama-server-" + args.llama_quant
 
 
@@ -366,27 +334,6 @@ def _memory_bars(ax, rows, systems) -> None:
     ax.legend(fontsize=8)
 
 
-def machine() -> dict:
-    cpu = ""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not cpu:
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {
-        "summary": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
-        "cpu": cpu,
-        # int8 matmuls (FBGEMM, llama.cpp's q8_0) are much faster with these instructions.
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx2": "avx2" in flags,
-    }
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="auto", help="auto | random | a model directory")
@@ -397,7 +344,7 @@ def main(argv=None) -> int:
                         help="naive = the seed (one sync worker); llama-server comes with --llama-server")
     parser.add_argument("--llama-server", metavar="PATH", help="a llama-server binary: adds its row")
     parser.add_argument("--llama-server-gguf", metavar="FILE", help="serve this GGUF instead of converting")
-    parser.add_argument("--llama-quant", choices=llama.QUANTS, default="q8_0", help="GGUF type to convert to")
+    parser.add_argument("--llama-quant", choices=llama_server.QUANTS, default="q8_0", help="GGUF type to convert to")
     parser.add_argument("--llama-convert", metavar="PATH",
                         help="convert_hf_to_gguf.py (default: found in the source tree beside the binary's build)")
     parser.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")

@@ -1,1 +1,3 @@
-"""Helpers that the tests and the benchmark share: free ports, waiting, starting and stopping servers."""
+"""What the tests, the benchmarks (bench/) and the scripts share, so that nothing imports bench/ or
+scripts/: real servers (servers.py), the models built here (models.py), the benchmarks' measures
+(benchmark.py) and llama.cpp's llama-server as a benchmark peer (llama_server.py)."""

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from devtools.models import make_tiny
 from devtools.servers import chromium_path
-from scripts.make_model import make_tiny
 from tests.models import add_chat_template
 from textgen.engine import Engine
 from textgen.model.loader import load_model

@@ -1,4 +1,4 @@
-"""Tiny Llama-family checkpoints built here (GPT-2's tiny one is scripts/make_model.make_tiny), and a
+"""Tiny Llama-family checkpoints built here (GPT-2's tiny one is devtools/models.make_tiny), and a
 chat template to give any of them."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from scripts.make_model import make_tiny
+from devtools.models import make_tiny
 from tests.lambda_events import http_v2, response_json
 from tests.lambda_runtime import RuntimeAPI
 from devtools.servers import ROOT, copy_tracked_files, wait_healthy

@@ -11,7 +11,7 @@ import sys
 import pytest
 import requests
 
-from scripts.make_model import make_tiny
+from devtools.models import make_tiny
 from tests.models import add_chat_template
 from devtools.servers import thread_server
 from textgen.engine import Engine

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from scripts.make_model import fetch_gpt2_vocab, make_distilgpt2
+from devtools.models import fetch_gpt2_vocab, make_distilgpt2
 from devtools.servers import ROOT, copy_tracked_files, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]

@@ -1,11 +1,14 @@
-"""What the benchmarks share: starting a server with its memory watched from the first instant, and
+"""What the benchmarks (bench/) share: the model they measure (real DistilGPT2, or its shape with random
+weights) and their prompts; starting a server with its memory watched from the first instant, and
 stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
-percentiles. Free ports and waiting for /health come from devtools/servers.py, shared with the tests.
+percentiles; the code and the machine measured. Free ports and waiting for /health come from
+devtools/servers.py, shared with the tests.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,10 +20,43 @@ from typing import Optional
 
 import psutil
 
+from devtools.models import fetch_gpt2_vocab, make_distilgpt2
 from devtools.servers import wait_healthy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "textgen")
+RESULTS = os.path.join(ROOT, "bench", "results")
+PROMPTS = [
+    "Once upon a time",
+    "The future of artificial intelligence is",
+    "In a small village by the sea, an old fisherman",
+    "Technology and finance meet where",
+    "The best way to learn a new programming language is to",
+    "Scientists announced today that",
+    "My favourite recipe for a rainy afternoon",
+    "The history of the printing press shows",
+]
+
+
+def prepare_model(choice: str) -> tuple[str, str]:
+    """The model directory and how it was obtained: real DistilGPT2 when it can be downloaded."""
+    if choice not in ("auto", "random"):
+        return choice, "given"
+    if choice == "auto":
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download("distilbert/distilgpt2", allow_patterns=["*.json", "*.safetensors", "*.txt"]), "real"
+        except Exception as exc:  # offline: no Hub here
+            print(f"distilbert/distilgpt2 not downloadable ({type(exc).__name__}); using its exact shape, random weights")
+    target = os.path.join(CACHE, "distilgpt2-random")
+    if not os.path.exists(os.path.join(target, "model.safetensors")):
+        try:
+            vocab = fetch_gpt2_vocab(os.path.join(CACHE, "gpt2-vocab"))
+        except Exception:
+            vocab = None  # no npm: a trained tokenizer; the cost per token is the same
+        make_distilgpt2(target, vocab)
+    return target, "random weights, DistilGPT2 config"
 
 
 def code_version() -> dict:
@@ -31,6 +67,28 @@ def code_version() -> dict:
 
     changed = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD"), "modified": [line[3:] for line in (changed or "").splitlines()]}
+
+
+def machine() -> dict:
+    """The machine measured: architecture, CPUs, memory, and the instructions int8 matmuls depend on."""
+    cpu = ""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not cpu:
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "summary": f"{platform.machine()}, {psutil.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30)} GiB",
+        "cpu": cpu,
+        # int8 matmuls (FBGEMM, llama.cpp's q8_0) are much faster with these instructions.
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx2": "avx2" in flags,
+    }
 
 
 def percentile(values, q: float) -> float:

@@ -1,4 +1,5 @@
-"""llama.cpp's llama-server as a benchmark peer: the GGUF it needs, its command line, one request.
+"""llama.cpp's llama-server as a benchmark peer (bench/run.py's llama-server rows): the GGUF it needs, its
+command line, one request.
 
 The GGUF is made from the same `save_pretrained` directory as the other rows, with the converter that
 ships in llama.cpp's source tree (vendored in the llama-cpp-python sdist), and cached under
@@ -19,7 +20,7 @@ import time
 
 import requests
 
-from bench.harness import CACHE
+from devtools.benchmark import CACHE
 
 QUANTS = ("q8_0", "f32")
 

@@ -1,0 +1,138 @@
+"""bench/ and scripts/ are leaves: what is there is run, never imported. What tests, benchmarks and scripts
+share lives in devtools/. The one exception: a test imports the script it tests.
+
+Every module is parsed with `ast` (nothing is imported or run), so this takes well under a second."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+from devtools.servers import ROOT
+
+LEAVES = ("bench", "scripts")
+SCANNED = ("bench", "scripts", "devtools", "tests", "textgen")
+# test file -> the one script it may import (it tests it)
+TESTED_SCRIPTS = {
+    "tests/test_update_readme_insight.py": "scripts.update_readme_insight",
+    "tests/test_deploy_lambda.py": "scripts.deploy_lambda",
+}
+
+
+def project_files() -> list:
+    """Relative paths of the .py files under SCANNED and at the top level."""
+    files = [name for name in os.listdir(ROOT) if name.endswith(".py")]
+    for top in SCANNED:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+            rel = os.path.relpath(dirpath, ROOT)
+            files += [os.path.join(rel, f).replace(os.sep, "/") for f in filenames if f.endswith(".py")]
+    return sorted(files)
+
+
+def leaf_module_names() -> set:
+    """The modules in bench/ and scripts/ by their bare names (`run`, `make_model`...): a script run
+    as `python bench/x.py` has bench/ on sys.path, so `import run` would reach a sibling."""
+    names = set()
+    for top in LEAVES:
+        for name in os.listdir(os.path.join(ROOT, top)):
+            if name.endswith(".py") and name != "__init__.py":
+                names.add(name[:-3])
+    return names
+
+
+def imported_modules(source: str, path: str) -> list:
+    """(line, module) for every import in `source` (the file at `path`, relative to the root): absolute
+    names, relative ones resolved against the file's package; `from a import b` counts as `a.b` (b may
+    be a module); `importlib.import_module("...")` and `__import__("...")` with a literal name too."""
+    package = os.path.dirname(path).replace("/", ".")
+    found = []
+    for node in ast.walk(ast.parse(source, filename=path)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}" if base else alias.name) for alias in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def leaf_imports(source: str, path: str, siblings: set) -> list:
+    """The imports in `source` that reach into bench/ or scripts/ and are not allowed."""
+    allowed = TESTED_SCRIPTS.get(path)
+    by_line = {}
+    for line, module in imported_modules(source, path):
+        top = module.split(".")[0]
+        if top in LEAVES:
+            if allowed and (module in ("scripts", allowed) or module.startswith(allowed + ".")):
+                continue
+            by_line.setdefault(line, set()).add(module)
+        elif "." not in module and module in siblings:
+            by_line.setdefault(line, set()).add(module + " (a module of bench/ or scripts/ by its bare name)")
+    bad = []
+    for line, modules in sorted(by_line.items()):
+        # One message per module named: `from bench.run import A, B` is bench.run, `from bench import run`
+        # bench.run (not the package bench too).
+        named = sorted(modules - set(LEAVES)) or sorted(modules)
+        named = [m for m in named if not any(m.startswith(other + ".") for other in named)]
+        bad += [f"{path}:{line} imports {m}" for m in named]
+    return bad
+
+
+def test_nothing_imports_bench_or_scripts():
+    files = project_files()
+    # The walk must see what it guards (a wrong root would find nothing and pass).
+    assert {"bench/run.py", "scripts/make_model.py", "devtools/benchmark.py", "tests/conftest.py"} <= set(files)
+    siblings = leaf_module_names()
+    bad = []
+    for path in files:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            bad += leaf_imports(f.read(), path, siblings)
+    assert not bad, "bench/ and scripts/ are not libraries; move what is shared to devtools/:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        ("tests/test_x.py", "from scripts.make_model import make_tiny"),
+        ("tests/test_x.py", "import bench.run"),
+        ("tests/test_x.py", "from bench import run"),
+        ("devtools/x.py", "def f():\n    from bench.run import PROMPTS"),
+        ("bench/x.py", "from . import run"),
+        ("bench/x.py", "from .run import prepare_model"),
+        ("bench/x.py", "import run"),
+        ("scripts/x.py", "from make_model import make_tiny"),
+        ("tests/test_x.py", "import importlib\nimportlib.import_module('bench.run')"),
+        # a test may import its own script only
+        ("tests/test_deploy_lambda.py", "from scripts import update_readme_insight"),
+        ("tests/test_deploy_lambda.py", "from scripts.make_model import make_tiny"),
+    ],
+)
+def test_the_check_catches(path, source):
+    assert leaf_imports(source, path, {"run", "make_model"})
+
+
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        ("tests/test_deploy_lambda.py", "from scripts import deploy_lambda as dl"),
+        ("tests/test_update_readme_insight.py", "from scripts.update_readme_insight import main"),
+        ("tests/test_x.py", "from devtools.models import make_tiny\nfrom tests.models import add_chat_template"),
+        ("tests/reliability/test_x.py", "from . import helpers"),
+        ("bench/x.py", "from devtools.benchmark import PROMPTS\nfrom textgen.settings import Settings"),
+    ],
+)
+def test_the_check_allows(path, source):
+    assert not leaf_imports(source, path, {"run", "make_model"})
