@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 from textgen.engine.sampling import (
     RowSampling,
     _apply_penalties,
+    _k_best_ids,
     _top_k_candidates,
     _top_p,
     _typical_p,
@@ -168,3 +169,45 @@ def test_a_seeded_row_draws_the_same_alone_and_among_rows_with_other_parameters(
         solo = choose_next_tokens(x[2:3], [alone])
         mixed = choose_next_tokens(x, others[:2] + [batched] + others[2:])
         assert (solo[0][0], solo[1][0]) == (mixed[0][2], mixed[1][2])
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "mostly -inf"])
+@pytest.mark.parametrize("k", [1, 7, 50, 300])
+def test_k_best_of_a_gpt2_sized_vocabulary_are_the_k_best(kind, k):
+    """The group-maxima shortcut (vocabularies above 64 x k) against a full sort, best first, ties by id."""
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((5, 50257)) * 3).astype(np.float32)
+    if kind == "ties":
+        x = np.round(x)  # thousands of equal scores at the cut
+    elif kind == "mostly -inf":
+        x[rng.random(x.shape) < 0.995] = -np.inf  # a few hundred finite scores, as after a mask
+    ids = _k_best_ids(x, k)
+    for r in range(5):
+        expected = sorted(range(50257), key=lambda t: (-x[r, t], t))[:k]
+        assert ids[r].tolist() == expected
+
+
+def test_a_nan_row_falls_back_to_the_plain_partial_sort():
+    x = logits(rows=2, vocab=50257)
+    x[1, :] = np.nan
+    assert _k_best_ids(x, 5)[0].tolist() == sorted(range(50257), key=lambda t: (-x[0, t], t))[:5]
+
+
+def test_a_draw_is_the_one_generator_choice_makes():
+    """Sampling picks exactly what `Generator.choice(p=...)` would from the same generator state, so a
+    seed keeps giving the tokens it gave before the draw was batched."""
+    x = logits(rows=1, vocab=1000)
+    r, generator = row(seed=11, top_k=40, temperature=0.8), np.random.default_rng(11)
+    scores, ids = _top_k_candidates(x, [40])
+    probs = np.exp(log_softmax(scores / np.float32(0.8))[0].astype(np.float64))
+    drawn = [choose_next_tokens(x, [r])[0][0] for _ in range(50)]
+    expected = [int(ids[0, generator.choice(40, p=probs / probs.sum())]) for _ in range(50)]
+    assert drawn == expected and len(set(drawn)) > 5
+
+
+def test_a_greedy_rows_log_probability_only_where_asked():
+    x = logits(rows=2)
+    greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
+    tokens, logprobs = choose_next_tokens(x, [greedy, greedy], want_logprobs=[False, True])
+    assert tokens == x.argmax(axis=-1).tolist() and logprobs[0] is None
+    assert np.isclose(logprobs[1], log_softmax(x[1])[tokens[1]], atol=1e-5)

@@ -185,6 +185,16 @@ class TestTokenBudget:
         with pytest.raises(ValidationError, match=r"`truncate` must be strictly positive and less than 100. Given: 101"):
             kept_prompt_tokens(500, self.req(truncate=101), 100, 200)
 
+    def test_messages_name_the_clients_own_fields(self):
+        from textgen.validation.openai_forms import openai_fields
+
+        with pytest.raises(ValidationError, match=r"^`messages` must have less than 100 tokens") as info:
+            kept_prompt_tokens(101, self.req(), 100, 200, openai_fields(chat=True))
+        assert info.value.param == "messages"
+        with pytest.raises(ValidationError, match=r"`prompt` tokens \+ `max_tokens` must be <= 100") as info:
+            kept_prompt_tokens(95, self.req(), 99, 100, openai_fields(chat=False))
+        assert info.value.param == "max_tokens"
+
     def test_empty_after_tokenization(self):
         with pytest.raises(ValidationError, match="cannot be empty"):
             kept_prompt_tokens(0, self.req(), 100, 200)

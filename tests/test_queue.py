@@ -1,0 +1,103 @@
+"""The scheduling policy on plain data: which waiting requests join the batch next, and admission."""
+
+import threading
+import time
+
+import pytest
+
+from textgen.engine.handle import Handle
+from textgen.engine.queue import Entry, Queue, next_group
+from textgen.errors import Cancelled, Overloaded, QueueTimeout, Unavailable
+from textgen.validation import GenerationRequest
+
+REQUEST = GenerationRequest(prompt="x", max_new_tokens=5, do_sample=False)
+
+
+def entry(prompt_tokens: int, enqueued_at: float = 0.0, name: str = "") -> Entry:
+    return Entry(Handle(), REQUEST, tuple(range(prompt_tokens)), enqueued_at, name)
+
+
+def fresh(name: str = "") -> Entry:
+    """An entry admitted now (Queue.take reads the monotonic clock)."""
+    return entry(4, time.monotonic(), name)
+
+
+def names(entries):
+    return [e.request_id for e in entries]
+
+
+def group(waiting, room=8, chunk=256, now=1.0, timeout=60.0):
+    return next_group(waiting, room, chunk, now, timeout)
+
+
+def test_first_come_first_served_while_they_fit_the_batch():
+    waiting = [entry(4, name=n) for n in "abcde"]
+    out = group(waiting, room=3)
+    assert names(out.group) == ["a", "b", "c"] and names(out.waiting) == ["d", "e"] and not out.refused
+
+
+def test_short_prompts_share_one_chunk_and_a_long_one_goes_alone():
+    # Width x rows must fit the chunk: 3 rows of 80 fit 256, a fourth (4 x 80 = 320) waits.
+    waiting = [entry(80, name=n) for n in "abcd"]
+    assert names(group(waiting).group) == ["a", "b", "c"]
+    long_first = [entry(1000, name="long"), entry(3, name="short")]
+    assert names(group(long_first).group) == ["long"]  # chunked on its own, the short one next time
+    assert names(group([entry(3, name="short"), entry(1000, name="long")]).group) == ["short"]
+
+
+def test_nothing_overtakes_a_request_left_waiting():
+    waiting = [entry(10, name="a"), entry(200, name="wide"), entry(2, name="small")]
+    out = group(waiting)  # "wide" does not fit beside "a" (2 x 200 > 256); "small" would, but waits its turn
+    assert names(out.group) == ["a"] and names(out.waiting) == ["wide", "small"]
+
+
+def test_no_room_in_the_batch_takes_nobody():
+    out = group([entry(4, name="a")], room=0)
+    assert out.group == [] and names(out.waiting) == ["a"]
+
+
+def test_cancelled_requests_are_refused_wherever_they_wait():
+    waiting = [entry(4, name=n) for n in "abc"]
+    waiting[0].handle.cancel()
+    waiting[2].handle.cancel()
+    out = group(waiting, room=0)
+    assert [(e.request_id, type(err)) for e, err in out.refused] == [("a", Cancelled), ("c", Cancelled)]
+    assert names(out.waiting) == ["b"]
+
+
+def test_a_request_past_the_queue_timeout_is_refused_unless_it_joins_now():
+    waiting = [entry(4, enqueued_at=0.0, name="old"), entry(4, enqueued_at=9.5, name="new")]
+    out = group(waiting, room=0, now=10.0, timeout=5.0)
+    assert [(e.request_id, type(err)) for e, err in out.refused] == [("old", QueueTimeout)]
+    assert "waited more than 5 s" in out.refused[0][1].message and names(out.waiting) == ["new"]
+    assert names(group(waiting, room=8, now=10.0, timeout=5.0).group) == ["old", "new"]  # room: both join
+
+
+def test_admission_counts_running_and_waiting_and_refuses_past_the_limit():
+    queue = Queue(max_admitted=2)
+    queue.admit(fresh())
+    queue.admit(fresh())
+    with pytest.raises(Overloaded):
+        queue.admit(fresh())
+    taken = queue.take(room=1, chunk_tokens=256, queue_timeout=60)
+    assert len(taken.group) == 1 and queue.stats() == {"waiting": 1, "admitted": 2}  # running still counts
+    queue.done()
+    queue.admit(fresh())
+    assert queue.stats() == {"waiting": 2, "admitted": 2}
+
+
+def test_a_closed_queue_refuses_wakes_the_engine_and_hands_back_the_waiting():
+    queue = Queue(max_admitted=4)
+    queue.admit(fresh("left"))
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(queue.wait_for_work(busy=False)))
+    queue.take(room=1, chunk_tokens=256, queue_timeout=60)  # the line is empty: the waiter blocks
+    waiter.start()
+    queue.admit(fresh("late"))
+    waiter.join(5)
+    assert woke == [True]
+    queue.close()
+    assert queue.wait_for_work(busy=True) is False
+    with pytest.raises(Unavailable):
+        queue.admit(fresh())
+    assert names(queue.drain()) == ["late"]
