@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from typing import Callable, List, Optional
 
 from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
@@ -27,6 +26,7 @@ from ..settings import Settings
 from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
 from .batch import Batch
 from .handle import Handle
+from .listeners import Listeners
 from .queue import Entry, Queue
 from .sampling import choose_next_tokens
 from .sequence import Sequence
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # The packages each backend runs on: whose versions /info reports.
 RUNTIME_PACKAGES = {"onnx": ("onnxruntime",), "torch": ("torch",), "transformers": ("torch", "transformers")}
+
+
+# Which requests a failed forward pass fails, as the log says it.
+_WHOSE = {"prefill": "joining", "decode step": "running"}
 
 
 class Engine:
@@ -52,8 +56,7 @@ class Engine:
         self._queue = Queue(settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
         self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
-        self._listeners: tuple = ()  # weak references (see add_listener); replaced, never mutated
-        self._listeners_lock = threading.Lock()
+        self._listeners = Listeners()
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
         # server sets it to end the process, which can only answer 503 from then on (server.py).
         self.on_crash: Optional[Callable[[], None]] = None
@@ -87,17 +90,11 @@ class Engine:
         return handle
 
     def add_listener(self, listener) -> None:
-        """Observe the engine (metrics): `listener.on_outcome(result_or_error)` as each request ends and
-        `listener.on_decode_step(rows)` per decode step, both optional, called on the engine thread before
-        the caller sees the event, so they must be quick. Held weakly: it lives as long as its owner keeps
-        it. An exception in a listener is logged and ignored."""
-        with self._listeners_lock:
-            alive = tuple(ref for ref in self._listeners if ref() is not None)
-            self._listeners = alive + (weakref.ref(listener),)
+        """Observe the engine (metrics): see `Listeners`."""
+        self._listeners.add(listener)
 
     def remove_listener(self, listener) -> None:
-        with self._listeners_lock:
-            self._listeners = tuple(ref for ref in self._listeners if ref() is not None and ref() is not listener)
+        self._listeners.remove(listener)
 
     def info(self) -> dict:
         return {
@@ -121,7 +118,7 @@ class Engine:
                     self._step(rows, batch.prefill_step, "prefill")
                 if len(batch):
                     rows = list(batch.rows)
-                    self._step(rows, lambda: batch.step([s.next_token for s in rows]), "decode")
+                    self._step(rows, lambda: batch.step([s.next_token for s in rows]), "decode step")
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
             log.exception("engine loop crashed")
@@ -158,11 +155,12 @@ class Engine:
             want_logprobs = [s.request.stream for s in rows]  # only streamed events carry them
             tokens, logprobs = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs)
         except Exception:
-            log.exception("%s failed (requests %s)", kind, [s.entry.request_id for s in rows])
+            ids = [s.entry.request_id for s in rows]
+            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), _WHOSE[kind], ids)
             self._leave(rows, GenerationError("Generation failed; see the server log"))
             return
-        if kind == "decode":
-            self._notify("on_decode_step", len(rows))
+        if kind == "decode step":
+            self._listeners.notify("on_decode_step", len(rows))
         self._update(rows, tokens, logprobs)
 
     def _update(self, rows: List[Sequence], tokens: List[int], logprobs: List[Optional[float]]) -> None:
@@ -187,20 +185,9 @@ class Engine:
     def _answer(self, entry: Entry, outcome) -> None:
         """The request's last event (result or error): listeners first, so metrics are current by the time
         its caller sees it; then its place in the queue is free."""
-        self._notify("on_outcome", outcome)
+        self._listeners.notify("on_outcome", outcome)
         self._queue.done()
         entry.handle._emit(outcome)
-
-    def _notify(self, method: str, *args) -> None:
-        for ref in self._listeners:
-            listener = ref()
-            callback = getattr(listener, method, None)
-            if callback is not None:
-                try:
-                    callback(*args)
-                except Exception:  # an observer must never break the engine loop
-                    log.exception("engine listener %r failed in %s", listener, method)
-
 
 def _runtime_versions(packages) -> dict:
     """Versions of the packages the model runs on (those absent are left out)."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
-from ..errors import Cancelled, ServiceError
+from ..errors import ServiceError
 
 
 @dataclass(frozen=True)
@@ -67,35 +66,23 @@ class Handle:
         """Ask the engine to stop working on this request; safe to call any time, from any thread."""
         self._cancelled.set()
 
-    def events(self, poll: float = 0.25, should_cancel=None) -> Iterator[Union[TokenEvent, GenerationResult]]:
-        """Yield token events, then the final result; raise the error if the request failed.
-
-        `should_cancel` is asked every `poll` seconds (e.g. "has the client hung up?"), whether or not
-        tokens are flowing; when it says yes the request is cancelled and the iteration ends with
-        `Cancelled`.
-        """
-        next_check = time.monotonic() + poll
+    def events(self) -> Iterator[Union[TokenEvent, GenerationResult]]:
+        """Yield token events (streaming requests only), then the final result; raise the error if the
+        request failed. Blocks without a timeout: the engine always sends a last event, and a caller
+        whose client hangs up has it cancelled (transports/http/disconnect.py), which the engine answers."""
         while self._outcome is None:
-            try:
-                event = self._events.get(timeout=poll)
-            except queue.Empty:
-                event = None
-            if should_cancel is not None and time.monotonic() >= next_check:
-                next_check = time.monotonic() + poll
-                if should_cancel():
-                    self.cancel()
-                    raise Cancelled("client disconnected")
+            event = self._events.get()
             if isinstance(event, TokenEvent):
                 yield event
-            elif event is not None:
+            else:
                 self._outcome = event
         if isinstance(self._outcome, ServiceError):
             raise self._outcome
         yield self._outcome
 
-    def result(self, poll: float = 0.25, should_cancel=None) -> GenerationResult:
-        """Wait for the final result (token events are skipped)."""
-        for event in self.events(poll=poll, should_cancel=should_cancel):
+    def result(self) -> GenerationResult:
+        """Wait for the final result."""
+        for event in self.events():
             if isinstance(event, GenerationResult):
                 return event
         raise AssertionError("event stream ended without a result")  # pragma: no cover

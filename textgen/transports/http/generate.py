@@ -13,7 +13,7 @@ from ..responses import details_body, result_body, timing_headers
 from ...validation import GenerationRequest, validate_generate
 from .access import require_key
 from .body import json_body
-from .disconnect import client_gone_probe
+from .disconnect import watching
 
 bp = Blueprint("generate", __name__)
 require_key(bp)
@@ -49,7 +49,8 @@ def _submit(stream: Optional[bool]):
 
 
 def _complete(gen_request: GenerationRequest, handle: Handle):
-    result = handle.result(should_cancel=client_gone_probe(request.environ))
+    with watching(request.environ, handle):
+        result = handle.result()
     response = jsonify(result_body(gen_request, result))
     response.headers.update(timing_headers(result))
     return response
@@ -57,19 +58,21 @@ def _complete(gen_request: GenerationRequest, handle: Handle):
 
 def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
     """Server-Sent Events in TGI's format: one event per token; the last one carries the whole text."""
-    gone = client_gone_probe(request.environ)
+    environ = request.environ  # the generator runs after the view returns, outside the request context
 
     def events() -> Iterator[str]:
         try:
             pending_last: Optional[TokenEvent] = None
-            for event in handle.events(should_cancel=gone):
-                if isinstance(event, TokenEvent) and not event.last:
-                    yield _sse(_token_payload(event, None, None))
-                elif isinstance(event, TokenEvent):
-                    pending_last = event  # its result follows at once; send them as one event
-                else:
-                    details = details_body(event) if gen_request.details else None
-                    yield _sse(_token_payload(pending_last, result_body(gen_request, event)["generated_text"], details))
+            with watching(environ, handle):
+                for event in handle.events():
+                    if isinstance(event, TokenEvent) and not event.last:
+                        yield _sse(_token_payload(event, None, None))
+                    elif isinstance(event, TokenEvent):
+                        pending_last = event  # its result follows at once; send them as one event
+                    else:
+                        text = result_body(gen_request, event)["generated_text"]
+                        details = details_body(event) if gen_request.details else None
+                        yield _sse(_token_payload(pending_last, text, details))
         except ServiceError as error:
             yield _sse(error.to_dict())
         finally:

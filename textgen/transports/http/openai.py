@@ -19,7 +19,7 @@ from ...validation.openai_forms import chat_request, completion_request, openai_
 from ..responses import result_body, timing_headers
 from .access import require_key
 from .body import json_body
-from .disconnect import client_gone_probe
+from .disconnect import watching
 from .error_responses import openai_error_body
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -60,7 +60,8 @@ def _answer(options, gen_request, chat: bool):
     if gen_request.stream:
         include_usage = bool(options.stream_options and options.stream_options.include_usage)
         return _stream(shape, gen_request, handle, include_usage)
-    result = handle.result(should_cancel=client_gone_probe(request.environ))
+    with watching(request.environ, handle):
+        result = handle.result()
     text = result_body(gen_request, result)["generated_text"]
     response = jsonify(shape.complete(text, result))
     response.headers.update(timing_headers(result))
@@ -69,7 +70,7 @@ def _answer(options, gen_request, chat: bool):
 
 def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -> Response:
     """OpenAI's streaming: one chunk per token, a last chunk with finish_reason, then `data: [DONE]`."""
-    gone = client_gone_probe(request.environ)
+    environ = request.environ  # the generator runs after the view returns, outside the request context
 
     def events() -> Iterator[str]:
         try:
@@ -77,16 +78,19 @@ def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -
                 yield _sse(shape.chunk({"role": "assistant", "content": ""}, None))
             elif gen_request.return_full_text:  # echo: the prompt comes first
                 yield _sse(shape.chunk(gen_request.prompt, None))
-            for event in handle.events(should_cancel=gone):
-                if isinstance(event, TokenEvent):
-                    # Text that could still begin a stop sequence is held back by the engine until it is
-                    # known not to be: the streamed pieces join into exactly the complete answer.
-                    if event.released:
-                        yield _sse(shape.chunk({"content": event.released} if shape.chat else event.released, None))
-                    continue
-                yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
-                if include_usage:
-                    yield _sse({**shape.chunk({} if shape.chat else "", None), "choices": [], "usage": _usage(event)})
+            with watching(environ, handle):
+                for event in handle.events():
+                    if isinstance(event, TokenEvent):
+                        # Text that could still begin a stop sequence is held back by the engine until
+                        # it is known not to be: the streamed pieces join into exactly the whole answer.
+                        if event.released:
+                            piece = {"content": event.released} if shape.chat else event.released
+                            yield _sse(shape.chunk(piece, None))
+                        continue
+                    yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
+                    if include_usage:
+                        usage = {**shape.chunk({} if shape.chat else "", None), "choices": [], "usage": _usage(event)}
+                        yield _sse(usage)
             yield "data: [DONE]\n\n"
         except ServiceError as error:
             yield _sse(openai_error_body(error))
