@@ -143,7 +143,7 @@ def gaps(arrivals, window) -> tuple[list, list]:
 
 def measure(model_dir: str, quantize: str, chunk: int, args) -> dict:
     port = free_port()
-    settings = {"MODEL_BACKEND": "torch", "QUANTIZE": quantize, "PREFILL_CHUNK_TOKENS": str(chunk)}
+    settings = {"QUANTIZE": quantize, "PREFILL_CHUNK_TOKENS": str(chunk)}  # the default backend, as served
     server = launch(service_cmd(), port, service_env(model_dir, port, **settings))
     try:
         return _bursts(server, args)

@@ -29,7 +29,7 @@ WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
 # No mallopt tuning (two arenas, a fixed 1 MB mmap threshold) any more: measured in the Render simulation
-# (512 MB, 0.1 CPU; tests/test_render_simulation.py), it lowered the peak by 8 MB (405 vs 413 MB) but
+# (512 MB, 0.1 CPU; tests/test_render_simulation.py) with the torch image of the time, it lowered the peak by 8 MB (405 vs 413 MB) but
 # took 40% longer to become healthy (31 s vs 22 s, 3.1 vs 2.2 CPU-s) and ~15% of the tokens/s (28 vs
 # 33): no real gain. Returning what the load freed, once, is kept.
 def release_freed_memory() -> None:

@@ -1,4 +1,5 @@
-"""The model's tokenizer through the `tokenizers` library alone, for the native backend.
+"""The model's tokenizer through the `tokenizers` library alone, for the native families (onnx and torch
+backends; the transformers backend keeps AutoTokenizer).
 
 transformers' `AutoTokenizer` wraps the same Rust tokenizer (tokenizer.json), but importing it and
 its Python-side vocabulary costs ~70 MB and seconds of CPU at start-up, which a 512 MB, 0.1-CPU

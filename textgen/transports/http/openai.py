@@ -1,8 +1,8 @@
 """OpenAI-compatible routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models.
 
 The `openai` SDK and every tool built on it talk to the server through these. Bodies are validated by
-`openai_validation` into the same `GenerationRequest` as /generate and run by the same engine; only the
-answer's shape differs. Errors here take OpenAI's shape (http/errors.py).
+`validation/openai_forms.py` into the same `GenerationRequest` as /generate and run by the same engine;
+only the answer's shape differs. Errors here take OpenAI's shape (http/error_responses.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document served at /openapi.json. Pure: no Flask, no torch.
 
-Request bodies come from the very pydantic models the routes validate with (`validation`,
-`openai_validation`), so the document cannot drift from what the server accepts. Answers are
+Request bodies come from the very pydantic models the routes validate with (`validation.tgi`,
+`validation.openai_forms`), so the document cannot drift from what the server accepts. Answers are
 described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
 """
 
