@@ -6,23 +6,17 @@ import os
 import pytest
 import yaml
 
+from devtools.models import DISTILGPT2_CONFIG
 from devtools.servers import ROOT
 from textgen.model.architectures import model_shape
 from textgen.model.kv_cache import KVCache
 from textgen.settings import Settings
 
-# Summed PSS of the container's processes serving 8 short requests under Render's limits, the KV cache
-# of those requests included (tests/test_render_simulation.py; README, "Deploy to Render"), in MiB.
-MEASURED_SERVER_PSS_MB = 264
+# Peak summed PSS of the container's processes serving 40 short requests from 8 clients under Render's
+# limits, their KV cache included (tests/test_render_simulation.py; README, "Deploy to Render"), in MiB.
+MEASURED_SERVER_PSS_MB = 260
 FREE_INSTANCE_MB = 512  # Render's free instance (`plan: free`), as the simulation limits it
 MARGIN_MB = 32  # left unplanned: one measurement, on one machine
-# The model the image serves by default (the Dockerfile's MODEL_ID, distilbert/distilgpt2): its config.
-DISTILGPT2_CONFIG = os.path.join(ROOT, "models", "distilgpt2-config.json")
-
-
-def read_config_file(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,8 @@ def test_the_worst_case_kv_cache_fits_beside_the_measured_server(service):
     with open(os.path.join(ROOT, service["dockerfilePath"]), encoding="utf-8") as f:
         assert "ARG MODEL_ID=distilbert/distilgpt2\n" in f.read()  # what DISTILGPT2_CONFIG describes
     settings = Settings.from_env(environ=render_environment(service))
-    shape = model_shape(read_config_file(DISTILGPT2_CONFIG))
+    with open(DISTILGPT2_CONFIG, encoding="utf-8") as f:  # the image's model's config (devtools.models)
+        shape = model_shape(json.load(f))
     longest = min(settings.max_total_tokens or shape.context, shape.context)  # as the engine caps it
     cache = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim)
     cache.reserve(settings.max_batch_size, longest)
