@@ -1,8 +1,8 @@
 """Render's free instance reproduced: the real image with DistilGPT2's architecture, run with 512 MB,
 no swap and a tenth of a CPU, and the environment from render.yaml (README, "Deploy to Render").
 
-Marked `container` (and slow: here about a minute to build the image, then 80 s at 0.1 CPU: 18 s to
-become healthy, 58 s for the 40 requests). It prints the figures README quotes.
+Marked `container` (and slow: here one to two minutes to build the image, then about 80 s at 0.1 CPU:
+~20 s to become healthy, 51-58 s for the 40 requests). It prints the figures README quotes.
 """
 
 import json
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 IMAGE = "gpt2-text-generator-render"
 LIMITS = ["--memory", "512m", "--memory-swap", "512m", "--cpus", "0.1"]
 # The load: CLIENTS at once (MAX_BATCH_SIZE in render.yaml), REQUESTS in all, back to back: enough
-# latencies for a 95th percentile that is not simply the slowest of a handful (58 s at 0.1 CPU).
+# latencies for a 95th percentile that is not simply the slowest of a handful (51-58 s at 0.1 CPU).
 CLIENTS, REQUESTS, NEW_TOKENS = 8, 40, 32
 
 
@@ -164,7 +164,7 @@ def test_free_instance_limits(image):
     print("render simulation:", json.dumps(figures))
     assert "was sent SIGKILL" not in log_text  # gunicorn's word for a worker the kernel killed
     assert "[ERROR]" not in log_text, log_text[-3000:]  # e.g. the old control-socket error at boot
-    # The processes' summed PSS: 264 MB measured (README, "Deploy to Render"; the torch image's was 402).
+    # The processes' summed PSS: 260 MB measured (README, "Deploy to Render"; the torch image's was 402).
     assert watch.peak_pss_mb <= 300, figures
     assert max(watch.health_seconds) < 5, figures
     assert tokens == REQUESTS * NEW_TOKENS
