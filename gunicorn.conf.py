@@ -11,11 +11,11 @@ _settings = Settings.from_env()
 bind = f"0.0.0.0:{_settings.port}"
 # One worker: each worker holds its own copy of the model, and one engine already uses every CPU.
 workers = 1
-# Threads only wait on the engine (they never run torch), so there are enough for every admitted
+# Threads only wait on the engine (they never run the model), so there are enough for every admitted
 # request plus room to answer /health and 429s at once when the engine is full, plus 64 for slow clients.
 # gthread, with a deadline on receiving each request (textgen/transports/http/gunicorn_worker.py): plain gthread let
 # a client that sends a byte per second keep its thread for as long as it liked, and 50 such connections
-# starved all 40 threads (/health timed out after 10 s; tests/reliability/test_hostile_input.py). Now the
+# starved all 40 threads it had then (/health timed out after 10 s; tests/reliability/test_hostile_input.py). Now the
 # request line, headers and body must arrive within REQUEST_READ_TIMEOUT seconds of the first byte (a late
 # body is answered 408, late headers closed), so a slow client holds a thread that long at most, and 50
 # of them at once leave /health answering in milliseconds. A proxy that buffers requests (nginx) in front
@@ -30,7 +30,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 graceful_timeout = 30
 # Keep-alive for clients that reuse connections (TGI clients, the README bot).
 keepalive = 5
-# No preload_app: torch's thread pools and fork do not mix; the worker loads the model itself.
+# No preload_app: the model runtime's thread pools (ONNX Runtime's, or torch's) do not survive a fork;
+# the worker loads the model itself.
 preload_app = False
 # No control socket (gunicorn >= 25's `gunicornc` interface): nothing in a container uses it, and its
 # default place, $HOME/.gunicorn, is not writable by the image's user (it logged an error at every boot).

@@ -72,8 +72,9 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session", params=["onnx", "torch", "transformers"])
 def base_settings(tiny_model_dir, request):
-    """Every test that uses the engine runs on both backends: the native GPT-2 module (torch) and
-    transformers' AutoModelForCausalLM behind the same contract."""
+    """Every test that uses the engine runs on all three backends behind the same contract: ONNX
+    Runtime (the default), the native GPT-2 module in plain torch, and transformers'
+    AutoModelForCausalLM."""
     # The environment of the machine running the tests must not change what they check.
     return Settings.from_env(environ={}, model_id=tiny_model_dir, threads=2, model_backend=request.param)
 
@@ -89,7 +90,7 @@ def reference_model(tiny_model_dir):
 @pytest.fixture(scope="session")
 def loaded(base_settings):
     """Model and tokenizer, loaded once for the whole session (engines below share them; the loader
-    sizes torch's threads)."""
+    sizes the runtime's threads)."""
     return load_model(base_settings)
 
 

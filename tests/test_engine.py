@@ -1,13 +1,12 @@
 """The real engine on the tiny model: correctness against transformers, isolation, limits, cancellation."""
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from devtools.servers import wait_until
+from tests.batching import DecodeSteps, assert_decoded_together, submit_together
 from textgen.engine import GenerationResult, TokenEvent
 from textgen.errors import Cancelled, Overloaded, QueueTimeout, Unavailable, ValidationError
 from textgen.validation import validate_generate
@@ -27,16 +26,6 @@ def hf_generate(reference, prompt, **kwargs):
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     out = model.generate(ids, pad_token_id=tokenizer.eos_token_id, **kwargs)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
-
-
-class DecodeStepSizes:
-    """An engine listener: how many rows each decode step ran."""
-
-    def __init__(self):
-        self.rows = []
-
-    def on_decode_step(self, rows):
-        self.rows.append(rows)
 
 
 @pytest.fixture
@@ -84,60 +73,55 @@ def test_seeded_request_is_the_same_alone_and_batched(make_engine):
     bodies = [dict(prompt=f"Hello {'world ' * i}", max_new_tokens=10 + 3 * i, seed=100 + i) for i in range(6)]
     bodies += [dict(prompt=f"The quick {'brown ' * i}", max_new_tokens=20 - i, do_sample=False) for i in range(4)]
     bodies += [dict(prompt="Finance", max_new_tokens=15, seed=5, top_p=0.9, typical_p=0.95, top_k=20)]
-    alone = [run(engine, **b) for b in bodies]
-    steps = DecodeStepSizes()
-    engine.add_listener(steps)
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        together = list(pool.map(lambda b: run(engine, **b), bodies))
+    requests = [request(engine.settings, **b) for b in bodies]
+    with DecodeSteps(engine) as steps:
+        alone = [engine.submit(r).result() for r in requests]
+        assert set(steps.rows) == {1}  # one after the other: every decode step had one row
+        handles = submit_together(engine, steps, requests)  # all of them waiting at once
+        together = [h.result() for h in handles]
     assert together == alone
-    assert max(steps.rows) > 1  # they really shared decode steps, not only the engine
+    # They really were decoded together: the first decode step carried all 11, and every later one each
+    # request not finished yet (a regression to one row at a time, or to one group each, fails here).
+    assert steps.rows[0] == len(bodies)
+    assert_decoded_together(steps.rows, together)
     # Each got its own length: max_new_tokens honoured per request (unless EOS came first).
     for body, result in zip(bodies, together):
         assert result.generated_tokens == body["max_new_tokens"] or result.finish_reason == "eos_token"
 
 
 def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
+    """Continuous batching: prompts that arrive while a request decodes are prefilled together in one
+    padded forward pass, then join it at its next decode step, whatever position it has reached."""
     engine = make_engine(max_batch_size=16)
     bodies = [dict(prompt="Hi" + " there" * i, max_new_tokens=12, seed=i) for i in range(5)]
     bodies.append(dict(prompt="Technology and finance meet where", max_new_tokens=12, do_sample=False))
-    alone = [run(engine, **b) for b in bodies]
+    requests = [request(engine.settings, **b) for b in bodies]
+    alone = [engine.submit(r).result() for r in requests]
 
     prefill_batches = []
     real_forward = engine.model.forward
 
     def counting(tokens, *args, **kwargs):
-        ids = tokens
-        if ids.shape[1] > 1:
-            prefill_batches.append(ids.shape[0])
+        if tokens.shape[1] > 1:
+            prefill_batches.append(tokens.shape[0])
         return real_forward(tokens, *args, **kwargs)
 
     monkeypatch.setattr(engine.model, "forward", counting)
-    busy = engine.submit(request(engine.settings, max_new_tokens=200, do_sample=False, stream=True))
-    next(busy.events())  # the engine is decoding: what arrives now waits for the next iteration together
-    handles = [engine.submit(request(engine.settings, b.pop("prompt"), **b)) for b in [dict(x) for x in bodies]]
-    together = [h.result() for h in handles]
-    busy.cancel()
+    busy_request = request(engine.settings, max_new_tokens=40, do_sample=False)
+    busy = []
+    with DecodeSteps(engine) as steps:
+        # Held in `busy`'s first decode step: what arrives meanwhile waits for the next iteration together.
+        with steps.hold(start=lambda: busy.append(engine.submit(busy_request))):
+            handles = [engine.submit(r) for r in requests]
+        together = [h.result() for h in handles]
+        busy_result = busy[0].result()
     assert together == alone
-    assert max(prefill_batches) > 1  # some prompts really went through one padded forward pass
-
-
-def test_requests_really_share_the_batch(make_engine):
-    engine = make_engine(max_batch_size=8)
-    seen = []
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            seen.append(engine.stats()["running"])
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda i: run(engine, max_new_tokens=120, do_sample=False), range(6)))
-    stop.set()
-    watcher.join()
-    assert max(seen) > 1
+    assert prefill_batches[-1] == len(bodies)  # all six prompts in one padded forward pass
+    # Then every decode step carried `busy` (2 tokens in at the release) and each of the six not finished.
+    busy_left = busy_result.generated_tokens - 2
+    longest = max([busy_left] + [r.generated_tokens - 1 for r in together])
+    expected = [(busy_left >= s) + sum(r.generated_tokens > s for r in together) for s in range(1, longest + 1)]
+    assert steps.rows == expected and steps.rows[0] == 1 + len(bodies), (steps.rows, busy_result)
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy(engine):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.batching import DecodeSteps, assert_decoded_together, submit_together
 from textgen.model import int8
 from textgen.model.int8 import Int8Linear
 from textgen.model.layers import FileEmbedding
@@ -86,20 +87,8 @@ def test_file_embedding_reads_the_checkpoints_rows(tiny_model_dir):
         embedding(torch.tensor([[len(table)]]))
 
 
-class _StepRows:
-    """Engine listener: the rows of every decode step."""
-
-    def __init__(self):
-        self.rows = []
-
-    def on_decode_step(self, rows):
-        self.rows.append(rows)
-
-
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir, backend, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
     from textgen.engine import Engine
     from textgen.validation import validate_generate
 
@@ -107,20 +96,18 @@ def test_int8_engine_keeps_seeds_reproducible_under_batching(tiny_model_dir, bac
         environ={}, model_id=tiny_model_dir, quantize="int8", threads=2, model_backend=backend, cache_dir=str(tmp_path)
     )
     engine = Engine(*load_model(settings), settings).start()
-    steps = _StepRows()
-    engine.add_listener(steps)
     try:
         bodies = [{"inputs": "Hello " * (i + 1), "parameters": {"max_new_tokens": 12, "seed": i}} for i in range(6)]
-
-        def run(body):
-            return engine.submit(validate_generate(body, settings)).result().text
-
-        alone = [run(b) for b in bodies]
-        assert max(steps.rows) == 1
-        with ThreadPoolExecutor(6) as pool:
-            together = list(pool.map(run, bodies))
-        assert together == alone and len(set(alone)) > 1
-        assert max(steps.rows) > 1  # the requests really shared decode steps
+        requests = [validate_generate(b, settings) for b in bodies]
+        with DecodeSteps(engine) as steps:
+            alone = [engine.submit(r).result() for r in requests]
+            assert set(steps.rows) == {1}
+            together = [h.result() for h in submit_together(engine, steps, requests)]
+        assert together == alone and len({r.text for r in alone}) > 1
+        # The six really were decoded together: int8 activations quantized per row keep each row's
+        # tokens independent of its neighbours in the same step.
+        assert steps.rows[0] == 6
+        assert_decoded_together(steps.rows, together)
     finally:
         engine.stop()
 

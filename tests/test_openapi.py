@@ -24,10 +24,11 @@ from textgen.validation import TGIRequest
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory):
-    """One live server for the module (native backend; the fuzz needs one, not both), on a tiny model
-    with a chat template, so /v1/chat/completions generates too, and DistilGPT2's 1024-token context:
-    the prompt-tokens + max_new_tokens budget depends on the tokenizer, so no JSON Schema can state it,
-    and with 1024 tokens the fuzzer's prompts stay inside it, as a real client's do."""
+    """One live server for the module (the default backend, ONNX Runtime; the fuzz needs one, not all
+    three), on a tiny model with a chat template, so /v1/chat/completions generates too, and
+    DistilGPT2's 1024-token context: the prompt-tokens + max_new_tokens budget depends on the
+    tokenizer, so no JSON Schema can state it, and with 1024 tokens the fuzzer's prompts stay inside
+    it, as a real client's do."""
     model_dir = add_chat_template(make_tiny(str(tmp_path_factory.mktemp("tiny-fuzz")), n_positions=1024))
     server_settings = Settings.from_env(environ={}, model_id=model_dir, threads=2, max_new_tokens_limit=64)
     model, tokenizer = load_model(server_settings)

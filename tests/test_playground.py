@@ -1,6 +1,6 @@
 """The playground page (GET /) in a real headless Chromium, driven by Playwright, against a live server.
 
-One backend is enough here: the page only sees HTTP, which both backends answer alike (test_http.py).
+One backend is enough here: the page only sees HTTP, which every backend answers alike (test_http.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tests.batching import DecodeSteps, assert_decoded_together, submit_together
 from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import create_engine
 from textgen.settings import Settings
@@ -40,13 +41,18 @@ def test_real_english(smollm2):
 
 
 def test_real_model_batched_equals_alone(smollm2):
-    from concurrent.futures import ThreadPoolExecutor
-
     prompts = ["The capital of France is", "Water boils at", "One, two, three,"]
-    alone = [ask(smollm2, p, max_new_tokens=10).text for p in prompts]
-    with ThreadPoolExecutor(3) as pool:
-        together = list(pool.map(lambda p: ask(smollm2, p, max_new_tokens=10).text, prompts))
-    assert together == alone
+    requests = [
+        validate_generate({"inputs": p, "parameters": {"do_sample": False, "max_new_tokens": 10}}, smollm2.settings)
+        for p in prompts
+    ]
+    with DecodeSteps(smollm2) as steps:
+        alone = [smollm2.submit(r).result() for r in requests]
+        assert set(steps.rows) == {1}
+        together = [h.result() for h in submit_together(smollm2, steps, requests)]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert steps.rows[0] == len(prompts)  # the three really were decoded in the same steps
+    assert_decoded_together(steps.rows, together)
 
 
 def test_real_stop_sequence(smollm2):

@@ -147,7 +147,7 @@ def test_overload_gets_200_or_fast_429_and_leaves_nothing_behind(tiny_model_dir)
         url, pid = server.url, server.proc.pid
         worker = the_worker(pid)
         rss_cold = tree_rss(pid)
-        # Warm-up at full admission: the first batches size torch's allocator, the KV cache and the
+        # Warm-up at full admission: the first batches size the runtime's allocator, the KV cache and the
         # thread pools; "before" is the server as it stands once it has served.
         with ThreadPoolExecutor(limit) as pool:
             warm = list(pool.map(lambda i: call(url, "/generate", greedy(64))[0], range(2 * limit)))
