@@ -170,8 +170,8 @@ def _apply_penalties(logits: np.ndarray, rows: Sequence[RowSampling]) -> np.ndar
             logits[i, ids] = np.where(score < 0, score * r.repetition_penalty, score / r.repetition_penalty)
         if r.frequency_penalty != 0.0 and r.generated_ids:
             # OpenAI's frequency penalty: subtract in proportion to how often a token was generated.
-            ids, counts = np.unique(np.array(r.generated_ids, dtype=np.int64), return_counts=True)
-            logits[i, ids] -= np.float32(r.frequency_penalty) * counts.astype(logits.dtype)
+            # (ufunc.at applies a repeated id once per occurrence.)
+            np.subtract.at(logits[i], np.array(r.generated_ids, dtype=np.int64), np.float32(r.frequency_penalty))
     return logits
 
 
