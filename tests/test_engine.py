@@ -287,6 +287,29 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
     assert run(engine, max_new_tokens=3, do_sample=False).generated_tokens == 3  # greedy: no early end-of-text
 
 
+def test_a_failing_update_fails_only_its_own_request(make_engine, monkeypatch):
+    """A row whose per-token update raises (its text cannot be decoded, say) is answered with the error
+    and leaves; the rows beside it in the same steps finish; the loop goes on."""
+    from textgen.engine.sequence import Sequence
+
+    real_append = Sequence.append
+
+    def append(self, token, logprob):
+        if self.request.seed == 666 and len(self.generated) == 3:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a tokenizer's bad day")
+        return real_append(self, token, logprob)
+
+    monkeypatch.setattr(Sequence, "append", append)
+    engine = make_engine()
+    doomed = engine.submit(request(engine.settings, max_new_tokens=10, seed=666))
+    fine = engine.submit(request(engine.settings, max_new_tokens=10, do_sample=False))
+    with pytest.raises(Exception) as info:
+        doomed.result()
+    assert info.value.to_dict()["error_type"] == "generation"
+    assert fine.result().generated_tokens == 10
+    assert engine.healthy() and wait_until(lambda: engine.stats()["admitted"] == 0)
+
+
 def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import os
     import subprocess

@@ -164,14 +164,21 @@ class Engine:
         self._update(rows, tokens, logprobs)
 
     def _update(self, rows: List[Sequence], tokens: List[int], logprobs: List[Optional[float]]) -> None:
-        finished = []
+        """Each row takes its token; the finished are answered and leave. A row whose update fails (its
+        text cannot be decoded, say) fails alone."""
+        finished, failed = [], []
         for sequence, token, logprob in zip(rows, tokens, logprobs):
-            sequence.append(token, logprob)
-            if sequence.finished:
-                finished.append(sequence)
-        for sequence in finished:
-            self._answer(sequence.entry, sequence.result())
+            try:
+                sequence.append(token, logprob)
+                if sequence.finished:
+                    result = sequence.result()
+                    self._answer(sequence.entry, result)
+                    finished.append(sequence)
+            except Exception:
+                log.exception("update failed (request %s)", sequence.entry.request_id)
+                failed.append(sequence)
         self._batch.remove(finished)
+        self._leave(failed, GenerationError("Generation failed; see the server log"))
 
     def _leave(self, rows: List[Sequence], error: Optional[ServiceError] = None) -> None:
         """Rows leave the batch unfinished: cancelled ones get Cancelled, the others `error`."""
@@ -188,6 +195,7 @@ class Engine:
         self._listeners.notify("on_outcome", outcome)
         self._queue.done()
         entry.handle._emit(outcome)
+
 
 def _runtime_versions(packages) -> dict:
     """Versions of the packages the model runs on (those absent are left out)."""
