@@ -26,8 +26,10 @@ threads = _settings.max_concurrent_requests + 8 + 64
 # gthread workers heartbeat from their main loop, not per request, so this does not cut generations;
 # it covers the model load at startup and a wedged worker. The longest generation fits well inside.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
-# On SIGTERM, running requests get this long to finish before the worker is killed.
-graceful_timeout = 30
+# On SIGTERM the worker drains (DRAIN_SECONDS of /ready 503 while still serving), then finishes what is
+# in flight and exits; GRACEFUL_TIMEOUT seconds after the signal it is killed whatever runs.
+graceful_timeout = _settings.graceful_timeout
+ThreadWorker.drain_seconds = _settings.drain_seconds
 # Keep-alive for clients that reuse connections (TGI clients, the README bot).
 keepalive = 5
 # No preload_app: the model runtime's thread pools (ONNX Runtime's, or torch's) do not survive a fork;

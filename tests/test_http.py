@@ -266,3 +266,22 @@ def test_transports_validation_and_engine_do_not_import_torch():
     script = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print('torch' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "False"
+
+
+def test_ready_is_200_then_503_with_the_reason_while_draining_and_serving(make_client):
+    client, engine = make_client()
+    assert client.get("/ready").get_json() == {"status": "ready"}
+    engine.drain()
+    answer = client.get("/ready")
+    assert answer.status_code == 503 and answer.get_json()["error_type"] == "unavailable"
+    assert "draining" in answer.get_json()["error"]
+    assert client.get("/health").status_code == 200  # alive: a liveness probe must not restart it
+    generated = client.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "do_sample": False}})
+    assert generated.status_code == 200  # still served while the balancers catch up
+
+
+def test_ready_is_503_while_the_engine_is_not_running(make_client):
+    client, engine = make_client()
+    engine.stop()
+    answer = client.get("/ready")
+    assert answer.status_code == 503 and "not running" in answer.get_json()["error"]

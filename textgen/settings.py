@@ -66,6 +66,13 @@ class Settings:
     port: int = 5000
     # Python logging level for the service's own loggers.
     log_level: str = "INFO"
+    # On SIGTERM: seconds during which /ready answers 503 while the worker still serves everything, in
+    # flight or newly arriving, so that load balancers polling /ready stop sending first; then it stops
+    # accepting and exits once idle (gunicorn_worker.py).
+    drain_seconds: float = 5.0
+    # On SIGTERM: seconds until the worker is killed whatever is still running (gunicorn's graceful
+    # timeout), the drain included; at least DRAIN_SECONDS + the longest generation the limits allow.
+    graceful_timeout: int = 60
 
     # Bearer keys for the generation routes, comma-separated (several: rotate one without downtime);
     # unset = open. /health, /info, /metrics, /openapi.json, /docs and the playground page stay open.

@@ -297,6 +297,42 @@ def test_sigterm_lets_eight_running_generations_finish_then_exits_0(tiny_model_d
     assert exited - signalled < 30  # within gunicorn's graceful_timeout, not killed at its end
 
 
+def test_sigterm_drains_first_ready_503_while_everything_is_still_served(tiny_model_dir, tmp_path):
+    """SIGTERM: /ready turns 503 at once while /health stays 200; for DRAIN_SECONDS the worker still
+    takes new requests (a balancer may not have seen /ready yet) and answers them in full, then it
+    stops accepting, lets what runs finish and exits 0."""
+    tokens, drain = 120, 2.0
+    env = dict(FAULT_SWITCH=str(tmp_path / "switch"), FAULT_STEP_SECONDS="0.01", DRAIN_SECONDS=str(drain))
+    with serve(tiny_model_dir, app="tests.reliability.fault_app:fault_app()", **env) as server:
+        url, proc = server.url, server.proc
+        assert requests.get(url + "/ready", timeout=5).json() == {"status": "ready"}
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(call, url, path, greedy(tokens)) for path in ("/generate", "/generate_stream")]
+            assert wait_until(lambda: metrics(url)["textgen_batch_current_size"] == 2, timeout=20)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: requests.get(url + "/ready", timeout=5).status_code == 503, timeout=1)
+            ready = requests.get(url + "/ready", timeout=5).json()
+            health = requests.get(url + "/health", timeout=5).status_code
+            arrived = [pool.submit(call, url, path, greedy(16)) for path in ("/generate", "/generate_stream")]
+            late_sent = time.monotonic()
+            results = [f.result(timeout=60) for f in running + arrived]
+        code = proc.wait(timeout=45)
+        exited = time.monotonic()
+
+    save("drain", {"drain_seconds": drain, "exit_after_sigterm_seconds": round(exited - signalled, 2)})
+    assert ready["error_type"] == "unavailable" and "draining" in ready["error"] and health == 200
+    assert late_sent - signalled < drain  # the late ones really arrived during the drain
+    for (status, _, got), asked in zip(results, (tokens, tokens, 16, 16)):
+        assert status == 200
+        if isinstance(got, dict):
+            assert complete(got["details"], asked)
+        else:
+            assert got[-1]["details"]["finish_reason"] in ("length", "eos_token") and not any("error" in e for e in got)
+    assert code == 0, server.log()[-3000:]
+    assert drain <= exited - signalled < 30  # waited out the drain, then exited once idle
+
+
 def test_killed_worker_is_replaced_and_health_returns(tiny_model_dir):
     with serve(tiny_model_dir) as server:
         url, pid = server.url, server.proc.pid

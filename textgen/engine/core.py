@@ -57,6 +57,7 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
         self._listeners = Listeners()
+        self.draining = False  # the process is about to stop: still serving, no longer advertised ready
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
         # server sets it to end the process, which can only answer 503 from then on (server.py).
         self.on_crash: Optional[Callable[[], None]] = None
@@ -69,6 +70,11 @@ class Engine:
 
     def healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._queue.closed
+
+    def drain(self) -> None:
+        """The process will stop soon: /ready turns 503 so balancers send elsewhere; requests in flight
+        and those still arriving are served as before."""
+        self.draining = True
 
     def stop(self, timeout: float = 10.0) -> None:
         self._queue.close()

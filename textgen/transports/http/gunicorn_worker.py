@@ -19,6 +19,7 @@ thread, not on the event loop that every other connection waits on (`finish_requ
 
 from __future__ import annotations
 
+import threading
 import time
 
 from gunicorn.http.errors import NoMoreData
@@ -70,6 +71,22 @@ class _ReadDeadline:
 
 class ThreadWorker(gthread.ThreadWorker):
     read_timeout = 10.0  # set by gunicorn.conf.py
+    drain_seconds = 5.0  # set by gunicorn.conf.py (DRAIN_SECONDS)
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: drain first. /ready turns 503 at once and everything is still served for
+        `drain_seconds` (balancers polling /ready stop sending meanwhile); then gthread's own graceful
+        exit: no more accepts, requests in flight finish, the worker exits once idle (gunicorn's master
+        kills it at GRACEFUL_TIMEOUT whatever runs). Without the wait, a balancer that had not yet seen
+        /ready change kept sending to a closed port: requests lost at every restart."""
+        engine = getattr(self.wsgi, "extensions", {}).get("textgen.engine")
+        if engine is None or self.drain_seconds <= 0 or getattr(engine, "draining", False):
+            return super().handle_exit(sig, frame)
+        engine.drain()
+        self.log.info("SIGTERM: draining for %g s (/ready 503), then finishing requests in flight", self.drain_seconds)
+        timer = threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
 
     def handle(self, conn):
         plain_http1 = not self.cfg.is_ssl and not negotiation.prior_knowledge_allowed(self.cfg, conn.client)

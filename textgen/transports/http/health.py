@@ -1,4 +1,8 @@
-"""GET /health (liveness of model + engine thread) and GET /info (model, limits, versions)."""
+"""GET /health (liveness: model + engine thread), GET /ready (readiness: also not draining) and GET /info.
+
+Liveness and readiness are apart, as Kubernetes probes want them: a draining worker (SIGTERM received)
+is alive, must not be restarted, and still serves, but should get no new traffic (/ready 503).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,16 @@ def health():
     if not engine.healthy():
         raise Unavailable("The model engine is not running")
     return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    engine = current_app.extensions["textgen.engine"]
+    if not engine.healthy():
+        raise Unavailable("Not ready: the model engine is not running")
+    if getattr(engine, "draining", False):
+        raise Unavailable("Not ready: draining before shutdown; requests in flight are still served")
+    return jsonify({"status": "ready"})
 
 
 @bp.get("/info")

@@ -162,6 +162,10 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class Ready(BaseModel):
+    status: Literal["ready"]
+
+
 class Info(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -175,7 +179,7 @@ class Info(BaseModel):
 # -- the document ------------------------------------------------------------------------------------
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
-    OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Info,
+    OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
 ]
 
 
@@ -295,8 +299,15 @@ def _paths() -> dict:
         "/health": {
             "get": {
                 "summary": "Liveness: model loaded and engine running",
-                "responses": {"200": {"description": "Ready", "content": _json("Health")},
-                              **_errors("ErrorBody", {"503": "Not ready"})},
+                "responses": {"200": {"description": "Alive", "content": _json("Health")},
+                              **_errors("ErrorBody", {"503": "The engine is not running"})},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: alive and not draining before shutdown (send traffic here)",
+                "responses": {"200": {"description": "Ready", "content": _json("Ready")},
+                              **_errors("ErrorBody", {"503": "Not ready; the error says why"})},
             }
         },
         "/info": {"get": {"summary": "Model, limits and versions", "responses": {"200": {"description": "Info", "content": _json("Info")}}}},
