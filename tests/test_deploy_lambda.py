@@ -1,6 +1,8 @@
 """scripts/deploy_lambda.py, offline. Most tests run against moto's Lambda; small fakes cover what moto cannot
-show (invoking an image function needs Docker, and moto's functions are ready at once). No test pins the order
-of the AWS calls, only their effect. Nothing here reaches AWS."""
+show (invoking an image function needs Docker, and moto's functions are ready at once), and botocore's Stubber
+the provisioned concurrency requests moto 5.2.5 does not implement (a Stubber answers in the order it was
+given: there, and only there, the order of the calls is pinned). Otherwise no test pins the order of the AWS
+calls, only their effect. Nothing here reaches AWS."""
 
 from __future__ import annotations
 
@@ -282,3 +284,286 @@ def test_make_client_read_timeout_outlasts_function():
     client = dl.make_client("eu-west-1", 120)
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.config.read_timeout > 120
+
+
+# --- alias, reserved and provisioned concurrency ------------------------------------------------------------
+# moto 5.2.5 implements PublishVersion, the alias calls and Put/Get/DeleteFunctionConcurrency, but not
+# Get/Put/DeleteProvisionedConcurrencyConfig ("Not yet implemented"): those requests are checked with
+# botocore's Stubber (against botocore's model of the Lambda API), and the order Lambda's rules impose with
+# a fake that enforces them. moto keeps one Function URL per function, whatever the qualifier, and reports
+# $LATEST's image for every version: the tests here check what it does model.
+
+
+def stubbed_lambda():
+    return boto3.client("lambda", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def provisioned(status, requested=2, available=None, reason=None):
+    config = {"RequestedProvisionedConcurrentExecutions": requested, "Status": status,
+              "AvailableProvisionedConcurrentExecutions": requested if available is None else available,
+              "AllocatedProvisionedConcurrentExecutions": requested if available is None else available}
+    if reason:
+        config["StatusReason"] = reason
+    return config
+
+
+NO_PROVISIONED = "ProvisionedConcurrencyConfigNotFoundException"
+ALIAS_LIVE = {"FunctionName": NAME, "Qualifier": "live"}
+
+
+def test_moto_alias_follows_each_deploy(aws, capsys):
+    assert dl.main(BASE_ARGS + ["--alias", "live", "--no-smoke-test"], client=aws) == 0
+    first = aws.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"]
+    assert first != "$LATEST"
+    assert aws.get_function(FunctionName=NAME, Qualifier=first)["Configuration"]["Version"] == first
+    assert f"Version {first} published; alias live created" in capsys.readouterr().out
+
+    args = ["--image-uri", IMAGE_V2, "--function-name", NAME, "--role-arn", ROLE, "--alias", "live", "--no-smoke-test"]
+    assert dl.main(args, client=aws) == 0
+    second = aws.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"]
+    assert int(second) > int(first)
+    assert aws.get_function(FunctionName=NAME)["Code"]["ImageUri"] == IMAGE_V2
+    assert f"alias live updated, on version {second}" in capsys.readouterr().out
+    assert dl.point_alias(aws, NAME, "live", second) == "unchanged"
+
+
+def test_moto_a_weighted_alias_is_pointed_wholly_at_the_new_version(aws):
+    dl.deploy(aws, dl.DeployConfig(NAME, IMAGE, ROLE))
+    old = aws.publish_version(FunctionName=NAME)["Version"]
+    aws.update_function_code(FunctionName=NAME, ImageUri=IMAGE_V2)
+    new = aws.publish_version(FunctionName=NAME)["Version"]
+    aws.create_alias(FunctionName=NAME, Name="live", FunctionVersion=old,
+                     RoutingConfig={"AdditionalVersionWeights": {new: 0.1}})  # a canary left by another tool
+    assert dl.point_alias(aws, NAME, "live", new) == "updated"
+    alias = aws.get_alias(FunctionName=NAME, Name="live")
+    assert alias["FunctionVersion"] == new
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+
+
+def test_moto_reserved_concurrency_is_set_kept_and_removed(aws, capsys):
+    assert dl.main(BASE_ARGS + ["--reserved-concurrency", "4", "--no-smoke-test"], client=aws) == 0
+    assert aws.get_function_concurrency(FunctionName=NAME)["ReservedConcurrentExecutions"] == 4
+    assert "Reserved concurrency of gpt2-text-generator: 4 environments" in capsys.readouterr().out
+    assert dl.main(BASE_ARGS + ["--no-smoke-test"], client=aws) == 0  # not named: left as it is
+    assert aws.get_function_concurrency(FunctionName=NAME)["ReservedConcurrentExecutions"] == 4
+    assert dl.main(BASE_ARGS + ["--reserved-concurrency", "none", "--no-smoke-test"], client=aws) == 0
+    assert "ReservedConcurrentExecutions" not in aws.get_function_concurrency(FunctionName=NAME)
+
+
+def test_moto_url_permissions_and_smoke_test_go_through_the_alias(aws, monkeypatch, capsys):
+    url_calls, invocations = [], []
+    create_url = aws.create_function_url_config
+
+    def recording_create_url(**kwargs):
+        url_calls.append(kwargs)
+        return create_url(**kwargs)
+
+    monkeypatch.setattr(aws, "create_function_url_config", recording_create_url)
+    monkeypatch.setattr(aws, "invoke", invoke_returning({"generated_text": " there"}, calls=invocations))
+    assert dl.main(BASE_ARGS + ["--alias", "live", "--function-url"], client=aws) == 0
+    assert [call.get("Qualifier") for call in url_calls] == ["live"]
+    statements = json.loads(aws.get_policy(FunctionName=NAME, Qualifier="live")["Policy"])["Statement"]
+    assert {s["Sid"] for s in statements} == {dl.URL_PERMISSION_SID, dl.URL_INVOKE_PERMISSION_SID}
+    assert all(s["Resource"].endswith(f":function:{NAME}:live") for s in statements)
+    assert [call.get("Qualifier") for call in invocations] == ["live"]
+    assert "warning" not in capsys.readouterr().err  # moto: the alias's URL is the function's only one
+
+
+def test_a_url_of_the_bare_function_besides_the_alias_is_warned_about(aws, monkeypatch, capsys):
+    bare = "https://bare.lambda-url.us-east-1.on.aws/"
+    get_url = aws.get_function_url_config
+
+    def get_url_config(**kwargs):  # Lambda keeps one URL per qualifier; moto one per function
+        return get_url(**kwargs) if kwargs.get("Qualifier") else {"FunctionUrl": bare, "AuthType": "NONE"}
+
+    monkeypatch.setattr(aws, "get_function_url_config", get_url_config)
+    assert dl.main(BASE_ARGS + ["--alias", "live", "--function-url", "--no-smoke-test"], client=aws) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {bare} (the URL of {NAME} without alias) runs $LATEST, not alias live" in err
+
+
+def test_unqualified_url_besides_the_alias():
+    client = stubbed_lambda()
+    alias_url = "https://alias.lambda-url.us-east-1.on.aws/"
+    with Stubber(client) as stub:
+        for answer in ("https://bare.lambda-url.us-east-1.on.aws/", alias_url):
+            stub.add_response("get_function_url_config", {
+                "FunctionUrl": answer, "FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{NAME}",
+                "AuthType": "NONE", "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"},
+                expected_params={"FunctionName": NAME})
+        stub.add_client_error("get_function_url_config", "ResourceNotFoundException", expected_params={"FunctionName": NAME})
+        assert dl.unqualified_url_besides(client, NAME, alias_url) == "https://bare.lambda-url.us-east-1.on.aws/"
+        assert dl.unqualified_url_besides(client, NAME, alias_url) is None  # the same URL
+        assert dl.unqualified_url_besides(client, NAME, alias_url) is None  # none
+        stub.assert_no_pending_responses()
+
+
+def test_a_published_version_that_fails_is_reported_with_its_reason():
+    client = stubbed_lambda()
+    with Stubber(client) as stub:  # published_version_active polls GetFunctionConfiguration of the version
+        stub.add_response("get_function_configuration", {"FunctionName": NAME, "Version": "3", "State": "Failed",
+                                                         "StateReason": "Image pull failed"},
+                          expected_params={"FunctionName": NAME, "Qualifier": "3"})
+        with pytest.raises(dl.DeployError, match=f"function {NAME}:3: published_version_active failed: Image pull failed"):
+            dl._wait(client, "published_version_active", NAME, qualifier="3")
+
+
+def test_provisioned_concurrency_request_then_wait_until_ready(capsys):
+    client = stubbed_lambda()
+    with Stubber(client) as stub:
+        stub.add_client_error("get_provisioned_concurrency_config", NO_PROVISIONED, expected_params=ALIAS_LIVE)  # lowering?
+        stub.add_client_error("get_provisioned_concurrency_config", NO_PROVISIONED, expected_params=ALIAS_LIVE)  # under way?
+        stub.add_response("put_provisioned_concurrency_config", provisioned("IN_PROGRESS", available=0),
+                          expected_params={**ALIAS_LIVE, "ProvisionedConcurrentExecutions": 2})
+        stub.add_response("get_provisioned_concurrency_config", provisioned("IN_PROGRESS", available=1), expected_params=ALIAS_LIVE)
+        stub.add_response("get_provisioned_concurrency_config", provisioned("READY"), expected_params=ALIAS_LIVE)
+        dl.apply_concurrency(client, NAME, "live", None, 2, 3008)
+        stub.assert_no_pending_responses()
+    out = capsys.readouterr().out
+    assert f"Provisioned concurrency on {NAME}:live: 2 environments of 3008 MB, billed while configured" in out
+    assert f"Provisioned concurrency on {NAME}:live ready." in out
+
+
+def test_a_failed_allocation_is_reported_with_lambdas_reason():
+    client = stubbed_lambda()
+    with Stubber(client) as stub:
+        stub.add_response("get_provisioned_concurrency_config", provisioned("FAILED", reason="old init failed"))
+        stub.add_response("put_provisioned_concurrency_config", provisioned("IN_PROGRESS", available=0))
+        stub.add_response("get_provisioned_concurrency_config",
+                          provisioned("FAILED", available=0, reason="FUNCTION_ERROR_INIT_FAILURE"))
+        # A failure left by an earlier deploy does not stop this one; this one's own failure does.
+        with pytest.raises(dl.DeployError, match=f"{NAME}:live failed: FUNCTION_ERROR_INIT_FAILURE"):
+            dl.set_provisioned_concurrency(client, NAME, "live", 2, 3008)
+        stub.assert_no_pending_responses()
+
+
+def test_an_allocation_that_outlasts_the_wait_says_how_far_it_got():
+    client = stubbed_lambda()
+    with Stubber(client) as stub:
+        for _ in range(dl.WAITER_MAX_ATTEMPTS):
+            stub.add_response("get_provisioned_concurrency_config", provisioned("IN_PROGRESS", requested=3, available=1))
+        with pytest.raises(dl.DeployError, match=r"still IN_PROGRESS .* \(1 of 3 ready\)"):
+            dl.wait_provisioned(client, NAME, "live")
+
+
+def test_provisioned_concurrency_0_removes_it(capsys):
+    client = stubbed_lambda()
+    with Stubber(client) as stub:
+        for _ in range(2):
+            stub.add_response("get_provisioned_concurrency_config", provisioned("READY", requested=2))
+            stub.add_response("delete_provisioned_concurrency_config", {}, expected_params=ALIAS_LIVE)
+        stub.add_response("get_provisioned_concurrency_config", provisioned("READY", requested=2))
+        stub.add_client_error("delete_provisioned_concurrency_config", NO_PROVISIONED, expected_params=ALIAS_LIVE)
+        for _ in range(3):  # removed twice, then already gone (tolerated)
+            dl.apply_concurrency(client, NAME, "live", None, 0, 3008)
+        stub.assert_no_pending_responses()
+    assert f"Provisioned concurrency on {NAME}:live removed." in capsys.readouterr().out
+
+
+class ConcurrencyLambda:
+    """Lambda's concurrency rules: provisioned environments count against the reserved cap, so neither
+    call may leave the cap below them (Lambda answers InvalidParameterValueException)."""
+
+    def __init__(self, reserved, provisioned):
+        self.reserved, self.provisioned = reserved, provisioned
+
+    def _check(self, reserved, provisioned, operation):
+        if reserved is not None and provisioned > reserved:
+            raise client_error("InvalidParameterValueException",
+                               "provisioned concurrency exceeds the reserved concurrency", operation)
+        self.reserved, self.provisioned = reserved, provisioned
+
+    def put_function_concurrency(self, FunctionName, ReservedConcurrentExecutions):
+        self._check(ReservedConcurrentExecutions, self.provisioned, "PutFunctionConcurrency")
+
+    def delete_function_concurrency(self, FunctionName):
+        self.reserved = None
+
+    def put_provisioned_concurrency_config(self, FunctionName, Qualifier, ProvisionedConcurrentExecutions):
+        self._check(self.reserved, ProvisionedConcurrentExecutions, "PutProvisionedConcurrencyConfig")
+
+    def delete_provisioned_concurrency_config(self, FunctionName, Qualifier):
+        self.provisioned = 0
+
+    def get_provisioned_concurrency_config(self, FunctionName, Qualifier):
+        if not self.provisioned:
+            raise client_error(NO_PROVISIONED, "No Provisioned Concurrency Config found", "GetProvisionedConcurrencyConfig")
+        return provisioned("READY", requested=self.provisioned)
+
+
+@pytest.mark.parametrize("before, after", [
+    ((2, 2), (10, 8)),  # both raised: the cap first
+    ((10, 8), (2, 2)),  # both lowered: the provisioned environments first
+    ((4, 4), ("none", 6)),  # the cap removed, more provisioned
+    ((8, 6), (2, 0)),  # provisioned removed, the cap lowered
+])
+def test_reserved_and_provisioned_change_together_in_an_order_lambda_accepts(before, after):
+    fake = ConcurrencyLambda(*before)
+    dl.apply_concurrency(fake, NAME, "live", dl.REMOVE if after[0] == "none" else after[0], after[1], 3008)
+    assert (fake.reserved, fake.provisioned) == (None if after[0] == "none" else after[0], after[1])
+
+
+def test_main_with_provisioned_concurrency_end_to_end(aws, monkeypatch, capsys):
+    """moto for the function, its version, alias and reserved concurrency; a Stubber for the provisioned
+    concurrency requests moto lacks (they must name the alias main chose)."""
+    stubbed = stubbed_lambda()
+    for operation in ("get_provisioned_concurrency_config", "put_provisioned_concurrency_config"):
+        monkeypatch.setattr(aws, operation, getattr(stubbed, operation))
+    invocations = []
+    monkeypatch.setattr(aws, "invoke", invoke_returning({"generated_text": " there"}, calls=invocations))
+    with Stubber(stubbed) as stub:
+        stub.add_client_error("get_provisioned_concurrency_config", NO_PROVISIONED, expected_params=ALIAS_LIVE)
+        stub.add_client_error("get_provisioned_concurrency_config", NO_PROVISIONED, expected_params=ALIAS_LIVE)
+        stub.add_response("put_provisioned_concurrency_config", provisioned("IN_PROGRESS", available=0),
+                          expected_params={**ALIAS_LIVE, "ProvisionedConcurrentExecutions": 2})
+        stub.add_response("get_provisioned_concurrency_config", provisioned("READY"), expected_params=ALIAS_LIVE)
+        args = BASE_ARGS + ["--provisioned-concurrency", "2", "--reserved-concurrency", "4"]
+        assert dl.main(args, client=aws) == 0
+        stub.assert_no_pending_responses()
+    assert aws.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] != "$LATEST"  # the default alias
+    assert aws.get_function_concurrency(FunctionName=NAME)["ReservedConcurrentExecutions"] == 4
+    assert [call.get("Qualifier") for call in invocations] == ["live"]
+    assert "Smoke test passed" in capsys.readouterr().out
+
+
+def test_a_concurrency_error_from_lambda_is_one_line_and_exit_1(aws, monkeypatch, capsys):
+    def put_function_concurrency(**kwargs):
+        raise client_error("InvalidParameterValueException", "Specified ReservedConcurrentExecutions for function "
+                           "decreases account's UnreservedConcurrentExecution below its minimum value of [100].",
+                           "PutFunctionConcurrency")
+
+    monkeypatch.setattr(aws, "put_function_concurrency", put_function_concurrency)
+    assert dl.main(BASE_ARGS + ["--reserved-concurrency", "950", "--no-smoke-test"], client=aws) == 1
+    err = capsys.readouterr().err
+    assert "PutFunctionConcurrency failed: InvalidParameterValueException: Specified ReservedConcurrentExecutions" in err
+    assert "Traceback" not in err
+
+
+def test_parse_concurrency_and_alias():
+    args = dl.parse_args(BASE_ARGS)
+    assert (args.alias, args.reserved_concurrency, args.provisioned_concurrency) == (None, None, None)
+    args = dl.parse_args(BASE_ARGS + ["--provisioned-concurrency", "2"])
+    assert (args.alias, args.provisioned_concurrency) == ("live", 2)  # provisioned needs an alias: the default
+    args = dl.parse_args(BASE_ARGS + ["--alias", "blue_2", "--provisioned-concurrency", "0", "--reserved-concurrency", "NONE"])
+    assert (args.alias, args.provisioned_concurrency, args.reserved_concurrency) == ("blue_2", 0, dl.REMOVE)
+    args = dl.parse_args(BASE_ARGS + ["--reserved-concurrency", "3", "--provisioned-concurrency", "3"])
+    assert (args.reserved_concurrency, args.provisioned_concurrency) == (3, 3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reserved-concurrency", "0"], "throttles every invocation"),
+    (["--reserved-concurrency", "-3"], "throttles every invocation"),
+    (["--reserved-concurrency", "lots"], "expected a whole number of execution environments"),
+    (["--provisioned-concurrency", "-1"], "or 0 to remove provisioned concurrency"),
+    (["--provisioned-concurrency", "1.5"], "expected a whole number of execution environments"),
+    (["--reserved-concurrency", "2", "--provisioned-concurrency", "3"], "exceeds --reserved-concurrency 2"),
+    (["--alias", "42"], "not all digits"),
+    (["--alias", "$LATEST"], "an alias name is"),
+    (["--alias", "my alias"], "an alias name is"),
+    (["--alias", "a" * 129], "an alias name is"),
+])
+def test_bad_concurrency_or_alias_exit_2(extra, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        dl.main(BASE_ARGS + extra, client=object())  # never used: parsing fails first
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
