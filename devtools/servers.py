@@ -46,6 +46,14 @@ def chromium_path() -> str:
     return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def haproxy_path() -> str:
+    """The haproxy the rolling-replacement test runs: $HAPROXY_PATH, or Debian's `haproxy` (in /usr/sbin,
+    which a non-root PATH may leave out)."""
+    import shutil
+
+    return os.environ.get("HAPROXY_PATH") or shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

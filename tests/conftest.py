@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from devtools.models import make_tiny
-from devtools.servers import chromium_path
+from devtools.servers import chromium_path, haproxy_path
 from tests.models import add_chat_template
 from textgen.engine import Engine
 from textgen.model.loader import load_model
@@ -38,12 +38,17 @@ def _chromium_problem():
     return None if os.path.exists(path) else f"no Chromium at {path} (apt-get install chromium, or set CHROMIUM_PATH)"
 
 
+def _haproxy_problem():
+    path = haproxy_path()
+    return None if os.path.exists(path) else f"no haproxy at {path} (apt-get install haproxy, or set HAPROXY_PATH)"
+
+
 # Tests that need something outside Python: why it is missing here (None when it is there).
-_OUTSIDE_TOOLS = {"container": container_engine_problem, "browser": _chromium_problem}
+_OUTSIDE_TOOLS = {"container": container_engine_problem, "browser": _chromium_problem, "haproxy": _haproxy_problem}
 
 
 def pytest_runtest_setup(item):
-    """Container and browser tests skip, saying why, where their tool is missing (a `docker` client
+    """Container, browser and haproxy tests skip, saying why, where their tool is missing (a `docker` client
     without a daemon included); checked before their fixtures build images or start browsers. Under CI
     they fail instead: .ci/run deselects them itself, saying why, or runs them."""
     for marker, problem_of in _OUTSIDE_TOOLS.items():
