@@ -15,6 +15,8 @@ dropped, no privilege escalation), under `--cpus C --memory M --memory-swap M`. 
   longest length, the rest queued): the longest request (queue wait included, what the grace period must
   outlast) and peak memory, as the processes' summed PSS and as the cgroup's peak usage (which also counts
   page cache, reclaimable before an OOM kill).
+The machine is shared: before each start-up and each load it waits (up to --quiet-timeout) for other
+processes to leave the CPUs mostly idle, and records the share of the CPUs they took during each load.
 Prints one JSON line per CPU limit and writes bench/results/pod_sizing.json.
 """
 
@@ -37,6 +39,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from devtools.benchmark import cpu_snapshot, others_cpu_share, wait_until_quiet  # noqa: E402
 from devtools.models import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
 from devtools.servers import ROOT, copy_tracked_files, free_port  # noqa: E402
 
@@ -67,13 +70,16 @@ def build_image() -> str:
     return IMAGE
 
 
+def container_pids(name: str) -> list:
+    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
+    return [root.pid] + [p.pid for p in root.children(recursive=True)]
+
+
 def pss_mb(name: str) -> float:
-    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-    root = psutil.Process(pid)
     total = 0
-    for proc in [root] + root.children(recursive=True):
+    for pid in container_pids(name):
         try:
-            with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
         except (OSError, StopIteration):
             pass
@@ -152,7 +158,9 @@ def load(url: str, clients: int, requests_each: int, new_tokens: int, prompt: st
     }
 
 
-def measure(image: str, cpus: str, memory: str, clients: int, rounds: int) -> dict:
+def measure(image: str, cpus: str, memory: str, clients: int, rounds: int, quiet_below: float, quiet_timeout: float) -> dict:
+    if quiet_timeout > 0:
+        wait_until_quiet(quiet_below, quiet_timeout)
     env = manifest_environment()
     name, port = f"k8s-sizing-{os.getpid()}", free_port()
     container_port = env.get("PORT", "5000")
@@ -178,16 +186,27 @@ def measure(image: str, cpus: str, memory: str, clients: int, rounds: int) -> di
             time.sleep(0.1)
         assert healthy_at is not None, docker("logs", name, check=False).stderr[-3000:]
         tmp_kb = int(docker("exec", name, "du", "-sk", "/tmp").stdout.split()[0])
+        ours = [os.getpid(), *container_pids(name)]
         idle_pss = pss_mb(name)
         watch = Watch(name, url)
+
+        def phase(*load_args, **load_kw):
+            """One load, after a quiet spell, with the share of the CPUs other processes took during it."""
+            if quiet_timeout > 0:
+                wait_until_quiet(quiet_below, quiet_timeout, ours)
+            watch.take()
+            began, before = time.monotonic(), cpu_snapshot(ours)
+            result = load(url, *load_args, **load_kw)
+            result.update(watch.take())
+            result["others_cpu_share"] = round(others_cpu_share(before, cpu_snapshot(ours), time.monotonic() - began), 2)
+            return result
+
         default_tokens = int(env.get("DEFAULT_MAX_NEW_TOKENS", "50"))
-        throughput = load(url, clients, rounds, default_tokens, "Once upon a time, the travellers")
-        throughput.update(watch.take())
+        throughput = phase(clients, rounds, default_tokens, "Once upon a time, the travellers")
         total = int(env["MAX_TOTAL_TOKENS"])
         longest = int(env["MAX_NEW_TOKENS_LIMIT"])
         long_prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 80)
-        worst = load(url, int(env["MAX_CONCURRENT_REQUESTS"]), 1, longest, long_prompt, truncate=total - longest)
-        worst.update(watch.take())
+        worst = phase(int(env["MAX_CONCURRENT_REQUESTS"]), 1, longest, long_prompt, truncate=total - longest)
         watch.stop()
         cgroup_peak = int(docker("exec", name, "cat", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes").stdout) / 2**20
         logs = docker("logs", name, check=False)
@@ -204,7 +223,6 @@ def measure(image: str, cpus: str, memory: str, clients: int, rounds: int) -> di
         "peak_pss_mb": round(watch.peak_pss),
         "cgroup_peak_usage_mb": round(cgroup_peak),
         "worker_killed": "was sent SIGKILL" in (logs.stdout + logs.stderr),
-        "load_average_after": os.getloadavg()[0],
     }
 
 
@@ -215,12 +233,15 @@ def main():
     parser.add_argument("--clients", type=int, default=16, help="throughput load: clients at once (MAX_BATCH_SIZE)")
     parser.add_argument("--rounds", type=int, default=4, help="throughput load: requests per client")
     parser.add_argument("--image", help="an image already built (skips the build)")
+    parser.add_argument("--quiet-below", type=float, default=0.15,
+                        help="before each CPU limit, wait until other processes use less than this share of the CPUs")
+    parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "pod_sizing.json"))
     args = parser.parse_args()
     image = args.image or build_image()
     results = []
     for cpus in args.cpus:
-        result = measure(image, cpus, args.memory, args.clients, args.rounds)
+        result = measure(image, cpus, args.memory, args.clients, args.rounds, args.quiet_below, args.quiet_timeout)
         print(json.dumps(result), flush=True)
         results.append(result)
     with open(args.out, "w", encoding="utf-8") as f:
