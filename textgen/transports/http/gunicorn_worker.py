@@ -80,7 +80,8 @@ class ThreadWorker(gthread.ThreadWorker):
         kills it at GRACEFUL_TIMEOUT whatever runs). Without the wait, a balancer that had not yet seen
         /ready change kept sending to a closed port: requests lost at every restart."""
         engine = getattr(self.wsgi, "extensions", {}).get("textgen.engine")
-        if engine is None or self.drain_seconds <= 0 or getattr(engine, "draining", False):
+        if engine is None or self.drain_seconds <= 0 or getattr(engine, "draining", False) or not engine.healthy():
+            # Nothing to drain for: a second SIGTERM, or a dead engine (it SIGTERMs its own worker).
             return super().handle_exit(sig, frame)
         engine.drain()
         self.log.info("SIGTERM: draining for %g s (/ready 503), then finishing requests in flight", self.drain_seconds)
