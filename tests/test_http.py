@@ -41,13 +41,22 @@ def test_tgi_form_with_details(client):
         json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "details": True, "seed": 3}},
     )
     body = response.get_json()
-    assert body["details"] == {
+    details = body["details"]
+    assert details == {
         "finish_reason": "length",
         "generated_tokens": 5,
-        "prompt_tokens": body["details"]["prompt_tokens"],
+        "prompt_tokens": details["prompt_tokens"],
         "seed": 3,
+        "prefill": [],  # TGI's: the prompt's tokens, only with decoder_input_details
+        "tokens": details["tokens"],
     }
-    assert body["details"]["prompt_tokens"] >= 1
+    assert details["prompt_tokens"] >= 1
+    # TGI's `details.tokens`: every generated token, as the stream's events show them.
+    assert len(details["tokens"]) == 5
+    assert all(set(token) == {"id", "text", "logprob", "special"} for token in details["tokens"])
+    assert "".join(token["text"] for token in details["tokens"]) == body["generated_text"]
+    stream = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "seed": 3}}
+    assert [e["token"] for e in sse_events(client.post("/generate_stream", json=stream))] == details["tokens"]
 
 
 def test_seeded_requests_repeat(client):

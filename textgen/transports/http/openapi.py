@@ -18,23 +18,42 @@ from ...validation.tgi import PromptRequest, TGIRequest
 
 
 # -- answers ---------------------------------------------------------------------------------------
-class Details(BaseModel):
+class StreamToken(BaseModel):
+    """One generated token (TGI's Token): in each stream event and in a complete answer's details."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+class PrefillToken(BaseModel):
+    id: int
+    text: str
+    logprob: Optional[float]
+
+
+class StreamDetails(BaseModel):
+    """The details on a stream's last event (TGI's StreamDetails)."""
+
     finish_reason: Literal["length", "eos_token", "stop_sequence"]
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int] = Field(description="The sampling seed used (null when decoding greedily).")
 
 
+class Details(StreamDetails):
+    """The details of a complete answer (TGI's Details): also every generated token."""
+
+    prefill: List[PrefillToken] = Field(
+        description="The prompt's tokens with `decoder_input_details` (not supported: always empty)."
+    )
+    tokens: List[StreamToken] = Field(description="Every generated token, in order.")
+
+
 class GenerateResponse(BaseModel):
     generated_text: str
     details: Optional[Details] = Field(None, description='Present when the request sets `"details": true`.')
-
-
-class StreamToken(BaseModel):
-    id: int
-    text: str
-    logprob: float
-    special: bool
 
 
 class StreamEvent(BaseModel):
@@ -43,7 +62,7 @@ class StreamEvent(BaseModel):
     index: int
     token: StreamToken
     generated_text: Optional[str]
-    details: Optional[Details]
+    details: Optional[StreamDetails]
 
 
 class ErrorBody(BaseModel):
