@@ -74,9 +74,19 @@ def test_return_full_text_prepends_the_prompt(client):
     assert full["generated_text"] == "Hello" + short["generated_text"]
 
 
-def test_compat_route_answers_like_generate(client):
-    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "do_sample": False}}
-    assert client.post("/", json=body).get_json() == client.post("/generate", json=body).get_json()
+@pytest.mark.parametrize("details", [False, True])
+def test_compat_route_answers_a_list_of_one(client, details):
+    """TGI's `compat_generate` wraps the complete answer in a list "to match api-inference" (TGI's own
+    Python client reads `payload[0]`); its headers are /generate's."""
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "do_sample": False, "details": details}}
+    compat = client.post("/", json=body)
+    assert compat.get_json() == [client.post("/generate", json=body).get_json()]
+    assert compat.headers["x-generated-tokens"] == "6" and compat.headers["x-compute-time"]
+
+
+def test_compat_route_errors_are_the_plain_error_body(client):
+    assert_error(client.post("/", json={"inputs": "Hi", "parameters": {"max_new_tokens": 0}}), 422, "validation")
+    assert_error(client.post("/", data="{oops"), 400, "bad_request")
 
 
 def test_body_without_json_content_type_is_still_read(client):

@@ -33,11 +33,13 @@ def generate_stream():
 
 @bp.post("/")
 def compat_generate():
-    """TGI's compat route: the body's `stream` flag chooses between the two answers."""
+    """TGI's compat route: the body's `stream` flag chooses between the two answers. A complete answer
+    is a list of one, as TGI's router answers it ("to match api-inference": its Python client reads
+    `payload[0]`); a stream and every error are the same as on the other two routes."""
     gen_request, handle = _submit(stream=None)
     if gen_request.stream:
         return _event_stream(gen_request, handle)
-    return _complete(gen_request, handle)
+    return _complete(gen_request, handle, as_list=True)
 
 
 def _submit(stream: Optional[bool]):
@@ -48,11 +50,11 @@ def _submit(stream: Optional[bool]):
     return gen_request, engine.submit(engine_request(gen_request), request_id=g.request_id)
 
 
-def _complete(gen_request: GenerationRequest, handle: Handle):
+def _complete(gen_request: GenerationRequest, handle: Handle, as_list: bool = False):
     with watching(request.environ, handle):
         result, tokens = gather(handle.events())
     body = result_body(gen_request, result, tokens if gen_request.details else None)
-    response = jsonify(body)
+    response = jsonify([body] if as_list else body)
     response.headers.update(timing_headers(result))
     return response
 

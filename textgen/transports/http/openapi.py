@@ -296,7 +296,12 @@ def _paths() -> dict:
     paths = {
         "/generate": _generation("Generate text (TGI's form, or {\"prompt\": ...})", tgi_body, _json("GenerateResponse")),
         "/generate_stream": _generation("Generate, one Server-Sent Event per token", tgi_body, tgi_stream),
-        "/": _generation("TGI's compat route: `stream` chooses the answer", tgi_body, {**_json("GenerateResponse"), **tgi_stream}),
+        "/": _generation(
+            "TGI's compat route: `stream` chooses the answer; a complete one is a list of one (as TGI's)",
+            tgi_body,
+            {"application/json": {"schema": {"type": "array", "items": _ref("GenerateResponse"), "minItems": 1, "maxItems": 1}},
+             **tgi_stream},
+        ),
         "/v1/completions": _generation(
             "OpenAI completions", _ref("CompletionRequest"), {**_json("Completion"), **_sse("CompletionChunk", "OpenAIError", done=True)}, "OpenAIError", "400"
         ),
