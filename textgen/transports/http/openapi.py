@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
+from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
 
@@ -63,6 +64,21 @@ class StreamEvent(BaseModel):
     token: StreamToken
     generated_text: Optional[str]
     details: Optional[StreamDetails]
+
+
+class SimpleToken(BaseModel):
+    """One prompt token from /tokenize (TGI's SimpleToken)."""
+
+    id: int
+    text: str = Field(description="The prompt between `start` and `stop`.")
+    start: int = Field(description="UTF-8 byte offset into the prompt, as TGI's (0 for a token the tokenizer adds).")
+    stop: int
+
+
+class DetokenizeResponse(BaseModel):
+    """vLLM's DetokenizeResponse."""
+
+    prompt: str
 
 
 class ErrorBody(BaseModel):
@@ -199,6 +215,7 @@ class Info(BaseModel):
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
+    SimpleToken, DetokenizeRequest, DetokenizeResponse,
 ]
 
 
@@ -215,6 +232,14 @@ def _sse(*payloads: str, done: bool = False) -> dict:
     return {"text/event-stream": {"schema": event}}
 
 
+# Statuses the tokenizer routes may answer besides 200: no engine, so no 429, 500 or 503.
+_TOKENIZER_ERRORS = {
+    "400": "Not JSON, or not an object",
+    "401": "API_KEY is set and the request has no valid bearer key",
+    "413": "Body larger than MAX_REQUEST_BYTES",
+    "422": "A field breaks a rule (an id outside the vocabulary, too many tokens); the message names it",
+}
+
 # Statuses every generation route may answer besides 200 (413: body over MAX_REQUEST_BYTES).
 _GENERATION_ERRORS = {
     "400": "Not JSON, or not an object",
@@ -227,15 +252,28 @@ _GENERATION_ERRORS = {
 }
 
 
-@functools.lru_cache(maxsize=4)  # a server has one pair of limits: built once, not per request
-def build_openapi(max_new_tokens: int, max_input_tokens: int, title: str = "textgen") -> Dict[str, Any]:
-    """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens) are bounds
-    in the schema, so a client or a fuzzer knows them before it asks."""
+@functools.lru_cache(maxsize=4)  # a server has one set of limits: built once, not per request
+def build_openapi(
+    max_new_tokens: int,
+    max_input_tokens: int,
+    title: str = "textgen",
+    max_total_tokens: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+) -> Dict[str, Any]:
+    """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens, and for
+    /detokenize the total tokens and the vocabulary) are bounds in the schema, so a client or a fuzzer
+    knows them before it asks."""
     schemas: Dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    schemas["TokenizeResponse"] = {"type": "array", "items": _ref("SimpleToken")}
+    ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
+    if max_total_tokens is not None:
+        ids["maxItems"] = max_total_tokens
+    if vocab_size is not None:
+        ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
@@ -312,6 +350,14 @@ def _paths() -> dict:
             "OpenAIError",
             "400",
         ),
+        "/tokenize": _tokenizer(
+            "The prompt's tokens as /generate would prefill them, with their UTF-8 byte offsets (TGI's)",
+            tgi_body,
+            "TokenizeResponse",
+        ),
+        "/detokenize": _tokenizer(
+            "The text of token ids (vLLM's body and answer)", _ref("DetokenizeRequest"), "DetokenizeResponse"
+        ),
         "/v1/models": {
             "get": {
                 "summary": "The served model",
@@ -346,6 +392,17 @@ def _paths() -> dict:
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
     return paths
+
+
+def _tokenizer(summary: str, body: dict, ok: str) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{}, {"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "Done", "content": _json(ok)}, **_errors("ErrorBody", _TOKENIZER_ERRORS)},
+        }
+    }
 
 
 def _page(summary: str) -> dict:
