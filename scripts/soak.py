@@ -126,6 +126,8 @@ def plain(session, url: str, rng: random.Random, tally: Tally) -> int:
     r = session.post(url + route, json=body, timeout=120)
     if r.status_code == 200:
         answer = r.json()
+        if route == "/":  # TGI's compat route answers a list of one
+            answer = answer[0] if isinstance(answer, list) and len(answer) == 1 else {}
         ok = isinstance(answer.get("generated_text"), str) or isinstance(answer.get("choices"), list)
         if not ok:
             tally.add("plain", "malformed", r.text)

@@ -14,6 +14,8 @@ GUARDED = [
     ("post", "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
     ("post", "/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
     ("post", "/", {"inputs": "Hi", "parameters": {"max_new_tokens": 2}}),
+    ("post", "/tokenize", {"inputs": "Hi"}),
+    ("post", "/detokenize", {"tokens": [1, 2]}),
     ("post", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
     ("get", "/v1/models", None),
 ]

@@ -82,6 +82,7 @@ def test_json_prints_the_answer_with_details(cli_env):
     assert body["details"]["finish_reason"] in ("length", "eos_token")
     assert 1 <= body["details"]["generated_tokens"] <= 6
     assert body["details"]["seed"] == 5
+    assert len(body["details"]["tokens"]) == body["details"]["generated_tokens"]  # as POST /generate's
 
 
 @pytest.mark.parametrize(

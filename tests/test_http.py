@@ -41,13 +41,22 @@ def test_tgi_form_with_details(client):
         json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "details": True, "seed": 3}},
     )
     body = response.get_json()
-    assert body["details"] == {
+    details = body["details"]
+    assert details == {
         "finish_reason": "length",
         "generated_tokens": 5,
-        "prompt_tokens": body["details"]["prompt_tokens"],
+        "prompt_tokens": details["prompt_tokens"],
         "seed": 3,
+        "prefill": [],  # TGI's: the prompt's tokens, only with decoder_input_details
+        "tokens": details["tokens"],
     }
-    assert body["details"]["prompt_tokens"] >= 1
+    assert details["prompt_tokens"] >= 1
+    # TGI's `details.tokens`: every generated token, as the stream's events show them.
+    assert len(details["tokens"]) == 5
+    assert all(set(token) == {"id", "text", "logprob", "special"} for token in details["tokens"])
+    assert "".join(token["text"] for token in details["tokens"]) == body["generated_text"]
+    stream = {"inputs": "Hello", "parameters": {"max_new_tokens": 5, "seed": 3}}
+    assert [e["token"] for e in sse_events(client.post("/generate_stream", json=stream))] == details["tokens"]
 
 
 def test_seeded_requests_repeat(client):
@@ -65,9 +74,19 @@ def test_return_full_text_prepends_the_prompt(client):
     assert full["generated_text"] == "Hello" + short["generated_text"]
 
 
-def test_compat_route_answers_like_generate(client):
-    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "do_sample": False}}
-    assert client.post("/", json=body).get_json() == client.post("/generate", json=body).get_json()
+@pytest.mark.parametrize("details", [False, True])
+def test_compat_route_answers_a_list_of_one(client, details):
+    """TGI's `compat_generate` wraps the complete answer in a list "to match api-inference" (TGI's own
+    Python client reads `payload[0]`); its headers are /generate's."""
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 6, "do_sample": False, "details": details}}
+    compat = client.post("/", json=body)
+    assert compat.get_json() == [client.post("/generate", json=body).get_json()]
+    assert compat.headers["x-generated-tokens"] == "6" and compat.headers["x-compute-time"]
+
+
+def test_compat_route_errors_are_the_plain_error_body(client):
+    assert_error(client.post("/", json={"inputs": "Hi", "parameters": {"max_new_tokens": 0}}), 422, "validation")
+    assert_error(client.post("/", data="{oops"), 400, "bad_request")
 
 
 def test_body_without_json_content_type_is_still_read(client):

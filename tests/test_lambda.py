@@ -40,6 +40,7 @@ def test_direct_invocation_both_forms(handler):
     assert set(handler(SEED, None)) == {"generated_text"}
     tgi = handler({"inputs": "Hello", "parameters": {"max_new_tokens": 3, "details": True, "seed": 1}}, None)
     assert tgi["details"]["generated_tokens"] == 3 and tgi["details"]["seed"] == 1
+    assert len(tgi["details"]["tokens"]) == 3 and tgi["details"]["prefill"] == []  # as POST /generate's
 
 
 def test_direct_invocation_errors_carry_the_status(handler):

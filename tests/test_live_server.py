@@ -1,4 +1,4 @@
-"""Real HTTP: gunicorn with gunicorn.conf.py, a real TGI client, disconnects on a real socket."""
+"""Real HTTP: gunicorn with gunicorn.conf.py, disconnects on a real socket (TGI's clients: test_tgi_clients.py)."""
 
 import json
 import os
@@ -41,24 +41,6 @@ def test_errors_are_json_through_gunicorn(gunicorn_url):
     assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
     big = requests.post(gunicorn_url + "/generate", data="x" * 1_100_000, timeout=10)
     assert big.status_code == 413 and big.json()["error_type"] == "payload_too_large"
-
-
-def test_tgi_client(gunicorn_url):
-    from huggingface_hub import InferenceClient
-
-    client = InferenceClient(base_url=gunicorn_url)
-    text = client.text_generation("Hello", max_new_tokens=5, do_sample=False)
-    assert isinstance(text, str)
-    expected = requests.post(
-        gunicorn_url + "/generate",
-        json={"inputs": "Hello", "parameters": {"max_new_tokens": 5, "do_sample": False}},
-        timeout=30,
-    ).json()["generated_text"]
-    assert text == expected
-    detailed = client.text_generation("Hello", max_new_tokens=4, details=True, seed=9)
-    assert detailed.details.finish_reason == "length" and detailed.details.generated_tokens == 4
-    streamed = list(client.text_generation("Hello", max_new_tokens=5, do_sample=False, stream=True))
-    assert "".join(streamed) == expected
 
 
 def test_health_answers_during_a_long_generation(tiny_model_dir, tmp_path):

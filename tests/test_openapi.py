@@ -72,8 +72,12 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     assert parameters["stop"]["maxItems"] == 4
     assert schemas["TGIRequest"]["additionalProperties"] is False
     expected_paths = {"/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions", "/v1/models",
-                      "/health", "/info", "/metrics", "/openapi.json", "/docs"}
+                      "/tokenize", "/detokenize", "/health", "/info", "/metrics", "/openapi.json", "/docs"}
     assert expected_paths <= set(document["paths"])
+    # /detokenize's bounds are this server's: its longest sequence (1024) and its vocabulary.
+    ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
+    assert ids["maxItems"] == 1024 and ids["minItems"] == 1
+    assert ids["items"]["minimum"] == 0 and ids["items"]["maximum"] == 399  # the tiny model: 400 tokens
 
 
 def test_docs_page_is_self_contained(live_url):
@@ -97,5 +101,6 @@ def test_fuzz_against_the_document(live_url, tmp_path):
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     report = (tmp_path / "junit.xml").read_text()
     # Every documented operation was exercised.
-    for operation in ("POST /generate", "POST /v1/completions", "POST /v1/chat/completions", "GET /health"):
+    for operation in ("POST /generate", "POST /v1/completions", "POST /v1/chat/completions", "GET /health",
+                      "POST /tokenize", "POST /detokenize"):
         assert operation in report

@@ -62,11 +62,13 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     from .transports.http.metrics import init_metrics
     from .transports.http.openai import bp as openai_bp
     from .transports.http.playground import bp as playground_bp
+    from .transports.http.tokenize import bp as tokenize_bp
 
     register_error_handlers(app)
     enable_cors(app, settings.cors_origins)
     app.register_blueprint(health_bp)
     app.register_blueprint(generate_bp)
+    app.register_blueprint(tokenize_bp)
     init_metrics(app, engine)  # GET /metrics, its registry, and the engine listener
     app.register_blueprint(openai_bp)
     app.register_blueprint(docs_bp)

@@ -3,8 +3,8 @@ backends; the transformers backend keeps AutoTokenizer).
 
 transformers' `AutoTokenizer` wraps the same Rust tokenizer (tokenizer.json), but importing it and
 its Python-side vocabulary costs ~70 MB and seconds of CPU at start-up, which a 512 MB, 0.1-CPU
-instance feels. This class offers the few things the service uses: encode, decode, the special
-tokens and the chat template. Tokenizers whose files need transformers' Python logic (no
+instance feels. This class offers the few things the service uses: encode (with offsets, for /tokenize), decode,
+the special tokens and the chat template. Tokenizers whose files need transformers' Python logic (no
 tokenizer.json, or BOS/EOS added by configuration rather than by the tokenizer's own post-processor)
 keep `AutoTokenizer`.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 _CONFIG = "tokenizer_config.json"
 
@@ -63,6 +63,12 @@ class LeanTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = True) -> Tuple[List[int], List[Tuple[int, int]]]:
+        """`encode`'s ids and each token's (start, stop) character offsets into `text`; a token the
+        tokenizer adds itself (a BOS) has (0, 0)."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return encoding.ids, encoding.offsets
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -100,23 +100,23 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     request = _validate(args, settings)
 
     from ..engine import create_engine  # loads the model runtime: only once there is something to generate
-    from .responses import result_body
+    from .responses import engine_request, result_body
 
     try:
         engine = create_engine(settings)
     except (OSError, ValueError) as exc:  # no such directory or hub model, or a setting it cannot honour
         return _fail(f"cannot load model {settings.model_id!r}: {exc}")
     try:
-        handle = engine.submit(request)
+        handle = engine.submit(engine_request(request) if args.json else request)
         try:
-            result = _consume(handle, stream=args.stream and not args.json)
+            result, tokens = _consume(handle, stream=args.stream and not args.json)
         except KeyboardInterrupt:
             handle.cancel()
             return 130
     finally:
         engine.stop()
     if args.json:
-        print(json.dumps(result_body(request, result), ensure_ascii=False))
+        print(json.dumps(result_body(request, result, tokens), ensure_ascii=False))
     elif not args.stream:
         print(result.text)
     return 0
@@ -136,14 +136,17 @@ def _validate(args: argparse.Namespace, settings: Settings):
 
 
 def _consume(handle, stream: bool):
-    """Wait for the result; with `stream`, print the text as it comes (joined, exactly the result's text)."""
+    """Wait for the result and keep its token events (for `details.tokens`); with `stream`, print the
+    text as it comes (joined, exactly the result's text)."""
     from ..engine import GenerationResult
 
+    tokens = []
     for event in handle.events():
         if isinstance(event, GenerationResult):
             if stream:
                 _write("\n")
-            return event
+            return event, tokens
+        tokens.append(event)
         if stream and event.released:
             _write(event.released)  # held back by the engine while it could begin a stop sequence
     raise AssertionError("event stream ended without a result")  # pragma: no cover - events() always ends so

@@ -46,7 +46,9 @@ class _OpenAIOptions(BaseModel):
     n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_whole_number)] = Field(
         1, description="Only 1 completion per request."
     )
-    stop: Union[NonEmpty, List[NonEmpty], None] = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences.")
+    stop: Union[NonEmpty, Annotated[List[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)], None] = Field(
+        None, description=f"Up to {MAX_STOP_SEQUENCES} sequences."
+    )
     seed: OptionalInteger = Field(None, ge=0, le=MAX_SEED)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Not supported: 0 only.")

@@ -273,6 +273,8 @@ def _describe(error: dict) -> str:
         "model_type": "an object",
         "dict_type": "an object",
     }
+    if kind == "list_type" and name == "tokens":  # /detokenize's ids
+        return f"`tokens` must be a list of token ids. Given: {given_text}"
     if kind == "finite_number":
         return f"`{name}` must be a finite number. Given: {given_text}"
     if kind in expected or kind.startswith(("int_", "float_")):

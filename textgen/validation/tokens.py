@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..errors import BadRequest, ValidationError
 from .tgi import TGI_FIELDS, FieldNames, GenerationRequest
@@ -21,6 +21,18 @@ class TokenizedRequest:
 
     request: GenerationRequest
     prompt_ids: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PromptToken:
+    """One prompt token as TGI's `POST /tokenize` shows it: `start` and `stop` are UTF-8 byte offsets into
+    the prompt (TGI's are the Rust tokenizer's, which count bytes) and `text` is the prompt between them.
+    A token the tokenizer adds itself (a BOS) covers nothing: "", 0, 0."""
+
+    id: int
+    text: str
+    start: int
+    stop: int
 
 
 class PromptTokens:
@@ -44,6 +56,43 @@ class PromptTokens:
         kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens, fields)
         return TokenizedRequest(request, tuple(ids[len(ids) - kept :]))  # `truncate` keeps the last tokens
 
+    @property
+    def vocab_size(self) -> int:
+        """Ids run from 0 to vocab_size - 1 (added tokens included)."""
+        return len(self.tokenizer)
+
+    def prompt_tokens(self, request: GenerationRequest, fields: FieldNames = TGI_FIELDS) -> List[PromptToken]:
+        """The tokens /generate would prefill for this request (same input limits, cut to `truncate`; no
+        room is needed for new tokens), each with its place in the prompt."""
+        with self._lock:
+            ids, offsets = _encode_with_offsets(self.tokenizer, request.prompt)
+        first = len(ids) - kept_input_tokens(len(ids), request, self.max_input_tokens, fields)
+        ids = ids[first:]
+        if offsets is None:  # a tokenizer without offsets (no Rust core): TGI answers the ids alone
+            return [PromptToken(int(i), "", 0, 0) for i in ids]
+        offsets = offsets[first:]
+        spans = _byte_offsets(request.prompt, offsets)
+        return [
+            PromptToken(int(i), request.prompt[start:stop], byte_start, byte_stop)
+            for i, (start, stop), (byte_start, byte_stop) in zip(ids, offsets, spans)
+        ]
+
+    def detokenize(self, ids: Sequence[int], field: str = "tokens") -> str:
+        """The text of `ids` as the tokenizer decodes them (special tokens kept), within the limits: at most
+        `max_total_tokens` ids (the longest sequence this server holds), each in the vocabulary."""
+        if len(ids) > self.max_total_tokens:
+            raise ValidationError(
+                f"`{field}` must hold at most {self.max_total_tokens} item(s). Given: {len(ids)}", field
+            )
+        vocab = self.vocab_size
+        for index, token in enumerate(ids):
+            if not 0 <= token < vocab:
+                raise ValidationError(
+                    f"`{field}` must be < {vocab} (the vocabulary size). Given: {token} at index {index}", field
+                )
+        with self._lock:
+            return self.tokenizer.decode(list(ids))
+
     def chat_prompt(self, messages: list) -> str:
         """The messages rendered with the model's chat template, ready to generate the assistant's turn."""
         if not getattr(self.tokenizer, "chat_template", None):
@@ -55,15 +104,36 @@ class PromptTokens:
             raise ValidationError(f"`messages` cannot be rendered with the model's chat template: {exc}", "messages")
 
 
-def kept_prompt_tokens(
-    prompt_tokens: int,
-    request: GenerationRequest,
-    max_input_tokens: int,
-    max_total_tokens: int,
-    fields: FieldNames = TGI_FIELDS,
+def _encode_with_offsets(tokenizer, text: str) -> Tuple[List[int], Optional[List[Tuple[int, int]]]]:
+    """The ids `tokenizer(text)` gives, and each token's character offsets (None where the tokenizer
+    cannot tell: one with no Rust core)."""
+    encode = getattr(tokenizer, "encode_with_offsets", None)  # the lean tokenizer's
+    if encode is not None:
+        return encode(text)
+    try:
+        encoding = tokenizer(text, return_offsets_mapping=True)  # transformers' tokenizers with a Rust core
+    except NotImplementedError:
+        return list(tokenizer(text)["input_ids"]), None
+    return list(encoding["input_ids"]), [tuple(pair) for pair in encoding["offset_mapping"]]
+
+
+def _byte_offsets(text: str, offsets: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Character offsets into `text` -> UTF-8 byte offsets, in one pass over the positions used."""
+    to_byte = {}
+    chars = count = 0
+    for position in sorted({p for pair in offsets for p in pair}):
+        count += len(text[chars:position].encode("utf-8"))
+        chars = position
+        to_byte[position] = count
+    return [(to_byte[start], to_byte[stop]) for start, stop in offsets]
+
+
+def kept_input_tokens(
+    prompt_tokens: int, request: GenerationRequest, max_input_tokens: int, fields: FieldNames = TGI_FIELDS
 ) -> int:
-    """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep."""
-    prompt, new_tokens = fields.prompt, fields.max_new_tokens
+    """Check the prompt's own limits (not empty, at most `max_input_tokens`, or `truncate` within it);
+    return how many prompt tokens to keep."""
+    prompt = fields.prompt
     if prompt_tokens == 0:
         raise ValidationError(f"`{prompt}` cannot be empty", prompt)
     if request.truncate is not None:
@@ -79,6 +149,19 @@ def kept_prompt_tokens(
                 f"`{prompt}` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}", prompt
             )
         kept = prompt_tokens
+    return kept
+
+
+def kept_prompt_tokens(
+    prompt_tokens: int,
+    request: GenerationRequest,
+    max_input_tokens: int,
+    max_total_tokens: int,
+    fields: FieldNames = TGI_FIELDS,
+) -> int:
+    """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep."""
+    prompt, new_tokens = fields.prompt, fields.max_new_tokens
+    kept = kept_input_tokens(prompt_tokens, request, max_input_tokens, fields)
     if kept + request.max_new_tokens > max_total_tokens:
         raise ValidationError(
             f"`{prompt}` tokens + `{new_tokens}` must be <= {max_total_tokens}. "

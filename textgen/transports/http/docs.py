@@ -23,7 +23,8 @@ def _page() -> str:
 def openapi_json():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
-    return jsonify(build_openapi(settings.max_new_tokens_limit, engine.max_input_tokens))
+    limits = dict(max_total_tokens=engine.max_total_tokens, vocab_size=engine.prompts.vocab_size)
+    return jsonify(build_openapi(settings.max_new_tokens_limit, engine.max_input_tokens, **limits))
 
 
 @bp.get("/docs")

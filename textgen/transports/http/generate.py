@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import Handle, TokenEvent
 from ...errors import ServiceError
-from ..responses import details_body, result_body, timing_headers
+from ..responses import details_body, engine_request, gather, result_body, timing_headers, token_body
 from ...validation import GenerationRequest, validate_generate
 from .access import require_key
 from .body import json_body
@@ -33,11 +33,13 @@ def generate_stream():
 
 @bp.post("/")
 def compat_generate():
-    """TGI's compat route: the body's `stream` flag chooses between the two answers."""
+    """TGI's compat route: the body's `stream` flag chooses between the two answers. A complete answer
+    is a list of one, as TGI's router answers it ("to match api-inference": its Python client reads
+    `payload[0]`); a stream and every error are the same as on the other two routes."""
     gen_request, handle = _submit(stream=None)
     if gen_request.stream:
         return _event_stream(gen_request, handle)
-    return _complete(gen_request, handle)
+    return _complete(gen_request, handle, as_list=True)
 
 
 def _submit(stream: Optional[bool]):
@@ -45,13 +47,14 @@ def _submit(stream: Optional[bool]):
     engine = current_app.extensions["textgen.engine"]
     body = json_body()
     gen_request = validate_generate(body, settings, stream=stream)
-    return gen_request, engine.submit(gen_request, request_id=g.request_id)
+    return gen_request, engine.submit(engine_request(gen_request), request_id=g.request_id)
 
 
-def _complete(gen_request: GenerationRequest, handle: Handle):
+def _complete(gen_request: GenerationRequest, handle: Handle, as_list: bool = False):
     with watching(request.environ, handle):
-        result = handle.result()
-    response = jsonify(result_body(gen_request, result))
+        result, tokens = gather(handle.events())
+    body = result_body(gen_request, result, tokens if gen_request.details else None)
+    response = jsonify([body] if as_list else body)
     response.headers.update(timing_headers(result))
     return response
 
@@ -86,7 +89,7 @@ def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
 def _token_payload(event: TokenEvent, generated_text, details) -> dict:
     return {
         "index": event.index,
-        "token": {"id": event.id, "text": event.text, "logprob": event.logprob, "special": event.special},
+        "token": token_body(event),
         "generated_text": generated_text,
         "details": details,
     }

@@ -13,28 +13,48 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
+from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
 
 
 # -- answers ---------------------------------------------------------------------------------------
-class Details(BaseModel):
+class StreamToken(BaseModel):
+    """One generated token (TGI's Token): in each stream event and in a complete answer's details."""
+
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+class PrefillToken(BaseModel):
+    id: int
+    text: str
+    logprob: Optional[float]
+
+
+class StreamDetails(BaseModel):
+    """The details on a stream's last event (TGI's StreamDetails)."""
+
     finish_reason: Literal["length", "eos_token", "stop_sequence"]
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int] = Field(description="The sampling seed used (null when decoding greedily).")
 
 
+class Details(StreamDetails):
+    """The details of a complete answer (TGI's Details): also every generated token."""
+
+    prefill: List[PrefillToken] = Field(
+        description="The prompt's tokens with `decoder_input_details` (not supported: always empty)."
+    )
+    tokens: List[StreamToken] = Field(description="Every generated token, in order.")
+
+
 class GenerateResponse(BaseModel):
     generated_text: str
     details: Optional[Details] = Field(None, description='Present when the request sets `"details": true`.')
-
-
-class StreamToken(BaseModel):
-    id: int
-    text: str
-    logprob: float
-    special: bool
 
 
 class StreamEvent(BaseModel):
@@ -43,7 +63,22 @@ class StreamEvent(BaseModel):
     index: int
     token: StreamToken
     generated_text: Optional[str]
-    details: Optional[Details]
+    details: Optional[StreamDetails]
+
+
+class SimpleToken(BaseModel):
+    """One prompt token from /tokenize (TGI's SimpleToken)."""
+
+    id: int
+    text: str = Field(description="The prompt between `start` and `stop`.")
+    start: int = Field(description="UTF-8 byte offset into the prompt, as TGI's (0 for a token the tokenizer adds).")
+    stop: int
+
+
+class DetokenizeResponse(BaseModel):
+    """vLLM's DetokenizeResponse."""
+
+    prompt: str
 
 
 class ErrorBody(BaseModel):
@@ -180,6 +215,7 @@ class Info(BaseModel):
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
+    SimpleToken, DetokenizeRequest, DetokenizeResponse,
 ]
 
 
@@ -196,6 +232,14 @@ def _sse(*payloads: str, done: bool = False) -> dict:
     return {"text/event-stream": {"schema": event}}
 
 
+# Statuses the tokenizer routes may answer besides 200: no engine, so no 429, 500 or 503.
+_TOKENIZER_ERRORS = {
+    "400": "Not JSON, or not an object",
+    "401": "API_KEY is set and the request has no valid bearer key",
+    "413": "Body larger than MAX_REQUEST_BYTES",
+    "422": "A field breaks a rule (an id outside the vocabulary, too many tokens); the message names it",
+}
+
 # Statuses every generation route may answer besides 200 (413: body over MAX_REQUEST_BYTES).
 _GENERATION_ERRORS = {
     "400": "Not JSON, or not an object",
@@ -208,15 +252,28 @@ _GENERATION_ERRORS = {
 }
 
 
-@functools.lru_cache(maxsize=4)  # a server has one pair of limits: built once, not per request
-def build_openapi(max_new_tokens: int, max_input_tokens: int, title: str = "textgen") -> Dict[str, Any]:
-    """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens) are bounds
-    in the schema, so a client or a fuzzer knows them before it asks."""
+@functools.lru_cache(maxsize=4)  # a server has one set of limits: built once, not per request
+def build_openapi(
+    max_new_tokens: int,
+    max_input_tokens: int,
+    title: str = "textgen",
+    max_total_tokens: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+) -> Dict[str, Any]:
+    """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens, and for
+    /detokenize the total tokens and the vocabulary) are bounds in the schema, so a client or a fuzzer
+    knows them before it asks."""
     schemas: Dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    schemas["TokenizeResponse"] = {"type": "array", "items": _ref("SimpleToken")}
+    ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
+    if max_total_tokens is not None:
+        ids["maxItems"] = max_total_tokens
+    if vocab_size is not None:
+        ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
@@ -277,7 +334,12 @@ def _paths() -> dict:
     paths = {
         "/generate": _generation("Generate text (TGI's form, or {\"prompt\": ...})", tgi_body, _json("GenerateResponse")),
         "/generate_stream": _generation("Generate, one Server-Sent Event per token", tgi_body, tgi_stream),
-        "/": _generation("TGI's compat route: `stream` chooses the answer", tgi_body, {**_json("GenerateResponse"), **tgi_stream}),
+        "/": _generation(
+            "TGI's compat route: `stream` chooses the answer; a complete one is a list of one (as TGI's)",
+            tgi_body,
+            {"application/json": {"schema": {"type": "array", "items": _ref("GenerateResponse"), "minItems": 1, "maxItems": 1}},
+             **tgi_stream},
+        ),
         "/v1/completions": _generation(
             "OpenAI completions", _ref("CompletionRequest"), {**_json("Completion"), **_sse("CompletionChunk", "OpenAIError", done=True)}, "OpenAIError", "400"
         ),
@@ -287,6 +349,14 @@ def _paths() -> dict:
             {**_json("ChatCompletion"), **_sse("ChatCompletionChunk", "OpenAIError", done=True)},
             "OpenAIError",
             "400",
+        ),
+        "/tokenize": _tokenizer(
+            "The prompt's tokens as /generate would prefill them, with their UTF-8 byte offsets (TGI's)",
+            tgi_body,
+            "TokenizeResponse",
+        ),
+        "/detokenize": _tokenizer(
+            "The text of token ids (vLLM's body and answer)", _ref("DetokenizeRequest"), "DetokenizeResponse"
         ),
         "/v1/models": {
             "get": {
@@ -322,6 +392,17 @@ def _paths() -> dict:
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
     return paths
+
+
+def _tokenizer(summary: str, body: dict, ok: str) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{}, {"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "Done", "content": _json(ok)}, **_errors("ErrorBody", _TOKENIZER_ERRORS)},
+        }
+    }
 
 
 def _page(summary: str) -> dict:
