@@ -8,7 +8,7 @@ so the server's defaults and limits apply exactly as on /generate. Messages name
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -32,6 +32,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["json_object"]
+
+
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="The format's name (OpenAI requires one; not used here).")
+    description: Optional[str] = None
+    schema_: Optional[Dict[str, Any]] = Field(None, alias="schema", description="The JSON schema; none: any JSON object.")
+    strict: Optional[bool] = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaFormat], Field(discriminator="type")]
+
+# `json_object`, and `json_schema` without a schema: any JSON object.
+ANY_OBJECT = {"type": "object"}
+
+
 class _OpenAIOptions(BaseModel):
     """What both OpenAI routes share. Bounds are OpenAI's own (temperature 0-2, penalties -2..2)."""
 
@@ -53,6 +87,11 @@ class _OpenAIOptions(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # an end-user id for the caller's own records; accepted and ignored
+    response_format: Optional[ResponseFormat] = Field(
+        None,
+        description='Structured output: `{"type": "json_object"}` (any JSON object), `{"type": "json_schema", '
+        '"json_schema": {"name", "schema"}}` (JSON matching the schema) or `{"type": "text"}` (no constraint).',
+    )
 
 
 class CompletionRequest(_OpenAIOptions):
@@ -93,7 +132,7 @@ def chat_request(
 
 def openai_fields(chat: bool) -> FieldNames:
     """OpenAI's names for the prompt and the token budget: what its clients sent, in every message."""
-    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens")
+    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens", grammar="response_format")
 
 
 def _parse(model: type[BaseModel], body: Any):
@@ -117,7 +156,18 @@ def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_
         "return_full_text": return_full_text,
         **sampling,
     }
+    parameters["grammar"] = _grammar(o.response_format)
     parameters = {k: v for k, v in parameters.items() if v is not None}
     body = {"inputs": prompt, "parameters": parameters}
     return validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
 
+
+
+def _grammar(response_format) -> Optional[dict]:
+    """OpenAI's `response_format` as TGI's `grammar` (None: no constraint)."""
+    if response_format is None or isinstance(response_format, TextFormat):
+        return None
+    if isinstance(response_format, JsonObjectFormat):
+        return {"type": "json", "value": ANY_OBJECT}
+    schema = response_format.json_schema.schema_
+    return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
