@@ -19,6 +19,7 @@ The engine sees only `TokenConstraint`: `mask()` (the allowed tokens as packed b
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Dict, Iterable, Literal, Optional, Union
@@ -226,7 +227,11 @@ def tokenizer_json(tokenizer) -> str:
 
 
 def _first_line(message: str) -> str:
-    return " ".join(message.strip().split("\n")[:3])[:500]
+    """llguidance's message on one line, without the lines that point into its own wrapper grammar
+    (`1 | start: /.../` and the carets under it) and without their position prefix."""
+    lines = [line.strip() for line in message.strip().splitlines()]
+    kept = [line for line in lines if line and not re.fullmatch(r"\^+|\d+ \|.*", line)]
+    return re.sub(r"^at \d+\(\d+\): ", "", " ".join(kept))[:500]
 
 
 class TokenConstraint:

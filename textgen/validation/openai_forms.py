@@ -12,8 +12,9 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Unio
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ValidationError
 from ..settings import Settings
+from .grammar import JsonSchemaConfig, RegexGrammar
 from .tgi import (
     MAX_SEED,
     MAX_STOP_SEQUENCES,
@@ -42,6 +43,18 @@ class JsonObjectFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json_object"]
+    value: Union[Dict[str, Any], str, None] = Field(
+        None, description="TGI's form (huggingface_hub sends it): a JSON schema. Without: any JSON object."
+    )
+
+
+class JsonFormat(BaseModel):
+    """TGI's `{"type": "json", "value": <schema>}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["json"]
+    value: Union[Dict[str, Any], str] = Field(description="A JSON schema (an object), or its JSON text.")
 
 
 class JsonSchema(BaseModel):
@@ -57,10 +70,15 @@ class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json_schema"]
-    json_schema: JsonSchema
+    json_schema: Optional[JsonSchema] = Field(None, description="OpenAI's form.")
+    value: Optional[JsonSchemaConfig] = Field(None, description="TGI's form.")
 
 
-ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaFormat], Field(discriminator="type")]
+# OpenAI's three forms, and TGI's (its chat route takes `grammar`'s forms here: `json`, `regex`, and
+# `json_object` / `json_schema` with a `value`), so that clients of either work unchanged.
+ResponseFormat = Annotated[
+    Union[TextFormat, JsonObjectFormat, JsonFormat, RegexGrammar, JsonSchemaFormat], Field(discriminator="type")
+]
 
 # `json_object`, and `json_schema` without a schema: any JSON object.
 ANY_OBJECT = {"type": "object"}
@@ -164,10 +182,16 @@ def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_
 
 
 def _grammar(response_format) -> Optional[dict]:
-    """OpenAI's `response_format` as TGI's `grammar` (None: no constraint)."""
+    """`response_format` as TGI's `grammar` (None: no constraint)."""
     if response_format is None or isinstance(response_format, TextFormat):
         return None
     if isinstance(response_format, JsonObjectFormat):
-        return {"type": "json", "value": ANY_OBJECT}
-    schema = response_format.json_schema.schema_
-    return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
+        return {"type": "json", "value": ANY_OBJECT if response_format.value is None else response_format.value}
+    if isinstance(response_format, (JsonFormat, RegexGrammar)):
+        return response_format.model_dump()
+    if response_format.json_schema is not None:
+        schema = response_format.json_schema.schema_
+        return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
+    if response_format.value is not None:
+        return {"type": "json_schema", "value": response_format.value.model_dump(by_alias=True, exclude_none=True)}
+    raise ValidationError("`response_format.json_schema` is required", "response_format.json_schema")
