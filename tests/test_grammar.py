@@ -345,3 +345,57 @@ def test_huggingface_hub_inference_client_grammar(chat_server):
 def test_live_error_body_names_the_problem(chat_server):
     answer = requests.post(chat_server + "/generate", json={"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "(a"}}})
     assert answer.status_code == 422 and answer.json()["error"].startswith("`grammar` cannot be compiled:")
+
+
+# -- real weights --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2():
+    import os
+
+    from tests.real_weights import GGUF_NAME, smollm2_dir
+    from textgen.engine import create_engine
+
+    settings = Settings.from_env(
+        environ={k: v for k, v in os.environ.items() if k == "CACHE_DIR"},
+        model_id=smollm2_dir(),
+        model_gguf_file=GGUF_NAME,
+        threads=2,
+    )
+    engine = create_engine(settings)
+    yield engine
+    engine.stop()
+
+
+@pytest.mark.slow
+def test_smollm2_writes_json_valid_for_the_schema(smollm2):
+    """SmolLM2-135M-Instruct, asked through its chat template, 20 seeds decoded together: every answer
+    is complete (ended by the grammar) and valid. With `{"type": "object"}` (json_object) the syntax
+    is all that is constrained: most answers close their object, some ramble on in it until
+    max_new_tokens (measured here: 7-10 of 12 complete within 200 tokens); a regex is matched whole."""
+    prompt = smollm2.prompts.chat_prompt(
+        [{"role": "user", "content": "Describe a pet as JSON with its name, kind (cat, dog or bird) and a score."}]
+    )
+    requests_ = [
+        validate_generate(
+            {"inputs": prompt, "parameters": {"max_new_tokens": 120, "seed": seed, "temperature": 0.7, "grammar": json_grammar()}},
+            smollm2.settings,
+        )
+        for seed in range(20)
+    ]
+    handles = [smollm2.submit(r) for r in requests_]
+    for handle in handles:
+        result = handle.result()
+        assert result.finish_reason == "eos_token", result
+        jsonschema.validate(json.loads(result.text), SCHEMA)
+    objects = [
+        smollm2.submit(validate_generate(
+            {"inputs": prompt, "parameters": {"max_new_tokens": 200, "seed": seed, "grammar": json_grammar({"type": "object"})}},
+            smollm2.settings,
+        ))
+        for seed in range(12)
+    ]
+    complete = [r for r in (h.result() for h in objects) if r.finish_reason == "eos_token"]
+    assert len(complete) >= 6 and all(isinstance(json.loads(r.text), dict) for r in complete)
+    date = generate(smollm2, {"type": "regex", "value": DATE}, do_sample=False, max_new_tokens=20,
+                    prompt=smollm2.prompts.chat_prompt([{"role": "user", "content": "When did the Berlin Wall fall?"}]))
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date.text), date
