@@ -186,9 +186,15 @@ def _mask_disallowed(logits: np.ndarray, allowed: Optional[Sequence[Optional[np.
         return logits
     vocab = logits.shape[-1]
     packed = np.stack([allowed[i] for i in which]).astype("<i4", copy=False)
-    bits = np.unpackbits(packed.view(np.uint8), axis=-1, count=vocab, bitorder="little").view(bool)
+    covered = min(vocab, packed.shape[-1] * 32)
+    # The disallowed tokens as booleans, straight from the inverted words, written row by row in place
+    # (a gather, a `where` and a scatter of the rows cost 4x more at 8 rows of 50,257).
+    disallowed = np.unpackbits(np.invert(packed).view(np.uint8), axis=-1, count=covered, bitorder="little").view(bool)
     logits = np.array(logits, dtype=np.float32)  # the caller's stay as they are
-    logits[which] = np.where(bits, logits[which], np.float32(-np.inf))
+    minus_inf = np.float32(-np.inf)
+    for j, i in enumerate(which):
+        np.copyto(logits[i, :covered], minus_inf, where=disallowed[j])
+        logits[i, covered:] = minus_inf
     return logits
 
 
