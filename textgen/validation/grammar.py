@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Dict, Iterable, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..errors import ValidationError
 
@@ -50,6 +50,15 @@ LIMITS = dict(
 
 
 # -- the protocol's forms (pydantic: they also feed the OpenAPI document) ------------------------------
+# A JSON schema: an object, or (as TGI takes it) the object's JSON text. The OpenAPI document states the
+# object alone: what a string must hold (JSON text of an object) is beyond what a schema can say, and a
+# fuzzer reading "any string" there would send strings that are no JSON.
+SchemaValue = Annotated[
+    Union[Dict[str, Any], str],
+    WithJsonSchema({"type": "object", "description": "A JSON schema (its JSON text, a string, is taken too)."}),
+]
+
+
 class JsonGrammar(BaseModel):
     """TGI: `{"type": "json", "value": <JSON schema>}`; the schema may also be given as its JSON text.
     `json_object` is TGI's alias of `json`."""
@@ -57,7 +66,7 @@ class JsonGrammar(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json", "json_object"]
-    value: Union[Dict[str, Any], str] = Field(description="A JSON schema (an object), or its JSON text.")
+    value: SchemaValue
 
 
 class RegexGrammar(BaseModel):
@@ -67,7 +76,10 @@ class RegexGrammar(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["regex"]
-    value: str = Field(description="A regular expression the whole generated text must match.")
+    value: str = Field(
+        description="A regular expression the whole generated text must match (Rust's regex syntax).",
+        json_schema_extra={"format": "regex"},
+    )
 
 
 class JsonSchemaConfig(BaseModel):
@@ -104,11 +116,11 @@ def grammar_spec(grammar: Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar], m
     """The protocol's grammar -> a `GrammarSpec`, or a ValidationError naming `field` (the client's name
     for it: `grammar`, or `response_format` under /v1)."""
     if isinstance(grammar, RegexGrammar):
-        _check_size(len(grammar.value.encode("utf-8")), max_bytes, field)
+        _check_size(len(grammar.value.encode("utf-8", "surrogatepass")), max_bytes, field)
         return GrammarSpec("regex", grammar.value)
     schema: Any = grammar.value.schema_ if isinstance(grammar, JsonSchemaGrammar) else grammar.value
     if isinstance(schema, str):
-        _check_size(len(schema.encode("utf-8")), max_bytes, field)
+        _check_size(len(schema.encode("utf-8", "surrogatepass")), max_bytes, field)
         try:
             schema = json.loads(schema)
         except (json.JSONDecodeError, RecursionError, ValueError) as exc:
@@ -117,7 +129,7 @@ def grammar_spec(grammar: Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar], m
             raise ValidationError(f"`{field}` value must be a JSON schema object. Given: {type(schema).__name__}", field)
     try:
         text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
-        _check_size(len(text.encode("utf-8")), max_bytes, field)
+        _check_size(len(text.encode("utf-8", "surrogatepass")), max_bytes, field)
         closed = _no_unlisted_properties(schema)
         return GrammarSpec("json", json.dumps(closed, separators=(",", ":"), ensure_ascii=False))
     except RecursionError:
@@ -231,7 +243,10 @@ def _first_line(message: str) -> str:
     (`1 | start: /.../` and the carets under it) and without their position prefix."""
     lines = [line.strip() for line in message.strip().splitlines()]
     kept = [line for line in lines if line and not re.fullmatch(r"\^+|\d+ \|.*", line)]
-    return re.sub(r"^at \d+\(\d+\): ", "", " ".join(kept))[:500]
+    text = re.sub(r"^at \d+\(\d+\): ", "", " ".join(kept)).replace(" <non-verbose/>", "")
+    if text in ("NoExtension", "NoExtensionBias"):  # the grammar's first step allows no token at all
+        text = "no text can match it"
+    return text[:500]
 
 
 class TokenConstraint:

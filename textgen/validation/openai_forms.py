@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from ..errors import BadRequest, ValidationError
 from ..settings import Settings
-from .grammar import JsonSchemaConfig, RegexGrammar
+from .grammar import JsonSchemaConfig, RegexGrammar, SchemaValue
 from .tgi import (
     MAX_SEED,
     MAX_STOP_SEQUENCES,
@@ -43,9 +43,10 @@ class JsonObjectFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json_object"]
-    value: Union[Dict[str, Any], str, None] = Field(
-        None, description="TGI's form (huggingface_hub sends it): a JSON schema. Without: any JSON object."
-    )
+    value: Annotated[
+        Optional[SchemaValue],
+        WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}]}),
+    ] = Field(None, description="TGI's form (huggingface_hub sends it): a JSON schema. Without: any JSON object.")
 
 
 class JsonFormat(BaseModel):
@@ -54,7 +55,7 @@ class JsonFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json"]
-    value: Union[Dict[str, Any], str] = Field(description="A JSON schema (an object), or its JSON text.")
+    value: SchemaValue
 
 
 class JsonSchema(BaseModel):
@@ -67,11 +68,16 @@ class JsonSchema(BaseModel):
 
 
 class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """OpenAI's form (`json_schema`) or TGI's (`value`): one of them."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"oneOf": [{"required": ["json_schema"]}, {"required": ["value"]}]}
+    )
 
     type: Literal["json_schema"]
-    json_schema: Optional[JsonSchema] = Field(None, description="OpenAI's form.")
-    value: Optional[JsonSchemaConfig] = Field(None, description="TGI's form.")
+    # Either may be left out, neither may be null: the defaults are None only to tell which was given.
+    json_schema: JsonSchema = Field(None, description="OpenAI's form.")
+    value: JsonSchemaConfig = Field(None, description="TGI's form.")
 
 
 # OpenAI's three forms, and TGI's (its chat route takes `grammar`'s forms here: `json`, `regex`, and
@@ -189,6 +195,8 @@ def _grammar(response_format) -> Optional[dict]:
         return {"type": "json", "value": ANY_OBJECT if response_format.value is None else response_format.value}
     if isinstance(response_format, (JsonFormat, RegexGrammar)):
         return response_format.model_dump()
+    if response_format.json_schema is not None and response_format.value is not None:
+        raise ValidationError("Give `response_format.json_schema` (OpenAI's form) or `value` (TGI's), not both", "response_format")
     if response_format.json_schema is not None:
         schema = response_format.json_schema.schema_
         return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
