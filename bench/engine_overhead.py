@@ -151,6 +151,7 @@ def loop_cost(model, tokenizer, settings: Settings, args) -> list:
     results = []
     try:
         run_engine(engine, settings, 2, 20, True, {})  # warm-up
+        run_engine(engine, settings, 2, 20, True, GRAMMAR)  # and llguidance's tokenizer, built on the first grammar
         for name, stream, params in VARIANTS:
             for rows in args.rows:
                 row = {"variant": name, **run_engine(engine, settings, rows, args.tokens, stream, params)}

@@ -2,8 +2,9 @@
 
 `Sequence.append` is the whole per-token update: record the token, advance the grammar if the request
 has one, stop on end-of-text, a complete grammar, a stop sequence or `max_new_tokens`, and (for a
-streaming request only) emit the token's event with the text it releases. Text is made only where it is needed: a request that streams or has stop sequences is
-detokenized token by token; any other is decoded once, at its end.
+streaming request only) emit the token's event with the text it releases. Text is made only where it
+is needed: a request that streams or has stop sequences is detokenized token by token; any other is
+decoded once, at its end.
 """
 
 from __future__ import annotations
