@@ -6,14 +6,19 @@
 1. loop: the engine in this process with the model replaced by one that returns fixed logits at once
    (`InstantModel`), so everything measured is the loop: scheduling, sampling, detokenizing, stop
    checks, events and the request threads that consume them (one per request, as HTTP threads are).
-   Variants: blocking and streaming consumers, with stop sequences, with penalties, greedy. Reported
-   per decode step and per token: wall microseconds and the engine thread's own CPU microseconds.
+   Variants: blocking and streaming consumers, with stop sequences, with penalties, greedy, with a JSON
+   schema (structured output: llguidance's mask per row and step). Reported per decode step and per
+   token: wall microseconds and the engine thread's own CPU microseconds.
 2. model: the real model's decode step alone (ONNX Runtime, QUANTIZE), at each batch size, with the
    average past of the generations below.
-3. engine: the engine in this process with the real model, N streaming consumers: tokens/s.
+3. engine: the engine in this process with the real model, N streaming consumers: tokens/s; then, per N,
+   free and JSON-schema-constrained generations in turn (`--grammar-rounds` pairs, one engine, so a
+   change in the machine's load meanwhile hits both alike): the median tokens/s of each and their ratio,
+   the cost per token of a constrained row over a free one (`--grammar-rounds 0` leaves it out).
 4. http: the same over HTTP (gunicorn app:app, /generate_stream and /generate), N clients: tokens/s.
 Then the issue's targets as ratios from this one run: loop cost / model step (<= 10% at 8 rows, <= 15% at
-1), HTTP / in-process (>= 90% at 8 clients, >= 85% at 1), HTTP / (B / model step) (>= 75%).
+1), HTTP / in-process (>= 90% at 8 clients, >= 85% at 1), HTTP / (B / model step) (>= 75%), and the cost
+per token of a constrained row over a free one with the real model (issue 19: <= 1.3 at 8 clients).
 The machine is shared and noisy: the ratios within one run are the result, not the absolute figures.
 """
 
@@ -44,6 +49,21 @@ from textgen.settings import Settings  # noqa: E402
 from textgen.validation import validate_generate  # noqa: E402
 
 PROMPT = "The history of the printing press shows"
+# Structured output's variant: an array of at least 50 objects (with an enum, a number, a bounded string,
+# an integer range), so that no request is complete before its `--tokens`, and every step of the JSON
+# (keys, values, separators) comes round again and again.
+ITEM = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "kind": {"enum": ["cat", "dog", "bird", "fish"]},
+        "score": {"type": "number"},
+        "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+    },
+    "required": ["name", "kind", "score", "legs"],
+}
+JSON_SCHEMA = {"type": "array", "items": ITEM, "minItems": 50}
+GRAMMAR = {"grammar": {"type": "json", "value": JSON_SCHEMA}}
 # Loop variants: (name, streaming consumers, extra request parameters).
 VARIANTS = [
     ("blocking", False, {}),
@@ -51,6 +71,7 @@ VARIANTS = [
     ("streaming+stop", True, {"stop": ["\n\nQ:", "###", "THE END"]}),
     ("streaming+penalties", True, {"repetition_penalty": 1.2, "frequency_penalty": 0.5}),
     ("greedy blocking", False, {"do_sample": False}),
+    ("streaming+json schema", True, GRAMMAR),
 ]
 
 
@@ -130,6 +151,7 @@ def loop_cost(model, tokenizer, settings: Settings, args) -> list:
     results = []
     try:
         run_engine(engine, settings, 2, 20, True, {})  # warm-up
+        run_engine(engine, settings, 2, 20, True, GRAMMAR)  # and llguidance's tokenizer, built on the first grammar
         for name, stream, params in VARIANTS:
             for rows in args.rows:
                 row = {"variant": name, **run_engine(engine, settings, rows, args.tokens, stream, params)}
@@ -213,10 +235,45 @@ def _http_level(url: str, clients: int, tokens: int, stream: bool) -> dict:
     return {"clients": clients, "stream": stream, "tokens": generated, "tokens_per_s": round(generated / wall, 1)}
 
 
-def report(loop: list, steps: dict, engine: dict, http: dict, args) -> dict:
+def grammar_cost(model, tokenizer, settings: Settings, args) -> dict:
+    """Free and constrained runs alternated on one engine: the median of each, per number of clients."""
+    engine = Engine(model, tokenizer, settings).start()
+    figures = {}
+    try:
+        run_engine(engine, settings, 1, 10, True, GRAMMAR)  # warm-up (builds the grammar's tokenizer once)
+        for clients in args.clients:
+            free, constrained = [], []
+            for _ in range(args.grammar_rounds):
+                free.append(run_engine(engine, settings, clients, args.tokens, True, {}))
+                constrained.append(run_engine(engine, settings, clients, args.tokens, True, GRAMMAR))
+            row = {
+                "clients": clients,
+                "free_tokens_per_s": [r["tokens_per_s"] for r in free],
+                "json_schema_tokens_per_s": [r["tokens_per_s"] for r in constrained],
+                "json_schema_mean_rows": [r["mean_rows"] for r in constrained],
+            }
+            row["cost_per_token_ratio"] = round(
+                statistics.median(row["free_tokens_per_s"]) / statistics.median(row["json_schema_tokens_per_s"]), 3
+            )
+            figures[clients] = row
+            print(json.dumps({"grammar_cost": row}), flush=True)
+    finally:
+        engine.stop()
+    return figures
+
+
+def report(loop: list, steps: dict, engine: dict, http: dict, args, grammar: dict = None) -> dict:
     """The issue's targets as ratios of this run's figures."""
     default = {r["rows"]: r for r in loop if r["variant"] == "streaming"}
     targets = {}
+    for clients, row in (grammar or {}).items():  # a constrained row's cost per token over a free one's
+        targets[f"grammar_cost_per_token_{clients}_clients"] = row["cost_per_token_ratio"]
+    constrained = {r["rows"]: r for r in loop if r["variant"] == "streaming+json schema"}
+    for rows in args.rows:
+        if rows in constrained and rows in default:
+            targets[f"grammar_loop_us_per_step_{rows}_rows"] = round(
+                constrained[rows]["us_per_step"] - default[rows]["us_per_step"], 1
+            )
     for rows in args.rows:
         if rows in default and rows in steps:
             targets[f"loop_cost_share_{rows}_rows"] = round(default[rows]["us_per_step"] / (steps[rows] * 1e3), 3)
@@ -240,6 +297,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quantize", default="int8", choices=("int8", "none"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--grammar-rounds", type=int, default=3, help="free/constrained pairs per client count (0: none)")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -253,18 +311,19 @@ def main(argv=None) -> int:
     loop = loop_cost(model, load_tokenizer(model_dir), settings, args)
     before = model_step(model, tokenizer, args)
     engine = in_process(model, tokenizer, settings, args)
+    grammar = grammar_cost(model, tokenizer, settings, args) if args.grammar_rounds else {}
     http = {} if args.skip_http else over_http(model_dir, args)
     # Measured again after the engine and HTTP levels: the mean of both is the model's figure, and how far
     # they differ says how steady the machine was meanwhile.
     after = model_step(model, tokenizer, args)
     steps = {rows: round((before[rows] + after[rows]) / 2, 3) for rows in before}
-    targets = report(loop, steps, engine, http, args)
+    targets = report(loop, steps, engine, http, args, grammar)
     print(json.dumps({"targets": targets}, indent=1))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"loop": loop, "model_step_ms": steps, "model_step_ms_before_after": [before, after],
-                       "in_process": engine,
+                       "in_process": engine, "grammar_cost": grammar,
                        "http": [v for v in http.values()], "targets": targets}, f, indent=1)
     return 0
 

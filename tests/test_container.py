@@ -101,6 +101,9 @@ def test_service_image_runs_answers_and_stops_cleanly(service_image):
         for package in ("torch", "transformers"):
             found = docker("exec", container, "python", "-c", f"import {package}", check=False)
             assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, (package, found.stderr)
+        # Structured output's grammar library is there (and needs neither).
+        found = docker("exec", container, "python", "-c", "import llguidance", check=False)
+        assert found.returncode == 0, found.stderr
         info = requests.get("http://127.0.0.1:5000/info", timeout=10).json()
         assert info["model_backend"] == "onnx" and info["model_dtype"] == "int8", info
     finally:
@@ -122,7 +125,7 @@ def test_image_size_is_reported(service_image):
     size = int(docker("image", "inspect", "-f", "{{.Size}}", service_image).stdout.strip())
     base = int(docker("image", "inspect", "-f", "{{.Size}}", "python:3.11-slim").stdout.strip())
     print(f"\n{service_image} image: {size / 1e6:.0f} MB ({(size - base) / 1e6:.0f} MB above python:3.11-slim)")
-    # No torch: ONNX Runtime, numpy, tokenizers and the web stack (the tiny model weighs ~1 MB).
+    # No torch: ONNX Runtime, numpy, tokenizers, llguidance and the web stack (the tiny model weighs ~1 MB).
     assert size - base < 300_000_000
 
 

@@ -201,3 +201,29 @@ def test_network_error_is_explained(serve, page):
     page.get_by_role("button", name="Generate").click()
     assert wait_state(page, "error") == "error"
     assert "Could not reach the server" in page.inner_text("#status")
+
+
+def test_json_schema_box_constrains_the_answer(serve, page):
+    """Structured output from the page: the schema typed in the box is sent as `grammar`, the answer is
+    JSON valid for it; a schema the server cannot compile shows the server's message."""
+    import json
+
+    url, engine = serve()
+    schema = {"type": "object", "properties": {"pet": {"enum": ["cat", "dog"]}, "age": {"type": "integer", "minimum": 0, "maximum": 20}},
+              "required": ["pet", "age"]}
+    page.goto(url + "/")
+    page.get_by_label("Prompt").fill("A pet as JSON:")
+    page.get_by_label("max_new_tokens").fill("60")
+    page.get_by_label("seed").fill("3")
+    page.get_by_label("JSON schema").fill(json.dumps(schema))
+    page.get_by_role("button", name="Generate").click()
+    assert wait_state(page, "done", "error") == "done", page.inner_text("#status")
+    answer = json.loads(page.inner_text("#generated"))
+    assert answer["pet"] in ("cat", "dog") and 0 <= answer["age"] <= 20
+    assert "finish reason: eos_token" in page.inner_text("#stats")
+    page.screenshot(path=os.path.join(artifacts_dir(), "playground-json-schema.png"), full_page=True)
+
+    page.get_by_label("JSON schema").fill('{"type": "strin"}')
+    page.get_by_role("button", name="Generate").click()
+    assert wait_state(page, "error") == "error"
+    assert "`grammar` cannot be compiled: Invalid type: strin" in page.inner_text("#status")

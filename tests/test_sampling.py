@@ -211,3 +211,65 @@ def test_a_greedy_rows_log_probability_only_where_asked():
     tokens, logprobs = choose_next_tokens(x, [greedy, greedy], want_logprobs=[False, True])
     assert tokens == x.argmax(axis=-1).tolist() and logprobs[0] is None
     assert np.isclose(logprobs[1], log_softmax(x[1])[tokens[1]], atol=1e-5)
+
+
+# -- grammars' masks -----------------------------------------------------------------------------------
+def packed(allowed_ids, vocab):
+    """Allowed tokens as llguidance writes them: bit i of int32 word i // 32 is token i."""
+    bits = np.zeros(-(-vocab // 32) * 32, dtype=np.uint8)
+    bits[list(allowed_ids)] = 1
+    return np.packbits(bits, bitorder="little").view("<i4")
+
+
+@pytest.mark.parametrize("vocab", [200, 50257])  # the plain partial sort, and the group-maxima shortcut
+def test_a_mask_limits_its_own_row_only(vocab):
+    """The masked row takes only allowed tokens, fewer than its top-k among them; its neighbours draw
+    exactly what they draw with no mask in the batch."""
+    x = logits(rows=3, vocab=vocab, seed=3)
+    allowed_ids = {5, 90, vocab - 7}
+
+    def rows():
+        return [row(seed=1, top_k=50), row(seed=2, top_k=50, top_p=0.9), row(seed=3, top_k=0, temperature=0.7)]
+
+    masked, plain = rows(), rows()
+    mask = [None, packed(allowed_ids, vocab), None]
+    for _ in range(30):
+        with_mask, _ = choose_next_tokens(x, masked, allowed=mask)
+        without, _ = choose_next_tokens(x, plain)
+        assert with_mask[1] in allowed_ids
+        assert (with_mask[0], with_mask[2]) == (without[0], without[2])
+
+
+@pytest.mark.parametrize("vocab", [200, 50257])
+def test_a_masked_row_draws_the_same_alone_and_among_others(vocab):
+    """Same seed, same tokens, whatever the neighbours (masked or not, other parameters)."""
+    x = logits(rows=4, vocab=vocab, seed=9)
+    rng = np.random.default_rng(0)
+    ours_mask = packed(rng.choice(vocab, 40, replace=False), vocab)
+    ours = dict(seed=42, temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2, seen_ids=[1, 2])
+    neighbours = [row(seed=5, top_k=50), RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[]), row(seed=6)]
+    neighbour_masks = [packed(rng.choice(vocab, 3, replace=False), vocab), None, None]
+    alone, batched = row(**ours), row(**ours)
+    for _ in range(40):
+        solo = choose_next_tokens(x[1:2], [alone], allowed=[ours_mask])
+        mixed = choose_next_tokens(x, neighbours[:1] + [batched] + neighbours[1:], allowed=neighbour_masks[:1] + [ours_mask] + neighbour_masks[1:])
+        assert (solo[0][0], solo[1][0]) == (mixed[0][1], mixed[1][1])
+
+
+def test_a_masked_greedy_row_takes_the_best_allowed_token():
+    x = logits(rows=1, vocab=1000)
+    allowed_ids = [3, 500, 999]
+    greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
+    tokens, logprobs = choose_next_tokens(x, [greedy], allowed=[packed(allowed_ids, 1000)])
+    best = max(allowed_ids, key=lambda t: x[0, t])
+    assert tokens == [best]
+    # Its log-probability is that of the masked distribution: over the allowed tokens only.
+    assert np.isclose(logprobs[0], log_softmax(x[0, allowed_ids])[allowed_ids.index(best)], atol=1e-5)
+
+
+def test_tokens_past_a_short_mask_are_not_allowed():
+    """A mask narrower than the logits (a vocabulary padded past the tokenizer's) allows none beyond it."""
+    x = logits(rows=1, vocab=300)
+    x[0, 290:] = 100.0  # by far the likeliest, and not in the mask's 256 tokens
+    tokens, _ = choose_next_tokens(x, [row(seed=1, top_k=50)], allowed=[packed([1, 2, 3], 256)])
+    assert tokens[0] in (1, 2, 3)

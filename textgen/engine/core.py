@@ -47,7 +47,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.prompts = PromptTokens.for_model(
-            tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens
+            tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens,
+            vocab_size=model.vocab_size, eos_token_ids=model.eos_token_ids,
         )
         self.max_total_tokens = self.prompts.max_total_tokens
         self.max_input_tokens = self.prompts.max_input_tokens
@@ -86,13 +87,14 @@ class Engine:
         return {"running": len(self._batch.rows) + len(self._batch.group), **queued}
 
     def submit(self, request: GenerationRequest, request_id: Optional[str] = None, fields: FieldNames = TGI_FIELDS) -> Handle:
-        """Tokenize and check the token limits (in the caller's thread; errors name the client's `fields`),
-        then admit the request or refuse it at once (429)."""
+        """Tokenize and check the token limits, compile the grammar if any (in the caller's thread; errors
+        name the client's `fields`), then admit the request or refuse it at once (429)."""
         if not self.healthy():
             raise Unavailable("Model is not ready")
         tokenized = self.prompts.tokenize(request, fields)
         handle = Handle()
-        self._queue.admit(Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id))
+        entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
+        self._queue.admit(entry)
         return handle
 
     def add_listener(self, listener) -> None:
@@ -159,7 +161,9 @@ class Engine:
             if logits is None:
                 return
             want_logprobs = [s.request.stream for s in rows]  # only streamed events carry them
-            tokens, logprobs = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs)
+            # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
+            allowed = [s.allowed_tokens() for s in rows] if any(s.constraint is not None for s in rows) else None
+            tokens, logprobs = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs, allowed)
         except Exception:
             ids = [s.entry.request_id for s in rows]
             log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), _WHOSE[kind], ids)
@@ -171,8 +175,8 @@ class Engine:
 
     def _update(self, rows: List[Sequence], tokens: List[int], logprobs: List[Optional[float]]) -> None:
         """Each row takes its token; the finished are answered and leave. A row whose update fails (its
-        text cannot be decoded, say) fails alone."""
-        finished, failed = [], []
+        text cannot be decoded, say) fails alone; one whose grammar gave out fails saying so."""
+        finished, failed, refused = [], [], []
         for sequence, token, logprob in zip(rows, tokens, logprobs):
             try:
                 sequence.append(token, logprob)
@@ -180,11 +184,16 @@ class Engine:
                     result = sequence.result()
                     self._answer(sequence.entry, result)
                     finished.append(sequence)
+            except ServiceError as error:  # the request's own (its grammar hit a limit of llguidance's)
+                log.warning("request %s failed: %s", sequence.entry.request_id, error.message)
+                refused.append((sequence, error))
             except Exception:
                 log.exception("update failed (request %s)", sequence.entry.request_id)
                 failed.append(sequence)
         self._batch.remove(finished)
         self._leave(failed, GenerationError("Generation failed; see the server log"))
+        for sequence, error in refused:
+            self._leave([sequence], error)
 
     def _leave(self, rows: List[Sequence], error: Optional[ServiceError] = None) -> None:
         """Rows leave the batch unfinished: cancelled ones get Cancelled, the others `error`."""

@@ -20,13 +20,15 @@ from .handle import Handle
 
 @dataclass(eq=False)
 class Entry:
-    """An admitted request: what it asked for, its prompt ids, and the handle its caller waits on."""
+    """An admitted request: what it asked for, its prompt ids, the handle its caller waits on, and its
+    grammar compiled (`validation.grammar.TokenConstraint`; None: unconstrained)."""
 
     handle: Handle
     request: GenerationRequest
     prompt_ids: Tuple[int, ...]
     enqueued_at: float
     request_id: Optional[str] = None
+    constraint: Optional[object] = None
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """One request in the batch: its tokens, how it samples, its text, and when it is done.
 
-`Sequence.append` is the whole per-token update: record the token, stop on end-of-text, a stop
-sequence or `max_new_tokens`, and (for a streaming request only) emit the token's event with the text
-it releases. Text is made only where it is needed: a request that streams or has stop sequences is
-detokenized token by token; any other is decoded once, at its end.
+`Sequence.append` is the whole per-token update: record the token, advance the grammar if the request
+has one, stop on end-of-text, a complete grammar, a stop sequence or `max_new_tokens`, and (for a
+streaming request only) emit the token's event with the text it releases. Text is made only where it
+is needed: a request that streams or has stop sequences is detokenized token by token; any other is
+decoded once, at its end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..errors import ValidationError
 from .detokenize import IncrementalDetokenizer, decode_generated
 from .handle import GenerationResult, TokenEvent
 from .queue import Entry
@@ -49,6 +51,8 @@ class Sequence:
             seen_ids=list(entry.prompt_ids) if request.repetition_penalty != 1.0 else [],
         )
         self.generated: List[int] = self.sampling.generated_ids
+        # The request's grammar, compiled at submit (validation.grammar.TokenConstraint), or None.
+        self.constraint = entry.constraint
         self._track_seen = request.repetition_penalty != 1.0
         self._stops = StopMatcher(request.stop) if request.stop else None
         incremental = request.stream or self._stops is not None
@@ -62,14 +66,29 @@ class Sequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def allowed_tokens(self) -> Optional[np.ndarray]:
+        """The tokens the grammar allows next (packed bits, see sampling.choose_next_tokens), or None:
+        no grammar, or it gave out (then `append` fails the request, saying why)."""
+        return None if self.constraint is None else self.constraint.mask()
+
     def append(self, token: int, logprob: Optional[float]) -> None:
-        """Record one generated token; emit its event to a streaming caller; note when the request ends."""
+        """Record one generated token; emit its event to a streaming caller; note when the request ends.
+        Raises ValidationError when the request's grammar gave out (a limit of llguidance's)."""
         self.generated.append(token)
         if self._track_seen:
             self.sampling.seen_ids.append(token)
         self.next_token = token
         is_eos = token in self._eos_token_ids
-        if is_eos:
+        complete = False
+        if self.constraint is not None:
+            if not is_eos:
+                self.constraint.advance(token)
+            if self.constraint.error is not None:
+                raise ValidationError(f"`grammar` could not be followed: {self.constraint.error}", "grammar")
+            # Nothing but the end of the text can follow: the output is whole, and ends here, as if at
+            # end-of-text, without a step spent on the end-of-text token itself.
+            complete = self.constraint.done
+        if is_eos or complete:
             self.finish_reason = "eos_token"
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish_reason = "length"

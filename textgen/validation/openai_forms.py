@@ -8,12 +8,13 @@ so the server's defaults and limits apply exactly as on /generate. Messages name
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ValidationError
 from ..settings import Settings
+from .grammar import JsonSchemaConfig, RegexGrammar, SchemaValue
 from .tgi import (
     MAX_SEED,
     MAX_STOP_SEQUENCES,
@@ -30,6 +31,63 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = False
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["json_object"]
+    value: Annotated[
+        Optional[SchemaValue],
+        WithJsonSchema({"anyOf": [{"type": "object"}, {"type": "null"}]}),
+    ] = Field(None, description="TGI's form (huggingface_hub sends it): a JSON schema. Without: any JSON object.")
+
+
+class JsonFormat(BaseModel):
+    """TGI's `{"type": "json", "value": <schema>}`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["json"]
+    value: SchemaValue
+
+
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="The format's name (OpenAI requires one; not used here).")
+    description: Optional[str] = None
+    schema_: Optional[Dict[str, Any]] = Field(None, alias="schema", description="The JSON schema; none: any JSON object.")
+    strict: Optional[bool] = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's form (`json_schema`) or TGI's (`value`): one of them."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"oneOf": [{"required": ["json_schema"]}, {"required": ["value"]}]}
+    )
+
+    type: Literal["json_schema"]
+    # Either may be left out, neither may be null: the defaults are None only to tell which was given.
+    json_schema: JsonSchema = Field(None, description="OpenAI's form.")
+    value: JsonSchemaConfig = Field(None, description="TGI's form.")
+
+
+# OpenAI's three forms, and TGI's (its chat route takes `grammar`'s forms here: `json`, `regex`, and
+# `json_object` / `json_schema` with a `value`), so that clients of either work unchanged.
+ResponseFormat = Annotated[
+    Union[TextFormat, JsonObjectFormat, JsonFormat, RegexGrammar, JsonSchemaFormat], Field(discriminator="type")
+]
+
+# `json_object`, and `json_schema` without a schema: any JSON object.
+ANY_OBJECT = {"type": "object"}
 
 
 class _OpenAIOptions(BaseModel):
@@ -55,6 +113,11 @@ class _OpenAIOptions(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # an end-user id for the caller's own records; accepted and ignored
+    response_format: Optional[ResponseFormat] = Field(
+        None,
+        description='Structured output: `{"type": "json_object"}` (any JSON object), `{"type": "json_schema", '
+        '"json_schema": {"name", "schema"}}` (JSON matching the schema) or `{"type": "text"}` (no constraint).',
+    )
 
 
 class CompletionRequest(_OpenAIOptions):
@@ -95,7 +158,7 @@ def chat_request(
 
 def openai_fields(chat: bool) -> FieldNames:
     """OpenAI's names for the prompt and the token budget: what its clients sent, in every message."""
-    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens")
+    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens", grammar="response_format")
 
 
 def _parse(model: type[BaseModel], body: Any):
@@ -119,7 +182,26 @@ def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_
         "return_full_text": return_full_text,
         **sampling,
     }
+    parameters["grammar"] = _grammar(o.response_format)
     parameters = {k: v for k, v in parameters.items() if v is not None}
     body = {"inputs": prompt, "parameters": parameters}
     return validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
 
+
+
+def _grammar(response_format) -> Optional[dict]:
+    """`response_format` as TGI's `grammar` (None: no constraint)."""
+    if response_format is None or isinstance(response_format, TextFormat):
+        return None
+    if isinstance(response_format, JsonObjectFormat):
+        return {"type": "json", "value": ANY_OBJECT if response_format.value is None else response_format.value}
+    if isinstance(response_format, (JsonFormat, RegexGrammar)):
+        return response_format.model_dump()
+    if response_format.json_schema is not None and response_format.value is not None:
+        raise ValidationError("Give `response_format.json_schema` (OpenAI's form) or `value` (TGI's), not both", "response_format")
+    if response_format.json_schema is not None:
+        schema = response_format.json_schema.schema_
+        return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
+    if response_format.value is not None:
+        return {"type": "json_schema", "value": response_format.value.model_dump(by_alias=True, exclude_none=True)}
+    raise ValidationError("`response_format.json_schema` is required", "response_format.json_schema")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..errors import BadRequest, ValidationError
 from ..settings import Settings
+from .grammar import Grammar, GrammarSpec, grammar_spec
 
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**64 - 1
@@ -42,6 +43,7 @@ class FieldNames:
 
     prompt: str = "inputs"
     max_new_tokens: str = "max_new_tokens"
+    grammar: str = "grammar"
 
 
 TGI_FIELDS = FieldNames()
@@ -66,6 +68,7 @@ class GenerationRequest:
     truncate: Optional[int] = None  # keep only the last N prompt tokens
     details: bool = False
     stream: bool = False
+    grammar: Optional[GrammarSpec] = None  # structured output: the tokens are constrained to it
 
 
 class Parameters(BaseModel):
@@ -89,6 +92,11 @@ class Parameters(BaseModel):
     return_full_text: Optional[bool] = None
     truncate: OptionalInteger = Field(None, gt=0)
     details: bool = False
+    grammar: Optional[Grammar] = Field(
+        None,
+        description="Structured output: the text is generated to match a JSON schema "
+        '(`{"type": "json", "value": <schema>}`) or a regular expression (`{"type": "regex", "value": "..."}`).',
+    )
     # Sent by TGI clients (huggingface_hub's InferenceClient) with these neutral values; anything else is
     # a feature this server does not have, and saying so beats silently ignoring it. The schema shows
     # the one accepted value; the check (with its own message) is `_reject_unsupported`.
@@ -96,7 +104,6 @@ class Parameters(BaseModel):
     best_of: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 1}, {"type": "null"}]})
     watermark: bool = Field(False, json_schema_extra={"const": False})
     top_n_tokens: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 0}, {"type": "null"}]})
-    grammar: Optional[Any] = Field(None, json_schema_extra={"type": "null"})
     adapter_id: Optional[str] = Field(None, json_schema_extra={"anyOf": [{"type": "null"}]})
 
 
@@ -167,6 +174,7 @@ def _apply_defaults(
         raise ValidationError(f"`{name}` must be <= {settings.max_new_tokens_limit}. Given: {max_new_tokens}", name)
     if any(s == "" for s in p.stop):
         raise ValidationError("`stop` sequences cannot be empty strings", "stop")
+    grammar = None if p.grammar is None else grammar_spec(p.grammar, settings.max_grammar_bytes, fields.grammar)
 
     # TGI's rule: asking for a sampling parameter means sampling, unless do_sample is explicitly false.
     warpers_given = any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
@@ -192,6 +200,7 @@ def _apply_defaults(
         truncate=p.truncate,
         details=p.details,
         stream=stream,
+        grammar=grammar,
         **sampling,
     )
 
@@ -208,9 +217,8 @@ def _reject_unsupported(p: Parameters) -> None:
     for name in ("decoder_input_details", "watermark"):
         if getattr(p, name):
             raise ValidationError(f"`{name}` is not supported by this server")
-    for name in ("grammar", "adapter_id"):
-        if getattr(p, name) is not None:
-            raise ValidationError(f"`{name}` is not supported by this server")
+    if p.adapter_id is not None:
+        raise ValidationError("`adapter_id` is not supported by this server")
 
 
 def parse_model(model: type[BaseModel], body: dict) -> Any:
@@ -224,25 +232,50 @@ def parse_model(model: type[BaseModel], body: dict) -> Any:
         same_field = [e for e in errors if _field_names(e)[:1] == _field_names(errors[0])[:1]]
         first = next((e for e in same_field if not e["type"].endswith("_type")), errors[0])
         names = _field_names(first)
-        raise ValidationError(_describe(first), param=names[-1] if names else None) from None
+        raise ValidationError(_describe(first), param=_name(names) if names else None) from None
+
+
+# Fields holding one of several object forms told apart by their `type` (pydantic's discriminated
+# unions): an error's path there carries the form's tag, which is no field, and the field inside is
+# named with its path (`grammar.value`, `response_format.json_schema.name`).
+_TAGGED = ("grammar", "response_format")
 
 
 def _field_names(error: dict) -> list:
     """The field path of an error, without list indexes and pydantic's union branch tags."""
-    return [part for part in error["loc"] if isinstance(part, str) and part.isidentifier()]
+    names, after_tagged = [], False
+    for part in error["loc"]:
+        if not after_tagged and isinstance(part, str) and part.isidentifier():
+            names.append(part)
+        after_tagged = part in _TAGGED and not after_tagged
+    return names
+
+
+def _name(names: list) -> str:
+    """How a message names the field: its own name, or its path inside a tagged field."""
+    tagged = next((i for i, name in enumerate(names) if name in _TAGGED), None)
+    return ".".join(names[tagged:]) if tagged is not None else names[-1]
 
 
 def _describe(error: dict) -> str:
     """One pydantic error -> one sentence in TGI's style, naming the field and the limit."""
     loc = _field_names(error)
-    name = loc[-1] if loc else "body"
+    name = _name(loc) if loc else "body"
     given = error.get("input")
     given_text = json.dumps(given) if isinstance(given, (str, bool)) or given is None else given
     ctx = error.get("ctx", {})
     kind = error["type"]
     if kind == "extra_forbidden":
+        if "." in name:
+            parent, _, field = name.rpartition(".")
+            return f"Unknown field `{field}` in `{parent}`"
         where = "parameters" if len(loc) > 1 else "request body"
         return f"Unknown field `{name}` in {where}"
+    if kind == "union_tag_invalid":  # a tagged field's `type` names no form it has
+        expected = ctx.get("expected_tags", "")
+        return f"`{name}.type` must be one of {expected}. Given: {json.dumps(ctx.get('tag'))}"
+    if kind == "union_tag_not_found":
+        return f"`{name}.type` is required"
     if kind == "string_too_short":
         return "`stop` sequences cannot be empty strings" if name == "stop" else f"`{name}` cannot be empty"
     if kind == "missing":
@@ -271,6 +304,7 @@ def _describe(error: dict) -> str:
         "string_type": "a string",
         "list_type": "a list of strings",
         "model_type": "an object",
+        "model_attributes_type": "an object",
         "dict_type": "an object",
     }
     if kind == "list_type" and name == "tokens":  # /detokenize's ids

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import BadRequest, ValidationError
+from .grammar import GrammarCompiler, TokenConstraint
 from .tgi import TGI_FIELDS, FieldNames, GenerationRequest
 
 
 @dataclass(frozen=True, eq=False)
 class TokenizedRequest:
-    """A valid request with its prompt as the ids to prefill (cut to `truncate`)."""
+    """A valid request with its prompt as the ids to prefill (cut to `truncate`), and its grammar
+    compiled into a constraint on the tokens (None: unconstrained)."""
 
     request: GenerationRequest
     prompt_ids: Tuple[int, ...]
+    constraint: Optional[TokenConstraint] = None
 
 
 @dataclass(frozen=True)
@@ -36,25 +39,42 @@ class PromptToken:
 
 
 class PromptTokens:
-    """Tokenizes prompts and applies the token limits; renders chat messages with the model's template."""
+    """Tokenizes prompts and applies the token limits; compiles grammars against the model's vocabulary
+    (`vocab_size`: the width of its logits; `eos_token_ids`: what ends a text); renders chat messages
+    with the model's template."""
 
-    def __init__(self, tokenizer, max_input_tokens: int, max_total_tokens: int):
+    def __init__(
+        self,
+        tokenizer,
+        max_input_tokens: int,
+        max_total_tokens: int,
+        vocab_size: Optional[int] = None,
+        eos_token_ids: Iterable[int] = (),
+    ):
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self._lock = threading.Lock()  # a fast tokenizer is not safe to share between request threads
+        vocab_size = vocab_size or len(tokenizer)
+        self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids or [tokenizer.eos_token_id])
 
     @classmethod
-    def for_model(cls, tokenizer, context: int, max_total_tokens=None, max_input_tokens=None) -> "PromptTokens":
+    def for_model(
+        cls, tokenizer, context: int, max_total_tokens=None, max_input_tokens=None, vocab_size=None, eos_token_ids=()
+    ) -> "PromptTokens":
         """Limits from the settings (None = TGI's defaults), never past the model's context."""
         total = min(max_total_tokens or context, context)
-        return cls(tokenizer, min(max_input_tokens or total - 1, total - 1), total)
+        return cls(tokenizer, min(max_input_tokens or total - 1, total - 1), total, vocab_size, eos_token_ids)
 
     def tokenize(self, request: GenerationRequest, fields: FieldNames = TGI_FIELDS) -> TokenizedRequest:
+        """The prompt's ids within the limits, and the grammar compiled (both in the caller's thread)."""
         with self._lock:
             ids = self.tokenizer(request.prompt)["input_ids"]
         kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens, fields)
-        return TokenizedRequest(request, tuple(ids[len(ids) - kept :]))  # `truncate` keeps the last tokens
+        constraint = None
+        if request.grammar is not None:
+            constraint = self.grammars.compile(request.grammar, fields.grammar)
+        return TokenizedRequest(request, tuple(ids[len(ids) - kept :]), constraint)  # `truncate` keeps the last tokens
 
     @property
     def vocab_size(self) -> int:
