@@ -56,7 +56,8 @@ class PromptTokens:
         self.max_total_tokens = max_total_tokens
         self._lock = threading.Lock()  # a fast tokenizer is not safe to share between request threads
         vocab_size = vocab_size or len(tokenizer)
-        self.grammars = GrammarCompiler(tokenizer, vocab_size, eos_token_ids or [tokenizer.eos_token_id])
+        eos = list(eos_token_ids) or [t for t in (getattr(tokenizer, "eos_token_id", None),) if t is not None]
+        self.grammars = GrammarCompiler(tokenizer, vocab_size, eos)
 
     @classmethod
     def for_model(
@@ -87,6 +88,8 @@ class PromptTokens:
         with self._lock:
             ids, offsets = _encode_with_offsets(self.tokenizer, request.prompt)
         first = len(ids) - kept_input_tokens(len(ids), request, self.max_input_tokens, fields)
+        if request.grammar is not None:  # /generate's rules, all of them: a grammar it would refuse, refused
+            self.grammars.compile(request.grammar, fields.grammar)
         ids = ids[first:]
         if offsets is None:  # a tokenizer without offsets (no Rust core): TGI answers the ids alone
             return [PromptToken(int(i), "", 0, 0) for i in ids]
