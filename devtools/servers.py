@@ -107,6 +107,22 @@ def stop_process(proc, timeout: float = 30.0) -> None:
 
 
 @contextmanager
+def serving(settings):
+    """The model of `settings` loaded, its engine started and the app served by `thread_server`: the URL."""
+    from textgen.engine import Engine
+    from textgen.model.loader import load_model
+    from textgen.server import create_app
+
+    model, tokenizer = load_model(settings)
+    engine = Engine(model, tokenizer, settings).start()
+    try:
+        with thread_server(create_app(settings, engine=engine)) as url:
+            yield url
+    finally:
+        engine.stop()
+
+
+@contextmanager
 def thread_server(app):
     """The app behind werkzeug's threaded server in this process (the engine stays inspectable)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -17,13 +17,10 @@ import pytest
 import requests
 
 from devtools.models import make_tiny
-from devtools.servers import thread_server
+from devtools.servers import serving
 from tests.batching import DecodeSteps, assert_decoded_together, submit_together
 from tests.models import add_chat_template
-from textgen.engine import Engine
 from textgen.errors import ValidationError
-from textgen.model.loader import load_model
-from textgen.server import create_app
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 from textgen.validation.grammar import GrammarCompiler, TokenConstraint
@@ -256,14 +253,8 @@ def chat_server(tmp_path_factory):
     """A live server (ONNX Runtime, the default) on the tiny model with a chat template and 1024
     positions: room for a chat prompt and 200 new tokens."""
     model_dir = add_chat_template(make_tiny(str(tmp_path_factory.mktemp("tiny-grammar")), n_positions=1024))
-    settings = Settings.from_env(environ={}, model_id=model_dir, threads=2)
-    model, tokenizer = load_model(settings)
-    engine = Engine(model, tokenizer, settings).start()
-    try:
-        with thread_server(create_app(settings, engine=engine)) as url:
-            yield url
-    finally:
-        engine.stop()
+    with serving(Settings.from_env(environ={}, model_id=model_dir, threads=2)) as url:
+        yield url
 
 
 def sdk(url: str) -> openai.OpenAI:
@@ -350,20 +341,10 @@ def test_live_error_body_names_the_problem(chat_server):
 # -- real weights --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2():
-    import os
+    from tests.real_weights import smollm2_engine
 
-    from tests.real_weights import GGUF_NAME, smollm2_dir
-    from textgen.engine import create_engine
-
-    settings = Settings.from_env(
-        environ={k: v for k, v in os.environ.items() if k == "CACHE_DIR"},
-        model_id=smollm2_dir(),
-        model_gguf_file=GGUF_NAME,
-        threads=2,
-    )
-    engine = create_engine(settings)
-    yield engine
-    engine.stop()
+    with smollm2_engine() as engine:
+        yield engine
 
 
 @pytest.mark.slow

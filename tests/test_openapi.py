@@ -13,11 +13,8 @@ import requests
 
 from devtools.models import make_tiny
 from tests.models import add_chat_template
-from devtools.servers import thread_server
-from textgen.engine import Engine
-from textgen.model.loader import load_model
+from devtools.servers import serving
 from textgen.validation.openai_forms import ChatCompletionRequest, CompletionRequest
-from textgen.server import create_app
 from textgen.settings import Settings
 from textgen.validation import TGIRequest
 
@@ -30,14 +27,8 @@ def live_url(tmp_path_factory):
     tokenizer, so no JSON Schema can state it, and with 1024 tokens the fuzzer's prompts stay inside
     it, as a real client's do."""
     model_dir = add_chat_template(make_tiny(str(tmp_path_factory.mktemp("tiny-fuzz")), n_positions=1024))
-    server_settings = Settings.from_env(environ={}, model_id=model_dir, threads=2, max_new_tokens_limit=64)
-    model, tokenizer = load_model(server_settings)
-    engine = Engine(model, tokenizer, server_settings).start()
-    try:
-        with thread_server(create_app(server_settings, engine=engine)) as url:
-            yield url
-    finally:
-        engine.stop()
+    with serving(Settings.from_env(environ={}, model_id=model_dir, threads=2, max_new_tokens_limit=64)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,29 +3,18 @@
 The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under CACHE_DIR.
 """
 
-import os
-
 import pytest
 
 from tests.batching import DecodeSteps, assert_decoded_together, submit_together
-from tests.real_weights import GGUF_NAME, smollm2_dir
-from textgen.engine import create_engine
-from textgen.settings import Settings
+from tests.real_weights import smollm2_engine
 from textgen.validation import validate_generate
 
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    settings = Settings.from_env(
-        environ={k: v for k, v in os.environ.items() if k == "CACHE_DIR"},
-        model_id=smollm2_dir(),
-        model_gguf_file=GGUF_NAME,
-        threads=2,
-    )
-    engine = create_engine(settings)
-    yield engine
-    engine.stop()
+    with smollm2_engine() as engine:
+        yield engine
 
 
 def ask(engine, prompt, **parameters):
