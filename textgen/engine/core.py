@@ -50,8 +50,6 @@ class Engine:
             tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens,
             vocab_size=model.vocab_size, eos_token_ids=model.eos_token_ids,
         )
-        self.max_total_tokens = self.prompts.max_total_tokens
-        self.max_input_tokens = self.prompts.max_input_tokens
         self.eos_token_ids = frozenset(model.eos_token_ids)
         self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
@@ -64,6 +62,14 @@ class Engine:
         self.on_crash: Optional[Callable[[], None]] = None
 
     # -- public surface (any thread) ---------------------------------------------------------------
+    @property
+    def max_total_tokens(self) -> int:  # the limits belong to validation; the engine only reports them
+        return self.prompts.max_total_tokens
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.prompts.max_input_tokens
+
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
         self._thread.start()
