@@ -294,10 +294,10 @@ def test_a_failing_update_fails_only_its_own_request(make_engine, monkeypatch):
 
     real_append = Sequence.append
 
-    def append(self, token, logprob):
+    def append(self, token, logprob, top=None):
         if self.request.seed == 666 and len(self.generated) == 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a tokenizer's bad day")
-        return real_append(self, token, logprob)
+        return real_append(self, token, logprob, top)
 
     monkeypatch.setattr(Sequence, "append", append)
     engine = make_engine()

@@ -110,7 +110,7 @@ def test_choosing_leaves_the_callers_logits_alone():
 def test_greedy_is_argmax_with_its_log_probability():
     x = logits()
     greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
-    tokens, logprobs = choose_next_tokens(x, [greedy] * 3)
+    tokens, logprobs, _ = choose_next_tokens(x, [greedy] * 3)
     assert tokens == x.argmax(axis=-1).tolist()
     expected = torch.log_softmax(torch.from_numpy(x), dim=-1).max(dim=-1).values.numpy()
     assert np.allclose(logprobs, expected, atol=1e-5)
@@ -118,7 +118,7 @@ def test_greedy_is_argmax_with_its_log_probability():
 
 def test_log_probability_of_a_draw_is_that_of_the_processed_distribution():
     x = logits(rows=1)
-    tokens, logprobs = choose_next_tokens(x, [row(seed=4, temperature=0.7, top_k=20)])
+    tokens, logprobs, _ = choose_next_tokens(x, [row(seed=4, temperature=0.7, top_k=20)])
     top = np.argsort(-x[0])[:20].tolist()
     expected = torch.log_softmax(torch.from_numpy(x[0, top] / np.float32(0.7)), dim=-1).numpy()
     assert tokens[0] in top
@@ -129,12 +129,12 @@ def test_extreme_scores_stay_finite():
     """Softmax subtracts the maximum first: huge logits and a tiny temperature give no NaN or inf."""
     x = np.array([[1e30, 1e30 - 1e24, -1e30, 0.0]], dtype=np.float32)
     assert np.isfinite(log_softmax(x)[0, :2]).all()
-    tokens, logprobs = choose_next_tokens(x, [row(seed=1, temperature=1e-6, top_p=0.9, typical_p=0.9)])
+    tokens, logprobs, _ = choose_next_tokens(x, [row(seed=1, temperature=1e-6, top_p=0.9, typical_p=0.9)])
     assert tokens[0] in (0, 1) and np.isfinite(logprobs[0])
     # A temperature past float32's range: uniform over the candidates (here the top 3), not NaN.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tokens, logprobs = choose_next_tokens(logits(rows=1), [row(seed=1, temperature=1e300, top_k=3)])
+        tokens, logprobs, _ = choose_next_tokens(logits(rows=1), [row(seed=1, temperature=1e300, top_k=3)])
     assert tokens[0] in np.argsort(-logits(rows=1)[0])[:3] and np.isclose(logprobs[0], -np.log(3))
 
 
@@ -144,7 +144,7 @@ def test_seeded_draw_depends_only_on_the_row():
     def rows():
         return [row(seed=s, temperature=0.8, top_k=k, top_p=0.9) for s, k in ((1, 0), (2, 50), (3, 7), (4, 50))]
 
-    together, _ = choose_next_tokens(x, rows())
+    together, _, _ = choose_next_tokens(x, rows())
     alone = [choose_next_tokens(x[i : i + 1], [rows()[i]])[0][0] for i in range(4)]
     assert together == alone
 
@@ -208,7 +208,7 @@ def test_a_draw_is_the_one_generator_choice_makes():
 def test_a_greedy_rows_log_probability_only_where_asked():
     x = logits(rows=2)
     greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
-    tokens, logprobs = choose_next_tokens(x, [greedy, greedy], want_logprobs=[False, True])
+    tokens, logprobs, _ = choose_next_tokens(x, [greedy, greedy], want_logprobs=[False, True])
     assert tokens == x.argmax(axis=-1).tolist() and logprobs[0] is None
     assert np.isclose(logprobs[1], log_softmax(x[1])[tokens[1]], atol=1e-5)
 
@@ -234,8 +234,8 @@ def test_a_mask_limits_its_own_row_only(vocab):
     masked, plain = rows(), rows()
     mask = [None, packed(allowed_ids, vocab), None]
     for _ in range(30):
-        with_mask, _ = choose_next_tokens(x, masked, allowed=mask)
-        without, _ = choose_next_tokens(x, plain)
+        with_mask, _, _ = choose_next_tokens(x, masked, allowed=mask)
+        without, _, _ = choose_next_tokens(x, plain)
         assert with_mask[1] in allowed_ids
         assert (with_mask[0], with_mask[2]) == (without[0], without[2])
 
@@ -260,7 +260,7 @@ def test_a_masked_greedy_row_takes_the_best_allowed_token():
     x = logits(rows=1, vocab=1000)
     allowed_ids = [3, 500, 999]
     greedy = RowSampling(False, 1.0, 0, 1.0, 1.0, 1.0, 0.0, None, seen_ids=[])
-    tokens, logprobs = choose_next_tokens(x, [greedy], allowed=[packed(allowed_ids, 1000)])
+    tokens, logprobs, _ = choose_next_tokens(x, [greedy], allowed=[packed(allowed_ids, 1000)])
     best = max(allowed_ids, key=lambda t: x[0, t])
     assert tokens == [best]
     # Its log-probability is that of the masked distribution: over the allowed tokens only.
@@ -271,5 +271,5 @@ def test_tokens_past_a_short_mask_are_not_allowed():
     """A mask narrower than the logits (a vocabulary padded past the tokenizer's) allows none beyond it."""
     x = logits(rows=1, vocab=300)
     x[0, 290:] = 100.0  # by far the likeliest, and not in the mask's 256 tokens
-    tokens, _ = choose_next_tokens(x, [row(seed=1, top_k=50)], allowed=[packed([1, 2, 3], 256)])
+    tokens, _, _ = choose_next_tokens(x, [row(seed=1, top_k=50)], allowed=[packed([1, 2, 3], 256)])
     assert tokens[0] in (1, 2, 3)

@@ -32,6 +32,8 @@ out["generate"] = client.generate("Hello", max_new_tokens=6).model_dump(mode="js
 out["sampled"] = client.generate("Hello", max_new_tokens=5, do_sample=True, seed=3).model_dump(mode="json")
 out["stopped"] = client.generate("Hello", max_new_tokens=20, stop_sequences=["l"]).model_dump(mode="json")
 out["stream"] = [event.model_dump(mode="json") for event in client.generate_stream("Hello", max_new_tokens=6)]
+out["logprobs"] = client.generate("Hello", max_new_tokens=3, decoder_input_details=True, top_n_tokens=2).model_dump(mode="json")
+out["stream_top"] = [e.model_dump(mode="json") for e in client.generate_stream("Hello", max_new_tokens=3, top_n_tokens=2)]
 for name, call in (("generate_error", client.generate), ("stream_error", lambda *a, **k: list(client.generate_stream(*a, **k)))):
     try:
         call("Hello", max_new_tokens=100000)
@@ -94,7 +96,7 @@ def test_text_generation_client(gunicorn_url, tgi_client_python):
     run = subprocess.run([tgi_client_python, "-c", CLIENT_SCRIPT, gunicorn_url], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)
-    assert compat_requests(gunicorn_url) - before == 6  # every call went to POST /
+    assert compat_requests(gunicorn_url) - before == 8  # every call went to POST /
 
     greedy = generate(gunicorn_url, max_new_tokens=6, do_sample=False)["generated_text"]
     answer = out["generate"]  # the client sends do_sample=false and details=true
@@ -120,6 +122,14 @@ def test_text_generation_client(gunicorn_url, tgi_client_python):
     assert events[-1]["details"]["finish_reason"] == "length" and events[-1]["details"]["generated_tokens"] == 6
     assert [event["token"] for event in events] == details["tokens"]
 
+    with_logprobs = out["logprobs"]["details"]
+    prompt_ids = [t["id"] for t in requests.post(gunicorn_url + "/tokenize", json={"inputs": "Hello"}, timeout=60).json()]
+    assert [t["id"] for t in with_logprobs["prefill"]] == prompt_ids and with_logprobs["prefill"][0]["logprob"] is None
+    assert all(t["logprob"] < 0 for t in with_logprobs["prefill"][1:])
+    assert [len(top) for top in with_logprobs["top_tokens"]] == [2, 2, 2]
+    assert [top[0]["id"] for top in with_logprobs["top_tokens"]] == [t["id"] for t in with_logprobs["tokens"]]
+    assert [len(event["top_tokens"]) for event in out["stream_top"]] == [2, 2, 2]
+
     message = "`max_new_tokens` must be <= 512. Given: 100000"
     assert out["generate_error"] == ["ValidationError", message]
     assert out["stream_error"] == ["ValidationError", message]
@@ -142,6 +152,13 @@ def test_inference_client(gunicorn_url):
     assert "".join(token.text for token in detailed.details.tokens) == detailed.generated_text
     streamed = list(client.text_generation("Hello", max_new_tokens=5, do_sample=False, stream=True))
     assert "".join(streamed) == expected
+    scored = client.text_generation("Hello", max_new_tokens=3, details=True, decoder_input_details=True, top_n_tokens=3, do_sample=False)
+    assert scored.details.prefill[0].logprob is None and all(t.logprob < 0 for t in scored.details.prefill[1:])
+    assert [len(top) for top in scored.details.top_tokens] == [3, 3, 3]
+    # (huggingface_hub's parser leaves the tokens of these nested lists as dicts)
+    assert [top[0]["id"] for top in scored.details.top_tokens] == [t.id for t in scored.details.tokens]
+    events = list(client.text_generation("Hello", max_new_tokens=3, top_n_tokens=2, details=True, stream=True))
+    assert [len(event.top_tokens) for event in events] == [2, 2, 2]
     with pytest.raises(TextGenerationError, match="must be <= 512"):
         client.text_generation("Hello", max_new_tokens=100000)
-    assert compat_requests(gunicorn_url) - before == 4
+    assert compat_requests(gunicorn_url) - before == 6

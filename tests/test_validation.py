@@ -100,7 +100,8 @@ def test_route_can_force_streaming():
         ({"temperature": "hot"}, '`temperature` must be a number. Given: "hot"'),
         ({"best_of": 2}, "`best_of` is not supported by this server; it must be 1. Given: 2"),
         ({"watermark": True}, "`watermark` is not supported by this server"),
-        ({"top_n_tokens": 3}, "`top_n_tokens` is not supported by this server. Given: 3"),
+        ({"top_n_tokens": 6}, "`top_n_tokens` must be <= 5. Given: 6"),
+        ({"top_n_tokens": -1}, "`top_n_tokens` must be >= 0. Given: -1"),
         ({"grammar": {"type": "xml", "value": {}}}, "`grammar.type` must be one of 'json', 'json_object', 'regex', 'json_schema'. Given: \"xml\""),
         ({"grammar": {"type": "json", "value": 5}}, "`grammar.value` must be an object. Given: 5"),
         ({"bogus": 1}, "Unknown field `bogus` in parameters"),
@@ -115,6 +116,12 @@ def test_each_rule_names_the_field_and_the_limit(parameters, message):
 def test_max_new_tokens_limit_comes_from_settings():
     with pytest.raises(ValidationError, match=r"`max_new_tokens` must be <= 20. Given: 21"):
         validate_generate({"prompt": "x", "max_new_tokens": 21}, SETTINGS.replace(max_new_tokens_limit=20))
+
+
+def test_log_probability_fields_reach_the_request():
+    request = validate({"inputs": "Hi", "parameters": {"details": True, "top_n_tokens": 5, "decoder_input_details": True}})
+    assert (request.details, request.top_n_tokens, request.decoder_input_details) == (True, 5, True)
+    assert validate({"inputs": "Hi"}).top_n_tokens == 0
 
 
 def test_tgi_clients_neutral_values_are_accepted():

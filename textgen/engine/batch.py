@@ -7,13 +7,15 @@ the running streams for longer than one chunk; when the whole group is prefilled
 (`prefill_step` returns their next-token logits, in the group's order). Rows leave with `remove`: the last rows
 move into the holes, so the rest never moves.
 
-Rows are opaque to the batch (the engine's request state); it only needs each row's prompt. The model
-is any `CausalLM` (model/contract.py): numpy in, numpy out.
+Rows are opaque to the batch (the engine's request state); it only needs each row's prompt, and, for a
+row that wants its prompt's log-probabilities, a `scorer` that takes the logits at every prompt
+position, chunk by chunk (`scorer(offset, logits)`), so that they never all sit in memory at once. The
+model is any `CausalLM` (model/contract.py): numpy in, numpy out.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +34,7 @@ class Batch:
         self._prompts: List[List[int]] = []
         self._done: List[int] = []
         self._logits: List[Optional[np.ndarray]] = []
+        self._scorers: List[Optional[Callable[[int, np.ndarray], None]]] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,13 +47,20 @@ class Batch:
     def empty(self) -> bool:
         return not self.rows and not self.group
 
-    def add(self, rows: Sequence[object], prompts: Sequence[Sequence[int]]) -> None:
-        """Start prefilling a group of new rows (the previous group must have joined)."""
+    def add(
+        self,
+        rows: Sequence[object],
+        prompts: Sequence[Sequence[int]],
+        scorers: Optional[Sequence[Optional[Callable[[int, np.ndarray], None]]]] = None,
+    ) -> None:
+        """Start prefilling a group of new rows (the previous group must have joined). `scorers`, per
+        row, None or what takes the logits at every one of its prompt's positions."""
         assert not self.group, "one prefill group at a time"
         self.group = list(rows)
         self._prompts = [list(p) for p in prompts]
         self._done = [0] * len(rows)
         self._logits = [None] * len(rows)
+        self._scorers = list(scorers) if scorers is not None else [None] * len(rows)
 
     def prefill_step(self) -> Optional[np.ndarray]:
         """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
@@ -66,7 +76,18 @@ class Batch:
         finishing = [i for i in range(k) if take[i] > 0 and self._done[i] + take[i] == len(self._prompts[i])]
         first = len(self.rows)
         self.cache.reserve(first + k, int(starts.max()) + width)
-        logits = self.model.forward(tokens, starts, take, self.cache, first, bool(finishing))
+        scored = [i for i in range(k) if self._scorers[i] is not None and take[i] > 0]
+        if scored:
+            # Every position of the scored rows, the last one of the others: each row's logits end with its last.
+            counts = [int(take[i]) if i in scored else 1 for i in range(k)]
+            index = np.concatenate([i * width + np.arange(n) + (0 if i in scored else max(int(take[i]) - 1, 0)) for i, n in enumerate(counts)])
+            flat = self.model.forward(tokens, starts, take, self.cache, first, True, index)
+            ends = np.cumsum(counts)
+            for i in scored:
+                self._scorers[i](self._done[i], flat[ends[i] - counts[i] : ends[i]])
+            logits = flat[ends - 1]
+        else:
+            logits = self.model.forward(tokens, starts, take, self.cache, first, bool(finishing))
         for i in range(k):
             self._done[i] += int(take[i])
         for i in finishing:
@@ -76,7 +97,7 @@ class Batch:
         joined_logits = np.stack(self._logits)
         self.rows.extend(self.group)
         self.lengths.extend(self._done)
-        self.group, self._prompts, self._done, self._logits = [], [], [], []
+        self.group, self._prompts, self._done, self._logits, self._scorers = [], [], [], [], []
         return joined_logits
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -112,5 +133,6 @@ class Batch:
             self._prompts = [self._prompts[i] for i in kept]
             self._done = [self._done[i] for i in kept]
             self._logits = [self._logits[i] for i in kept]
+            self._scorers = [self._scorers[i] for i in kept]
         if self.empty:
             self.cache.clear()  # give the memory back while idle

@@ -28,7 +28,7 @@ from .batch import Batch
 from .handle import Handle
 from .listeners import Listeners
 from .queue import Entry, Queue
-from .sampling import choose_next_tokens
+from .sampling import Picks, choose_next_tokens
 from .sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ class Engine:
                 self._answer(entry, error)
             if grouping.group:
                 rows = [Sequence(e, self.tokenizer, self.eos_token_ids, self.special_token_ids) for e in grouping.group]
-                batch.add(rows, [e.prompt_ids for e in grouping.group])
+                scorers = [s.score_prompt if s.wants_prompt_logprobs else None for s in rows]
+                batch.add(rows, [e.prompt_ids for e in grouping.group], scorers)
         return True
 
     def _step(self, rows: List[Sequence], forward, kind: str) -> None:
@@ -166,10 +167,11 @@ class Engine:
             logits = forward()
             if logits is None:
                 return
-            want_logprobs = [s.request.stream for s in rows]  # only streamed events carry them
+            want_logprobs = [s.wants_logprobs for s in rows]  # only token events (streamed or kept) carry them
             # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
             allowed = [s.allowed_tokens() for s in rows] if any(s.constraint is not None for s in rows) else None
-            tokens, logprobs = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs, allowed)
+            top_n = [s.top_n for s in rows]
+            picks = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs, allowed, top_n)
         except Exception:
             ids = [s.entry.request_id for s in rows]
             log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), _WHOSE[kind], ids)
@@ -177,15 +179,15 @@ class Engine:
             return
         if kind == "decode step":
             self._listeners.notify("on_decode_step", len(rows))
-        self._update(rows, tokens, logprobs)
+        self._update(rows, picks)
 
-    def _update(self, rows: List[Sequence], tokens: List[int], logprobs: List[Optional[float]]) -> None:
+    def _update(self, rows: List[Sequence], picks: Picks) -> None:
         """Each row takes its token; the finished are answered and leave. A row whose update fails (its
         text cannot be decoded, say) fails alone; one whose grammar gave out fails saying so."""
         finished, failed, refused = [], [], []
-        for sequence, token, logprob in zip(rows, tokens, logprobs):
+        for sequence, token, logprob, top in zip(rows, *picks):
             try:
-                sequence.append(token, logprob)
+                sequence.append(token, logprob, top)
                 if sequence.finished:
                     result = sequence.result()
                     self._answer(sequence.entry, result)

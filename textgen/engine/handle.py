@@ -10,9 +10,20 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Tuple, Union
 
 from ..errors import ServiceError
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token with its log-probability: a prompt token (`decoder_input_details`, `echo`; the first has
+    none) or one of a generated token's most likely alternatives (`top_n_tokens`, `top_logprobs`)."""
+
+    id: int
+    text: str  # the token decoded on its own
+    logprob: Optional[float]
+    special: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,8 @@ class TokenEvent:
     # the stop sequence itself. Joined, the events' `released` texts are exactly the result's text.
     released: str = ""
     last: bool = False  # the request's result follows at once (lets SSE put it on this token's event)
+    top_tokens: Tuple[TokenInfo, ...] = ()  # the most likely tokens at this position, when asked for
+    prefill: Tuple[TokenInfo, ...] = ()  # a stream's first token: the prompt's tokens, when asked for
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,11 @@ class GenerationResult:
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int]
+    # Asked for with `details` (or OpenAI's `logprobs`) by a request that does not stream: every generated
+    # token as its event would have been; with `decoder_input_details` (or `echo` and `logprobs`): the
+    # prompt's tokens. A stream delivers the same as its events, and its result has neither.
+    tokens: Tuple[TokenEvent, ...] = field(default=(), compare=False)
+    prefill: Tuple[TokenInfo, ...] = field(default=(), compare=False)
     # Timings (not part of what was generated: two equal generations compare equal whatever they took).
     queue_time: float = field(default=0.0, compare=False)  # admission -> joined the batch, seconds
     compute_time: float = field(default=0.0, compare=False)  # joined the batch (prefill included) -> last token

@@ -10,7 +10,7 @@ grammar has its disallowed tokens set to -inf before anything else (`allowed`), 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,22 +34,42 @@ class RowSampling:
     generated_ids: List[int] = field(default_factory=list)  # what the frequency penalty counts
 
 
+# Alternatives one row may ask for (OpenAI's chat `top_logprobs` allows 20; TGI's `top_n_tokens` 5).
+MAX_TOP_N = 20
+
+Alternatives = List[Tuple[int, float]]  # (token id, log-probability), most likely first
+
+
+class Picks(NamedTuple):
+    """What `choose_next_tokens` decided for each row."""
+
+    tokens: List[int]
+    logprobs: List[Optional[float]]  # the picked token's log-probability (None: not asked for)
+    top: List[Optional[Alternatives]]  # the row's most likely tokens (None: not asked for)
+
+
 def choose_next_tokens(
     logits: np.ndarray,
     rows: Sequence[RowSampling],
     want_logprobs: Optional[Sequence[bool]] = None,
     allowed: Optional[Sequence[Optional[np.ndarray]]] = None,
-) -> Tuple[List[int], List[Optional[float]]]:
-    """logits: [batch, vocab] float32 for the last position (left as they are). Returns (token ids, their
-    log-probabilities); a greedy row's log-probability costs a pass over the vocabulary, so it is only
-    computed where `want_logprobs` (default: every row) says so, else None. `allowed`, per row, None or
-    the tokens a grammar allows as packed bits (int32 words, bit i of word i // 32 = token i): the
-    others are -inf for that row before penalties, top-k and the rest."""
+    top_n: Optional[Sequence[int]] = None,
+) -> Picks:
+    """logits: [batch, vocab] float32 for the last position (left as they are). Returns each row's token,
+    its log-probability and, where `top_n` asks (per row, 0 = none), that many most likely tokens.
+    Log-probabilities are those of the distribution the token is drawn from: after the grammar's mask
+    and the penalties and, for a sampled row, temperature, top-k, top-p and typical-p (so a token those
+    filtered out is no alternative). A greedy row's log-probability costs a pass over the vocabulary,
+    so it is only computed where `want_logprobs` (default: every row) says so, else None. `allowed`, per
+    row, None or the tokens a grammar allows as packed bits (int32 words, bit i of word i // 32 =
+    token i): the others are -inf for that row before penalties, top-k and the rest."""
     masked = _mask_disallowed(logits, allowed)
     logits = _apply_penalties(masked, rows, copy=masked is logits)
     vocab = logits.shape[-1]
     tokens: List[int] = [0] * len(rows)
     logprobs: List[Optional[float]] = [None] * len(rows)
+    top: List[Optional[Alternatives]] = [None] * len(rows)
+    wanted_top = [0] * len(rows) if top_n is None else [min(int(n), MAX_TOP_N) for n in top_n]
 
     greedy = [i for i, r in enumerate(rows) if not r.do_sample]
     if greedy:
@@ -58,8 +78,11 @@ def choose_next_tokens(
         best = scores.argmax(axis=-1)
         for j, i in enumerate(greedy):
             tokens[i] = int(best[j])
-            if want_logprobs is None or want_logprobs[i]:
-                logprobs[i] = float(scores[j, best[j]] - _logsumexp(scores[j]))
+            if want_logprobs is None or want_logprobs[i] or wanted_top[i]:
+                log_z = _logsumexp(scores[j])
+                logprobs[i] = float(scores[j, best[j]] - log_z)
+                if wanted_top[i]:
+                    top[i] = _alternatives(scores[j] - log_z, None, wanted_top[i])
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
@@ -70,12 +93,22 @@ def choose_next_tokens(
             # k candidates instead of the whole vocabulary.
             scores = logits if len(with_k) == len(rows) else logits[with_k]
             cand_scores, cand_ids = _top_k_candidates(scores, [rows[i].top_k for i in with_k])
-            _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, tokens, logprobs)
+            _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, Picks(tokens, logprobs, top), wanted_top)
         if without_k:
             full = _with_temperature(logits[without_k], rows, without_k)
-            ids = np.broadcast_to(np.arange(vocab), (len(without_k), vocab))
-            _draw(full, ids, without_k, rows, tokens, logprobs)
-    return tokens, logprobs
+            _draw(full, None, without_k, rows, Picks(tokens, logprobs, top), wanted_top)
+    return Picks(tokens, logprobs, top)
+
+
+def _alternatives(log_probs: np.ndarray, ids: Optional[np.ndarray], n: int) -> Alternatives:
+    """The n most likely tokens of one row's log-probabilities (over `ids`, or the whole vocabulary when
+    None), best first, ties by token order; tokens with probability 0 (filtered out) are left out."""
+    best = _k_best_ids(log_probs[None, :], min(n, log_probs.shape[-1]))[0]
+    return [
+        (int(best_id if ids is None else ids[best_id]), float(log_probs[best_id]))
+        for best_id in best
+        if log_probs[best_id] > -np.inf
+    ]
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
@@ -102,8 +135,9 @@ def _with_temperature(scores: np.ndarray, rows, which: List[int]) -> np.ndarray:
     return scores / np.array(temps, dtype=scores.dtype)[:, None]
 
 
-def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List[Optional[float]]) -> None:
-    """Nucleus and typical filtering, then one draw per row from its own generator."""
+def _draw(scores, ids, which: List[int], rows, out: Picks, wanted_top: List[int]) -> None:
+    """Nucleus and typical filtering, then one draw per row from its own generator. `ids`: the token id
+    of each column of `scores` (None: the columns are the vocabulary)."""
     scores = _top_p(scores, [rows[i].top_p for i in which])
     scores = _typical_p(scores, [rows[i].typical_p for i in which])
     log_probs = log_softmax(scores)
@@ -116,7 +150,11 @@ def _draw(scores, ids, which: List[int], rows, tokens: List[int], logprobs: List
         width = rows[i].top_k if 0 < rows[i].top_k < log_probs.shape[-1] else log_probs.shape[-1]
         row_cdf = cdf[j, :width] / cdf[j, width - 1]
         pick = int(row_cdf.searchsorted(rows[i].generator.random(), side="right"))
-        tokens[i], logprobs[i] = int(ids[j, pick]), float(log_probs[j, pick])
+        row_ids = None if ids is None else ids[j]
+        out.tokens[i] = pick if row_ids is None else int(row_ids[pick])
+        out.logprobs[i] = float(log_probs[j, pick])
+        if wanted_top[i]:
+            out.top[i] = _alternatives(log_probs[j, :width], None if row_ids is None else row_ids[:width], wanted_top[i])
 
 
 def _top_k_candidates(scores: np.ndarray, ks: List[int]) -> Tuple[np.ndarray, np.ndarray]:

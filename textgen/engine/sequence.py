@@ -2,9 +2,11 @@
 
 `Sequence.append` is the whole per-token update: record the token, advance the grammar if the request
 has one, stop on end-of-text, a complete grammar, a stop sequence or `max_new_tokens`, and (for a
-streaming request only) emit the token's event with the text it releases. Text is made only where it
-is needed: a request that streams or has stop sequences is detokenized token by token; any other is
-decoded once, at its end.
+streaming request only) emit the token's event with the text it releases; a request that asked for
+its tokens' details keeps the events for its result instead. Text is made only where it is needed: a
+request that streams, has stop sequences or wants its tokens is detokenized token by token; any other
+is decoded once, at its end. `score_prompt` takes the prompt's logits, chunk by chunk, from a request
+that asked for its prompt tokens' log-probabilities.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import numpy as np
 
 from ..errors import ValidationError
 from .detokenize import IncrementalDetokenizer, decode_generated
-from .handle import GenerationResult, TokenEvent
+from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry
-from .sampling import RowSampling
+from .sampling import Alternatives, RowSampling, log_softmax
 from .stop import StopMatcher
 
 
@@ -55,7 +57,12 @@ class Sequence:
         self.constraint = entry.constraint
         self._track_seen = request.repetition_penalty != 1.0
         self._stops = StopMatcher(request.stop) if request.stop else None
-        incremental = request.stream or self._stops is not None
+        # A blocking request with `details` keeps its token events for its result.
+        self._kept: Optional[List[TokenEvent]] = [] if request.details and not request.stream else None
+        self.wants_logprobs = request.stream or self._kept is not None
+        self.top_n = request.top_n_tokens if self.wants_logprobs else 0
+        self.prefill: List[TokenInfo] = []  # the prompt's tokens, with `decoder_input_details`
+        incremental = request.stream or self._stops is not None or self._kept is not None
         self._detokenizer = IncrementalDetokenizer(tokenizer, entry.prompt_ids) if incremental else None
         self.started_at = time.monotonic()  # joined the batch: queue time ends, compute time starts
         self.next_token = 0  # the last token picked: the next decode step feeds it
@@ -71,8 +78,28 @@ class Sequence:
         no grammar, or it gave out (then `append` fails the request, saying why)."""
         return None if self.constraint is None else self.constraint.mask()
 
-    def append(self, token: int, logprob: Optional[float]) -> None:
-        """Record one generated token; emit its event to a streaming caller; note when the request ends.
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.request.decoder_input_details and self.request.details
+
+    def score_prompt(self, offset: int, logits: np.ndarray) -> None:
+        """The logits at prompt positions offset.. (one prefill chunk, [n, vocab]): each predicts the next
+        prompt token, whose log-probability (under the model's own distribution: nothing was sampled
+        here) is recorded. The first prompt token has none."""
+        prompt = self.entry.prompt_ids
+        if offset == 0:
+            self.prefill.append(self._info(prompt[0], None))
+        targets = prompt[offset + 1 : offset + 1 + len(logits)]  # the last position predicts no prompt token
+        log_probs = log_softmax(logits[: len(targets)])
+        for row, target in enumerate(targets):
+            self.prefill.append(self._info(target, float(log_probs[row, target])))
+
+    def _info(self, token: int, logprob: Optional[float]) -> TokenInfo:
+        return TokenInfo(token, self._tokenizer.decode([token]), logprob, token in self._special_token_ids)
+
+    def append(self, token: int, logprob: Optional[float], top: Optional[Alternatives] = None) -> None:
+        """Record one generated token (with its most likely alternatives, when asked for); emit its event
+        to a streaming caller or keep it for the result; note when the request ends.
         Raises ValidationError when the request's grammar gave out (a limit of llguidance's)."""
         self.generated.append(token)
         if self._track_seen:
@@ -101,17 +128,23 @@ class Sequence:
         if self.finish_reason is not None:
             piece += self._detokenizer.flush()  # release bytes held for an unfinished character
         released = self._release(piece)
+        if not self.request.stream and self._kept is None:
+            return
+        event = TokenEvent(
+            index=len(self.generated),
+            id=token,
+            text=piece,
+            logprob=logprob,
+            special=special,
+            released=released,
+            last=self.finished,
+            top_tokens=tuple(self._info(i, lp) for i, lp in top) if top else (),
+            prefill=tuple(self.prefill) if len(self.generated) == 1 else (),
+        )
         if self.request.stream:
-            event = TokenEvent(
-                index=len(self.generated),
-                id=token,
-                text=piece,
-                logprob=logprob,
-                special=special,
-                released=released,
-                last=self.finished,
-            )
             self.handle._emit(event)
+        else:
+            self._kept.append(event)
 
     def _release(self, piece: str) -> str:
         """The text this token adds to the answer, and the end of the request at a stop sequence."""
@@ -136,6 +169,8 @@ class Sequence:
             generated_tokens=len(self.generated),
             prompt_tokens=len(self.entry.prompt_ids),
             seed=self.seed,
+            tokens=tuple(self._kept or ()),
+            prefill=tuple(self.prefill),
             queue_time=self.started_at - self.entry.enqueued_at,
             compute_time=time.monotonic() - self.started_at,
         )

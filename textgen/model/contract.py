@@ -37,6 +37,7 @@ class CausalLM(Protocol):
         cache: KVCache,
         first_slot: int,
         want_logits: bool,
+        logit_index: Optional[np.ndarray] = None,
     ) -> Optional[np.ndarray]:
         """One forward pass over rows that live in cache slots `first_slot, first_slot + 1, ...`.
 
@@ -46,5 +47,8 @@ class CausalLM(Protocol):
         its padding may be (torch does), past its real tokens, where nothing reads before the row's own
         next tokens overwrite it. The engine reserves the cache first: `first_slot + rows` slots and
         `max(starts) + width` positions fit. Returns float32 `[rows, vocab]`, the logits after each
-        row's last real token (rows with count 0: any values), or None when `want_logits` is False."""
+        row's last real token (rows with count 0: any values), or None when `want_logits` is False.
+        `logit_index` (with `want_logits`): int64 `[R]`, flat indices `row * width + s` of the positions
+        whose logits are wanted instead, any number per row (a prompt's log-probabilities need every
+        position's); the logits come back in that order, `[R, vocab]`."""
         ...

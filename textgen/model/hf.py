@@ -49,7 +49,7 @@ class TransformersModel(nn.Module):
     ) -> Optional[torch.Tensor]:
         rows, time = tokens.shape
         # Logits only from the earliest position any row wants onwards (1 when none is wanted).
-        keep = 1 if last is None else time - int(last.min())
+        keep = 1 if last is None else time - int((last[1] if isinstance(last, tuple) else last).min())
         out = self.model(
             input_ids=tokens,
             position_ids=positions.clamp(max=self.context - 1),
@@ -60,6 +60,8 @@ class TransformersModel(nn.Module):
         )
         if last is None:
             return None
+        if isinstance(last, tuple):
+            return pick_positions(out.logits, (last[0], last[1] - (time - keep))).float()
         return pick_positions(out.logits, last - (time - keep)).float()
 
 

@@ -125,7 +125,10 @@ def attention_mask(positions: torch.Tensor) -> torch.Tensor:
     return (torch.arange(length)[None, None, :] <= positions[:, :, None]).unsqueeze(1)
 
 
-def pick_positions(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """x: [rows, time, ...]; last: [rows] (one position per row) or [rows, n] -> x at those positions."""
+def pick_positions(x: torch.Tensor, last) -> torch.Tensor:
+    """x: [rows, time, ...]; last: [rows] (one position per row) or [rows, n] -> x at those positions;
+    or a pair (row indices [R], positions [R]) -> x at each pair, [R, ...]."""
+    if isinstance(last, tuple):
+        return x[last[0], last[1]]
     rows = torch.arange(x.shape[0]).view(-1, *([1] * (last.dim() - 1)))
     return x[rows, last]

@@ -99,6 +99,7 @@ class OnnxModel:
         cache: KVCache,
         first_slot: int,
         want_logits: bool,
+        logit_index: Optional[np.ndarray] = None,
     ) -> Optional[np.ndarray]:
         rows, width = tokens.shape
         starts = np.asarray(starts, dtype=np.int64)
@@ -116,8 +117,11 @@ class OnnxModel:
         binding.bind_cpu_input("query_seqlens", counts.astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(cache.time_capacity, dtype=np.int32))
         if want_logits:
-            index = np.arange(rows, dtype=np.int64) * width + np.maximum(counts - 1, 0)
-            logits = np.empty((rows, self.vocab_size), dtype=np.float32)
+            if logit_index is None:
+                index = np.arange(rows, dtype=np.int64) * width + np.maximum(counts - 1, 0)
+            else:
+                index = np.ascontiguousarray(logit_index, dtype=np.int64)
+            logits = np.empty((len(index), self.vocab_size), dtype=np.float32)
         else:
             index, logits = self._no_rows, np.empty((0, self.vocab_size), dtype=np.float32)
         binding.bind_cpu_input("logit_index", index)

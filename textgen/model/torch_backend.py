@@ -49,6 +49,7 @@ class TorchModel:
         cache: KVCache,
         first_slot: int,
         want_logits: bool,
+        logit_index: Optional[np.ndarray] = None,
     ) -> Optional[np.ndarray]:
         # Padding runs through the model like real tokens, at the positions after the row's real ones:
         # it writes there, past the row's cached length, and the row's next tokens overwrite it before
@@ -56,6 +57,9 @@ class TorchModel:
         with torch.inference_mode():
             positions = torch.from_numpy(starts)[:, None] + torch.arange(tokens.shape[1])
             last = torch.from_numpy(np.maximum(counts - 1, 0)) if want_logits else None
+            if want_logits and logit_index is not None:  # (row, position) pairs, as the contract's flat index
+                rows, where = np.divmod(np.asarray(logit_index, dtype=np.int64), tokens.shape[1])
+                last = (torch.from_numpy(rows), torch.from_numpy(where))
             logits = self.module(torch.from_numpy(tokens), positions, cache, first_slot, last)
         return None if logits is None else logits.float().numpy()
 

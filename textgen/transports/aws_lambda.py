@@ -16,7 +16,7 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask
 
 from ..errors import InternalError, ServiceError
-from .responses import engine_request, gather, result_body
+from .responses import result_body
 from ..validation import validate_generate
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ def invoke_direct(app: Flask, event, request_id=None) -> dict:
     request_id = request_id or uuid.uuid4().hex
     try:
         request = validate_generate(event, settings, stream=False)
-        result, tokens = gather(engine.submit(engine_request(request), request_id=request_id).events())
-        return result_body(request, result, tokens if request.details else None)
+        result = engine.submit(request, request_id=request_id).result()
+        return result_body(request, result)
     except ServiceError as error:
         return {**error.to_dict(), "status": error.status}
     except Exception:

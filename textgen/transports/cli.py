@@ -100,14 +100,14 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     request = _validate(args, settings)
 
     from ..engine import create_engine  # loads the model runtime: only once there is something to generate
-    from .responses import engine_request, result_body
+    from .responses import result_body
 
     try:
         engine = create_engine(settings)
     except (OSError, ValueError) as exc:  # no such directory or hub model, or a setting it cannot honour
         return _fail(f"cannot load model {settings.model_id!r}: {exc}")
     try:
-        handle = engine.submit(engine_request(request) if args.json else request)
+        handle = engine.submit(request)
         try:
             result, tokens = _consume(handle, stream=args.stream and not args.json)
         except KeyboardInterrupt:
@@ -136,8 +136,8 @@ def _validate(args: argparse.Namespace, settings: Settings):
 
 
 def _consume(handle, stream: bool):
-    """Wait for the result and keep its token events (for `details.tokens`); with `stream`, print the
-    text as it comes (joined, exactly the result's text)."""
+    """Wait for the result and keep its token events (a streamed request's `details.tokens`); with
+    `stream`, print the text as it comes (joined, exactly the result's text)."""
     from ..engine import GenerationResult
 
     tokens = []

@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Optional, Sequence, Union
 
-from ..engine.handle import GenerationResult, TokenEvent
+from ..engine.handle import GenerationResult, TokenEvent, TokenInfo
 from ..validation import GenerationRequest
 
 
-def engine_request(gen_request: GenerationRequest) -> GenerationRequest:
-    """The request as the engine should get it. A complete answer with `details` lists every generated
-    token (TGI's `details.tokens`), and the engine sends token events (with their log-probabilities)
-    to streaming requests only: such a request is submitted as a streaming one, its events gathered by
-    `gather` and its answer shaped from the original request."""
-    return replace(gen_request, stream=True) if gen_request.details and not gen_request.stream else gen_request
-
-
-def gather(events: Iterable[Union[TokenEvent, GenerationResult]]) -> Tuple[GenerationResult, List[TokenEvent]]:
-    """Wait for the result of a handle's `events()`, keeping its token events (none unless streamed)."""
-    tokens: List[TokenEvent] = []
-    for event in events:
-        if isinstance(event, GenerationResult):
-            return event, tokens
-        tokens.append(event)
-    raise AssertionError("event stream ended without a result")  # pragma: no cover - events() always ends so
-
-
-def result_body(
-    gen_request: GenerationRequest, result: GenerationResult, tokens: Optional[List[TokenEvent]] = None
-) -> dict:
-    """The JSON answer for one finished generation (shared by every transport). With `tokens` (the
-    request's token events), `details` takes TGI's complete form: `prefill` and `tokens` too."""
+def result_body(gen_request: GenerationRequest, result: GenerationResult, streamed: Sequence[TokenEvent] = ()) -> dict:
+    """The JSON answer for one finished generation (shared by every transport). `details` takes TGI's
+    complete form, its tokens from the result (or from `streamed`, the events of a request that streamed)."""
     text = gen_request.prompt + result.text if gen_request.return_full_text else result.text
     body = {"generated_text": text}
     if gen_request.details:
-        body["details"] = details_body(result, tokens)
+        body["details"] = details_body(result, tuple(streamed) or result.tokens, gen_request.top_n_tokens > 0)
     return body
 
 
-def details_body(result: GenerationResult, tokens: Optional[List[TokenEvent]] = None) -> dict:
+def details_body(result: GenerationResult, tokens: Optional[Sequence[TokenEvent]] = None, top: bool = False) -> dict:
     """TGI's `details`; a stream's last event carries it without `prefill` and `tokens` (TGI's
-    StreamDetails), a complete answer with them (TGI's Details, which its Python client requires)."""
+    StreamDetails: `tokens` None), a complete answer with them (TGI's Details, which its Python client
+    requires), and with `top_tokens` when `top_n_tokens` asked for them."""
     body = {
         "finish_reason": result.finish_reason,
         "generated_tokens": result.generated_tokens,
@@ -49,14 +29,21 @@ def details_body(result: GenerationResult, tokens: Optional[List[TokenEvent]] = 
         "seed": result.seed,
     }
     if tokens is not None:
-        body["prefill"] = []  # the prompt's tokens, with `decoder_input_details` (not supported yet)
+        body["prefill"] = [prefill_token_body(info) for info in result.prefill]
         body["tokens"] = [token_body(event) for event in tokens]
+        if top:
+            body["top_tokens"] = [[token_body(alt) for alt in event.top_tokens] for event in tokens]
     return body
 
 
-def token_body(event: TokenEvent) -> dict:
-    """One generated token as TGI shows it (in `details.tokens` and in each stream event)."""
-    return {"id": event.id, "text": event.text, "logprob": event.logprob, "special": event.special}
+def token_body(token: Union[TokenEvent, TokenInfo]) -> dict:
+    """One token as TGI shows it (in `details.tokens`, `top_tokens` and in each stream event)."""
+    return {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special}
+
+
+def prefill_token_body(token: TokenInfo) -> dict:
+    """A prompt token as TGI shows it in `details.prefill` (the first has no log-probability: null)."""
+    return {"id": token.id, "text": token.text, "logprob": token.logprob}
 
 
 def timing_headers(result: GenerationResult) -> dict:

@@ -8,6 +8,7 @@ so the server's defaults and limits apply exactly as on /generate. Messages name
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -89,6 +90,9 @@ ResponseFormat = Annotated[
 # `json_object`, and `json_schema` without a schema: any JSON object.
 ANY_OBJECT = {"type": "object"}
 
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limits: completions' `logprobs`, chat's `top_logprobs`
+MAX_TOP_LOGPROBS = 20
+
 
 class _OpenAIOptions(BaseModel):
     """What both OpenAI routes share. Bounds are OpenAI's own (temperature 0-2, penalties -2..2)."""
@@ -124,7 +128,11 @@ class CompletionRequest(_OpenAIOptions):
     prompt: Union[NonEmpty, Annotated[List[NonEmpty], Field(min_length=1, max_length=1)]] = Field(
         description="The text to continue (or a list of exactly one)."
     )
-    echo: bool = Field(False, description="Prepend the prompt to the completion.")
+    echo: bool = Field(False, description="Prepend the prompt to the completion (with `logprobs`: its tokens' too).")
+    logprobs: OptionalInteger = Field(
+        None, ge=0, le=MAX_COMPLETION_LOGPROBS,
+        description="Each token's log-probability and this many most likely alternatives.",
+    )
 
 
 class ChatMessage(BaseModel):
@@ -135,7 +143,16 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_OpenAIOptions):
+    # OpenAI's rule: `top_logprobs` only with `logprobs` true (the schema says so, as the check does).
+    model_config = ConfigDict(
+        json_schema_extra={"dependentSchemas": {"top_logprobs": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}}}
+    )
+
     messages: List[ChatMessage] = Field(min_length=1)
+    logprobs: Optional[bool] = Field(None, description="Each generated token's log-probability.")
+    top_logprobs: OptionalInteger = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="With `logprobs`: this many most likely alternatives per token."
+    )
 
 
 def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest, GenerationRequest]:
@@ -143,7 +160,12 @@ def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest
     prompt = parsed.prompt
     if isinstance(prompt, list):  # OpenAI's batch form, with the one prompt this route takes
         prompt = prompt[0]
-    return parsed, _generation(prompt, parsed, settings, return_full_text=parsed.echo, chat=False)
+    generation = _generation(prompt, parsed, settings, return_full_text=parsed.echo, chat=False)
+    if parsed.logprobs is not None:
+        generation = replace(
+            generation, details=True, top_n_tokens=parsed.logprobs, decoder_input_details=parsed.echo
+        )
+    return parsed, generation
 
 
 def chat_request(
@@ -152,8 +174,13 @@ def chat_request(
     """`render` turns the messages into the prompt with the model's chat template (the engine owns the
     tokenizer); it raises BadRequest when the model has none."""
     parsed = _parse(ChatCompletionRequest, body)
+    if parsed.top_logprobs is not None and not parsed.logprobs:
+        raise ValidationError("`top_logprobs` requires `logprobs` to be true", "top_logprobs")
     prompt = render([m.model_dump() for m in parsed.messages])
-    return parsed, _generation(prompt, parsed, settings, return_full_text=False, chat=True)
+    generation = _generation(prompt, parsed, settings, return_full_text=False, chat=True)
+    if parsed.logprobs:
+        generation = replace(generation, details=True, top_n_tokens=parsed.top_logprobs or 0)
+    return parsed, generation
 
 
 def openai_fields(chat: bool) -> FieldNames:

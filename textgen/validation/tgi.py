@@ -20,6 +20,7 @@ from ..settings import Settings
 from .grammar import Grammar, GrammarSpec, grammar_spec
 
 MAX_STOP_SEQUENCES = 4
+MAX_TOP_N_TOKENS = 5  # TGI's default `--max-top-n-tokens`
 MAX_SEED = 2**64 - 1
 
 
@@ -66,9 +67,11 @@ class GenerationRequest:
     stop: tuple = ()
     return_full_text: bool = False
     truncate: Optional[int] = None  # keep only the last N prompt tokens
-    details: bool = False
+    details: bool = False  # the answer lists every generated token with its log-probability
     stream: bool = False
     grammar: Optional[GrammarSpec] = None  # structured output: the tokens are constrained to it
+    top_n_tokens: int = 0  # each generated token's most likely alternatives (with `details` or a stream)
+    decoder_input_details: bool = False  # the prompt's tokens with their log-probabilities (with `details`)
 
 
 class Parameters(BaseModel):
@@ -91,7 +94,14 @@ class Parameters(BaseModel):
     stop: List[NonEmpty] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     return_full_text: Optional[bool] = None
     truncate: OptionalInteger = Field(None, gt=0)
-    details: bool = False
+    details: bool = Field(False, description="Return `details`: why generation stopped, the seed, every token with its log-probability.")
+    decoder_input_details: bool = Field(
+        False, description="With `details`: the prompt's tokens and their log-probabilities in `details.prefill` "
+        "(streamed: on the last event's details)."
+    )
+    top_n_tokens: OptionalInteger = Field(
+        None, ge=0, le=MAX_TOP_N_TOKENS, description="The most likely tokens at each generated position, with their log-probabilities."
+    )
     grammar: Optional[Grammar] = Field(
         None,
         description="Structured output: the text is generated to match a JSON schema "
@@ -100,10 +110,8 @@ class Parameters(BaseModel):
     # Sent by TGI clients (huggingface_hub's InferenceClient) with these neutral values; anything else is
     # a feature this server does not have, and saying so beats silently ignoring it. The schema shows
     # the one accepted value; the check (with its own message) is `_reject_unsupported`.
-    decoder_input_details: bool = Field(False, json_schema_extra={"const": False})
     best_of: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 1}, {"type": "null"}]})
     watermark: bool = Field(False, json_schema_extra={"const": False})
-    top_n_tokens: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 0}, {"type": "null"}]})
     adapter_id: Optional[str] = Field(None, json_schema_extra={"anyOf": [{"type": "null"}]})
 
 
@@ -201,6 +209,8 @@ def _apply_defaults(
         details=p.details,
         stream=stream,
         grammar=grammar,
+        top_n_tokens=p.top_n_tokens or 0,
+        decoder_input_details=p.decoder_input_details,
         **sampling,
     )
 
@@ -212,11 +222,8 @@ def _default(value, default):
 def _reject_unsupported(p: Parameters) -> None:
     if p.best_of not in (None, 1):
         raise ValidationError(f"`best_of` is not supported by this server; it must be 1. Given: {p.best_of}")
-    if p.top_n_tokens not in (None, 0):
-        raise ValidationError(f"`top_n_tokens` is not supported by this server. Given: {p.top_n_tokens}")
-    for name in ("decoder_input_details", "watermark"):
-        if getattr(p, name):
-            raise ValidationError(f"`{name}` is not supported by this server")
+    if p.watermark:
+        raise ValidationError("`watermark` is not supported by this server")
     if p.adapter_id is not None:
         raise ValidationError("`adapter_id` is not supported by this server")
 

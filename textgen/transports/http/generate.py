@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import Handle, TokenEvent
 from ...errors import ServiceError
-from ..responses import details_body, engine_request, gather, result_body, timing_headers, token_body
+from ..responses import details_body, prefill_token_body, result_body, timing_headers, token_body
 from ...validation import GenerationRequest, validate_generate
 from .access import require_key
 from .body import json_body
@@ -47,13 +47,13 @@ def _submit(stream: Optional[bool]):
     engine = current_app.extensions["textgen.engine"]
     body = json_body()
     gen_request = validate_generate(body, settings, stream=stream)
-    return gen_request, engine.submit(engine_request(gen_request), request_id=g.request_id)
+    return gen_request, engine.submit(gen_request, request_id=g.request_id)
 
 
 def _complete(gen_request: GenerationRequest, handle: Handle, as_list: bool = False):
     with watching(request.environ, handle):
-        result, tokens = gather(handle.events())
-    body = result_body(gen_request, result, tokens if gen_request.details else None)
+        result = handle.result()
+    body = result_body(gen_request, result)
     response = jsonify([body] if as_list else body)
     response.headers.update(timing_headers(result))
     return response
@@ -66,8 +66,11 @@ def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
     def events() -> Iterator[str]:
         try:
             pending_last: Optional[TokenEvent] = None
+            prefill = ()  # the prompt's tokens (`decoder_input_details`) come on the first event
             with watching(environ, handle):
                 for event in handle.events():
+                    if isinstance(event, TokenEvent):
+                        prefill = prefill or event.prefill
                     if isinstance(event, TokenEvent) and not event.last:
                         yield _sse(_token_payload(event, None, None))
                     elif isinstance(event, TokenEvent):
@@ -75,6 +78,8 @@ def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
                     else:
                         text = result_body(gen_request, event)["generated_text"]
                         details = details_body(event) if gen_request.details else None
+                        if details is not None and gen_request.decoder_input_details:
+                            details["prefill"] = [prefill_token_body(info) for info in prefill]
                         yield _sse(_token_payload(pending_last, text, details))
         except ServiceError as error:
             yield _sse(error.to_dict())
@@ -87,12 +92,10 @@ def _event_stream(gen_request: GenerationRequest, handle: Handle) -> Response:
 
 
 def _token_payload(event: TokenEvent, generated_text, details) -> dict:
-    return {
-        "index": event.index,
-        "token": token_body(event),
-        "generated_text": generated_text,
-        "details": details,
-    }
+    payload = {"index": event.index, "token": token_body(event), "generated_text": generated_text, "details": details}
+    if event.top_tokens:  # TGI leaves the list out when `top_n_tokens` did not ask for it
+        payload["top_tokens"] = [token_body(alt) for alt in event.top_tokens]
+    return payload
 
 
 def _sse(payload: dict) -> str:

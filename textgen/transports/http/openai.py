@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import GenerationResult, Handle, TokenEvent
+from ..logprobs import chat_logprobs, completion_logprobs
 from ...errors import ServiceError
 from ...validation.openai_forms import chat_request, completion_request, openai_fields
 from ..responses import result_body, timing_headers
@@ -63,7 +64,10 @@ def _answer(options, gen_request, chat: bool):
     with watching(request.environ, handle):
         result = handle.result()
     text = result_body(gen_request, result)["generated_text"]
-    response = jsonify(shape.complete(text, result))
+    logprobs = None
+    if gen_request.details:  # OpenAI's `logprobs` asked for them
+        logprobs = chat_logprobs(result.tokens) if chat else completion_logprobs(result.prefill, result.tokens)
+    response = jsonify(shape.complete(text, result, logprobs))
     response.headers.update(timing_headers(result))
     return response
 
@@ -72,20 +76,30 @@ def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -
     """OpenAI's streaming: one chunk per token, a last chunk with finish_reason, then `data: [DONE]`."""
     environ = request.environ  # the generator runs after the view returns, outside the request context
 
+    with_logprobs = gen_request.details  # OpenAI's `logprobs`: each token's chunk carries its own
+    echo = not shape.chat and gen_request.return_full_text
+
     def events() -> Iterator[str]:
         try:
             if shape.chat:
                 yield _sse(shape.chunk({"role": "assistant", "content": ""}, None))
-            elif gen_request.return_full_text:  # echo: the prompt comes first
+            elif echo and not with_logprobs:  # echo: the prompt comes first
                 yield _sse(shape.chunk(gen_request.prompt, None))
+            offset = len(gen_request.prompt) if echo else 0  # where the next token's text starts
             with watching(environ, handle):
                 for event in handle.events():
                     if isinstance(event, TokenEvent):
+                        if echo and with_logprobs and event.index == 1:  # the prompt's, computed in its prefill
+                            yield _sse(shape.chunk(gen_request.prompt, None, completion_logprobs(event.prefill, ())))
                         # Text that could still begin a stop sequence is held back by the engine until
                         # it is known not to be: the streamed pieces join into exactly the whole answer.
-                        if event.released:
+                        if event.released or with_logprobs:
                             piece = {"content": event.released} if shape.chat else event.released
-                            yield _sse(shape.chunk(piece, None))
+                            logprobs = None
+                            if with_logprobs:
+                                logprobs = chat_logprobs([event]) if shape.chat else completion_logprobs((), [event], offset)
+                            offset += len(event.text)
+                            yield _sse(shape.chunk(piece, None, logprobs))
                         continue
                     yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
                     if include_usage:
@@ -113,21 +127,21 @@ class _Shape:
     def _envelope(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def complete(self, text: str, result: GenerationResult) -> dict:
+    def complete(self, text: str, result: GenerationResult, logprobs: Optional[dict] = None) -> dict:
         finish_reason = FINISH_REASONS[result.finish_reason]
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs}
             body = self._envelope("chat.completion")
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
+            choice = {"index": 0, "text": text, "logprobs": logprobs}
             body = self._envelope("text_completion")
         return {**body, "choices": [{**choice, "finish_reason": finish_reason}], "usage": _usage(result)}
 
-    def chunk(self, piece, finish_reason: Optional[str]) -> dict:
+    def chunk(self, piece, finish_reason: Optional[str], logprobs: Optional[dict] = None) -> dict:
         if self.chat:
-            choice = {"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": piece, "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, "text": piece, "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._envelope("text_completion"), "choices": [choice]}
 
 

@@ -29,6 +29,8 @@ class StreamToken(BaseModel):
 
 
 class PrefillToken(BaseModel):
+    """A prompt token (TGI's PrefillToken): the first has no log-probability (null)."""
+
     id: int
     text: str
     logprob: Optional[float]
@@ -41,15 +43,17 @@ class StreamDetails(BaseModel):
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int] = Field(description="The sampling seed used (null when decoding greedily).")
+    prefill: Optional[List[PrefillToken]] = Field(None, description="With `decoder_input_details`: the prompt's tokens.")
 
 
 class Details(StreamDetails):
     """The details of a complete answer (TGI's Details): also every generated token."""
 
-    prefill: List[PrefillToken] = Field(
-        description="The prompt's tokens with `decoder_input_details` (not supported: always empty)."
-    )
+    prefill: List[PrefillToken] = Field(description="With `decoder_input_details`, the prompt's tokens; else empty.")
     tokens: List[StreamToken] = Field(description="Every generated token, in order.")
+    top_tokens: Optional[List[List[StreamToken]]] = Field(
+        None, description="With `top_n_tokens`: each generated token's most likely alternatives."
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -62,6 +66,7 @@ class StreamEvent(BaseModel):
 
     index: int
     token: StreamToken
+    top_tokens: Optional[List[StreamToken]] = Field(None, description="With `top_n_tokens`: the most likely alternatives.")
     generated_text: Optional[str]
     details: Optional[StreamDetails]
 
@@ -103,10 +108,34 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: parallel lists, one entry per token (with `echo`, the prompt's first)."""
+
+    tokens: List[str]
+    token_logprobs: List[Optional[float]]
+    top_logprobs: List[Optional[Dict[str, float]]]
+    text_offset: List[int]
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: List[int]
+
+
+class ChatContentLogprob(ChatTokenLogprob):
+    top_logprobs: List[ChatTokenLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: List[ChatContentLogprob]
+    refusal: None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None
+    logprobs: Optional[CompletionLogprobs] = Field(description="With `logprobs`; else null.")
     finish_reason: Literal["stop", "length"]
 
 
@@ -128,7 +157,7 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None
+    logprobs: Optional[ChatLogprobs] = Field(description="With `logprobs`; else null.")
     finish_reason: Literal["stop", "length"]
 
 
@@ -145,7 +174,7 @@ class ChatCompletion(BaseModel):
 class CompletionChunkChoice(BaseModel):
     index: int
     text: str
-    logprobs: None
+    logprobs: Optional[CompletionLogprobs]
     finish_reason: Optional[Literal["stop", "length"]]
 
 
@@ -167,7 +196,7 @@ class Delta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None
+    logprobs: Optional[ChatLogprobs]
     finish_reason: Optional[Literal["stop", "length"]]
 
 
