@@ -139,7 +139,7 @@ def test_chat_rejects_an_unknown_role(chat_live):
     [
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"temperature": 3.0}, "temperature"),
-        ({"n": 2}, "n"),
+        ({"n": 5}, "n"),  # MAX_BEST_OF is 4
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"extra_body": {"best_of_everything": True}}, "best_of_everything"),
     ],

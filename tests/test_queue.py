@@ -101,3 +101,25 @@ def test_a_closed_queue_refuses_wakes_the_engine_and_hands_back_the_waiting():
     with pytest.raises(Unavailable):
         queue.admit(fresh())
     assert names(queue.drain()) == ["late"]
+
+
+def test_a_request_of_n_completions_takes_n_rows_of_the_batch():
+    from dataclasses import replace
+
+    three = Entry(Handle(3), replace(REQUEST, n=3), (1, 2, 3), 0.0, "three")
+    out = group([entry(4, name="a"), three, entry(4, name="b")], room=3)
+    assert names(out.group) == ["a"] and names(out.waiting) == ["three", "b"]  # 1 + 3 > 3: it waits, b behind it
+    assert names(group([three, entry(4, name="b")], room=4).group) == ["three", "b"]
+
+
+def test_admission_counts_rows():
+    from dataclasses import replace
+
+    queue = Queue(max_admitted=4)
+    queue.admit(Entry(Handle(3), replace(REQUEST, n=3), (1,), 0.0))
+    with pytest.raises(Overloaded):
+        queue.admit(Entry(Handle(2), replace(REQUEST, n=2), (1,), 0.0))
+    queue.admit(entry(1))
+    assert queue.stats()["admitted"] == 4
+    queue.done(3)
+    assert queue.stats()["admitted"] == 1

@@ -98,7 +98,9 @@ def test_route_can_force_streaming():
         ({"max_new_tokens": 5.5}, "`max_new_tokens` must be an integer. Given: 5.5"),
         ({"do_sample": "yes"}, '`do_sample` must be a boolean. Given: "yes"'),
         ({"temperature": "hot"}, '`temperature` must be a number. Given: "hot"'),
-        ({"best_of": 2}, "`best_of` is not supported by this server; it must be 1. Given: 2"),
+        ({"best_of": 5}, "`best_of` must be > 0 and <= 4. Given: 5"),
+        ({"best_of": 0}, "`best_of` must be strictly positive. Given: 0"),
+        ({"best_of": 2, "do_sample": False}, "you must use sampling when `best_of` is > 1"),
         ({"watermark": True}, "`watermark` is not supported by this server"),
         ({"top_n_tokens": 6}, "`top_n_tokens` must be <= 5. Given: 6"),
         ({"top_n_tokens": -1}, "`top_n_tokens` must be >= 0. Given: -1"),
@@ -122,6 +124,19 @@ def test_log_probability_fields_reach_the_request():
     request = validate({"inputs": "Hi", "parameters": {"details": True, "top_n_tokens": 5, "decoder_input_details": True}})
     assert (request.details, request.top_n_tokens, request.decoder_input_details) == (True, 5, True)
     assert validate({"inputs": "Hi"}).top_n_tokens == 0
+
+
+def test_best_of_is_not_for_streams():
+    body = {"inputs": "Hi", "parameters": {"best_of": 2}, "stream": True}
+    assert error_of(body) == "`best_of` != 1 is not supported when streaming tokens"
+
+
+def test_best_of_becomes_sampled_rows_and_its_limit_follows_the_batch():
+    request = validate({"inputs": "Hi", "parameters": {"best_of": 3}})
+    assert (request.n, request.pick_best, request.do_sample) == (3, True, True)
+    small = SETTINGS.replace(max_batch_size=2)
+    with pytest.raises(ValidationError, match=r"`best_of` must be > 0 and <= 2. Given: 3"):
+        validate_generate({"inputs": "Hi", "parameters": {"best_of": 3}}, small)
 
 
 def test_tgi_clients_neutral_values_are_accepted():

@@ -42,6 +42,10 @@ class Settings:
     max_batch_size: int = 16
     # Admitted requests (running + waiting); beyond it clients get an immediate 429 instead of a long wait.
     max_concurrent_requests: int = 32
+    # Completions one request may ask for (OpenAI's `n`, TGI's `best_of`). Each is a row of the batch
+    # and counts against MAX_CONCURRENT_REQUESTS; the prompt is prefilled once. Never more than
+    # MAX_BATCH_SIZE or MAX_CONCURRENT_REQUESTS (`best_of_limit`).
+    max_best_of: int = 4
     # Seconds a request may wait for a batch slot before it is answered 503 rather than left hanging.
     queue_timeout: float = 60.0
 
@@ -95,6 +99,12 @@ class Settings:
         return tuple(o.strip() for o in (self.cors_allow_origins or "").split(",") if o.strip())
 
     @property
+    def best_of_limit(self) -> int:
+        """The most completions one request may ask for: what MAX_BEST_OF allows, if the batch and the
+        admission limit hold that many rows."""
+        return max(1, min(self.max_best_of, self.max_batch_size, self.max_concurrent_requests))
+
+    @property
     def model_name(self) -> str:
         return self.served_model_name or self.model_id.rstrip("/").split("/")[-1]
 
@@ -117,6 +127,8 @@ class Settings:
                 raise ValueError(f"{name.upper()}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.prefill_chunk_tokens < 1:
             raise ValueError("PREFILL_CHUNK_TOKENS must be at least 1")
+        if self.max_best_of < 1:
+            raise ValueError("MAX_BEST_OF must be at least 1")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -111,6 +111,17 @@ class Batch:
         self.lengths = [length + 1 for length in self.lengths]
         return logits
 
+    def fork(self, row: object, copies: Sequence[object]) -> None:
+        """New decoding rows that continue from `row`'s place: its keys and values copied into slots
+        after the last row (no prefill group may be pending, as right after one joined)."""
+        assert not self.group, "fork only between prefill groups"
+        i = next(j for j, r in enumerate(self.rows) if r is row)
+        self.cache.reserve(len(self.rows) + len(copies), self.lengths[i])
+        for copy in copies:
+            self.cache.move(i, len(self.rows), self.lengths[i])
+            self.rows.append(copy)
+            self.lengths.append(self.lengths[i])
+
     def remove(self, leaving: Sequence[object]) -> None:
         """Drop rows (decoding or in the prefill group); the last rows fill the holes."""
         leaving_ids = {id(r) for r in leaving}

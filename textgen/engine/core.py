@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Callable, List, Optional
 
+import numpy as np
+
 from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
 from ..settings import Settings
 from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
@@ -98,7 +100,7 @@ class Engine:
         if not self.healthy():
             raise Unavailable("Model is not ready")
         tokenized = self.prompts.tokenize(request, fields)
-        handle = Handle()
+        handle = Handle(completions=request.n)
         entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
         self._queue.admit(entry)
         return handle
@@ -137,9 +139,11 @@ class Engine:
             crashed = True
             log.exception("engine loop crashed")
         finally:
-            leftovers = self._queue.drain() + self._batch.rows + self._batch.group
-            for item in leftovers:
-                self._answer(item if isinstance(item, Entry) else item.entry, Unavailable("The server is shutting down"))
+            shutting_down = Unavailable("The server is shutting down")
+            for entry in self._queue.drain():
+                self._answer(entry, shutting_down, entry.rows)
+            for sequence in self._batch.rows + self._batch.group:
+                self._answer(sequence.entry, shutting_down, sequence.rows_held)
             if crashed and self.on_crash is not None:
                 self.on_crash()
 
@@ -153,7 +157,7 @@ class Engine:
             room = self.settings.max_batch_size - len(batch)
             grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout)
             for entry, error in grouping.refused:
-                self._answer(entry, error)
+                self._answer(entry, error, entry.rows)
             if grouping.group:
                 rows = [Sequence(e, self.tokenizer, self.eos_token_ids, self.special_token_ids) for e in grouping.group]
                 scorers = [s.score_prompt if s.wants_prompt_logprobs else None for s in rows]
@@ -167,6 +171,8 @@ class Engine:
             logits = forward()
             if logits is None:
                 return
+            if kind == "prefill":
+                rows, logits = self._fork(rows, logits)
             want_logprobs = [s.wants_logprobs for s in rows]  # only token events (streamed or kept) carry them
             # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
             allowed = [s.allowed_tokens() for s in rows] if any(s.constraint is not None for s in rows) else None
@@ -181,6 +187,22 @@ class Engine:
             self._listeners.notify("on_decode_step", len(rows))
         self._update(rows, picks)
 
+    def _fork(self, rows: List[Sequence], logits):
+        """Rows that just joined and asked for `n` completions become n rows: the prompt's keys and values
+        copied to n - 1 new slots, each with its own seed (derived from the request's) and the same
+        next-token logits. Returns every row to sample and their logits."""
+        if all(s.rows_held == 1 for s in rows):
+            return rows, logits
+        every, repeats = [], []
+        for sequence in rows:
+            siblings = [sequence.fork(choice) for choice in range(1, sequence.rows_held)]
+            sequence.rows_held = 1
+            if siblings:
+                self._batch.fork(sequence, siblings)
+            every += [sequence] + siblings
+            repeats.append(1 + len(siblings))
+        return every, np.repeat(logits, repeats, axis=0)
+
     def _update(self, rows: List[Sequence], picks: Picks) -> None:
         """Each row takes its token; the finished are answered and leave. A row whose update fails (its
         text cannot be decoded, say) fails alone; one whose grammar gave out fails saying so."""
@@ -190,7 +212,7 @@ class Engine:
                 sequence.append(token, logprob, top)
                 if sequence.finished:
                     result = sequence.result()
-                    self._answer(sequence.entry, result)
+                    self._answer(sequence.entry, result, sequence.rows_held)
                     finished.append(sequence)
             except ServiceError as error:  # the request's own (its grammar hit a limit of llguidance's)
                 log.warning("request %s failed: %s", sequence.entry.request_id, error.message)
@@ -209,14 +231,17 @@ class Engine:
             return
         for sequence in rows:
             cancelled = sequence.handle.cancelled
-            self._answer(sequence.entry, Cancelled("client disconnected") if cancelled else error)
+            self._answer(sequence.entry, Cancelled("client disconnected") if cancelled else error, sequence.rows_held)
         self._batch.remove(rows)
 
-    def _answer(self, entry: Entry, outcome) -> None:
-        """The request's last event (result or error): listeners first, so metrics are current by the time
-        its caller sees it; then its place in the queue is free."""
+    def _answer(self, entry: Entry, outcome, rows: int = 1) -> None:
+        """The last event of `rows` of the request's rows (a completion's result, or an error): listeners
+        first, so metrics are current by the time its caller sees it; then their places in the queue are
+        free. An error ends a request of several completions: the others are cancelled."""
         self._listeners.notify("on_outcome", outcome)
-        self._queue.done()
+        self._queue.done(rows)
+        if isinstance(outcome, ServiceError) and entry.rows > 1:
+            entry.handle.cancel()
         entry.handle._emit(outcome)
 
 

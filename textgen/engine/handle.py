@@ -2,7 +2,8 @@
 
 Streaming callers iterate over token events and the result; blocking callers call `result()`, and the
 engine sends them nothing else (their thread wakes once). Either may `cancel()`; the engine drops the
-request from its batch at the next step. Nothing here touches torch.
+request from its batch at the next step. A request for several completions of its prompt (`n`) gets
+one result per completion (`results()`), its events told apart by `choice`. Nothing here touches torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from ..errors import ServiceError
 
@@ -36,9 +37,10 @@ class TokenEvent:
     # The text this token adds to the answer: held back while it could still begin a stop sequence, never
     # the stop sequence itself. Joined, the events' `released` texts are exactly the result's text.
     released: str = ""
-    last: bool = False  # the request's result follows at once (lets SSE put it on this token's event)
+    last: bool = False  # the completion's result follows at once (lets SSE put it on this token's event)
     top_tokens: Tuple[TokenInfo, ...] = ()  # the most likely tokens at this position, when asked for
     prefill: Tuple[TokenInfo, ...] = ()  # a stream's first token: the prompt's tokens, when asked for
+    choice: int = 0  # which of the request's `n` completions
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class GenerationResult:
     # prompt's tokens. A stream delivers the same as its events, and its result has neither.
     tokens: Tuple[TokenEvent, ...] = field(default=(), compare=False)
     prefill: Tuple[TokenInfo, ...] = field(default=(), compare=False)
+    choice: int = 0  # which of the request's `n` completions
+    # The sum of the generated tokens' log-probabilities, where they were computed (TGI's `best_of`
+    # answers with the completion whose sum is highest); None otherwise.
+    logprob_sum: Optional[float] = field(default=None, compare=False)
     # Timings (not part of what was generated: two equal generations compare equal whatever they took).
     queue_time: float = field(default=0.0, compare=False)  # admission -> joined the batch, seconds
     compute_time: float = field(default=0.0, compare=False)  # joined the batch (prefill included) -> last token
@@ -66,10 +72,12 @@ Event = Union[TokenEvent, GenerationResult, ServiceError]
 
 
 class Handle:
-    def __init__(self) -> None:
+    def __init__(self, completions: int = 1) -> None:
         self._events: "queue.Queue[Event]" = queue.Queue()
         self._cancelled = threading.Event()
-        self._outcome: Optional[Union[GenerationResult, ServiceError]] = None
+        self._pending = completions  # results still to come
+        self._results: List[GenerationResult] = []
+        self._error: Optional[ServiceError] = None
 
     # -- engine side -------------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -85,22 +93,31 @@ class Handle:
         self._cancelled.set()
 
     def events(self) -> Iterator[Union[TokenEvent, GenerationResult]]:
-        """Yield token events (streaming requests only), then the final result; raise the error if the
-        request failed. Blocks without a timeout: the engine always sends a last event, and a caller
-        whose client hangs up has it cancelled (transports/http/disconnect.py), which the engine answers."""
-        while self._outcome is None:
+        """Yield token events (streaming requests only) and each completion's result as it ends; raise the
+        error if the request failed (the first error ends it). Once consumed, yields the results again.
+        Blocks without a timeout: the engine always answers every completion, and a caller whose client
+        hangs up has it cancelled (transports/http/disconnect.py), which the engine answers."""
+        if not self._pending and self._error is None:
+            yield from self._results
+            return
+        while self._pending and self._error is None:
             event = self._events.get()
-            if isinstance(event, TokenEvent):
-                yield event
-            else:
-                self._outcome = event
-        if isinstance(self._outcome, ServiceError):
-            raise self._outcome
-        yield self._outcome
+            if isinstance(event, ServiceError):
+                self._error = event
+                break
+            if isinstance(event, GenerationResult):
+                self._results.append(event)
+                self._pending -= 1
+            yield event
+        if self._error is not None:
+            raise self._error
+
+    def results(self) -> List[GenerationResult]:
+        """Wait for every completion's result; in the order of their `choice`."""
+        for _ in self.events():
+            pass
+        return sorted(self._results, key=lambda result: result.choice)
 
     def result(self) -> GenerationResult:
-        """Wait for the final result."""
-        for event in self.events():
-            if isinstance(event, GenerationResult):
-                return event
-        raise AssertionError("event stream ended without a result")  # pragma: no cover
+        """Wait for the result (the first completion's, when there are several)."""
+        return self.results()[0]

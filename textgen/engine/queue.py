@@ -30,6 +30,11 @@ class Entry:
     request_id: Optional[str] = None
     constraint: Optional[object] = None
 
+    @property
+    def rows(self) -> int:
+        """Rows of the batch it occupies once it joins: one per completion asked for (`n`)."""
+        return self.request.n
+
 
 @dataclass
 class Grouping:
@@ -41,19 +46,20 @@ class Grouping:
 
 
 def next_group(waiting: Iterable[Entry], room: int, chunk_tokens: int, now: float, queue_timeout: float) -> Grouping:
-    """The next prefill group: waiting requests in order while they fit in the batch (`room` rows) and,
-    together, in one prefill chunk (a longer prompt goes alone, chunk by chunk). First come, first
-    served: once a request is left waiting, nothing behind it joins. Cancelled requests, and those that
-    waited past `queue_timeout` seconds without joining, are refused."""
+    """The next prefill group: waiting requests in order while they fit in the batch (`room` rows; a
+    request of `n` completions takes n) and, together, in one prefill chunk (a longer prompt goes alone,
+    chunk by chunk; a prompt is prefilled once whatever its `n`). First come, first served: once a
+    request is left waiting, nothing behind it joins. Cancelled requests, and those that waited past
+    `queue_timeout` seconds without joining, are refused."""
     out = Grouping()
-    width, closed = 0, False
+    width, rows, closed = 0, 0, False
     for entry in waiting:
         wider = max(width, len(entry.prompt_ids))
         if entry.handle.cancelled:
             out.refused.append((entry, Cancelled("client disconnected")))
-        elif not closed and len(out.group) < room and (not out.group or wider * (len(out.group) + 1) <= chunk_tokens):
+        elif not closed and rows + entry.rows <= room and (not out.group or wider * (len(out.group) + 1) <= chunk_tokens):
             out.group.append(entry)
-            width = wider
+            width, rows = wider, rows + entry.rows
         elif now - entry.enqueued_at > queue_timeout:
             out.refused.append((entry, QueueTimeout(f"Request waited more than {queue_timeout:g} s for a free slot")))
         else:
@@ -63,7 +69,7 @@ def next_group(waiting: Iterable[Entry], room: int, chunk_tokens: int, now: floa
 
 
 class Queue:
-    """The waiting line and the admission count (running + waiting, what `max_admitted` bounds)."""
+    """The waiting line and the admission count (rows running + waiting, what `max_admitted` bounds)."""
 
     def __init__(self, max_admitted: int):
         self.max_admitted = max_admitted
@@ -73,20 +79,20 @@ class Queue:
         self.closed = False
 
     def admit(self, entry: Entry) -> None:
-        """Join the line, or Overloaded (429) at once when the service holds as many as it may."""
+        """Join the line, or Overloaded (429) at once when the service holds as many rows as it may."""
         with self._cond:
             if self.closed:
                 raise Unavailable("The server is shutting down")
-            if self._admitted >= self.max_admitted:
+            if self._admitted + entry.rows > self.max_admitted:
                 raise Overloaded()
-            self._admitted += 1
+            self._admitted += entry.rows
             self._waiting.append(entry)
             self._cond.notify()
 
-    def done(self) -> None:
-        """An admitted request got its answer (result or error): its place is free."""
+    def done(self, rows: int = 1) -> None:
+        """Rows of an admitted request got their answer (result or error): their places are free."""
         with self._cond:
-            self._admitted -= 1
+            self._admitted -= rows
 
     def wait_for_work(self, busy: bool) -> bool:
         """(Engine thread.) Block while there is nothing to do (`busy`: rows in the batch); False once closed."""

@@ -18,6 +18,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import ValidationError
+from ..validation.tgi import MAX_SEED
 from .detokenize import IncrementalDetokenizer, decode_generated
 from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry
@@ -26,18 +27,32 @@ from .stop import StopMatcher
 
 
 class Sequence:
-    def __init__(self, entry: Entry, tokenizer, eos_token_ids: frozenset, special_token_ids: frozenset):
+    def __init__(
+        self,
+        entry: Entry,
+        tokenizer,
+        eos_token_ids: frozenset,
+        special_token_ids: frozenset,
+        choice: int = 0,
+        first_seed: Optional[int] = None,
+    ):
         request = entry.request
         self.entry = entry
         self.handle = entry.handle
         self.request = request
+        self.choice = choice  # which of the request's `n` completions
+        # Rows of the batch this one stands for: all n while the prompt is prefilled once, then 1 (`fork`).
+        self.rows_held = entry.rows if choice == 0 else 1
         self._tokenizer = tokenizer
         self._eos_token_ids = eos_token_ids
         self._special_token_ids = special_token_ids
         seed, generator = None, None
         if request.do_sample:
-            seed = secrets.randbits(63) if request.seed is None else request.seed
-            # A generator per request: its tokens depend on its seed only, never on its neighbours.
+            if choice == 0:
+                seed = secrets.randbits(63) if request.seed is None else request.seed
+            else:  # completion c of n draws with the first's seed + c: each is what that seed gives alone
+                seed = (first_seed + choice) % (MAX_SEED + 1)
+            # A generator per row: its tokens depend on its seed only, never on its neighbours.
             generator = np.random.default_rng(seed)
         self.seed = seed
         self.sampling = RowSampling(
@@ -53,13 +68,16 @@ class Sequence:
             seen_ids=list(entry.prompt_ids) if request.repetition_penalty != 1.0 else [],
         )
         self.generated: List[int] = self.sampling.generated_ids
-        # The request's grammar, compiled at submit (validation.grammar.TokenConstraint), or None.
-        self.constraint = entry.constraint
+        # The request's grammar, compiled at submit (validation.grammar.TokenConstraint), or None; each
+        # further completion follows a copy of its own.
+        self.constraint = entry.constraint if choice == 0 or entry.constraint is None else entry.constraint.fork()
         self._track_seen = request.repetition_penalty != 1.0
         self._stops = StopMatcher(request.stop) if request.stop else None
         # A blocking request with `details` keeps its token events for its result.
         self._kept: Optional[List[TokenEvent]] = [] if request.details and not request.stream else None
-        self.wants_logprobs = request.stream or self._kept is not None
+        # TGI's `best_of` picks the completion whose tokens' log-probabilities sum highest.
+        self.wants_logprobs = request.stream or self._kept is not None or request.pick_best
+        self.logprob_sum: Optional[float] = 0.0 if self.wants_logprobs else None
         self.top_n = request.top_n_tokens if self.wants_logprobs else 0
         self.prefill: List[TokenInfo] = []  # the prompt's tokens, with `decoder_input_details`
         incremental = request.stream or self._stops is not None or self._kept is not None
@@ -97,11 +115,19 @@ class Sequence:
     def _info(self, token: int, logprob: Optional[float]) -> TokenInfo:
         return TokenInfo(token, self._tokenizer.decode([token]), logprob, token in self._special_token_ids)
 
+    def fork(self, choice: int) -> "Sequence":
+        """Completion `choice` of the request, from the same prompt (prefilled once, before any token)."""
+        sibling = Sequence(self.entry, self._tokenizer, self._eos_token_ids, self._special_token_ids, choice, self.seed)
+        sibling.prefill = list(self.prefill)
+        return sibling
+
     def append(self, token: int, logprob: Optional[float], top: Optional[Alternatives] = None) -> None:
         """Record one generated token (with its most likely alternatives, when asked for); emit its event
         to a streaming caller or keep it for the result; note when the request ends.
         Raises ValidationError when the request's grammar gave out (a limit of llguidance's)."""
         self.generated.append(token)
+        if self.logprob_sum is not None and logprob is not None:
+            self.logprob_sum += logprob
         if self._track_seen:
             self.sampling.seen_ids.append(token)
         self.next_token = token
@@ -140,6 +166,7 @@ class Sequence:
             last=self.finished,
             top_tokens=tuple(self._info(i, lp) for i, lp in top) if top else (),
             prefill=tuple(self.prefill) if len(self.generated) == 1 else (),
+            choice=self.choice,
         )
         if self.request.stream:
             self.handle._emit(event)
@@ -171,6 +198,8 @@ class Sequence:
             seed=self.seed,
             tokens=tuple(self._kept or ()),
             prefill=tuple(self.prefill),
+            choice=self.choice,
+            logprob_sum=self.logprob_sum,
             queue_time=self.started_at - self.entry.enqueued_at,
             compute_time=time.monotonic() - self.started_at,
         )

@@ -16,7 +16,7 @@ from apig_wsgi import make_lambda_handler
 from flask import Flask
 
 from ..errors import InternalError, ServiceError
-from .responses import result_body
+from .responses import complete_body
 from ..validation import validate_generate
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,7 @@ def invoke_direct(app: Flask, event, request_id=None) -> dict:
     request_id = request_id or uuid.uuid4().hex
     try:
         request = validate_generate(event, settings, stream=False)
-        result = engine.submit(request, request_id=request_id).result()
-        return result_body(request, result)
+        return complete_body(request, engine.submit(request, request_id=request_id).results())[0]
     except ServiceError as error:
         return {**error.to_dict(), "status": error.status}
     except Exception:

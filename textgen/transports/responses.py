@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from ..engine.handle import GenerationResult, TokenEvent, TokenInfo
 from ..validation import GenerationRequest
+
+
+def complete_body(gen_request: GenerationRequest, results: List[GenerationResult]) -> Tuple[dict, GenerationResult]:
+    """The answer to a request that did not stream, and the result it shows. With TGI's `best_of`, the
+    completion whose tokens' log-probabilities sum highest (TGI's rule); with `details`, the others
+    follow in `details.best_of_sequences`, as TGI's BestOfSequence."""
+    if not gen_request.pick_best:
+        return result_body(gen_request, results[0]), results[0]
+    best = max(results, key=lambda result: result.logprob_sum)
+    body = result_body(gen_request, best)
+    if gen_request.details:
+        body["details"]["best_of_sequences"] = [
+            {"generated_text": result_body(gen_request, other)["generated_text"], **details_body(other, other.tokens, gen_request.top_n_tokens > 0)}
+            for other in results
+            if other is not best
+        ]
+    return body, best
 
 
 def result_body(gen_request: GenerationRequest, result: GenerationResult, streamed: Sequence[TokenEvent] = ()) -> dict:

@@ -272,6 +272,10 @@ class TokenConstraint:
             self._pending = self._buffer
         return self._pending
 
+    def fork(self) -> "TokenConstraint":
+        """A copy in the same state, to be advanced on its own (another completion of the same prompt)."""
+        return TokenConstraint(self._matcher.deep_copy(), self._buffer.size * 32)
+
     def advance(self, token: int) -> None:
         """Take the token generated (one `mask()` allowed)."""
         self._pending = None

@@ -105,8 +105,8 @@ class _OpenAIOptions(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: OptionalInteger = Field(None, gt=0, description="Not in OpenAI's API; vLLM's extension.")
-    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_whole_number)] = Field(
-        1, description="Only 1 completion per request."
+    n: Annotated[int, Field(ge=1), BeforeValidator(_whole_number)] = Field(
+        1, description="Completions of the prompt (prefilled once); at most MAX_BEST_OF (GET /info: `max_best_of`)."
     )
     stop: Union[NonEmpty, Annotated[List[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)], None] = Field(
         None, description=f"Up to {MAX_STOP_SEQUENCES} sequences."
@@ -212,7 +212,10 @@ def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_
     parameters["grammar"] = _grammar(o.response_format)
     parameters = {k: v for k, v in parameters.items() if v is not None}
     body = {"inputs": prompt, "parameters": parameters}
-    return validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
+    generation = validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
+    if o.n > settings.best_of_limit:
+        raise ValidationError(f"`n` must be <= {settings.best_of_limit}. Given: {o.n}", "n")
+    return replace(generation, n=o.n)
 
 
 

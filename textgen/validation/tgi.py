@@ -71,6 +71,8 @@ class GenerationRequest:
     stream: bool = False
     grammar: Optional[GrammarSpec] = None  # structured output: the tokens are constrained to it
     top_n_tokens: int = 0  # each generated token's most likely alternatives (with `details` or a stream)
+    n: int = 1  # completions of the prompt, each a row of the batch (OpenAI's `n`, TGI's `best_of`)
+    pick_best: bool = False  # TGI's `best_of`: answer with the likeliest of the n, the others in details
     decoder_input_details: bool = False  # the prompt's tokens with their log-probabilities (with `details`)
 
 
@@ -102,6 +104,11 @@ class Parameters(BaseModel):
     top_n_tokens: OptionalInteger = Field(
         None, ge=0, le=MAX_TOP_N_TOKENS, description="The most likely tokens at each generated position, with their log-probabilities."
     )
+    best_of: OptionalInteger = Field(
+        None, gt=0,
+        description="Sample this many completions (the prompt prefilled once) and answer with the one whose tokens' "
+        "log-probabilities sum highest; the others in `details.best_of_sequences`. Not when streaming.",
+    )
     grammar: Optional[Grammar] = Field(
         None,
         description="Structured output: the text is generated to match a JSON schema "
@@ -110,7 +117,6 @@ class Parameters(BaseModel):
     # Sent by TGI clients (huggingface_hub's InferenceClient) with these neutral values; anything else is
     # a feature this server does not have, and saying so beats silently ignoring it. The schema shows
     # the one accepted value; the check (with its own message) is `_reject_unsupported`.
-    best_of: OptionalInteger = Field(None, json_schema_extra={"anyOf": [{"const": 1}, {"type": "null"}]})
     watermark: bool = Field(False, json_schema_extra={"const": False})
     adapter_id: Optional[str] = Field(None, json_schema_extra={"anyOf": [{"type": "null"}]})
 
@@ -184,9 +190,17 @@ def _apply_defaults(
         raise ValidationError("`stop` sequences cannot be empty strings", "stop")
     grammar = None if p.grammar is None else grammar_spec(p.grammar, settings.max_grammar_bytes, fields.grammar)
 
+    best_of = p.best_of or 1
+    if best_of > settings.best_of_limit:  # TGI's message
+        raise ValidationError(f"`best_of` must be > 0 and <= {settings.best_of_limit}. Given: {best_of}", "best_of")
+    if best_of > 1 and stream:
+        raise ValidationError("`best_of` != 1 is not supported when streaming tokens", "best_of")
+
     # TGI's rule: asking for a sampling parameter means sampling, unless do_sample is explicitly false.
     warpers_given = any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
     do_sample = p.do_sample if p.do_sample is not None else (warpers_given or settings.default_do_sample)
+    if best_of > 1 and not do_sample:  # TGI's rule and words: greedy completions would all be the same
+        raise ValidationError("you must use sampling when `best_of` is > 1", "best_of")
     if do_sample:
         sampling = dict(
             temperature=_default(p.temperature, settings.default_temperature),
@@ -211,6 +225,8 @@ def _apply_defaults(
         grammar=grammar,
         top_n_tokens=p.top_n_tokens or 0,
         decoder_input_details=p.decoder_input_details,
+        n=best_of,
+        pick_best=best_of > 1,
         **sampling,
     )
 
@@ -220,8 +236,6 @@ def _default(value, default):
 
 
 def _reject_unsupported(p: Parameters) -> None:
-    if p.best_of not in (None, 1):
-        raise ValidationError(f"`best_of` is not supported by this server; it must be 1. Given: {p.best_of}")
     if p.watermark:
         raise ValidationError("`watermark` is not supported by this server")
     if p.adapter_id is not None:

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import Handle, TokenEvent
 from ...errors import ServiceError
-from ..responses import details_body, prefill_token_body, result_body, timing_headers, token_body
+from ..responses import complete_body, details_body, prefill_token_body, result_body, timing_headers, token_body
 from ...validation import GenerationRequest, validate_generate
 from .access import require_key
 from .body import json_body
@@ -52,8 +52,8 @@ def _submit(stream: Optional[bool]):
 
 def _complete(gen_request: GenerationRequest, handle: Handle, as_list: bool = False):
     with watching(request.environ, handle):
-        result = handle.result()
-    body = result_body(gen_request, result)
+        results = handle.results()
+    body, result = complete_body(gen_request, results)
     response = jsonify([body] if as_list else body)
     response.headers.update(timing_headers(result))
     return response

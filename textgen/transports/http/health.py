@@ -49,7 +49,7 @@ def info():
         "model_device_type": engine_info["model_device_type"],
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": settings.max_concurrent_requests,
-        "max_best_of": 1,
+        "max_best_of": settings.best_of_limit,
         "max_stop_sequences": MAX_STOP_SEQUENCES,
         "max_input_tokens": engine_info["max_input_tokens"],
         "max_total_tokens": engine_info["max_total_tokens"],

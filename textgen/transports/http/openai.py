@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -62,49 +62,57 @@ def _answer(options, gen_request, chat: bool):
         include_usage = bool(options.stream_options and options.stream_options.include_usage)
         return _stream(shape, gen_request, handle, include_usage)
     with watching(request.environ, handle):
-        result = handle.result()
-    text = result_body(gen_request, result)["generated_text"]
-    logprobs = None
-    if gen_request.details:  # OpenAI's `logprobs` asked for them
-        logprobs = chat_logprobs(result.tokens) if chat else completion_logprobs(result.prefill, result.tokens)
-    response = jsonify(shape.complete(text, result, logprobs))
-    response.headers.update(timing_headers(result))
+        results = handle.results()
+    choices = []
+    for result in results:
+        text = result_body(gen_request, result)["generated_text"]
+        logprobs = None
+        if gen_request.details:  # OpenAI's `logprobs` asked for them
+            logprobs = chat_logprobs(result.tokens) if chat else completion_logprobs(result.prefill, result.tokens)
+        choices.append(shape.choice(result.choice, text, result, logprobs))
+    response = jsonify(shape.complete(choices, results))
+    response.headers.update(timing_headers(results[0]))
     return response
 
 
 def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -> Response:
-    """OpenAI's streaming: one chunk per token, a last chunk with finish_reason, then `data: [DONE]`."""
+    """OpenAI's streaming: one chunk per token, a last chunk with finish_reason per choice, then
+    `data: [DONE]`. With `n`, the choices' chunks interleave, each naming its `index`."""
     environ = request.environ  # the generator runs after the view returns, outside the request context
 
     with_logprobs = gen_request.details  # OpenAI's `logprobs`: each token's chunk carries its own
     echo = not shape.chat and gen_request.return_full_text
+    choices = range(gen_request.n)
 
     def events() -> Iterator[str]:
         try:
-            if shape.chat:
-                yield _sse(shape.chunk({"role": "assistant", "content": ""}, None))
-            elif echo and not with_logprobs:  # echo: the prompt comes first
-                yield _sse(shape.chunk(gen_request.prompt, None))
-            offset = len(gen_request.prompt) if echo else 0  # where the next token's text starts
+            for index in choices:
+                if shape.chat:
+                    yield _sse(shape.chunk(index, {"role": "assistant", "content": ""}, None))
+                elif echo and not with_logprobs:  # echo: the prompt comes first
+                    yield _sse(shape.chunk(index, gen_request.prompt, None))
+            offsets = [len(gen_request.prompt) if echo else 0 for _ in choices]  # where each next token's text starts
+            results = []
             with watching(environ, handle):
                 for event in handle.events():
                     if isinstance(event, TokenEvent):
+                        index = event.choice
                         if echo and with_logprobs and event.index == 1:  # the prompt's, computed in its prefill
-                            yield _sse(shape.chunk(gen_request.prompt, None, completion_logprobs(event.prefill, ())))
+                            yield _sse(shape.chunk(index, gen_request.prompt, None, completion_logprobs(event.prefill, ())))
                         # Text that could still begin a stop sequence is held back by the engine until
                         # it is known not to be: the streamed pieces join into exactly the whole answer.
                         if event.released or with_logprobs:
                             piece = {"content": event.released} if shape.chat else event.released
                             logprobs = None
                             if with_logprobs:
-                                logprobs = chat_logprobs([event]) if shape.chat else completion_logprobs((), [event], offset)
-                            offset += len(event.text)
-                            yield _sse(shape.chunk(piece, None, logprobs))
+                                logprobs = chat_logprobs([event]) if shape.chat else completion_logprobs((), [event], offsets[index])
+                            offsets[index] += len(event.text)
+                            yield _sse(shape.chunk(index, piece, None, logprobs))
                         continue
-                    yield _sse(shape.chunk({} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
-                    if include_usage:
-                        usage = {**shape.chunk({} if shape.chat else "", None), "choices": [], "usage": _usage(event)}
-                        yield _sse(usage)
+                    results.append(event)
+                    yield _sse(shape.chunk(event.choice, {} if shape.chat else "", FINISH_REASONS[event.finish_reason]))
+            if include_usage:
+                yield _sse({**shape.chunk(0, {} if shape.chat else "", None), "choices": [], "usage": _usage(results)})
             yield "data: [DONE]\n\n"
         except ServiceError as error:
             yield _sse(openai_error_body(error))
@@ -127,30 +135,30 @@ class _Shape:
     def _envelope(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def complete(self, text: str, result: GenerationResult, logprobs: Optional[dict] = None) -> dict:
-        finish_reason = FINISH_REASONS[result.finish_reason]
+    def choice(self, index: int, text: str, result: GenerationResult, logprobs: Optional[dict] = None) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs}
-            body = self._envelope("chat.completion")
+            choice = {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs}
-            body = self._envelope("text_completion")
-        return {**body, "choices": [{**choice, "finish_reason": finish_reason}], "usage": _usage(result)}
+            choice = {"index": index, "text": text, "logprobs": logprobs}
+        return {**choice, "finish_reason": FINISH_REASONS[result.finish_reason]}
 
-    def chunk(self, piece, finish_reason: Optional[str], logprobs: Optional[dict] = None) -> dict:
+    def complete(self, choices: List[dict], results: List[GenerationResult]) -> dict:
+        body = self._envelope("chat.completion" if self.chat else "text_completion")
+        return {**body, "choices": choices, "usage": _usage(results)}
+
+    def chunk(self, index: int, piece, finish_reason: Optional[str], logprobs: Optional[dict] = None) -> dict:
         if self.chat:
-            choice = {"index": 0, "delta": piece, "logprobs": logprobs, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": piece, "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": piece, "logprobs": logprobs, "finish_reason": finish_reason}
+        choice = {"index": index, "text": piece, "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._envelope("text_completion"), "choices": [choice]}
 
 
-def _usage(result: GenerationResult) -> dict:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.generated_tokens,
-        "total_tokens": result.prompt_tokens + result.generated_tokens,
-    }
+def _usage(results: List[GenerationResult]) -> dict:
+    """The prompt counts once (it was prefilled once); every completion's tokens count."""
+    prompt = results[0].prompt_tokens if results else 0
+    completion = sum(result.generated_tokens for result in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _sse(payload: dict) -> str:

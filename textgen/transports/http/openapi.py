@@ -288,6 +288,7 @@ def build_openapi(
     title: str = "textgen",
     max_total_tokens: Optional[int] = None,
     vocab_size: Optional[int] = None,
+    max_best_of: int = 1,
 ) -> Dict[str, Any]:
     """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens, and for
     /detokenize the total tokens and the vocabulary) are bounds in the schema, so a client or a fuzzer
@@ -308,6 +309,15 @@ def build_openapi(
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
         _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
+        _set_maximum(schemas[name]["properties"]["best_of"], max_best_of)
+        # TGI's rule: several completions only by sampling (a server whose DEFAULT_DO_SAMPLE is false
+        # also needs `do_sample` true, which no schema can say).
+        schemas[name].setdefault("allOf", []).append({"anyOf": [{"properties": {"do_sample": {"not": {"const": False}}}}, _BEST_OF_ONE]})
+    # ... and never when streaming: a stream is one completion.
+    schemas["PromptRequest"]["allOf"].append({"anyOf": [{"properties": {"stream": {"const": False}}}, _BEST_OF_ONE]})
+    schemas["TGIRequest"]["allOf"] = [{"anyOf": [{"properties": {"stream": {"const": False}}}, {"properties": {"parameters": _BEST_OF_ONE}}]}]
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        schemas[name]["properties"]["n"]["maximum"] = max_best_of
     return {
         "openapi": "3.1.0",
         "info": {
@@ -322,6 +332,10 @@ def build_openapi(
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."}},
         },
     }
+
+
+# An object whose `best_of`, if any, asks for one completion.
+_BEST_OF_ONE = {"properties": {"best_of": {"anyOf": [{"type": "integer", "maximum": 1}, {"type": "null"}]}}}
 
 
 def _set_maximum(field: dict, maximum: int) -> None:
@@ -359,10 +373,13 @@ def _generation(summary: str, body: dict, ok: dict, error_schema: str = "ErrorBo
 
 def _paths() -> dict:
     tgi_body = {"oneOf": [_ref("TGIRequest"), _ref("PromptRequest")]}
+    # /generate_stream streams whatever the body's `stream` says: one completion only.
+    stream_body = {"oneOf": [{"allOf": [_ref("TGIRequest"), {"properties": {"parameters": _BEST_OF_ONE}}]},
+                             {"allOf": [_ref("PromptRequest"), _BEST_OF_ONE]}]}
     tgi_stream = _sse("StreamEvent", "ErrorBody")
     paths = {
         "/generate": _generation("Generate text (TGI's form, or {\"prompt\": ...})", tgi_body, _json("GenerateResponse")),
-        "/generate_stream": _generation("Generate, one Server-Sent Event per token", tgi_body, tgi_stream),
+        "/generate_stream": _generation("Generate, one Server-Sent Event per token", stream_body, tgi_stream),
         "/": _generation(
             "TGI's compat route: `stream` chooses the answer; a complete one is a list of one (as TGI's)",
             tgi_body,
