@@ -5,10 +5,13 @@ One backend is enough here: the page only sees HTTP, which every backend answers
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from contextlib import ExitStack
 
+import jsonschema
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
@@ -204,26 +207,71 @@ def test_network_error_is_explained(serve, page):
 
 
 def test_json_schema_box_constrains_the_answer(serve, page):
-    """Structured output from the page: the schema typed in the box is sent as `grammar`, the answer is
-    JSON valid for it; a schema the server cannot compile shows the server's message."""
-    import json
-
+    """Structured output from the page: the schema typed in the box is sent, parsed, as TGI's `grammar`,
+    and the answer is JSON valid for it; a schema the server cannot compile shows the server's 422
+    message; text that is no JSON object is named in the page and nothing is sent."""
     url, engine = serve()
     schema = {"type": "object", "properties": {"pet": {"enum": ["cat", "dog"]}, "age": {"type": "integer", "minimum": 0, "maximum": 20}},
               "required": ["pet", "age"]}
+    sent = []
+    page.on("request", lambda req: sent.append(json.loads(req.post_data)) if req.url.endswith("/generate_stream") else None)
     page.goto(url + "/")
     page.get_by_label("Prompt").fill("A pet as JSON:")
     page.get_by_label("max_new_tokens").fill("60")
     page.get_by_label("seed").fill("3")
-    page.get_by_label("JSON schema").fill(json.dumps(schema))
+    page.get_by_label("JSON schema").fill(json.dumps(schema, indent=2))
     page.get_by_role("button", name="Generate").click()
     assert wait_state(page, "done", "error") == "done", page.inner_text("#status")
+    assert sent[-1]["parameters"]["grammar"] == {"type": "json", "value": schema}
     answer = json.loads(page.inner_text("#generated"))
-    assert answer["pet"] in ("cat", "dog") and 0 <= answer["age"] <= 20
+    jsonschema.validate(answer, schema)
     assert "finish reason: eos_token" in page.inner_text("#stats")
     page.screenshot(path=os.path.join(artifacts_dir(), "playground-json-schema.png"), full_page=True)
 
     page.get_by_label("JSON schema").fill('{"type": "strin"}')
     page.get_by_role("button", name="Generate").click()
     assert wait_state(page, "error") == "error"
-    assert "`grammar` cannot be compiled: Invalid type: strin" in page.inner_text("#status")
+    assert "The server rejected a parameter: `grammar` cannot be compiled: Invalid type: strin" in page.inner_text("#status")
+    assert len(sent) == 2
+
+    for text, message in (('{"type": "object",', "The JSON schema is not valid JSON ("), ("[1, 2]", "must be a JSON object")):
+        page.evaluate("document.body.dataset.state = ''")
+        page.get_by_label("JSON schema").fill(text)
+        page.get_by_role("button", name="Generate").click()
+        assert wait_state(page, "error") == "error"
+        assert message in page.inner_text("#status") and "Nothing was sent" in page.inner_text("#status")
+        assert page.get_by_role("button", name="Generate").is_enabled()
+    assert len(sent) == 2  # neither reached the server
+
+
+def test_log_probabilities_are_shown_per_token(serve, page):
+    """"show log-probabilities" asks for `top_n_tokens` and lists every generated token with its
+    log-probability and alternatives: the server's own figures, as /generate gives them."""
+    url, engine = serve()
+    page.goto(url + "/")
+    assert not page.locator("#lp-box").is_visible()
+    page.get_by_label("Prompt").fill("Hello world")
+    page.get_by_label("max_new_tokens").fill("8")
+    page.get_by_label("do_sample").uncheck()
+    page.get_by_label("show log-probabilities").check()
+    page.get_by_role("button", name="Generate").click()
+    assert wait_state(page, "done", "error") == "done", page.inner_text("#status")
+    rows = page.eval_on_selector_all(
+        "#logprobs tbody tr", "rows => rows.map(r => Array.from(r.cells, c => c.textContent))"
+    )
+    body = {"inputs": "Hello world", "parameters": {"max_new_tokens": 8, "do_sample": False, "details": True, "top_n_tokens": 5}}
+    details = requests.post(url + "/generate", json=body, timeout=30).json()["details"]
+    assert len(rows) == len(details["tokens"]) == 8
+    for (index, token, logprob, percent, alternatives), want, top in zip(rows, details["tokens"], details["top_tokens"]):
+        assert json.loads(token) == want["text"]
+        assert float(logprob) == pytest.approx(want["logprob"], abs=1e-3) and float(logprob) <= 0
+        assert float(percent.rstrip("%")) == pytest.approx(100 * math.exp(want["logprob"]), abs=0.06)
+        assert len(top) == 5 and alternatives.startswith(json.dumps(top[0]["text"]))
+    assert [r[0] for r in rows] == [str(i) for i in range(1, 9)]
+    page.screenshot(path=os.path.join(artifacts_dir(), "playground-logprobs.png"), full_page=True)
+
+    page.get_by_label("show log-probabilities").uncheck()
+    page.get_by_role("button", name="Generate").click()
+    assert wait_state(page, "done", "error") == "done", page.inner_text("#status")
+    assert not page.locator("#lp-box").is_visible()
+    assert page.eval_on_selector_all("#logprobs tbody tr", "rows => rows.length") == 0
