@@ -29,6 +29,7 @@ from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
 from .batch import Batch
 from .handle import Handle
 from .listeners import Listeners
+from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
 from .sampling import Picks, choose_next_tokens
 from .sequence import Sequence
@@ -56,7 +57,7 @@ class Engine:
         self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
-        self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
+        self._batch = Batch(model, settings.prefill_chunk_tokens, _prefix_cache(model, settings))  # engine thread only
         self._listeners = Listeners()
         self.draining = False  # the process is about to stop: still serving, no longer advertised ready
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
@@ -104,6 +105,12 @@ class Engine:
         entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
         self._queue.admit(entry)
         return handle
+
+    def prefix_cache_stats(self) -> Optional[dict]:
+        """The prefix cache's budget, tokens held and counters (`PrefixCache.stats`); None when it is off.
+        Read from any thread: plain numbers the engine thread replaces."""
+        cache = self._batch.prefix_cache
+        return None if cache is None else cache.stats()
 
     def add_listener(self, listener) -> None:
         """Observe the engine (metrics): see `Listeners`."""
@@ -243,6 +250,12 @@ class Engine:
         if isinstance(outcome, ServiceError) and entry.rows > 1:
             entry.handle.cancel()
         entry.handle._emit(outcome)
+
+
+def _prefix_cache(model, settings: Settings) -> Optional[PrefixCache]:
+    """The prefix cache PREFIX_CACHE_TOKENS asks for, or None (0, or less than one block: off)."""
+    cache = PrefixCache(model.n_layers, model.n_kv_heads, model.head_dim, settings.prefix_cache_tokens)
+    return cache if cache.capacity_blocks else None
 
 
 def _runtime_versions(packages) -> dict:
