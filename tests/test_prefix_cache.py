@@ -2,7 +2,7 @@
 least recently used out within the budget), then on the tiny model's backends (a prefill started after
 a cached prefix gives the logits of a full one; rows leave and move while they use it; chunked
 prefill), then the engine (greedy and seeded texts equal with and without it, one after another and
-prefilled together)."""
+prefilled together), its settings and its metrics."""
 
 import numpy as np
 import pytest
@@ -306,3 +306,39 @@ def test_texts_are_the_same_with_and_without_the_cache_prefilled_together(make_e
     # after the reused prefix; then they were decoded together.
     assert len(prefills) == 2 and len(prefills[1]) == len(requests) and min(prefills[1]) >= 96, prefills
     assert steps.rows[0] == len(requests)
+
+
+def test_the_setting_and_what_the_service_reports(make_client):
+    assert Settings.from_env(environ={}).prefix_cache_tokens == 2048
+    assert Settings.from_env(environ={"PREFIX_CACHE_TOKENS": "0"}).prefix_cache_tokens == 0
+    with pytest.raises(ValueError, match="PREFIX_CACHE_TOKENS"):
+        Settings.from_env(environ={"PREFIX_CACHE_TOKENS": "-16"})
+    client, engine = make_client(prefix_cache_tokens=1000)  # rounded down to 62 blocks
+    assert client.get("/info").get_json()["prefix_cache_tokens"] == 1000
+
+    def scrape():
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = client.get("/metrics").get_data(as_text=True)
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if "prefix" in s.name}
+
+    assert scrape() == {
+        "textgen_prefix_cache_hit_tokens_total": 0,
+        "textgen_prefix_cache_lookup_tokens_total": 0,
+        "textgen_prefix_cache_tokens": 0,
+        "textgen_prefix_cache_capacity_tokens": 992,
+    }
+    body = {"inputs": SYSTEM + " Q: why?", "parameters": {"max_new_tokens": 2, "details": True}}
+    prompt_tokens = client.post("/generate", json=body).get_json()["details"]["prompt_tokens"]
+    client.post("/generate", json=body)
+    after = scrape()
+    whole = prompt_tokens // 16 * 16
+    reused = (prompt_tokens - 1) // 16 * 16
+    assert after == {
+        "textgen_prefix_cache_hit_tokens_total": reused,
+        "textgen_prefix_cache_lookup_tokens_total": 2 * prompt_tokens,
+        "textgen_prefix_cache_tokens": whole,
+        "textgen_prefix_cache_capacity_tokens": 992,
+    }
+    off_client, _ = make_client(prefix_cache_tokens=0)
+    assert off_client.get("/metrics").get_data(as_text=True).count("textgen_prefix_cache_capacity_tokens 0.0") == 1
