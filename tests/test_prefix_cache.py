@@ -9,10 +9,12 @@ import pytest
 
 from tests.batching import DecodeSteps, submit_together
 from textgen.engine.batch import Batch
+from textgen.engine.handle import Handle
 from textgen.engine.prefix_cache import ROOT, PrefixCache
+from textgen.engine.queue import Entry, next_group
 from textgen.model.kv_cache import KVCache
 from textgen.settings import Settings
-from textgen.validation import validate_generate
+from textgen.validation import GenerationRequest, validate_generate
 
 B = 16  # the block size the tests of the store use (the default)
 
@@ -155,6 +157,29 @@ def test_any_sequence_of_stores_and_lookups_reuses_only_exact_prefixes():
     assert hits > 100 and store.stats()["evicted_blocks"] > 0
 
 
+def test_prompts_are_grouped_by_the_tokens_they_have_left_to_prefill():
+    """The scheduler counts a prompt's tokens after its cached prefix: prompts sharing a cached 96-token
+    prefix fit one 256-token prefill chunk together (8 x 20 left), where whole (8 x 100) they would go two
+    at a time; a miss still counts whole."""
+    store, _ = store_cache(1024)
+    shared = list(range(200, 296))
+    prefill(store, shared + [1] * 4)
+    before = store.stats()
+
+    def waiting(prompts):
+        request = GenerationRequest(prompt="x", max_new_tokens=5, do_sample=False)
+        return [Entry(Handle(), request, tuple(p), 0.0, str(i)) for i, p in enumerate(prompts)]
+
+    hits = [shared + [i] * 20 for i in range(8)]
+    assert [store.to_prefill(p) for p in hits] == [20] * 8
+    assert store.stats() == before  # a peek: no lookup counted, nothing touched
+    assert len(next_group(waiting(hits), 16, 256, 1.0, 60.0, store.to_prefill).group) == 8
+    assert len(next_group(waiting(hits), 16, 256, 1.0, 60.0).group) == 2  # counted whole (the default)
+    misses = [[i] + shared for i in range(8)]
+    assert len(next_group(waiting(misses), 16, 256, 1.0, 60.0, store.to_prefill).group) == 2
+    assert store.to_prefill(shared) == 16 and store.to_prefill(shared[:10]) == 10  # never the whole prompt
+
+
 # -- on the model's backends ---------------------------------------------------------------------------
 @pytest.fixture
 def model(loaded):
@@ -283,9 +308,10 @@ def test_texts_are_the_same_with_and_without_the_cache_one_after_another(make_en
 
 
 def test_texts_are_the_same_with_and_without_the_cache_prefilled_together(make_engine, monkeypatch):
-    # Chunks wide enough for the eight ~140-token prompts to be prefilled as one group.
-    off = make_engine(prefix_cache_tokens=0, prefill_chunk_tokens=4096, max_batch_size=16)
-    on = make_engine(prefix_cache_tokens=1024, prefill_chunk_tokens=4096, max_batch_size=16)
+    # Chunks of 512: the eight ~140-token prompts would go three at a time; with the prefix cached, what
+    # each has left to prefill (~30 tokens) fits one group.
+    off = make_engine(prefix_cache_tokens=0, prefill_chunk_tokens=512, max_batch_size=16)
+    on = make_engine(prefix_cache_tokens=1024, prefill_chunk_tokens=512, max_batch_size=16)
     requests = [request(on.settings, **b) for b in bodies()]
     expected = [off.submit(r).result() for r in requests]
     on.submit(request(on.settings, SYSTEM + " Warm up", max_new_tokens=1)).result()  # stores the prefix
@@ -302,6 +328,7 @@ def test_texts_are_the_same_with_and_without_the_cache_prefilled_together(make_e
         handles = submit_together(on, steps, requests)
         got = [h.result() for h in handles]
     assert got == expected
+    assert max(r.prompt_tokens for r in got) * len(got) > 512  # whole, they could not have gone in one group
     # After the placeholder's (submit_together's), one prefill pass for all eight, each row starting
     # after the reused prefix; then they were decoded together.
     assert len(prefills) == 2 and len(prefills[1]) == len(requests) and min(prefills[1]) >= 96, prefills

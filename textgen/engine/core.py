@@ -162,7 +162,10 @@ class Engine:
         self._leave([s for s in batch.rows + batch.group if s.handle.cancelled])
         if not batch.prefilling:
             room = self.settings.max_batch_size - len(batch)
-            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout)
+            # A prompt whose prefix is cached counts only the tokens it has left to prefill: several rows
+            # sharing a system prompt then join in one prefill pass instead of one each.
+            to_prefill = len if batch.prefix_cache is None else batch.prefix_cache.to_prefill
+            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout, to_prefill)
             for entry, error in grouping.refused:
                 self._answer(entry, error, entry.rows)
             if grouping.group:

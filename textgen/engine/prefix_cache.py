@@ -93,7 +93,12 @@ class PrefixCache:
             "evicted_blocks": self.evicted_blocks,
         }
 
-    # -- the engine's two calls ------------------------------------------------------------------------
+    # -- the engine's calls ------------------------------------------------------------------------------
+    def to_prefill(self, prompt: Sequence[int]) -> int:
+        """The tokens of `prompt` left to prefill after its cached prefix, as `match` would find it now;
+        changes nothing (the scheduler sizes prefill groups by it)."""
+        return len(prompt) - len(self._walk(prompt, (len(prompt) - 1) // self.block_tokens)[1]) * self.block_tokens
+
     def match(self, prompt: Sequence[int]) -> List[int]:
         """The store indices of the longest run of cached blocks `prompt` begins with, leaving at least
         its last token to prefill; they become the most recently used. Counts the lookup."""
