@@ -173,10 +173,13 @@ def test_prompts_are_grouped_by_the_tokens_they_have_left_to_prefill():
     hits = [shared + [i] * 20 for i in range(8)]
     assert [store.to_prefill(p) for p in hits] == [20] * 8
     assert store.stats() == before  # a peek: no lookup counted, nothing touched
-    assert len(next_group(waiting(hits), 16, 256, 1.0, 60.0, store.to_prefill).group) == 8
+    def cached(entry):
+        return store.to_prefill(entry.prompt_ids)
+
+    assert len(next_group(waiting(hits), 16, 256, 1.0, 60.0, cached).group) == 8
     assert len(next_group(waiting(hits), 16, 256, 1.0, 60.0).group) == 2  # counted whole (the default)
     misses = [[i] + shared for i in range(8)]
-    assert len(next_group(waiting(misses), 16, 256, 1.0, 60.0, store.to_prefill).group) == 2
+    assert len(next_group(waiting(misses), 16, 256, 1.0, 60.0, cached).group) == 2
     assert store.to_prefill(shared) == 16 and store.to_prefill(shared[:10]) == 10  # never the whole prompt
 
 
@@ -281,12 +284,19 @@ SYSTEM = " ".join([SENTENCE] * 3)  # ~120 tokens of the tiny model's tokenizer
 QUESTIONS = [" Q: why?", " Q: what is a model and how does it predict the next token?", " Hi", " Q: and finance?"]
 
 
-def bodies():
+def bodies(**extra):
     out = []
     for i, question in enumerate(QUESTIONS):
-        out.append(dict(prompt=SYSTEM + question, max_new_tokens=12, do_sample=False))
-        out.append(dict(prompt=SYSTEM + question, max_new_tokens=12, seed=10 + i, temperature=1.0))
+        out.append(dict(prompt=SYSTEM + question, max_new_tokens=12, do_sample=False, **extra))
+        out.append(dict(prompt=SYSTEM + question, max_new_tokens=12, seed=10 + i, temperature=1.0, **extra))
     return out
+
+
+def assert_same_logprobs(got, expected):
+    """The generated tokens' log-probabilities (from the logits after each prefill and decode step) agree."""
+    for g, e in zip(got, expected):
+        assert [t.id for t in g.tokens] == [t.id for t in e.tokens] and g.tokens
+        assert np.allclose([t.logprob for t in g.tokens], [t.logprob for t in e.tokens], atol=1e-5, rtol=0)
 
 
 def request(settings, prompt, **parameters):
@@ -297,9 +307,10 @@ def test_texts_are_the_same_with_and_without_the_cache_one_after_another(make_en
     off = make_engine(prefix_cache_tokens=0, prefill_chunk_tokens=32)
     on = make_engine(prefix_cache_tokens=1024, prefill_chunk_tokens=32)
     assert off.prefix_cache_stats() is None
-    expected = [off.submit(request(off.settings, **b)).result() for b in bodies()]
-    got = [on.submit(request(on.settings, **b)).result() for b in bodies()]
+    expected = [off.submit(request(off.settings, **b)).result() for b in bodies(details=True)]
+    got = [on.submit(request(on.settings, **b)).result() for b in bodies(details=True)]
     assert got == expected
+    assert_same_logprobs(got, expected)
     assert len({r.text for r in expected}) > 1
     stats = on.prefix_cache_stats()
     shared = len(on.prompts.tokenize(request(on.settings, SYSTEM)).prompt_ids) // 16 * 16  # whole blocks
@@ -333,6 +344,30 @@ def test_texts_are_the_same_with_and_without_the_cache_prefilled_together(make_e
     # after the reused prefix; then they were decoded together.
     assert len(prefills) == 2 and len(prefills[1]) == len(requests) and min(prefills[1]) >= 96, prefills
     assert steps.rows[0] == len(requests)
+
+
+def test_a_request_scoring_its_prompt_is_prefilled_whole(make_engine):
+    """Prompt log-probabilities need the logits at every prompt position: a request asking for them
+    reuses nothing (and its scores equal those without the cache), while its blocks are still stored."""
+    off = make_engine(prefix_cache_tokens=0, prefill_chunk_tokens=32)
+    on = make_engine(prefix_cache_tokens=1024, prefill_chunk_tokens=32)
+    body = dict(prompt=SYSTEM + QUESTIONS[1], max_new_tokens=4, do_sample=False, details=True, decoder_input_details=True)
+    expected = off.submit(request(off.settings, **body)).result()
+    on.submit(request(on.settings, SYSTEM + QUESTIONS[0], max_new_tokens=1)).result()  # stores the prefix
+    hits = on.prefix_cache_stats()["hit_tokens"]
+    got = on.submit(request(on.settings, **body)).result()
+    assert on.prefix_cache_stats()["hit_tokens"] == hits
+    assert got == expected and len(got.prefill) == got.prompt_tokens > 100
+    assert [p.id for p in got.prefill] == [p.id for p in expected.prefill]
+    assert np.allclose([p.logprob for p in got.prefill[1:]], [p.logprob for p in expected.prefill[1:]], atol=1e-5, rtol=0)
+    assert_same_logprobs([got], [expected])
+    # The scheduler counts it whole too (rows sharing a chunk with it must not wait on its whole prefill).
+    scored, plain = request(on.settings, **body), request(on.settings, SYSTEM + QUESTIONS[1])
+    ids = tuple(on.prompts.tokenize(plain).prompt_ids)
+    assert on._to_prefill(Entry(Handle(), scored, ids, 0.0)) == len(ids)
+    assert on._to_prefill(Entry(Handle(), plain, ids, 0.0)) == len(ids) - (len(ids) - 1) // 16 * 16
+    on.submit(plain).result()  # the same prompt, unscored: it reuses the blocks the scored one stored
+    assert on.prefix_cache_stats()["hit_tokens"] == hits + (got.prompt_tokens - 1) // 16 * 16
 
 
 def test_the_setting_and_what_the_service_reports(make_client):

@@ -164,7 +164,7 @@ class Engine:
             room = self.settings.max_batch_size - len(batch)
             # A prompt whose prefix is cached counts only the tokens it has left to prefill: several rows
             # sharing a system prompt then join in one prefill pass instead of one each.
-            to_prefill = len if batch.prefix_cache is None else batch.prefix_cache.to_prefill
+            to_prefill = None if batch.prefix_cache is None else self._to_prefill
             grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout, to_prefill)
             for entry, error in grouping.refused:
                 self._answer(entry, error, entry.rows)
@@ -173,6 +173,13 @@ class Engine:
                 scorers = [s.score_prompt if s.wants_prompt_logprobs else None for s in rows]
                 batch.add(rows, [e.prompt_ids for e in grouping.group], scorers)
         return True
+
+    def _to_prefill(self, entry: Entry) -> int:
+        """Prompt tokens the entry's prefill will compute: those after its cached prefix, or all of them
+        when it scores its prompt (`Sequence.wants_prompt_logprobs`: Batch then prefills it whole)."""
+        if entry.request.decoder_input_details and entry.request.details:
+            return len(entry.prompt_ids)
+        return self._batch.prefix_cache.to_prefill(entry.prompt_ids)
 
     def _step(self, rows: List[Sequence], forward, kind: str) -> None:
         """One forward pass (`forward` returns the logits of `rows`, or None while a prefill goes on),
