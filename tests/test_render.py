@@ -11,6 +11,7 @@ import yaml
 
 from devtools.models import DISTILGPT2_CONFIG
 from devtools.servers import ROOT
+from textgen.engine.prefix_cache import PrefixCache
 from textgen.model.architectures import model_shape
 from textgen.model.kv_cache import KVCache
 from textgen.settings import Settings
@@ -120,8 +121,9 @@ def test_every_variable_is_a_setting_the_service_reads_with_a_valid_value(servic
 def test_the_worst_case_kv_cache_fits_beside_the_measured_server(service):
     """The KV cache of a full batch (MAX_BATCH_SIZE rows) at the longest total length (MAX_TOTAL_TOKENS,
     within the model's context), sized by the cache's own growth rule (its headroom included: the
-    capacity it reaches growing to that length, whatever path it grows by, is at most this), for the
-    model the image serves (DistilGPT2's config), stays within what 512 MB leaves beside the server."""
+    capacity it reaches growing to that length, whatever path it grows by, is at most this), plus a full
+    prefix cache (PREFIX_CACHE_TOKENS in whole blocks), for the model the image serves (DistilGPT2's
+    config), stays within what 512 MB leaves beside the server."""
     with open(os.path.join(ROOT, service["dockerfilePath"]), encoding="utf-8") as f:
         assert "ARG MODEL_ID=distilbert/distilgpt2\n" in f.read()  # what DISTILGPT2_CONFIG describes
     settings = Settings.from_env(environ=render_environment(service))
@@ -131,8 +133,11 @@ def test_the_worst_case_kv_cache_fits_beside_the_measured_server(service):
     cache = KVCache(shape.n_layers, shape.n_kv_heads, shape.head_dim)
     cache.reserve(settings.max_batch_size, longest)
     worst_mb = cache.nbytes() / 2**20
-    print(f"worst-case KV cache: {settings.max_batch_size} rows x {cache.time_capacity} positions = {worst_mb:.1f} MB")
-    assert MEASURED_SERVER_PSS_MB + worst_mb <= FREE_INSTANCE_MB - MARGIN_MB, worst_mb
+    prefixes = PrefixCache(shape.n_layers, shape.n_kv_heads, shape.head_dim, settings.prefix_cache_tokens)
+    prefix_mb = prefixes.capacity_tokens * prefixes.bytes_per_token / 2**20
+    print(f"worst-case KV cache: {settings.max_batch_size} rows x {cache.time_capacity} positions = {worst_mb:.1f} MB; "
+          f"prefix cache: {prefixes.capacity_tokens} tokens = {prefix_mb:.1f} MB")
+    assert MEASURED_SERVER_PSS_MB + worst_mb + prefix_mb <= FREE_INSTANCE_MB - MARGIN_MB, (worst_mb, prefix_mb)
 
 
 def test_the_health_check_path_is_the_readiness_route(service, make_client):

@@ -59,6 +59,14 @@ class Settings:
     # Prompt tokens prefilled per engine step: a long prompt is cut into chunks between decode steps,
     # so the streams already running pause for one chunk at a time, never for a whole long prompt.
     prefill_chunk_tokens: int = 256
+    # Prompt tokens whose keys and values are kept for later prompts that begin the same way (a system
+    # prompt, few-shot examples): those skip prefilling the longest cached prefix, in blocks of 16 tokens,
+    # least recently used out first; 0 = off (engine/prefix_cache.py). Memory: tokens x layers x 2 x
+    # kv_heads x head_dim x 4 bytes, DistilGPT2's 36,864 bytes a token: 2048 tokens = 72 MiB, beside a
+    # worst-case KV cache of 720 MiB at the defaults (16 rows x 1,280 positions); it holds two of the
+    # longest prompts (1,023 tokens) or sixteen 128-token ones. A 900-token prefix then costs a copy of a
+    # few ms instead of its prefill (README, Performance).
+    prefix_cache_tokens: int = 2048
     # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
     skinny_matmul: bool = True
     # Intra-op threads of the model runtime (ONNX Runtime or torch); None = the CPUs this process may
@@ -129,6 +137,8 @@ class Settings:
             raise ValueError("PREFILL_CHUNK_TOKENS must be at least 1")
         if self.max_best_of < 1:
             raise ValueError("MAX_BEST_OF must be at least 1")
+        if self.prefix_cache_tokens < 0:
+            raise ValueError("PREFIX_CACHE_TOKENS must be 0 (off) or more")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -7,6 +7,12 @@ the running streams for longer than one chunk; when the whole group is prefilled
 (`prefill_step` returns their next-token logits, in the group's order). Rows leave with `remove`: the last rows
 move into the holes, so the rest never moves.
 
+With a prefix cache (prefix_cache.py), a group's first prefill step begins by copying into each row's
+slot the keys and values of the longest cached block prefix its prompt starts with; the row's prefill
+then starts after them (its tokens done). A row that wants its prompt's log-probabilities (a scorer,
+below) is prefilled whole: every prompt position's logits are needed. As each row's prefill ends, its
+prompt's whole blocks are kept in the prefix cache for the rows that follow.
+
 Rows are opaque to the batch (the engine's request state); it only needs each row's prompt, and, for a
 row that wants its prompt's log-probabilities, a `scorer` that takes the logits at every prompt
 position, chunk by chunk (`scorer(offset, logits)`), so that they never all sit in memory at once. The
@@ -20,13 +26,15 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ..model.kv_cache import KVCache
+from .prefix_cache import PrefixCache
 
 
 class Batch:
-    def __init__(self, model, chunk_tokens: int = 256):
+    def __init__(self, model, chunk_tokens: int = 256, prefix_cache: Optional[PrefixCache] = None):
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        self.prefix_cache = prefix_cache  # None: every prompt is prefilled from its first token
         self.rows: List[object] = []  # decoding; row i in slot i
         self.lengths: List[int] = []  # tokens each decoding row has in the cache
         # The group being prefilled, in slots len(rows)..: its rows, prompts, tokens done, final logits.
@@ -35,6 +43,7 @@ class Batch:
         self._done: List[int] = []
         self._logits: List[Optional[np.ndarray]] = []
         self._scorers: List[Optional[Callable[[int, np.ndarray], None]]] = []
+        self._looked_up = False  # the group's cached prefixes are in its slots
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,10 +70,13 @@ class Batch:
         self._done = [0] * len(rows)
         self._logits = [None] * len(rows)
         self._scorers = list(scorers) if scorers is not None else [None] * len(rows)
+        self._looked_up = self.prefix_cache is None
 
     def prefill_step(self) -> Optional[np.ndarray]:
         """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
         group joins the decoding rows (in its order) and this returns their next-token logits."""
+        if not self._looked_up:
+            self._load_cached_prefixes()
         k = len(self.group)
         per_row = max(1, self.chunk_tokens // k)
         take = np.array([min(len(p) - d, per_row) for p, d in zip(self._prompts, self._done)], dtype=np.int64)
@@ -92,6 +104,8 @@ class Batch:
             self._done[i] += int(take[i])
         for i in finishing:
             self._logits[i] = logits[i].copy()  # a backend may reuse its output buffer on the next call
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(self._prompts[i], self.cache, first + i)
         if any(d < len(p) for d, p in zip(self._done, self._prompts)):
             return None
         joined_logits = np.stack(self._logits)
@@ -99,6 +113,20 @@ class Batch:
         self.lengths.extend(self._done)
         self.group, self._prompts, self._done, self._logits, self._scorers = [], [], [], [], []
         return joined_logits
+
+    def _load_cached_prefixes(self) -> None:
+        """Copy each group row's longest cached block prefix into its slot; its prefill starts after it.
+        A row scoring its prompt is prefilled whole (it needs the logits at every position)."""
+        self._looked_up = True
+        first, cache = len(self.rows), self.prefix_cache
+        found = [cache.match(p) if scorer is None else [] for p, scorer in zip(self._prompts, self._scorers)]
+        longest = max(len(blocks) for blocks in found) * cache.block_tokens
+        if not longest:
+            return
+        self.cache.reserve(first + len(self.group), longest)
+        for i, blocks in enumerate(found):
+            if blocks:
+                self._done[i] = cache.load(blocks, self.cache, first + i)
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""

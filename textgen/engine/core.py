@@ -29,6 +29,7 @@ from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
 from .batch import Batch
 from .handle import Handle
 from .listeners import Listeners
+from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
 from .sampling import Picks, choose_next_tokens
 from .sequence import Sequence
@@ -56,7 +57,7 @@ class Engine:
         self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
-        self._batch = Batch(model, settings.prefill_chunk_tokens)  # touched only by the engine thread
+        self._batch = Batch(model, settings.prefill_chunk_tokens, _prefix_cache(model, settings))  # engine thread only
         self._listeners = Listeners()
         self.draining = False  # the process is about to stop: still serving, no longer advertised ready
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
@@ -104,6 +105,12 @@ class Engine:
         entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
         self._queue.admit(entry)
         return handle
+
+    def prefix_cache_stats(self) -> Optional[dict]:
+        """The prefix cache's budget, tokens held and counters (`PrefixCache.stats`); None when it is off.
+        Read from any thread: plain numbers the engine thread replaces."""
+        cache = self._batch.prefix_cache
+        return None if cache is None else cache.stats()
 
     def add_listener(self, listener) -> None:
         """Observe the engine (metrics): see `Listeners`."""
@@ -155,7 +162,10 @@ class Engine:
         self._leave([s for s in batch.rows + batch.group if s.handle.cancelled])
         if not batch.prefilling:
             room = self.settings.max_batch_size - len(batch)
-            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout)
+            # A prompt whose prefix is cached counts only the tokens it has left to prefill: several rows
+            # sharing a system prompt then join in one prefill pass instead of one each.
+            to_prefill = None if batch.prefix_cache is None else self._to_prefill
+            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout, to_prefill)
             for entry, error in grouping.refused:
                 self._answer(entry, error, entry.rows)
             if grouping.group:
@@ -163,6 +173,13 @@ class Engine:
                 scorers = [s.score_prompt if s.wants_prompt_logprobs else None for s in rows]
                 batch.add(rows, [e.prompt_ids for e in grouping.group], scorers)
         return True
+
+    def _to_prefill(self, entry: Entry) -> int:
+        """Prompt tokens the entry's prefill will compute: those after its cached prefix, or all of them
+        when it scores its prompt (`Sequence.wants_prompt_logprobs`: Batch then prefills it whole)."""
+        if entry.request.decoder_input_details and entry.request.details:
+            return len(entry.prompt_ids)
+        return self._batch.prefix_cache.to_prefill(entry.prompt_ids)
 
     def _step(self, rows: List[Sequence], forward, kind: str) -> None:
         """One forward pass (`forward` returns the logits of `rows`, or None while a prefill goes on),
@@ -243,6 +260,12 @@ class Engine:
         if isinstance(outcome, ServiceError) and entry.rows > 1:
             entry.handle.cancel()
         entry.handle._emit(outcome)
+
+
+def _prefix_cache(model, settings: Settings) -> Optional[PrefixCache]:
+    """The prefix cache PREFIX_CACHE_TOKENS asks for, or None (0, or less than one block: off)."""
+    cache = PrefixCache(model.n_layers, model.n_kv_heads, model.head_dim, settings.prefix_cache_tokens)
+    return cache if cache.capacity_blocks else None
 
 
 def _runtime_versions(packages) -> dict:

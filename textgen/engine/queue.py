@@ -11,7 +11,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Deque, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Iterable, List, Optional, Tuple
 
 from ..errors import Cancelled, Overloaded, QueueTimeout, ServiceError, Unavailable
 from ..validation import GenerationRequest
@@ -45,19 +45,31 @@ class Grouping:
     refused: List[Tuple[Entry, ServiceError]] = field(default_factory=list)
 
 
-def next_group(waiting: Iterable[Entry], room: int, chunk_tokens: int, now: float, queue_timeout: float) -> Grouping:
+def next_group(
+    waiting: Iterable[Entry],
+    room: int,
+    chunk_tokens: int,
+    now: float,
+    queue_timeout: float,
+    to_prefill: Callable[[Entry], int] = lambda entry: len(entry.prompt_ids),
+) -> Grouping:
     """The next prefill group: waiting requests in order while they fit in the batch (`room` rows; a
     request of `n` completions takes n) and, together, in one prefill chunk (a longer prompt goes alone,
-    chunk by chunk; a prompt is prefilled once whatever its `n`). First come, first served: once a
-    request is left waiting, nothing behind it joins. Cancelled requests, and those that waited past
-    `queue_timeout` seconds without joining, are refused."""
+    chunk by chunk; a prompt is prefilled once whatever its `n`). A prompt counts the tokens `to_prefill`
+    says its prefill computes (all of them, or those after its prefix found in the prefix cache). First come, first
+    served: once a request is left waiting, nothing behind it joins. Cancelled requests, and those that
+    waited past `queue_timeout` seconds without joining, are refused."""
     out = Grouping()
     width, rows, closed = 0, 0, False
     for entry in waiting:
-        wider = max(width, len(entry.prompt_ids))
         if entry.handle.cancelled:
             out.refused.append((entry, Cancelled("client disconnected")))
-        elif not closed and rows + entry.rows <= room and (not out.group or wider * (len(out.group) + 1) <= chunk_tokens):
+            continue
+        joins = False
+        if not closed and rows + entry.rows <= room:  # only then is its prompt measured
+            wider = max(width, to_prefill(entry))
+            joins = not out.group or wider * (len(out.group) + 1) <= chunk_tokens
+        if joins:
             out.group.append(entry)
             width, rows = wider, rows + entry.rows
         elif now - entry.enqueued_at > queue_timeout:
@@ -101,12 +113,13 @@ class Queue:
                 self._cond.wait()
             return not self.closed
 
-    def take(self, room: int, chunk_tokens: int, queue_timeout: float) -> Grouping:
+    def take(self, room: int, chunk_tokens: int, queue_timeout: float, to_prefill: Optional[Callable[[Entry], int]] = None) -> Grouping:
         """(Engine thread.) Apply `next_group` to the line; the caller answers the refused."""
         with self._cond:
             if not self._waiting:
                 return Grouping()
-            grouping = next_group(self._waiting, room, chunk_tokens, time.monotonic(), queue_timeout)
+            measure = {} if to_prefill is None else {"to_prefill": to_prefill}
+            grouping = next_group(self._waiting, room, chunk_tokens, time.monotonic(), queue_timeout, **measure)
             self._waiting = collections.deque(grouping.waiting)
             return grouping
 

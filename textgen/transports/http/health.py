@@ -62,6 +62,7 @@ def info():
         "max_new_tokens_limit": settings.max_new_tokens_limit,
         "default_max_new_tokens": settings.default_max_new_tokens,
         "max_batch_size": settings.max_batch_size,
+        "prefix_cache_tokens": settings.prefix_cache_tokens,
         "model_backend": engine_info["model_backend"],
         "quantize": settings.quantize,
         "threads": engine_info["threads"],

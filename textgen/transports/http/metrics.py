@@ -4,7 +4,8 @@ Three sources:
 - every HTTP answer (an app `after_request`): requests by route and outcome, and their duration;
 - the engine, through its listener hook: per finished generation its queue time, time per token,
   prompt and generated tokens and compute time; per decode step the number of rows in the batch;
-- `engine.stats()`, read at scrape time: running and waiting requests.
+- `engine.stats()`, read at scrape time: running and waiting requests; and `engine.prefix_cache_stats()`:
+  the prefix cache's tokens held, its budget, and the prompt tokens it saved prefilling.
 
 gunicorn runs a single worker (gunicorn.conf.py), so the one registry of this process holds every
 number and no multiprocess mode is needed. The registry belongs to the app (not prometheus_client's
@@ -17,6 +18,7 @@ import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ...engine.handle import GenerationResult
 
@@ -62,6 +64,8 @@ class Metrics:
             Gauge("textgen_batch_current_size", "Requests in the batch", registry=registry).set_function(
                 lambda: engine.stats()["running"]
             )
+        if hasattr(engine, "prefix_cache_stats"):
+            registry.register(_PrefixCacheCollector(engine))
 
     # -- engine listener (called on the engine thread; must stay quick) -----------------------------
     def on_outcome(self, outcome) -> None:
@@ -75,6 +79,29 @@ class Metrics:
 
     def on_decode_step(self, batch_size: int) -> None:
         self.batch_decode_size.observe(batch_size)
+
+
+class _PrefixCacheCollector:
+    """The prefix cache's counters, read from the engine at scrape time (all zero when it is off)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def describe(self):
+        return self.collect(empty=True)
+
+    def collect(self, empty: bool = False):
+        stats = {} if empty else (self.engine.prefix_cache_stats() or {})
+        for kind, name, key, help_text in (
+            (CounterMetricFamily, "textgen_prefix_cache_hit_tokens", "hit_tokens",
+             "Prompt tokens whose prefill was skipped: their keys and values came from the prefix cache"),
+            (CounterMetricFamily, "textgen_prefix_cache_lookup_tokens", "looked_up_tokens",
+             "Prompt tokens of the requests looked up in the prefix cache (hit ratio: hit / lookup)"),
+            (GaugeMetricFamily, "textgen_prefix_cache_tokens", "tokens", "Prompt tokens the prefix cache holds now"),
+            (GaugeMetricFamily, "textgen_prefix_cache_capacity_tokens", "capacity_tokens",
+             "The prefix cache's budget in tokens (PREFIX_CACHE_TOKENS in whole blocks; 0: off)"),
+        ):
+            yield kind(name, help_text, value=stats.get(key, 0))
 
 
 def init_metrics(app: Flask, engine) -> Metrics:
