@@ -131,3 +131,15 @@ def test_inference_client_best_of(engine, base_settings):
         assert other.generated_tokens == len(other.tokens)
         raw = requests.post(url + "/generate_stream", json={"inputs": "Hi", "parameters": {"best_of": 2}})
         assert raw.status_code == 422 and "streaming" in json.loads(raw.text)["error"]
+
+
+def test_completions_of_a_prompt_found_in_the_prefix_cache(make_engine):
+    """The prompt's first blocks come from the prefix cache, the rest is prefilled, then copied n times."""
+    engine = make_engine(prefix_cache_tokens=256)
+    long_prompt = " ".join(["alpha beta gamma delta"] * 12)
+    first = engine.submit(request(engine.settings, long_prompt, max_new_tokens=5, seed=60)).result()
+    assert engine.prefix_cache_stats()["tokens"] >= 32  # its blocks are stored
+    results = engine.submit(with_n(request(engine.settings, long_prompt, max_new_tokens=5, seed=60), 3)).results()
+    assert engine.prefix_cache_stats()["hit_tokens"] >= 32
+    alone = [engine.submit(request(engine.settings, long_prompt, max_new_tokens=5, seed=s)).result() for s in (61, 62)]
+    assert [r.text for r in results] == [first.text] + [a.text for a in alone]

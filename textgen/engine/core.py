@@ -176,8 +176,8 @@ class Engine:
 
     def _to_prefill(self, entry: Entry) -> int:
         """Prompt tokens the entry's prefill will compute: those after its cached prefix, or all of them
-        when it scores its prompt (`Sequence.wants_prompt_logprobs`: Batch then prefills it whole)."""
-        if entry.request.decoder_input_details and entry.request.details:
+        when it scores its prompt (Batch then prefills it whole)."""
+        if entry.request.scores_prompt:
             return len(entry.prompt_ids)
         return self._batch.prefix_cache.to_prefill(entry.prompt_ids)
 

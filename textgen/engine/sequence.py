@@ -98,7 +98,7 @@ class Sequence:
 
     @property
     def wants_prompt_logprobs(self) -> bool:
-        return self.request.decoder_input_details and self.request.details
+        return self.request.scores_prompt
 
     def score_prompt(self, offset: int, logits: np.ndarray) -> None:
         """The logits at prompt positions offset.. (one prefill chunk, [n, vocab]): each predicts the next
