@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from devtools.models import make_tiny
-from devtools.servers import chromium_path, haproxy_path
+from devtools.servers import chromium_path, haproxy_path, thread_server
 from tests.models import add_chat_template
 from textgen.engine import Engine
 from textgen.model.loader import load_model
@@ -181,3 +181,16 @@ def slow_forward(monkeypatch):
         monkeypatch.setattr(engine.model, "forward", forward)
 
     return slow
+
+
+@pytest.fixture
+def chat_live(chat_model_dir, base_settings):
+    """A live server (in a thread) on the tiny model with a chat template, and its engine."""
+    settings = base_settings.replace(model_id=chat_model_dir)
+    model, tokenizer = load_model(settings)
+    engine = Engine(model, tokenizer, settings).start()
+    try:
+        with thread_server(create_app(settings, engine=engine)) as url:
+            yield url, engine
+    finally:
+        engine.stop()

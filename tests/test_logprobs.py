@@ -224,21 +224,6 @@ def test_chat_logprobs_and_top_logprobs(chat_live):
     assert plain.choices[0].logprobs is None
 
 
-@pytest.fixture
-def chat_live(chat_model_dir, base_settings):
-    from textgen.engine import Engine
-    from textgen.model.loader import load_model
-
-    settings = base_settings.replace(model_id=chat_model_dir)
-    model, tokenizer = load_model(settings)
-    engine = Engine(model, tokenizer, settings).start()
-    try:
-        with thread_server(create_app(settings, engine=engine)) as url:
-            yield url, engine
-    finally:
-        engine.stop()
-
-
 @pytest.mark.parametrize(
     "route, body, message",
     [

@@ -10,8 +10,6 @@ import pytest
 import requests
 
 from devtools.servers import thread_server
-from textgen.engine import Engine
-from textgen.model.loader import load_model
 from textgen.server import create_app
 
 def sdk(url: str, key: str = "unused") -> openai.OpenAI:
@@ -22,18 +20,6 @@ def sdk(url: str, key: str = "unused") -> openai.OpenAI:
 def live(engine, base_settings):
     with thread_server(create_app(base_settings, engine=engine)) as url:
         yield url
-
-
-@pytest.fixture
-def chat_live(chat_model_dir, base_settings):
-    settings = base_settings.replace(model_id=chat_model_dir)
-    model, tokenizer = load_model(settings)
-    engine = Engine(model, tokenizer, settings).start()
-    try:
-        with thread_server(create_app(settings, engine=engine)) as url:
-            yield url, engine
-    finally:
-        engine.stop()
 
 
 def test_completion_equals_generate(live):
