@@ -54,6 +54,18 @@ class Details(StreamDetails):
     top_tokens: Optional[List[List[StreamToken]]] = Field(
         None, description="With `top_n_tokens`: each generated token's most likely alternatives."
     )
+    best_of_sequences: Optional[List["BestOfSequence"]] = Field(
+        None, description="With `best_of`: the other completions (TGI's BestOfSequence)."
+    )
+
+
+class BestOfSequence(StreamDetails):
+    """One of the completions `best_of` did not choose."""
+
+    generated_text: str
+    prefill: List[PrefillToken]
+    tokens: List[StreamToken]
+    top_tokens: Optional[List[List[StreamToken]]] = None
 
 
 class GenerateResponse(BaseModel):
