@@ -76,13 +76,17 @@ def choose_next_tokens(
         # Greedy: the most likely token; its log-probability under the (penalised) distribution.
         scores = logits if len(greedy) == len(rows) else logits[greedy]
         best = scores.argmax(axis=-1)
+        # The rows asking for alternatives get them from one vectorised pass (ids best first).
+        asking = [j for j, i in enumerate(greedy) if wanted_top[i]]
+        best_ids = _k_best_ids(scores[asking], max(wanted_top[greedy[j]] for j in asking)) if asking else None
         for j, i in enumerate(greedy):
             tokens[i] = int(best[j])
             if want_logprobs is None or want_logprobs[i] or wanted_top[i]:
                 log_z = _logsumexp(scores[j])
                 logprobs[i] = float(scores[j, best[j]] - log_z)
                 if wanted_top[i]:
-                    top[i] = _alternatives(scores[j] - log_z, None, wanted_top[i])
+                    ids = best_ids[asking.index(j), : wanted_top[i]]
+                    top[i] = [(int(t), float(scores[j, t] - log_z)) for t in ids if scores[j, t] > -np.inf]
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
