@@ -17,7 +17,7 @@ import torch
 from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
-from textgen.model.loader import load_model, model_directory
+from textgen.model.loader import load_model, load_tokenizer, model_directory
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
@@ -96,6 +96,20 @@ def reference():
 
     model = AutoModelForCausalLM.from_pretrained(model_directory(settings()), dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reference_greedy(reference):
+    """transformers' `generate`, greedy, 20 new tokens for each of ENGINE_PROMPTS: (text, token count),
+    computed once for both backends' engines, with the tokenizer both load (load_model's)."""
+    tokenizer = load_tokenizer(model_directory(settings()))
+    expected = {}
+    for prompt in ENGINE_PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.inference_mode():
+            out = reference.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=tokenizer.eos_token_id)
+        expected[prompt] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
+    return expected
 
 
 def new_cache(model, length: int) -> KVCache:
@@ -197,25 +211,20 @@ def test_onnx_logits_equal_the_torch_module():
     assert max(diffs) <= 1e-4, diffs
 
 
-def test_engine_greedy_equals_transformers_generate(fp32, reference):
+def test_engine_greedy_equals_transformers_generate(fp32, reference_greedy):
     model, tokenizer = fp32
     config = settings(quantize="none")
     engine = Engine(model, tokenizer, config).start()
     try:
         for prompt in ENGINE_PROMPTS:
-            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-            with torch.inference_mode():
-                out = reference.generate(
-                    ids, do_sample=False, max_new_tokens=20, pad_token_id=tokenizer.eos_token_id
-                )
-            expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            expected, generated = reference_greedy[prompt]
             request = validate_generate(
                 {"inputs": prompt, "parameters": {"do_sample": False, "max_new_tokens": 20}}, config
             )
             result = engine.submit(request).result()
             print(f"\n{prompt!r} -> {result.text!r}")
             assert result.text == expected
-            assert result.generated_tokens == out.shape[1] - ids.shape[1]
+            assert result.generated_tokens == generated
     finally:
         engine.stop()
 
