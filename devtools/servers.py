@@ -18,12 +18,15 @@ from werkzeug.serving import make_server
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def copy_tracked_files(dest) -> None:
-    """A build context as a user's checkout has it: the files git tracks, copied into `dest`."""
+def copy_tracked_files(dest, leave_out=()) -> None:
+    """A build context as a user's checkout has it: the files git tracks, copied into `dest` (but the
+    paths in `leave_out`)."""
     import shutil
 
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
     for name in files:
+        if name in leave_out:
+            continue
         if os.path.exists(os.path.join(ROOT, name)):
             os.makedirs(os.path.dirname(os.path.join(dest, name)) or dest, exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
@@ -75,8 +78,9 @@ def wait_healthy(url: str, timeout: float = 60.0, proc=None) -> None:
 
 
 @contextmanager
-def gunicorn_server(model_dir: str, **env_overrides):
-    """`gunicorn app:app` from the project root with MODEL_ID pointing at a local model directory."""
+def gunicorn_server(model_dir: str, *, wait_for_exit: bool = True, **env_overrides):
+    """`gunicorn app:app` from the project root with MODEL_ID pointing at a local model directory.
+    Stopped with SIGTERM at the end; `wait_for_exit=False` does not wait out its drain (`retire`)."""
     port = free_port()
     env = {**os.environ, "MODEL_ID": model_dir, "PORT": str(port), "THREADS": "2", **env_overrides}
     proc = start_module(["gunicorn", "app:app"], env)
@@ -85,7 +89,7 @@ def gunicorn_server(model_dir: str, **env_overrides):
         wait_healthy(url, proc=proc)
         yield url, proc
     finally:
-        stop_process(proc)
+        (stop_process if wait_for_exit else retire)(proc)
 
 
 def start_module(args, env):
@@ -101,6 +105,30 @@ def stop_process(proc, timeout: float = 30.0) -> None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+_retired: list = []
+
+
+def retire(proc) -> None:
+    """SIGTERM, as `stop_process`, without waiting for the exit: for a server whose shutdown nothing
+    checks (gunicorn drains DRAIN_SECONDS, 5 s by default, before it exits, idle or not). `reap_retired`
+    waits for them all (tests/conftest.py: at the end of the session)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        _retired.append(proc)
+
+
+def reap_retired(timeout: float = 30.0) -> None:
+    """Wait for every retired process to exit; SIGKILL one that is still running after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while _retired:
+        proc = _retired.pop()
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -126,7 +154,8 @@ def serving(settings):
 def thread_server(app):
     """The app behind werkzeug's threaded server in this process (the engine stays inspectable)."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # serve_forever looks for shutdown() every poll_interval: 0.5 s by default, paid at every stop.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

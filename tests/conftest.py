@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from devtools.models import make_tiny
-from devtools.servers import chromium_path, haproxy_path, thread_server
+from devtools.servers import chromium_path, gunicorn_server, haproxy_path, reap_retired, thread_server
 from tests.models import add_chat_template
 from textgen.engine import Engine
 from textgen.model.loader import load_model
@@ -62,9 +62,26 @@ def pytest_runtest_setup(item):
         pytest.skip(f"{marker} tests need what is missing here: {problem}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _retired_servers_reaped():
+    """Servers stopped without waiting out their drain (devtools.servers.retire) have all exited by the
+    end of the session."""
+    yield
+    reap_retired()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return str(make_tiny(str(tmp_path_factory.mktemp("tiny-gpt2"))))
+
+
+@pytest.fixture(scope="session")
+def gunicorn_url(tiny_model_dir):
+    """`gunicorn app:app` (gunicorn.conf.py) on the tiny model with the default settings, one for the
+    session: the tests that only send it requests share it (test_live_server, test_tgi_clients,
+    test_update_readme_insight). Its shutdown is nobody's subject: not waited for."""
+    with gunicorn_server(tiny_model_dir, wait_for_exit=False) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

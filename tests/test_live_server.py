@@ -9,22 +9,8 @@ import time
 import pytest
 import requests
 
-from devtools.servers import (
-    free_port,
-    gunicorn_server,
-    start_module,
-    stop_process,
-    thread_server,
-    wait_healthy,
-    wait_until,
-)
+from devtools.servers import free_port, retire, start_module, thread_server, wait_healthy, wait_until
 from textgen.server import create_app
-
-
-@pytest.fixture(scope="module")
-def gunicorn_url(tiny_model_dir):
-    with gunicorn_server(tiny_model_dir) as (url, _):
-        yield url
 
 
 def test_seed_curl_example(gunicorn_url):
@@ -69,7 +55,7 @@ def test_health_answers_during_a_long_generation(tiny_model_dir, tmp_path):
         assert took < 1.0
         assert done.wait(60)
     finally:
-        stop_process(proc)
+        retire(proc)
 
 
 def running(url: str) -> float:

@@ -17,7 +17,7 @@ import torch
 from tests.real_weights import GGUF_NAME, smollm2_dir
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
-from textgen.model.loader import load_model, model_directory
+from textgen.model.loader import load_model, load_tokenizer, model_directory
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
@@ -98,6 +98,20 @@ def reference():
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def reference_greedy(reference):
+    """transformers' `generate`, greedy, 20 new tokens for each of ENGINE_PROMPTS: (text, token count),
+    computed once for both backends' engines, with the tokenizer both load (load_model's)."""
+    tokenizer = load_tokenizer(model_directory(settings()))
+    expected = {}
+    for prompt in ENGINE_PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.inference_mode():
+            out = reference.generate(ids, do_sample=False, max_new_tokens=20, pad_token_id=tokenizer.eos_token_id)
+        expected[prompt] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), out.shape[1] - ids.shape[1]
+    return expected
+
+
 def new_cache(model, length: int) -> KVCache:
     cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
     cache.reserve(1, length)  # the model's attention writes into the cache: room must exist first
@@ -114,15 +128,26 @@ def forward_all(model, cache: KVCache, ids, start: int) -> torch.Tensor:
         return model.module(tokens, positions, cache, 0, torch.arange(n)[None])[0]
 
 
-def logits_at_every_position(model, cache: KVCache, ids, start: int) -> np.ndarray:
-    """The same as `forward_all` through any backend's contract (logits after the last token of a
-    call only): one token per call, as decode steps. [len, vocab]"""
-    if model.backend == "torch":
-        return forward_all(model, cache, ids, start).numpy()
-    out = []
-    for i, token in enumerate(ids):
-        out.append(model.forward(np.array([[token]]), np.array([start + i]), np.array([1]), cache, 0, True)[0])
-    return np.stack(out)
+def decoded_logits(model, ids, width: int = 128):
+    """(position, logits after the token there) for every position of `ids`, through any backend's
+    contract (logits after the last token of a call only): every scored logit comes from a decode step,
+    one token per row per call. The sequence is cut into segments of `width` tokens, each in a cache
+    slot of its own that first receives the keys and values of everything before the segment (prefilled
+    once, chunk by chunk, in slot 0, and copied); then all segments step together, so a pass over n
+    tokens takes `width` calls instead of n."""
+    n = len(ids)
+    segments = -(-n // width)
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(1 + segments, n)
+    for s in range(1, segments):  # slot 1 + s: the context of segment s (slot 1, segment 0, has none)
+        model.forward(np.array([ids[(s - 1) * width : s * width]]), np.array([(s - 1) * width]), np.array([width]), cache, 0, False)
+        cache.move(0, 1 + s, s * width)
+    for j in range(width):
+        positions = np.arange(segments) * width + j
+        positions = positions[positions < n]  # only the last segment can be shorter: rows end from the last
+        tokens = np.array(ids)[positions][:, None]
+        logits = model.forward(tokens, positions, np.ones(len(positions), dtype=np.int64), cache, 1, True)
+        yield from zip(positions.tolist(), logits)
 
 
 def tokenize(tokenizer, prompt):
@@ -186,40 +211,42 @@ def test_onnx_logits_equal_the_torch_module():
     assert max(diffs) <= 1e-4, diffs
 
 
-def test_engine_greedy_equals_transformers_generate(fp32, reference):
+def test_engine_greedy_equals_transformers_generate(fp32, reference_greedy):
     model, tokenizer = fp32
     config = settings(quantize="none")
     engine = Engine(model, tokenizer, config).start()
     try:
         for prompt in ENGINE_PROMPTS:
-            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-            with torch.inference_mode():
-                out = reference.generate(
-                    ids, do_sample=False, max_new_tokens=20, pad_token_id=tokenizer.eos_token_id
-                )
-            expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            expected, generated = reference_greedy[prompt]
             request = validate_generate(
                 {"inputs": prompt, "parameters": {"do_sample": False, "max_new_tokens": 20}}, config
             )
             result = engine.submit(request).result()
             print(f"\n{prompt!r} -> {result.text!r}")
             assert result.text == expected
-            assert result.generated_tokens == out.shape[1] - ids.shape[1]
+            assert result.generated_tokens == generated
     finally:
         engine.stop()
 
 
 def perplexity(model, ids, chunk: int = 256) -> float:
-    """exp(mean negative log-likelihood of each next token), prefilled in chunks through the KV cache."""
-    cache = new_cache(model, len(ids))
+    """exp(mean negative log-likelihood of each next token): the torch module prefills in chunks through
+    the KV cache (logits at every position of a call); other backends decode (`decoded_logits`)."""
     nll, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(ids), chunk):
-            logits = torch.from_numpy(logits_at_every_position(model, cache, ids[start : start + chunk], start))
-            targets = torch.tensor(ids[start + 1 : start + chunk + 1])  # the last position has no next token
-            logp = torch.log_softmax(logits[: len(targets)].double(), dim=-1)
-            nll -= logp.gather(1, targets[:, None]).sum().item()
-            count += len(targets)
+    if model.backend == "torch":
+        cache = new_cache(model, len(ids))
+        with torch.inference_mode():
+            for start in range(0, len(ids), chunk):
+                logits = forward_all(model, cache, ids[start : start + chunk], start)
+                targets = torch.tensor(ids[start + 1 : start + chunk + 1])  # the last position has no next token
+                logp = torch.log_softmax(logits[: len(targets)].double(), dim=-1)
+                nll -= logp.gather(1, targets[:, None]).sum().item()
+                count += len(targets)
+    else:
+        for position, logits in decoded_logits(model, ids):
+            if position + 1 < len(ids):  # the last position has no next token
+                nll -= torch.log_softmax(torch.from_numpy(logits).double(), dim=-1)[ids[position + 1]].item()
+                count += 1
     assert count == len(ids) - 1
     return math.exp(nll / count)
 
@@ -241,26 +268,31 @@ def test_int8_perplexity_within_3_percent(fp32, int8):
     assert abs(ppl_int8 / ppl_fp32 - 1) <= 0.03, f"int8 perplexity {ppl_int8:.3f}, float32 {ppl_fp32:.3f}"
 
 
-def greedy(model, ids, n: int = 16):
-    """n greedy tokens: a prefill, then n - 1 decode steps through the KV cache."""
-    cache = new_cache(model, len(ids) + n)
+def greedy(model, prompts, n: int = 16):
+    """n greedy tokens for each prompt: each prefilled alone in its own slot, then n - 1 decode steps
+    through the KV cache with all the prompts' rows together, as the engine decodes. (Their tokens are
+    those of each prompt decoded alone, on both backends, float32 and int8, measured when this replaced
+    one prompt at a time; prompts prefilled together, right-padded, were not on torch int8: 2 of 20.)"""
+    lengths = np.array([len(ids) for ids in prompts])
+    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+    cache.reserve(len(prompts), int(lengths.max()) + n)
+    logits = np.stack(
+        [model.forward(np.array([ids]), np.array([0]), np.array([len(ids)]), cache, row, True)[0] for row, ids in enumerate(prompts)]
+    )
     out = []
-    last = np.array([len(ids)])
-    logits = model.forward(np.array([ids]), np.array([0]), last, cache, 0, True)[0]
     for step in range(n):
-        out.append(int(logits.argmax()))
+        out.append(logits.argmax(axis=-1))
         if step < n - 1:
-            logits = model.forward(np.array([out[-1:]]), np.array([len(ids) + step]), np.array([1]), cache, 0, True)[0]
-    return out
+            logits = model.forward(out[-1][:, None], lengths + step, np.ones(len(prompts), dtype=np.int64), cache, 0, True)
+    return np.stack(out, axis=1).tolist()
 
 
 def test_int8_greedy_continuations_mostly_match(fp32, int8):
     tokenizer = fp32[1]
     assert len(GREEDY_PROMPTS) == 20
     matches = 0
-    for prompt in GREEDY_PROMPTS:
-        ids = tokenize(tokenizer, prompt)
-        a, b = greedy(fp32[0], ids), greedy(int8[0], ids)
+    prompts = [tokenize(tokenizer, prompt) for prompt in GREEDY_PROMPTS]
+    for prompt, a, b in zip(GREEDY_PROMPTS, greedy(fp32[0], prompts), greedy(int8[0], prompts)):
         matches += a == b
         if a != b:
             print(f"\ndiffers: {prompt!r}\n  float32 {tokenizer.decode(a)!r}\n  int8    {tokenizer.decode(b)!r}")

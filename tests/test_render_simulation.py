@@ -20,6 +20,7 @@ import yaml
 
 from devtools.models import fetch_gpt2_vocab, make_distilgpt2
 from devtools.servers import ROOT, copy_tracked_files, free_port
+from tests.test_container import NOT_IN_CONTEXT
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -56,7 +57,7 @@ def image(tmp_path_factory):
     """The image as Render builds it, with DistilGPT2's architecture (random weights, GPT-2's real
     vocabulary when npm answers) in place of the Hub download."""
     ctx = tmp_path_factory.mktemp("render-context")
-    copy_tracked_files(ctx)
+    copy_tracked_files(ctx, leave_out=NOT_IN_CONTEXT)  # tests/test_container.py says why
     try:
         vocab = fetch_gpt2_vocab(os.path.join(os.path.expanduser("~"), ".cache", "textgen", "gpt2-vocab"))
     except Exception:  # no npm: a trained tokenizer, same cost per token

@@ -14,8 +14,6 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.servers import gunicorn_server
-
 # The latest release of TGI's Python client on PyPI (0.7.0, March 2024).
 TGI_CLIENT = "text-generation==0.7.0"
 TGI_CLIENT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "textgen", "tgi-client-" + TGI_CLIENT.split("==")[1])
@@ -65,12 +63,6 @@ def tgi_client_python():
         with open(marker, "w") as f:
             f.write(TGI_CLIENT + "\n")
     return python
-
-
-@pytest.fixture(scope="module")
-def gunicorn_url(tiny_model_dir):
-    with gunicorn_server(tiny_model_dir) as (url, _):
-        yield url
 
 
 def compat_requests(url: str) -> float:

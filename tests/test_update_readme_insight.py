@@ -29,7 +29,7 @@ from scripts.update_readme_insight import (
     replace_between_markers,
     sanitize,
 )
-from devtools.servers import ROOT, free_port, gunicorn_server, stop_process
+from devtools.servers import ROOT, free_port, gunicorn_server, retire
 
 SCRIPT = os.path.join(ROOT, "scripts", "update_readme_insight.py")
 
@@ -248,10 +248,10 @@ def readme(tmp_path):
     return path
 
 
-@pytest.fixture(scope="module")
-def api_url(tiny_model_dir):
-    with gunicorn_server(tiny_model_dir) as (url, _):
-        yield url
+@pytest.fixture
+def api_url(gunicorn_url):
+    """The session's gunicorn on the tiny model (tests/conftest.py)."""
+    return gunicorn_url
 
 
 def run_cli(*args, timeout=120):
@@ -355,7 +355,7 @@ def test_waits_for_a_server_that_comes_up_late(tiny_model_dir, readme, capsys):
         timer.cancel()
         timer.join()
         for proc in procs:
-            stop_process(proc)
+            retire(proc)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert elapsed >= delay
@@ -397,7 +397,7 @@ def stub_server(generate_status=200, generate_body=None, info=(200, {"model_id":
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", seen
@@ -518,7 +518,7 @@ def test_against_a_keyed_server(tiny_model_dir, readme, capsys, monkeypatch):
     the README byte-identical."""
     monkeypatch.delenv("INSIGHT_API_KEY", raising=False)
     before = readme.read_bytes()
-    with gunicorn_server(tiny_model_dir, API_KEY="old-key,insight-key") as (url, _):
+    with gunicorn_server(tiny_model_dir, wait_for_exit=False, API_KEY="old-key,insight-key") as (url, _):
         args = ["--api-url", url, "--readme", str(readme), "--greedy", "--max-new-tokens", "8", "--wake-timeout", "5"]
         assert main([*args, "--api-key", "wrong-key"]) == 1
         assert "401" in capsys.readouterr().err

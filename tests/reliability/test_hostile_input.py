@@ -59,7 +59,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(chat_model_dir):
-    with gunicorn_server(chat_model_dir) as (url, proc):
+    with gunicorn_server(chat_model_dir, wait_for_exit=False) as (url, proc):  # its shutdown is not checked
         yield Server(url, proc)
 
 

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import psutil
 import requests
 
-from devtools.servers import ROOT, free_port, start_module, stop_process, wait_healthy
+from devtools.servers import ROOT, free_port, retire, start_module, wait_healthy
 from tests.reliability.fault_app import EngineCrash
 
 OVERLOAD_SECONDS = float(os.environ.get("OVERLOAD_SECONDS", "60"))
@@ -53,7 +53,7 @@ def serve(model_dir: str, app: str = "app:app", **env):
         wait_healthy(url, proc=proc)
         yield SimpleNamespace(url=url, proc=proc, log=lambda: "".join(lines))
     finally:
-        stop_process(proc)
+        retire(proc)  # SIGTERM; the tests that check a shutdown signal and wait for it themselves
 
 
 def wait_until(condition, timeout=10.0, interval=0.05) -> bool:
