@@ -77,7 +77,8 @@ def raw_post(url: str, path: str, body: dict) -> socket.socket:
     return sock
 
 
-@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+# A blocking request's hang-up (/generate, /v1/completions), the same way: tests/test_disconnect.py.
+@pytest.mark.parametrize("path", ["/generate_stream"])
 def test_a_client_that_hangs_up_frees_its_slot(make_engine, slow_forward, path):
     engine = make_engine()
     slow_forward(engine)  # 250 tokens now take over 5 s: only a cancellation frees the slot sooner
