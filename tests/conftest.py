@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from datetime import datetime, timezone
 import shutil
 import subprocess
 
@@ -68,6 +69,20 @@ def _retired_servers_reaped():
     end of the session."""
     yield
     reap_retired()
+
+
+@pytest.fixture(scope="session")
+def image_builds():
+    """For the fixtures that build images. Tests rebuild fixed tags, so each run leaves the images it
+    untagged, and every build its builder stage, dangling: ~2 GB a run, which filled this machine's disk
+    once. At the end of the session the dangling images older than it are removed; this run's stay, as
+    the next build's layer cache."""
+    started = datetime.now(timezone.utc)
+    yield
+    subprocess.run(
+        ["docker", "image", "prune", "-f", "--filter", f"until={started:%Y-%m-%dT%H:%M:%SZ}"],
+        capture_output=True, timeout=300, check=False,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def docker(*args, check=True, timeout=900, **kw):
 
 
 @pytest.fixture(scope="module")
-def context(tmp_path_factory):
+def context(tmp_path_factory, image_builds):
     """A build context as a user's checkout has it (tracked files but NOT_IN_CONTEXT), plus a tiny model
     under models/."""
     ctx = tmp_path_factory.mktemp("context")

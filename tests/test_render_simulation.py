@@ -53,7 +53,7 @@ def render_environment() -> dict:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
+def image(tmp_path_factory, image_builds):
     """The image as Render builds it, with DistilGPT2's architecture (random weights, GPT-2's real
     vocabulary when npm answers) in place of the Hub download."""
     ctx = tmp_path_factory.mktemp("render-context")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
 from .architectures import native_family, prebuilt_dir, prebuilt_graph, read_config
+from .build_cache import cached_build
 from .threads import available_cpus
 
 if TYPE_CHECKING:
@@ -155,15 +156,13 @@ def model_directory(settings: Settings) -> str:
 
 def _cached_gguf_conversion(settings: Settings) -> str:
     """Dequantising a GGUF file takes ~40 s; do it once and keep the result as a plain checkpoint."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
-    stat = os.stat(gguf_path)
-    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = os.path.join(settings.cache_dir, "gguf-" + key[:16])
-    if not os.path.exists(os.path.join(target, "config.json")):
-        log.info("converting %s (once; cached in %s)", gguf_path, target)
+
+    def convert(out_dir: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s (once; cached in %s)", gguf_path, settings.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_id, gguf_file=settings.model_gguf_file)
         model = AutoModelForCausalLM.from_pretrained(
             settings.model_id, gguf_file=settings.model_gguf_file, dtype=torch.float32
@@ -172,12 +171,21 @@ def _cached_gguf_conversion(settings: Settings) -> str:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target + f".tmp{os.getpid()}"
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.makedirs(settings.cache_dir, exist_ok=True)
-        try:
-            os.rename(tmp, target)  # atomic: a concurrent converter either wins or finds it done
-        except OSError:
-            pass
-    return target
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+    source = {"path": os.path.abspath(gguf_path)}
+    return cached_build(settings.cache_dir, "gguf", file_fingerprint(gguf_path), source, convert, "config.json")
+
+
+def file_fingerprint(path: str, sample: int = 1 << 20) -> str:
+    """Identifies a file by its size and three 1 MiB samples (start: the GGUF header and metadata;
+    middle; end), not by its path or time: the same file installed again (a new virtualenv, a fresh
+    checkout) is the same conversion. Reading the whole file would cost seconds per start at 0.1 CPU."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
+            f.seek(offset)
+            digest.update(f.read(sample))
+    return digest.hexdigest()[:16]

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -50,6 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .architectures import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
+from .build_cache import cached_build
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
@@ -322,16 +322,8 @@ def graph_key(source_dir: str, quantize: str) -> str:
 
 def graph_path(source_dir: str, cache_dir: str, quantize: str) -> str:
     """The cached graph for this checkpoint and quantization, built on first use into
-    `cache_dir/onnx-<key>/` (in a temporary directory renamed into place: a concurrent builder either
-    wins or finds it done)."""
-    target = os.path.join(cache_dir, "onnx-" + graph_key(source_dir, quantize))
-    path = os.path.join(target, GRAPH_FILE)
-    if not os.path.exists(path):
-        tmp = target + f".tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_graph(source_dir, tmp, quantize)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process renamed its copy first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    `cache_dir/onnx-<key>/` (build_cache.py: built once, stale builds of the same checkpoint removed)."""
+    source = {"path": os.path.abspath(source_dir), "quantize": quantize}
+    key = graph_key(source_dir, quantize)
+    entry = cached_build(cache_dir, "onnx", key, source, lambda out: build_graph(source_dir, out, quantize), GRAPH_FILE)
+    return os.path.join(entry, GRAPH_FILE)
