@@ -4,6 +4,8 @@ a cached prefix gives the logits of a full one; rows leave and move while they u
 prefill), then the engine (greedy and seeded texts equal with and without it, one after another and
 prefilled together), its settings and its metrics."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -316,6 +318,11 @@ def test_texts_are_the_same_with_and_without_the_cache_one_after_another(make_en
     shared = len(on.prompts.tokenize(request(on.settings, SYSTEM)).prompt_ids) // 16 * 16  # whole blocks
     assert shared >= 96
     assert stats["hit_tokens"] >= (len(expected) - 1) * shared  # every one after the first reused the prefix
+    # Each result says how many of its prompt tokens the cache gave (OpenAI's usage.cached_tokens).
+    assert [r.cached_tokens for r in expected] == [0] * len(expected)
+    assert got[0].cached_tokens == 0 and min(r.cached_tokens for r in got[1:]) >= shared
+    assert sum(r.cached_tokens for r in got) == stats["hit_tokens"]
+    assert all(r.cached_tokens <= (r.prompt_tokens - 1) // 16 * 16 for r in got)
 
 
 def test_texts_are_the_same_with_and_without_the_cache_prefilled_together(make_engine, monkeypatch):
@@ -404,3 +411,23 @@ def test_the_setting_and_what_the_service_reports(make_client):
     }
     off_client, _ = make_client(prefix_cache_tokens=0)
     assert off_client.get("/metrics").get_data(as_text=True).count("textgen_prefix_cache_capacity_tokens 0.0") == 1
+
+
+def test_openai_usage_reports_the_cached_prompt_tokens(make_client):
+    """usage.prompt_tokens_details.cached_tokens, as OpenAI and vLLM report it: 0 for a prompt first
+    seen, its reused whole blocks the next time (once, whatever `n`), 0 with the cache off."""
+    client, _ = make_client(prefix_cache_tokens=1024)
+    body = {"model": "m", "prompt": SYSTEM + " Q: why?", "max_tokens": 2, "temperature": 1.0, "seed": 3, "n": 2}
+    first = client.post("/v1/completions", json=body).get_json()["usage"]
+    again = client.post("/v1/completions", json=body).get_json()["usage"]
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert again["prompt_tokens_details"] == {"cached_tokens": (first["prompt_tokens"] - 1) // 16 * 16}
+    assert again["prompt_tokens"] == first["prompt_tokens"] and again["completion_tokens"] == 4
+    streamed = {"model": "m", "prompt": "Hi. " + SYSTEM, "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
+    for attempt in range(2):
+        events = client.post("/v1/completions", json=streamed).get_data(as_text=True).split("\n\n")
+        usage = json.loads([e for e in events if '"usage"' in e][-1][len("data: "):])["usage"]
+        assert (usage["prompt_tokens_details"]["cached_tokens"] > 0) == (attempt == 1), usage
+    off_client, _ = make_client(prefix_cache_tokens=0)
+    off = off_client.post("/v1/completions", json=body).get_json()["usage"]
+    assert off["prompt_tokens_details"] == {"cached_tokens": 0}

@@ -43,7 +43,11 @@ class Batch:
         self._done: List[int] = []
         self._logits: List[Optional[np.ndarray]] = []
         self._scorers: List[Optional[Callable[[int, np.ndarray], None]]] = []
+        self._cached: List[int] = []  # prompt tokens each took from the prefix cache
         self._looked_up = False  # the group's cached prefixes are in its slots
+        # For the group that joined last, in its order: the prompt tokens each row took from the prefix
+        # cache instead of computing them (OpenAI's usage reports them as cached_tokens).
+        self.joined_cached: List[int] = []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,6 +74,7 @@ class Batch:
         self._done = [0] * len(rows)
         self._logits = [None] * len(rows)
         self._scorers = list(scorers) if scorers is not None else [None] * len(rows)
+        self._cached = [0] * len(rows)
         self._looked_up = self.prefix_cache is None
 
     def prefill_step(self) -> Optional[np.ndarray]:
@@ -111,7 +116,8 @@ class Batch:
         joined_logits = np.stack(self._logits)
         self.rows.extend(self.group)
         self.lengths.extend(self._done)
-        self.group, self._prompts, self._done, self._logits, self._scorers = [], [], [], [], []
+        self.joined_cached = self._cached
+        self.group, self._prompts, self._done, self._logits, self._scorers, self._cached = [], [], [], [], [], []
         return joined_logits
 
     def _load_cached_prefixes(self) -> None:
@@ -126,7 +132,7 @@ class Batch:
         self.cache.reserve(first + len(self.group), longest)
         for i, blocks in enumerate(found):
             if blocks:
-                self._done[i] = cache.load(blocks, self.cache, first + i)
+                self._done[i] = self._cached[i] = cache.load(blocks, self.cache, first + i)
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""
@@ -173,5 +179,6 @@ class Batch:
             self._done = [self._done[i] for i in kept]
             self._logits = [self._logits[i] for i in kept]
             self._scorers = [self._scorers[i] for i in kept]
+            self._cached = [self._cached[i] for i in kept]
         if self.empty:
             self.cache.clear()  # give the memory back while idle

@@ -189,6 +189,8 @@ class Engine:
             if logits is None:
                 return
             if kind == "prefill":
+                for sequence, cached in zip(rows, self._batch.joined_cached):
+                    sequence.cached_tokens = cached
                 rows, logits = self._fork(rows, logits)
             want_logprobs = [s.wants_logprobs for s in rows]  # only token events (streamed or kept) carry them
             # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.

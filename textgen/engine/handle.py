@@ -59,6 +59,9 @@ class GenerationResult:
     # The sum of the generated tokens' log-probabilities, where they were computed (TGI's `best_of`
     # answers with the completion whose sum is highest); None otherwise.
     logprob_sum: Optional[float] = field(default=None, compare=False)
+    # Prompt tokens whose keys and values the prefix cache gave instead of the prefill computing them
+    # (how much work it saved; the text is the same either way).
+    cached_tokens: int = field(default=0, compare=False)
     # Timings (not part of what was generated: two equal generations compare equal whatever they took).
     queue_time: float = field(default=0.0, compare=False)  # admission -> joined the batch, seconds
     compute_time: float = field(default=0.0, compare=False)  # joined the batch (prefill included) -> last token

@@ -43,6 +43,7 @@ class Sequence:
         self.choice = choice  # which of the request's `n` completions
         # Rows of the batch this one stands for: all n while the prompt is prefilled once, then 1 (`fork`).
         self.rows_held = entry.rows if choice == 0 else 1
+        self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
         self._tokenizer = tokenizer
         self._eos_token_ids = eos_token_ids
         self._special_token_ids = special_token_ids
@@ -119,6 +120,7 @@ class Sequence:
         """Completion `choice` of the request, from the same prompt (prefilled once, before any token)."""
         sibling = Sequence(self.entry, self._tokenizer, self._eos_token_ids, self._special_token_ids, choice, self.seed)
         sibling.prefill = list(self.prefill)
+        sibling.cached_tokens = self.cached_tokens
         return sibling
 
     def append(self, token: int, logprob: Optional[float], top: Optional[Alternatives] = None) -> None:
@@ -196,6 +198,7 @@ class Sequence:
             generated_tokens=len(self.generated),
             prompt_tokens=len(self.entry.prompt_ids),
             seed=self.seed,
+            cached_tokens=self.cached_tokens,
             tokens=tuple(self._kept or ()),
             prefill=tuple(self.prefill),
             choice=self.choice,

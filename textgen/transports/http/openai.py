@@ -155,10 +155,17 @@ class _Shape:
 
 
 def _usage(results: List[GenerationResult]) -> dict:
-    """The prompt counts once (it was prefilled once); every completion's tokens count."""
+    """The prompt counts once (it was prefilled once); every completion's tokens count. Its tokens the
+    prefix cache gave are `prompt_tokens_details.cached_tokens`, as OpenAI and vLLM report them."""
     prompt = results[0].prompt_tokens if results else 0
+    cached = results[0].cached_tokens if results else 0
     completion = sum(result.generated_tokens for result in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def _sse(payload: dict) -> str:

@@ -114,10 +114,15 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens taken from the prefix cache (PREFIX_CACHE_TOKENS), not computed.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(BaseModel):
