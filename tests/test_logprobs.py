@@ -104,6 +104,12 @@ def test_generated_and_prompt_logprobs_match_the_reference_model(engine, referen
     for t in range(1, len(prompt_ids)):
         assert result.prefill[t].logprob == pytest.approx(direct[t - 1, prompt_ids[t]], abs=1e-4)
     assert result.prefill[1].text == tokenizer.decode([prompt_ids[1]])
+    # Each prompt token's three most likely alternatives (the first token has none).
+    assert result.prefill[0].top_tokens == ()
+    for t in range(1, len(prompt_ids)):
+        alternatives = result.prefill[t].top_tokens
+        assert [a.id for a in alternatives] == [int(i) for i in np.argsort(-direct[t - 1], kind="stable")[:3]]
+        assert [a.logprob for a in alternatives] == pytest.approx([direct[t - 1, a.id] for a in alternatives], abs=1e-4)
     # Generated (greedy: the whole distribution): each token and its three best alternatives.
     for j, token in enumerate(result.tokens):
         row_lp = direct[len(prompt_ids) - 1 + j]
@@ -205,6 +211,12 @@ def test_echo_with_logprobs_lists_the_prompt_first(live):
     listed = [t for chunk in streamed if chunk.choices and chunk.choices[0].logprobs for t in chunk.choices[0].logprobs.token_logprobs]
     assert listed[0] is None and listed[1:] == pytest.approx(lp.token_logprobs[1:])
     assert "".join(c.choices[0].text for c in streamed if c.choices) == answer.choices[0].text
+    # With alternatives asked for, the prompt's tokens list theirs too (the first none), as OpenAI does.
+    top = sdk(live).completions.create(model="m", prompt="Hello world", max_tokens=1, temperature=0, logprobs=2, echo=True)
+    listed = top.choices[0].logprobs
+    assert listed.top_logprobs[0] is None and listed.token_logprobs[1:len(prompt_tokens)] == pytest.approx(lp.token_logprobs[1:len(prompt_tokens)])
+    for alternatives, logprob in zip(listed.top_logprobs[1:], listed.token_logprobs[1:]):
+        assert 1 <= len(alternatives) <= 2 and max(alternatives.values()) >= logprob - 1e-6
 
 
 def test_chat_logprobs_and_top_logprobs(chat_live):

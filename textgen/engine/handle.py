@@ -25,6 +25,9 @@ class TokenInfo:
     text: str  # the token decoded on its own
     logprob: Optional[float]
     special: bool = False
+    # A prompt token's most likely alternatives at its position, when the request asked for them
+    # (OpenAI's `echo` with `logprobs`: the model's own distribution; the first prompt token has none).
+    top_tokens: Tuple["TokenInfo", ...] = ()
 
 
 @dataclass(frozen=True)

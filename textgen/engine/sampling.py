@@ -161,6 +161,13 @@ def _draw(scores, ids, which: List[int], rows, out: Picks, wanted_top: List[int]
             out.top[i] = _alternatives(log_probs[j, :width], None if row_ids is None else row_ids[:width], wanted_top[i])
 
 
+def most_likely(log_probs: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Each row's k most likely token ids and their log-probabilities, best first (a prompt's
+    alternatives, with OpenAI's `echo` and `logprobs`)."""
+    ids = _k_best_ids(log_probs, k)
+    return ids, np.take_along_axis(log_probs, ids, axis=-1)
+
+
 def _top_k_candidates(scores: np.ndarray, ks: List[int]) -> Tuple[np.ndarray, np.ndarray]:
     """Each row's k best scores (sorted, best first; equal scores in token order, so a row's candidates
     never depend on its neighbours) and their token ids; -inf past a row's own k."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ..validation.tgi import MAX_SEED
 from .detokenize import IncrementalDetokenizer, decode_generated
 from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry
-from .sampling import Alternatives, RowSampling, log_softmax
+from .sampling import Alternatives, RowSampling, log_softmax, most_likely
 from .stop import StopMatcher
 
 
@@ -104,17 +104,23 @@ class Sequence:
     def score_prompt(self, offset: int, logits: np.ndarray) -> None:
         """The logits at prompt positions offset.. (one prefill chunk, [n, vocab]): each predicts the next
         prompt token, whose log-probability (under the model's own distribution: nothing was sampled
-        here) is recorded. The first prompt token has none."""
+        here) is recorded, with its `top_n` most likely alternatives when asked for. The first prompt
+        token has none."""
         prompt = self.entry.prompt_ids
         if offset == 0:
             self.prefill.append(self._info(prompt[0], None))
         targets = prompt[offset + 1 : offset + 1 + len(logits)]  # the last position predicts no prompt token
         log_probs = log_softmax(logits[: len(targets)])
+        if self.top_n and len(targets):
+            top_ids, top_values = most_likely(log_probs, self.top_n)
         for row, target in enumerate(targets):
-            self.prefill.append(self._info(target, float(log_probs[row, target])))
+            top = ()
+            if self.top_n:
+                top = tuple(self._info(int(t), float(v)) for t, v in zip(top_ids[row], top_values[row]))
+            self.prefill.append(self._info(target, float(log_probs[row, target]), top))
 
-    def _info(self, token: int, logprob: Optional[float]) -> TokenInfo:
-        return TokenInfo(token, self._tokenizer.decode([token]), logprob, token in self._special_token_ids)
+    def _info(self, token: int, logprob: Optional[float], top: Tuple[TokenInfo, ...] = ()) -> TokenInfo:
+        return TokenInfo(token, self._tokenizer.decode([token]), logprob, token in self._special_token_ids, top)
 
     def fork(self, choice: int) -> "Sequence":
         """Completion `choice` of the request, from the same prompt (prefilled once, before any token)."""

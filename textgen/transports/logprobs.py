@@ -3,8 +3,8 @@ stream chunks).
 
 Completions (the legacy shape): parallel lists `tokens`, `token_logprobs`, `top_logprobs` (a dict of
 the most likely alternatives per token) and `text_offset` (where each token's text starts in the
-returned text). With `echo`, the prompt's tokens come first: the first has no log-probability, and
-prompt tokens list no alternatives (null). Chat: `content`, one entry per token with its UTF-8 `bytes`
+returned text). With `echo`, the prompt's tokens come first: the first has no log-probability and no
+alternatives (null), the others their alternatives under the model's own distribution. Chat: `content`, one entry per token with its UTF-8 `bytes`
 and its `top_logprobs`. A generated token's text is the text it adds in context (a character split
 over two tokens shows on the second); alternatives and prompt tokens are each decoded on their own.
 """
@@ -20,7 +20,8 @@ def completion_logprobs(prefill: Sequence[TokenInfo], tokens: Iterable[TokenEven
     """`offset`: where the first listed token's text starts in the answer's text."""
     body: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for token in prefill:
-        offset = _add(body, token.text, token.logprob, None, offset)
+        top = None if token.logprob is None else {alt.text: alt.logprob for alt in token.top_tokens}
+        offset = _add(body, token.text, token.logprob, top, offset)
     for event in tokens:
         top = {alt.text: alt.logprob for alt in event.top_tokens}
         offset = _add(body, event.text, event.logprob, top, offset)
