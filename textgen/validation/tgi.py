@@ -73,13 +73,13 @@ class GenerationRequest:
     top_n_tokens: int = 0  # each generated token's most likely alternatives (with `details` or a stream)
     n: int = 1  # completions of the prompt, each a row of the batch (OpenAI's `n`, TGI's `best_of`)
     pick_best: bool = False  # TGI's `best_of`: answer with the likeliest of the n, the others in details
+    decoder_input_details: bool = False  # the prompt's tokens with their log-probabilities (with `details`)
 
     @property
     def scores_prompt(self) -> bool:
         """The answer lists the prompt's tokens with their log-probabilities (every position's logits
         are computed: no prefix is taken from the prefix cache)."""
         return self.decoder_input_details and self.details
-    decoder_input_details: bool = False  # the prompt's tokens with their log-probabilities (with `details`)
 
 
 class Parameters(BaseModel):
