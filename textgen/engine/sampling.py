@@ -76,17 +76,19 @@ def choose_next_tokens(
         # Greedy: the most likely token; its log-probability under the (penalised) distribution.
         scores = logits if len(greedy) == len(rows) else logits[greedy]
         best = scores.argmax(axis=-1)
-        # The rows asking for alternatives get them from one vectorised pass (ids best first).
+        # The rows asking for alternatives get them from one vectorised pass (best first).
         asking = [j for j, i in enumerate(greedy) if wanted_top[i]]
-        best_ids = _k_best_ids(scores[asking], max(wanted_top[greedy[j]] for j in asking)) if asking else None
+        if asking:
+            best_ids, best_scores = most_likely(scores[asking], max(wanted_top[greedy[j]] for j in asking))
+            rank = {j: a for a, j in enumerate(asking)}
         for j, i in enumerate(greedy):
             tokens[i] = int(best[j])
             if want_logprobs is None or want_logprobs[i] or wanted_top[i]:
                 log_z = _logsumexp(scores[j])
                 logprobs[i] = float(scores[j, best[j]] - log_z)
                 if wanted_top[i]:
-                    ids = best_ids[asking.index(j), : wanted_top[i]]
-                    top[i] = [(int(t), float(scores[j, t] - log_z)) for t in ids if scores[j, t] > -np.inf]
+                    found = zip(best_ids[rank[j], : wanted_top[i]], best_scores[rank[j], : wanted_top[i]])
+                    top[i] = [(int(t), float(s - log_z)) for t, s in found if s > -np.inf]
 
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
@@ -161,11 +163,10 @@ def _draw(scores, ids, which: List[int], rows, out: Picks, wanted_top: List[int]
             out.top[i] = _alternatives(log_probs[j, :width], None if row_ids is None else row_ids[:width], wanted_top[i])
 
 
-def most_likely(log_probs: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Each row's k most likely token ids and their log-probabilities, best first (a prompt's
-    alternatives, with OpenAI's `echo` and `logprobs`)."""
-    ids = _k_best_ids(log_probs, k)
-    return ids, np.take_along_axis(log_probs, ids, axis=-1)
+def most_likely(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Each row's k best token ids and their scores (logits or log-probabilities), best first."""
+    ids = _k_best_ids(scores, k)
+    return ids, np.take_along_axis(scores, ids, axis=-1)
 
 
 def _top_k_candidates(scores: np.ndarray, ks: List[int]) -> Tuple[np.ndarray, np.ndarray]:

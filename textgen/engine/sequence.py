@@ -111,12 +111,11 @@ class Sequence:
             self.prefill.append(self._info(prompt[0], None))
         targets = prompt[offset + 1 : offset + 1 + len(logits)]  # the last position predicts no prompt token
         log_probs = log_softmax(logits[: len(targets)])
+        tops = [()] * len(targets)
         if self.top_n and len(targets):
-            top_ids, top_values = most_likely(log_probs, self.top_n)
-        for row, target in enumerate(targets):
-            top = ()
-            if self.top_n:
-                top = tuple(self._info(int(t), float(v)) for t, v in zip(top_ids[row], top_values[row]))
+            ids, values = most_likely(log_probs, self.top_n)
+            tops = [tuple(self._info(int(t), float(v)) for t, v in zip(*row)) for row in zip(ids, values)]
+        for row, (target, top) in enumerate(zip(targets, tops)):
             self.prefill.append(self._info(target, float(log_probs[row, target]), top))
 
     def _info(self, token: int, logprob: Optional[float], top: Tuple[TokenInfo, ...] = ()) -> TokenInfo:

@@ -4,8 +4,8 @@ stream chunks).
 Completions (the legacy shape): parallel lists `tokens`, `token_logprobs`, `top_logprobs` (a dict of
 the most likely alternatives per token) and `text_offset` (where each token's text starts in the
 returned text). With `echo`, the prompt's tokens come first: the first has no log-probability and no
-alternatives (null), the others their alternatives under the model's own distribution. Chat: `content`, one entry per token with its UTF-8 `bytes`
-and its `top_logprobs`. A generated token's text is the text it adds in context (a character split
+alternatives (null), the others their alternatives under the model's own distribution. Chat:
+`content`, one entry per token with its UTF-8 `bytes` and its `top_logprobs`. A generated token's text is the text it adds in context (a character split
 over two tokens shows on the second); alternatives and prompt tokens are each decoded on their own.
 """
 
