@@ -248,12 +248,6 @@ def readme(tmp_path):
     return path
 
 
-@pytest.fixture
-def api_url(gunicorn_url):
-    """The session's gunicorn on the tiny model (tests/conftest.py)."""
-    return gunicorn_url
-
-
 def run_cli(*args, timeout=120):
     started = time.monotonic()
     proc = subprocess.run(
@@ -277,18 +271,18 @@ def no_temp_files_left(path):
     return sorted(os.listdir(path.parent)) == [path.name]
 
 
-def test_end_to_end_against_gunicorn_then_unchanged(api_url, readme, tiny_model_dir, capsys, monkeypatch):
+def test_end_to_end_against_gunicorn_then_unchanged(gunicorn_url, readme, tiny_model_dir, capsys, monkeypatch):
     monkeypatch.delenv("INSIGHT_API_KEY", raising=False)
     before = readme.read_bytes()
     days = {utc_today()}  # before and after the run: one crossing midnight UTC sees either date
-    args = ["--api-url", api_url + "/", "--readme", str(readme), "--seed", "7", "--max-new-tokens", "24"]
+    args = ["--api-url", gunicorn_url + "/", "--readme", str(readme), "--seed", "7", "--max-new-tokens", "24"]
     assert main(args) == 0
     days.add(utc_today())
     assert "updated" in capsys.readouterr().out
     inner = assert_only_block_changed(readme, before)
 
     expected = requests.post(
-        api_url + "/generate",
+        gunicorn_url + "/generate",
         json={"inputs": insight.DEFAULT_PROMPT, "parameters": {"max_new_tokens": 24, "seed": 7}},
         timeout=60,
     ).json()["generated_text"]
@@ -309,8 +303,8 @@ def test_end_to_end_against_gunicorn_then_unchanged(api_url, readme, tiny_model_
     assert (st2.st_ino, st2.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)  # not even rewritten
 
 
-def test_greedy_request_is_deterministic(api_url, readme):
-    args = ["--api-url", api_url, "--readme", str(readme), "--greedy", "--max-new-tokens", "16"]
+def test_greedy_request_is_deterministic(gunicorn_url, readme):
+    args = ["--api-url", gunicorn_url, "--readme", str(readme), "--greedy", "--max-new-tokens", "16"]
     assert main(args) == 0
     first = readme.read_bytes()
     assert first != SEED_README.encode()
@@ -496,10 +490,10 @@ def test_bad_markers_fail_before_calling_the_api(tmp_path, capsys, content, mess
     assert path.read_bytes() == content.encode()
 
 
-def test_bad_markers_through_the_real_server(api_url, tmp_path):
+def test_bad_markers_through_the_real_server(gunicorn_url, tmp_path):
     path = tmp_path / "README.md"
     path.write_bytes(b"# Nothing to replace\n")
-    proc, _ = run_cli("--api-url", api_url, "--readme", str(path), "--wake-timeout", "5")
+    proc, _ = run_cli("--api-url", gunicorn_url, "--readme", str(path), "--wake-timeout", "5")
     assert proc.returncode == 1
     assert "INSIGHT:START --> appears 0 times" in proc.stderr
     assert path.read_bytes() == b"# Nothing to replace\n"

@@ -89,9 +89,9 @@ def _alive(pid: str) -> bool:
     if not pid.isdigit():
         return True  # not one of ours: leave it
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, as another user's
+        pass
     return True
