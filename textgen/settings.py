@@ -18,7 +18,8 @@ class Settings:
     model_id: str = "distilbert/distilgpt2"
     # A .gguf file inside `model_id` (a directory); transformers dequantises it, so it is done once and cached.
     model_gguf_file: Optional[str] = None
-    # Where built artefacts are cached (ONNX graphs, GGUF conversions; a directory each); writable (/tmp on Lambda).
+    # Where built artefacts are cached (ONNX graphs, GGUF conversions; a directory each per checkpoint and
+    # quantization, and a rebuild removes the one it replaces); must be writable (/tmp on Lambda).
     cache_dir: str = field(default_factory=lambda: os.path.join(os.path.expanduser("~"), ".cache", "textgen"))
 
     # Longest prompt accepted, in tokens; None = MAX_TOTAL_TOKENS - 1 (TGI's default).
@@ -52,9 +53,11 @@ class Settings:
     # "auto": ONNX Runtime when the architecture has a native definition (GPT-2, Llama, Qwen2), else
     # transformers' AutoModelForCausalLM; "onnx", "torch" (the native plain-torch modules, the readable
     # reference; "native" is its old name) or "transformers" force one (onnx and torch fail on others).
+    # torch and transformers need requirements-torch.txt (docs/models.md, Backends).
     model_backend: str = "auto"
-    # "int8": int8 weights with per-channel scales, 4x less memory and ~5x faster decode on a CPU, at
-    # ~1% perplexity (README, Performance); "none" keeps the checkpoint's float32 numbers.
+    # "int8": 8-bit weights (onnx: blocks of 32, one scale each; torch: one scale per output channel), ~4x
+    # less memory for the weights and 2-4x faster decoding on a CPU, at under 1% perplexity (docs/models.md,
+    # int8); the Docker image is built with it. "none" keeps the checkpoint's float32 numbers.
     quantize: str = "none"
     # Prompt tokens prefilled per engine step: a long prompt is cut into chunks between decode steps,
     # so the streams already running pause for one chunk at a time, never for a whole long prompt.
@@ -65,12 +68,13 @@ class Settings:
     # kv_heads x head_dim x 4 bytes, DistilGPT2's 36,864 bytes a token: 2048 tokens = 72 MiB, beside a
     # worst-case KV cache of 720 MiB at the defaults (16 rows x 1,280 positions); it holds two of the
     # longest prompts (1,023 tokens) or sixteen 128-token ones. A 900-token prefix then costs a copy of a
-    # few ms instead of its prefill (README, Performance).
+    # few ms instead of its prefill (docs/performance.md, Prefix cache).
     prefix_cache_tokens: int = 2048
-    # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
+    # torch backend: float32 decode matmuls as (W @ x.T).T with MKL-friendly widths, 1.3-2x faster steps here
+    # (docs/performance.md); false = plain F.linear.
     skinny_matmul: bool = True
     # Intra-op threads of the model runtime (ONNX Runtime or torch); None = the CPUs this process may
-    # use (affinity and cgroup quota aware).
+    # use (affinity and cgroup v1/v2 quota aware: `--cpus 0.1` gives 1).
     threads: Optional[int] = None
     # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.
     max_request_bytes: int = 1_000_000
