@@ -42,7 +42,7 @@ NAME = "gpt2-text-generator"
 # kubernetes-validate 1.37.0 ships is 1.37. Move both on as releases come and go.
 OLDEST_SUPPORTED, NEWEST = "1.35.0", "1.37.0"
 BUILTIN_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2"}
-# The variants users apply: the base, and the base with components (deploy/kubernetes/README.md).
+# The variants users apply: the base, and the base with components (docs/deploy/kubernetes.md).
 VARIANTS = {
     "base": [],
     "servicemonitor": ["servicemonitor"],
@@ -424,7 +424,7 @@ def test_startup_probe_covers_the_model_load_many_times_over(container, measured
     startup = container["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert startup["timeoutSeconds"] <= startup["periodSeconds"]
-    # Measured at this pod's CPU; 0.1 CPU took 19-21 s (README, Deploy to Render): the budget covers both.
+    # Measured at this pod's CPU; 0.1 CPU took 19-21 s (docs/deploy/render.md): the budget covers both.
     assert budget >= 10 * measured["seconds_to_healthy"] and budget >= 2 * 21, (budget, measured["seconds_to_healthy"])
     assert "initialDelaySeconds" not in container["livenessProbe"]  # the startup probe holds it back instead
 
