@@ -1,4 +1,4 @@
-"""The images built and run for real (docker -> Podman through ../shared/container), as README says.
+"""The images built and run for real (docker -> Podman through ../shared/container), as docs/deploy/docker.md says.
 
 Marked `container`: `.ci/run` runs these when ../shared/container/setup can run on the machine.
 """
@@ -22,13 +22,11 @@ pytestmark = pytest.mark.container
 IMAGE = "gpt2-text-generator"
 
 
-def readme_commands(prefix: str) -> list:
-    """The `docker ...` lines of README.md's Docker section: the tests run exactly those."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+def documented_commands(prefix: str) -> list:
+    """The `docker ...` lines of the Docker guide (docs/deploy/docker.md): the tests run exactly those."""
+    with open(os.path.join(ROOT, "docs", "deploy", "docker.md"), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## Docker") :]
-    section = section[: section.index("\n## ", 4)]
-    return [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith(prefix)]
+    return [line.split("  #")[0].strip() for line in text.splitlines() if line.startswith(prefix)]
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +40,13 @@ def context(tmp_path_factory, image_builds):
 
 @pytest.fixture(scope="module")
 def service_image(context):
-    (build,) = [c for c in readme_commands("docker build") if "models/tiny-gpt2" in c and "--target" not in c]
+    (build,) = [c for c in documented_commands("docker build") if "models/tiny-gpt2" in c and "--target" not in c]
     subprocess.run(build, shell=True, cwd=context, check=True, timeout=1200)
     return IMAGE
 
 
 def run_foreground(command: str):
-    """Start README's `docker run ...` as a user would (foreground), and find its container id."""
+    """Start the guide's `docker run ...` as a user would (foreground), and find its container id."""
     before = set(docker("ps", "-q").stdout.split())
     proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
@@ -74,11 +72,11 @@ def stop_and_exit_code(container: str, proc) -> int:
 
 
 def test_service_image_runs_answers_and_stops_cleanly(service_image):
-    (run,) = [c for c in readme_commands("docker run") if c.startswith("docker run -p 5000:5000")]
+    (run,) = [c for c in documented_commands("docker run") if c.startswith("docker run -p 5000:5000")]
     proc, container = run_foreground(run)
     try:
         wait_healthy("http://127.0.0.1:5000", timeout=180, proc=proc)
-        # README's seed example.
+        # The seed's example (README.md, docs/api.md).
         answer = requests.post("http://127.0.0.1:5000/generate", json={"prompt": "Once upon a time"}, timeout=60)
         assert answer.status_code == 200 and isinstance(answer.json()["generated_text"], str)
         assert docker("exec", container, "id", "-u").stdout.strip() != "0"
@@ -109,7 +107,7 @@ def test_service_image_runs_answers_and_stops_cleanly(service_image):
 
 
 def test_port_is_honoured(service_image):
-    (run,) = [c for c in readme_commands("docker run") if "PORT=8080" in c]
+    (run,) = [c for c in documented_commands("docker run") if "PORT=8080" in c]
     proc, container = run_foreground(run)
     try:
         wait_healthy("http://127.0.0.1:8080", timeout=180, proc=proc)
@@ -127,7 +125,7 @@ def test_image_size_is_reported(service_image):
 
 
 def test_lambda_image_answers_through_the_runtime_api(context):
-    (build,) = [c for c in readme_commands("docker build") if "--target lambda" in c and "models/tiny-gpt2" in c]
+    (build,) = [c for c in documented_commands("docker build") if "--target lambda" in c and "models/tiny-gpt2" in c]
     subprocess.run(build, shell=True, cwd=context, check=True, timeout=1200)
     found = docker("run", "--rm", "--entrypoint", "python", "gpt2-text-generator-lambda", "-c", "import torch", check=False)
     assert found.returncode != 0 and "ModuleNotFoundError" in found.stderr, found.stderr

@@ -76,7 +76,7 @@ def test_sampled_with_every_warper_stays_valid(engine):
 
 def test_greedy_within_a_schema_of_bounded_length(engine):
     """Greedy decoding of random weights repeats itself: inside a number it writes "1" until
-    max_new_tokens (a grammar does not make a text end; README says so). With every value bounded
+    max_new_tokens (a grammar does not make a text end; docs/api.md says so). With every value bounded
     the grammar itself ends it."""
     for parameters in ({"do_sample": False}, {"do_sample": False, "repetition_penalty": 1.3}):
         result = generate(engine, json_grammar(BOUNDED), **parameters)
@@ -96,7 +96,7 @@ def test_schema_given_as_json_text_and_tgi_s_other_forms(engine):
 def test_any_json_object(engine):
     """`{"type": "object"}` (OpenAI's json_object): every text the grammar ended is a JSON object. Random
     weights write keys of any length (a string ends only when a quote is drawn): about half the seeds
-    here run into max_new_tokens inside a key, cut as README says; SmolLM2's test has real weights."""
+    here run into max_new_tokens inside a key, cut as docs/api.md says; SmolLM2's test has real weights."""
     results = [generate(engine, json_grammar({"type": "object"}), seed=seed, max_new_tokens=240) for seed in range(20)]
     finished = [r for r in results if r.finish_reason == "eos_token"]
     assert all(isinstance(json.loads(r.text), dict) for r in finished)

@@ -266,7 +266,7 @@ class TestStreaming:
 
 
 def test_transports_validation_and_engine_do_not_import_torch():
-    """The layers as README draws them: only the torch and transformers backends touch torch; the
+    """The layers as docs/architecture.md draws them: only the torch and transformers backends touch torch; the
     transports, the validation they call and the engine (numpy) load without it (a Lambda cold start or
     a CLI --help pays nothing for torch, and neither will an ONNX Runtime backend)."""
     import subprocess

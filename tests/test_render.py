@@ -17,12 +17,12 @@ from textgen.model.kv_cache import KVCache
 from textgen.settings import Settings
 
 # Peak summed PSS of the container's processes serving 40 short requests from 8 clients under Render's
-# limits, their KV cache included (tests/test_render_simulation.py; README, "Deploy to Render"), in MiB.
+# limits, their KV cache included (tests/test_render_simulation.py; docs/deploy/render.md), in MiB.
 MEASURED_SERVER_PSS_MB = 260
 FREE_INSTANCE_MB = 512  # Render's free instance (`plan: free`), as the simulation limits it
 MARGIN_MB = 32  # left unplanned: one measurement, on one machine
 # Generated tokens per second, all rows together, at 8 clients on the reproduced free instance with
-# MAX_BATCH_SIZE=8 (README, "Deploy to Render": 23-25 across runs; the low end, for a worst case).
+# MAX_BATCH_SIZE=8 (docs/deploy/render.md: 23-25 across runs; the low end, for a worst case).
 MEASURED_TOKENS_PER_S, MEASURED_BATCH = 23.0, 8
 # Render's health checks (render.com/docs/health-checks): an instance failing them for 15 consecutive
 # seconds gets no more traffic; they come "every few seconds" (taken as at most 5).

@@ -1,8 +1,8 @@
 """Render's free instance reproduced: the real image with DistilGPT2's architecture, run with 512 MB,
-no swap and a tenth of a CPU, and the environment from render.yaml (README, "Deploy to Render").
+no swap and a tenth of a CPU, and the environment from render.yaml (docs/deploy/render.md).
 
 Marked `container` (and slow: here one to two minutes to build the image, then about 80 s at 0.1 CPU:
-~20 s to become healthy, 51-58 s for the 40 requests). It prints the figures README quotes.
+~20 s to become healthy, 51-58 s for the 40 requests). It prints the figures docs/deploy/render.md quotes.
 """
 
 import json
@@ -169,7 +169,7 @@ def test_free_instance_limits(image):
     print("render simulation:", json.dumps(figures))
     assert "was sent SIGKILL" not in log_text  # gunicorn's word for a worker the kernel killed
     assert "[ERROR]" not in log_text, log_text[-3000:]  # e.g. the old control-socket error at boot
-    # The processes' summed PSS: 368 MB measured with these prompts (README, "Deploy to Render"), within
+    # The processes' summed PSS: 368 MB measured with these prompts (docs/deploy/render.md), within
     # the plan of 260 MB (the server with short prompts) + 90 (the KV cache's worst case) + 36 (the prefix cache).
     assert watch.peak_pss_mb <= 400, figures
     assert max(watch.health_seconds) < 5, figures

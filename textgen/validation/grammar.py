@@ -34,7 +34,7 @@ from ..errors import ValidationError
 # weights above all) spend their whole budget on it.
 JSON_OPTIONS = {"whitespace_pattern": "[ ]?"}
 
-# llguidance's resource limits (its defaults, written out so that README and the code say the same):
+# llguidance's resource limits (its defaults, written out so that docs/api.md and the code say the same):
 # fuel for building the lexer at compile time (~50k units a millisecond: ~20 ms), fuel and Earley items
 # for each token's mask on the engine thread (~14 ms and ~2.5 ms at most), lexer states (memory,
 # 1-2 kB each) and grammar symbols. Past one, the grammar is refused (compile) or the request fails
