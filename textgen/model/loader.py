@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
-from .architectures import native_family, prebuilt_dir, prebuilt_graph, read_config
+from .config import native_family, prebuilt_dir, prebuilt_graph, read_config
 from .build_cache import cached_build
 from .threads import available_cpus
 
@@ -63,7 +63,7 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
     if backend == "onnx":
         model = _load_onnx(source, config, settings, eos_token_ids)
     else:
-        from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
+        from .torch_backend.torch_model import load_torch_model  # imports torch: only the torch backends need it
 
         model = load_torch_model(backend, config, source, settings, eos_token_ids)
     release_freed_memory()
@@ -73,7 +73,7 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
 def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set):
     """The graph built into the model directory ahead of time, else the one cached for this checkpoint
     (built on first use: a few seconds, no torch)."""
-    from .onnx_model import OnnxModel
+    from .onnx_backend.onnx_model import OnnxModel
 
     path = prebuilt_graph(source, settings.quantize)
     if path is None:
@@ -82,7 +82,7 @@ def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set
                 f"{source} has neither an ONNX graph for QUANTIZE={settings.quantize} (onnx-{settings.quantize}/) "
                 "nor safetensors weights to build one from"
             )
-        from .onnx_graph import graph_path  # imports onnx: only building needs it
+        from .onnx_backend.onnx_graph import graph_path  # imports onnx: only building needs it
 
         path = graph_path(source, settings.cache_dir, settings.quantize)
     return OnnxModel(path, config, settings.threads or available_cpus(), eos_token_ids=eos_token_ids)

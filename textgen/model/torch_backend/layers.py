@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .int8 import Int8Linear
-from .kv_cache import KVCache
+from ..kv_cache import KVCache
 from .torch_cache import store_and_read
 
 

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .onnx_weights import weight_files
+from ..onnx_backend.onnx_weights import weight_files
 
 _DTYPES = {
     "F32": torch.float32,

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import rope_theta
+from ..config import rope_theta
 from .checkpoint import Checkpoint
-from .kv_cache import KVCache
+from ..kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 class Block(nn.Module):

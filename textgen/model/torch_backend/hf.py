@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .kv_cache import KVCache
+from ..kv_cache import KVCache
 from .layers import attention_mask, pick_positions
 from .torch_cache import store_and_read
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpoint
-from .kv_cache import KVCache
+from ..kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 class Block(nn.Module):
