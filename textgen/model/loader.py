@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Tuple
 from ..settings import Settings
 from .config import native_family, prebuilt_dir, prebuilt_graph, read_config
 from .build_cache import cached_build
+from .safetensors import has_weights
 from .threads import available_cpus
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set
 
     path = prebuilt_graph(source, settings.quantize)
     if path is None:
-        if not _has_safetensors(source):
+        if not has_weights(source):
             raise ValueError(
                 f"{source} has neither an ONNX graph for QUANTIZE={settings.quantize} (onnx-{settings.quantize}/) "
                 "nor safetensors weights to build one from"
@@ -99,15 +100,11 @@ def load_tokenizer(source: str, lean: bool = True):
     return AutoTokenizer.from_pretrained(source)
 
 
-def _has_safetensors(source: str) -> bool:
-    return any(os.path.exists(os.path.join(source, f)) for f in ("model.safetensors", "model.safetensors.index.json"))
-
-
 def choose_backend(requested: str, config: dict, source: str, quantize: str = "none") -> str:
     """The backend serving this checkpoint, "onnx", "torch" or "transformers", from MODEL_BACKEND
     (auto|onnx|torch|native|transformers; "native" is the old name of "torch")."""
     family = native_family(config)
-    native = family is not None and _has_safetensors(source)
+    native = family is not None and has_weights(source)
     onnx = family is not None and (native or os.path.isdir(prebuilt_dir(source, quantize)))
     if requested == "auto":
         return "onnx" if onnx else "transformers"

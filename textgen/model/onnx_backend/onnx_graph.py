@@ -48,9 +48,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..config import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
 from ..build_cache import cached_build
-from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
+from ..config import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
+from ..safetensors import weight_files
+from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"

@@ -1,33 +1,19 @@
 """A `save_pretrained` checkpoint read as numpy, for building ONNX graphs without torch.
 
-The safetensors header is parsed here (8-byte length, JSON, then raw little-endian data) rather than
-through `safetensors.safe_open(framework="numpy")`, because numpy has no bfloat16: bf16 checkpoints
+The tensors are found through the headers `..safetensors` parses and read with `np.fromfile`, rather
+than through `safetensors.safe_open(framework="numpy")`, because numpy has no bfloat16: bf16 checkpoints
 (most Llama-family ones) are widened to float32 by shifting their 16 bits into a float32's high half.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import numpy as np
 
+from ..safetensors import tensors
+
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
-
-
-def weight_files(model_dir: str) -> List[str]:
-    """The safetensors files of a checkpoint (one file, or the shards its index names), as paths."""
-    index = os.path.join(model_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        names = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
-    return [os.path.join(model_dir, name) for name in names]
 
 
 class NumpyCheckpoint:
@@ -35,21 +21,13 @@ class NumpyCheckpoint:
     ones it is working on."""
 
     def __init__(self, model_dir: str):
-        # name -> (path, dtype tag, shape, absolute byte offset)
-        self._entries: Dict[str, Tuple[str, str, list, int]] = {}
-        for path in weight_files(model_dir):
-            with open(path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
-            for name, meta in header.items():
-                if name != "__metadata__":
-                    self._entries[name] = (path, meta["dtype"], meta["shape"], 8 + header_len + meta["data_offsets"][0])
+        self._entries = tensors(model_dir)  # name -> (file, dtype tag, shape, start, end)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def get(self, name: str) -> np.ndarray:
-        path, tag, shape, offset = self._entries[name]
+        path, tag, shape, offset, _ = self._entries[name]
         if tag not in _NUMPY_DTYPES:
             raise ValueError(f"{name}: unsupported safetensors dtype {tag}")
         count = int(np.prod(shape)) if shape else 1
