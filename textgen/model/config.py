@@ -1,6 +1,8 @@
-"""What a checkpoint directory says about its model, read without torch or onnx: its config.json, which
-native family (the architectures this service defines itself: torch modules and ONNX graphs) can
-serve it, and its shape.
+"""What a checkpoint says about its model, read without torch or onnx: its config.json, which native
+family (the architectures this service defines itself: torch modules and ONNX graphs) can serve it, and
+its shape. Every backend takes the shape from here: the native families' from config.json
+(`model_shape`), the transformers fallback's from the config object transformers loaded
+(`transformers_shape`).
 
 Kept apart from the modules that define the families, so that choosing a backend never imports torch.
 """
@@ -11,26 +13,13 @@ import json
 import os
 from typing import NamedTuple, Optional
 
-GRAPH_FILE = "model.onnx"  # an ONNX graph's file (onnx_graph.build_graph; its weights beside it, model.onnx.data)
-
-GPT2_TYPES = {"gpt2"}  # model_type values gpt2.py serves
-LLAMA_TYPES = {"llama", "qwen2"}  # model_type values llama.py serves
+GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
+LLAMA_TYPES = {"llama", "qwen2"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         return json.load(f)
-
-
-def prebuilt_dir(model_dir: str, quantize: str) -> str:
-    """Where a graph built ahead of time (scripts/build_graph.py, at image build time) sits inside the
-    model directory it serves; such a directory needs no weights."""
-    return os.path.join(model_dir, f"onnx-{quantize}")
-
-
-def prebuilt_graph(model_dir: str, quantize: str) -> Optional[str]:
-    path = os.path.join(prebuilt_dir(model_dir, quantize), GRAPH_FILE)
-    return path if os.path.exists(path) else None
 
 
 def native_family(config: dict) -> Optional[str]:
@@ -68,10 +57,16 @@ class Shape(NamedTuple):
 
 def model_shape(config: dict) -> Shape:
     """The shape of a native family's model (GPT-2's config names, or Llama's)."""
-    if native_family(config) == "gpt2":
-        width, heads = config["n_embd"], config["n_head"]
-        context = config.get("n_positions") or config.get("n_ctx") or 1024
-        return Shape(config["n_layer"], width, heads, heads, width // heads, context, config["vocab_size"])
+    return gpt2_shape(config) if native_family(config) == "gpt2" else llama_shape(config)
+
+
+def gpt2_shape(config: dict) -> Shape:
+    width, heads = config["n_embd"], config["n_head"]
+    context = config.get("n_positions") or config.get("n_ctx") or 1024
+    return Shape(config["n_layer"], width, heads, heads, width // heads, context, config["vocab_size"])
+
+
+def llama_shape(config: dict) -> Shape:
     width, heads = config["hidden_size"], config["num_attention_heads"]
     return Shape(
         config["num_hidden_layers"],
@@ -82,3 +77,29 @@ def model_shape(config: dict) -> Shape:
         config.get("max_position_embeddings", 2048),
         config["vocab_size"],
     )
+
+
+def transformers_shape(config) -> Shape:
+    """The shape of any architecture from transformers' config object (`PretrainedConfig`: its
+    attribute names, which alias each family's own, GPT-2's `n_layer` as `num_hidden_layers`...); a
+    multimodal config gives its text model's."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return Shape(
+        config.num_hidden_layers,
+        getattr(config, "hidden_size", None) or heads * head_dim,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        head_dim,
+        _transformers_context(config),
+        config.vocab_size,
+    )
+
+
+def _transformers_context(config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

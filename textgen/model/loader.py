@@ -16,8 +16,9 @@ import os
 from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
-from .config import native_family, prebuilt_dir, prebuilt_graph, read_config
 from .build_cache import cached_build
+from .config import native_family, read_config
+from .onnx_backend.graph_files import prebuilt_dir, prebuilt_graph
 from .safetensors import has_weights
 from .threads import available_cpus
 

@@ -49,15 +49,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
+from ..config import model_shape, native_family, read_config, rope_theta
 from ..safetensors import weight_files
+from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
-DATA_FILE = "model.onnx.data"
 
 
 class GraphBuilder:
