@@ -7,8 +7,6 @@ than through `safetensors.safe_open(framework="numpy")`, because numpy has no bf
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
 from ..safetensors import tensors
@@ -35,17 +33,3 @@ class NumpyCheckpoint:
         if tag == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.astype(np.float32, copy=False)
-
-
-def quantize_rows_uint8(table: np.ndarray, block_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Symmetric 8-bit blocks along each row: `table ~= (data - 128) * scale`, the layout of
-    GatherBlockQuantized with bits=8 and no zero points (its default zero point is 128), which is also
-    MatMulNBits' symmetric layout. Returns data uint8 [rows, cols], scales float32 [rows, cols/block]."""
-    rows, cols = table.shape
-    if cols % block_size:
-        raise ValueError(f"embedding width {cols} is not a multiple of the block size {block_size}")
-    blocks = table.reshape(rows, cols // block_size, block_size)
-    scales = np.abs(blocks).max(axis=2) / 127.0
-    safe = np.where(scales == 0, 1.0, scales).astype(np.float32)
-    data = np.clip(np.rint(blocks / safe[:, :, None]), -127, 127).astype(np.int16) + 128
-    return data.astype(np.uint8).reshape(rows, cols), scales.astype(np.float32)
