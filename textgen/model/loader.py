@@ -96,9 +96,9 @@ def load_tokenizer(source: str, lean: bool = True):
 
     if lean and lean_tokenizer_supported(source):
         return LeanTokenizer(source)
-    from transformers import AutoTokenizer  # tokenizer only: no modeling code
+    from .torch_backend.hf_files import auto_tokenizer
 
-    return AutoTokenizer.from_pretrained(source)
+    return auto_tokenizer(source)
 
 
 def choose_backend(requested: str, config: dict, source: str, quantize: str = "none") -> str:
@@ -157,20 +157,10 @@ def _cached_gguf_conversion(settings: Settings) -> str:
     gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
 
     def convert(out_dir: str) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .torch_backend.hf_files import convert_gguf  # imports torch and transformers
 
         log.info("converting %s (once; cached in %s)", gguf_path, settings.cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(settings.model_id, gguf_file=settings.model_gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            settings.model_id, gguf_file=settings.model_gguf_file, dtype=torch.float32
-        )
-        # The weights are plain float tensors now; the GGUF "quantizer" left attached only blocks saving.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        convert_gguf(settings.model_id, settings.model_gguf_file, out_dir)
 
     source = {"path": os.path.abspath(gguf_path)}
     return cached_build(settings.cache_dir, "gguf", file_fingerprint(gguf_path), source, convert, "config.json")
