@@ -51,7 +51,8 @@ class Settings:
 
     # "auto": ONNX Runtime when the architecture has a native definition (GPT-2, Llama, Qwen2), else
     # transformers' AutoModelForCausalLM; "onnx", "torch" (the native plain-torch modules, the readable
-    # reference; "native" is its old name) or "transformers" force one (onnx and torch fail on others).
+    # reference) or "transformers" force one (onnx and torch fail on others). "native" still means
+    # "torch": its name from before the ONNX backend, kept so that existing configurations keep working.
     model_backend: str = "auto"
     # "int8": int8 weights with per-channel scales, 4x less memory and ~5x faster decode on a CPU, at
     # ~1% perplexity (README, Performance); "none" keeps the checkpoint's float32 numbers.

@@ -31,12 +31,11 @@ log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
-# No mallopt tuning (two arenas, a fixed 1 MB mmap threshold) any more: measured in the Render simulation
-# (512 MB, 0.1 CPU; tests/test_render_simulation.py) with the torch image of the time, it lowered the peak by 8 MB (405 vs 413 MB) but
-# took 40% longer to become healthy (31 s vs 22 s, 3.1 vs 2.2 CPU-s) and ~15% of the tokens/s (28 vs
-# 33): no real gain. Returning what the load freed, once, is kept.
 def release_freed_memory() -> None:
-    """Return the heap pages freed while loading (file buffers, float32 weights quantized) to the system."""
+    """Return the heap pages freed while loading (file buffers, float32 weights once quantized, a graph
+    built in this process) to the system, once: glibc keeps freed pages for reuse, and they would count
+    in the RSS a 512 MB instance is held to. No other allocator tuning: mallopt's was measured to save a
+    few MB at a cost in start-up time and tokens/s (commit 6fc7167)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -103,21 +102,22 @@ def load_tokenizer(source: str, lean: bool = True):
 
 def choose_backend(requested: str, config: dict, source: str, quantize: str = "none") -> str:
     """The backend serving this checkpoint, "onnx", "torch" or "transformers", from MODEL_BACKEND
-    (auto|onnx|torch|native|transformers; "native" is the old name of "torch")."""
+    (auto|onnx|torch|native|transformers; "native" is read as "torch", its name from before the ONNX
+    backend, when the native families had only the torch modules)."""
     family = native_family(config)
-    native = family is not None and has_weights(source)
-    onnx = family is not None and (native or os.path.isdir(prebuilt_dir(source, quantize)))
+    torch_can = family is not None and has_weights(source)
+    onnx_can = family is not None and (torch_can or os.path.isdir(prebuilt_dir(source, quantize)))
     if requested == "auto":
-        return "onnx" if onnx else "transformers"
+        return "onnx" if onnx_can else "transformers"
     if requested == "onnx":
-        if not onnx:
+        if not onnx_can:
             raise ValueError(
                 f"MODEL_BACKEND=onnx: no ONNX graph for model_type {config.get('model_type')!r} "
                 "(onnx: gpt2, llama, qwen2 with safetensors weights or a prebuilt graph); use MODEL_BACKEND=auto or transformers"
             )
         return "onnx"
     if requested in ("torch", "native"):
-        if not native:
+        if not torch_can:
             raise ValueError(
                 f"MODEL_BACKEND={requested}: no native module for model_type {config.get('model_type')!r} "
                 "(native: gpt2, llama, qwen2 with safetensors weights); use MODEL_BACKEND=auto or transformers"
