@@ -225,3 +225,38 @@ def test_the_backend_check_catches(path, source):
 )
 def test_the_backend_check_allows(path, source):
     assert not backend_import_errors(source, path)
+
+
+# Packages whose docstring is their file map (docs keep none by hand): every module in them is named there.
+MAPPED_PACKAGES = ("textgen/model", "textgen/model/onnx_backend", "textgen/model/torch_backend")
+
+
+def unmapped_files(package_dir: str, docstring: str) -> list:
+    """The modules (and subpackages, as `name/`) of `package_dir` its docstring does not name."""
+    missing = []
+    for name in sorted(os.listdir(os.path.join(ROOT, package_dir))):
+        full = os.path.join(ROOT, package_dir, name)
+        if name.endswith(".py") and name != "__init__.py":
+            shown = name
+        elif os.path.isfile(os.path.join(full, "__init__.py")):
+            shown = name + "/"
+        else:
+            continue
+        if shown not in docstring:
+            missing.append(f"{package_dir}/{shown}")
+    return missing
+
+
+@pytest.mark.parametrize("package_dir", MAPPED_PACKAGES)
+def test_package_docstring_maps_every_module(package_dir):
+    with open(os.path.join(ROOT, package_dir, "__init__.py"), encoding="utf-8") as f:
+        docstring = ast.get_docstring(ast.parse(f.read())) or ""
+    assert docstring, f"{package_dir}/__init__.py has no docstring"
+    assert not unmapped_files(package_dir, docstring), f"not in {package_dir}/__init__.py's file map"
+
+
+def test_the_file_map_check_catches_a_module_left_out():
+    missing = unmapped_files("textgen/model/onnx_backend", "- onnx_model.py: ...\n- onnx_graph.py: ...")
+    assert "textgen/model/onnx_backend/quantize.py" in missing
+    assert not {"textgen/model/onnx_backend/onnx_model.py", "textgen/model/onnx_backend/onnx_graph.py"} & set(missing)
+    assert "textgen/model/torch_backend/" in unmapped_files("textgen/model", "- contract.py: ...")

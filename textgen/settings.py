@@ -68,7 +68,8 @@ class Settings:
     # longest prompts (1,023 tokens) or sixteen 128-token ones. A 900-token prefix then costs a copy of a
     # few ms instead of its prefill (README, Performance).
     prefix_cache_tokens: int = 2048
-    # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here (model/skinny.py).
+    # float32 decode matmuls as (W @ x.T).T with MKL-friendly widths: 1.3-2x faster steps here
+    # (model/torch_backend/skinny.py).
     skinny_matmul: bool = True
     # Intra-op threads of the model runtime (ONNX Runtime or torch); None = the CPUs this process may
     # use (affinity and cgroup quota aware).

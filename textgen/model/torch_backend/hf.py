@@ -1,5 +1,5 @@
 """The fallback for architectures without a native module: transformers' `AutoModelForCausalLM`,
-wrapped to the native modules' torch signature (so `torch_backend.TorchModel` serves both alike),
+wrapped to the native modules' torch signature (so `torch_model.TorchModel` serves both alike),
 over the same KV cache owned by the engine.
 
 transformers' attention layers call `past_key_values.update(keys, values, layer)` and attend to what
