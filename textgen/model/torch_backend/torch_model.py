@@ -16,9 +16,9 @@ import torch
 
 from ...settings import Settings
 from ..config import native_family
-from .checkpoint import Checkpoint
 from ..kv_cache import KVCache
 from ..threads import available_cpus
+from .checkpoint import Checkpoint
 
 
 class TorchModel:
