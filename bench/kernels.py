@@ -3,8 +3,9 @@
     python bench/kernels.py [--batches 1 2 4 8 16] [--threads N]
 
 For each batch size it prints milliseconds per decode step (median of 15, the KV cache holding a
-40-token prompt): float32 with `F.linear`, float32 with the skinny-matmul rewrite (model/skinny.py),
-and int8 (model/int8.py); same process, same weights. The model forward only: no sampling, no HTTP.
+40-token prompt): float32 with `F.linear`, float32 with the skinny-matmul rewrite
+(model/torch_backend/skinny.py), and int8 (model/torch_backend/int8.py); same process, same weights. The
+model forward only: no sampling, no HTTP.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from textgen.model.onnx_graph import build_graph  # noqa: E402
-from textgen.model.architectures import prebuilt_dir  # noqa: E402
+from textgen.model.onnx_backend.onnx_graph import build_graph  # noqa: E402
+from textgen.model.onnx_backend.graph_files import prebuilt_dir  # noqa: E402
 
 # Everything but the weights: the config, the generation defaults and every tokenizer file.
 KEPT = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab.json",

@@ -342,7 +342,7 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     # default, and a single inter-op thread.
     script = (
         "import torch; from textgen.model.threads import available_cpus; "
-        "from textgen.model.torch_backend import configure_threads; "
+        "from textgen.model.torch_backend.torch_model import configure_threads; "
         "n = configure_threads(None); print(n, available_cpus(), torch.get_num_threads(), torch.get_num_interop_threads())"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

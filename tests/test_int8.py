@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tests.batching import DecodeSteps, assert_decoded_together, submit_together
-from textgen.model import int8
-from textgen.model.int8 import Int8Linear
-from textgen.model.layers import FileEmbedding
+from textgen.model.torch_backend import int8
+from textgen.model.torch_backend.int8 import Int8Linear
+from textgen.model.torch_backend.layers import FileEmbedding
 from textgen.model.loader import load_model
 from textgen.settings import Settings
 
@@ -76,7 +76,7 @@ def test_int8_model_keeps_no_float32_copy_of_the_embedding(tiny_model_dir):
 
 
 def test_file_embedding_reads_the_checkpoints_rows(tiny_model_dir):
-    from textgen.model.checkpoint import Checkpoint
+    from textgen.model.torch_backend.checkpoint import Checkpoint
 
     checkpoint = Checkpoint(tiny_model_dir)
     table = checkpoint.get("transformer.wte.weight")

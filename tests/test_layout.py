@@ -1,7 +1,12 @@
 """bench/ and scripts/ are leaves: what is there is run, never imported. What tests, benchmarks and scripts
 share lives in devtools/. The one exception: a test imports the script it tests.
 
-Every module is parsed with `ast` (nothing is imported or run), so this takes well under a second."""
+The model's backends keep their libraries to themselves: in textgen/, only textgen/model/torch_backend/
+imports torch or transformers, only textgen/model/onnx_backend/ imports onnx or onnxruntime, and neither
+backend imports the other (so serving with one never loads the other's runtime).
+
+Every module is parsed with `ast` (nothing is imported or run), imports inside functions included, so
+this takes well under a second."""
 
 from __future__ import annotations
 
@@ -136,3 +141,122 @@ def test_the_check_catches(path, source):
 )
 def test_the_check_allows(path, source):
     assert not leaf_imports(source, path, {"run", "make_model"})
+
+
+# backend folder -> the libraries only it may import (within textgen/)
+BACKENDS = {
+    "textgen/model/torch_backend/": ("torch", "transformers"),
+    "textgen/model/onnx_backend/": ("onnx", "onnxruntime"),
+}
+
+
+def _package(folder: str) -> str:
+    return folder.rstrip("/").replace("/", ".")
+
+
+def backend_import_errors(source: str, path: str) -> list:
+    """The imports in `source` (a module of textgen/ at `path`) that break the backends' walls: a backend's
+    library imported outside its folder, or one backend's package imported by the other."""
+    home = next((folder for folder in BACKENDS if path.startswith(folder)), None)
+    bad = set()
+    for line, module in imported_modules(source, path):
+        top = module.split(".")[0]
+        for folder, libraries in BACKENDS.items():
+            if top in libraries and folder != home:
+                bad.add(f"{path}:{line} imports {top}, which only {folder} may import")
+            package = _package(folder)
+            if home and folder != home and (module == package or module.startswith(package + ".")):
+                bad.add(f"{path}:{line} imports {package}: one backend never imports the other")
+    return sorted(bad)
+
+
+def test_each_backend_keeps_its_libraries_and_neither_imports_the_other():
+    files = [path for path in project_files() if path.startswith("textgen/")]
+    # The walk must see what it guards: both backends' runtimes, and the loader that chooses between them.
+    assert {"textgen/model/loader.py", "textgen/model/torch_backend/torch_model.py",
+            "textgen/model/onnx_backend/onnx_model.py"} <= set(files)
+    bad, seen = [], set()
+    for path in files:
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            source = f.read()
+        bad += backend_import_errors(source, path)
+        seen |= {module.split(".")[0] for _, module in imported_modules(source, path)}
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= seen  # the libraries are looked for by their real names
+    assert not bad, "a backend's library or package imported where it does not belong:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        # torch and transformers outside torch_backend/
+        ("textgen/model/loader.py", "import torch"),
+        ("textgen/model/loader.py", "def f():\n    from transformers import AutoTokenizer"),
+        ("textgen/engine/core.py", "import torch.nn.functional as F"),
+        ("textgen/model/onnx_backend/onnx_model.py", "def f():\n    import torch"),
+        ("textgen/model/kv_cache.py", "import importlib\nimportlib.import_module('transformers')"),
+        # onnx and onnxruntime outside onnx_backend/
+        ("textgen/model/loader.py", "def f():\n    import onnxruntime as ort"),
+        ("textgen/model/config.py", "from onnx import helper"),
+        ("textgen/model/torch_backend/hf.py", "import onnx"),
+        # one backend importing the other, absolutely or relatively, lazily or not
+        ("textgen/model/torch_backend/checkpoint.py", "from ..onnx_backend.onnx_weights import weight_files"),
+        ("textgen/model/torch_backend/checkpoint.py", "def f():\n    from .. import onnx_backend"),
+        ("textgen/model/onnx_backend/onnx_graph.py", "from textgen.model.torch_backend.layers import Linear"),
+        ("textgen/model/onnx_backend/onnx_graph.py", "def f():\n    from ..torch_backend import hf_files"),
+    ],
+)
+def test_the_backend_check_catches(path, source):
+    assert backend_import_errors(source, path)
+
+
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        ("textgen/model/torch_backend/gpt2.py", "import torch\nfrom torch import nn\nfrom ..config import gpt2_shape"),
+        ("textgen/model/torch_backend/hf_files.py", "def f():\n    from transformers import AutoTokenizer"),
+        ("textgen/model/onnx_backend/onnx_graph.py", "import onnx\nfrom .quantize import BLOCK_SIZE\nfrom ..safetensors import tensors"),
+        ("textgen/model/onnx_backend/onnx_model.py", "import onnxruntime as ort\nfrom ..kv_cache import KVCache"),
+        # the loader chooses a backend: it may import both packages (lazily), never their libraries
+        ("textgen/model/loader.py", "def f():\n    from .torch_backend.torch_model import load_torch_model"),
+        ("textgen/model/loader.py", "from .onnx_backend.graph_files import prebuilt_dir"),
+        # names that only begin like a library's
+        ("textgen/model/loader.py", "import onnx_ir\nimport torchvision_like_name"),
+    ],
+)
+def test_the_backend_check_allows(path, source):
+    assert not backend_import_errors(source, path)
+
+
+# Packages whose docstring is their file map (docs keep none by hand): every module in them is named there.
+MAPPED_PACKAGES = ("textgen/model", "textgen/model/onnx_backend", "textgen/model/torch_backend")
+
+
+def unmapped_files(package_dir: str, docstring: str) -> list:
+    """The modules (and subpackages, as `name/`) of `package_dir` its docstring does not name."""
+    missing = []
+    for name in sorted(os.listdir(os.path.join(ROOT, package_dir))):
+        full = os.path.join(ROOT, package_dir, name)
+        if name.endswith(".py") and name != "__init__.py":
+            shown = name
+        elif os.path.isfile(os.path.join(full, "__init__.py")):
+            shown = name + "/"
+        else:
+            continue
+        if shown not in docstring:
+            missing.append(f"{package_dir}/{shown}")
+    return missing
+
+
+@pytest.mark.parametrize("package_dir", MAPPED_PACKAGES)
+def test_package_docstring_maps_every_module(package_dir):
+    with open(os.path.join(ROOT, package_dir, "__init__.py"), encoding="utf-8") as f:
+        docstring = ast.get_docstring(ast.parse(f.read())) or ""
+    assert docstring, f"{package_dir}/__init__.py has no docstring"
+    assert not unmapped_files(package_dir, docstring), f"not in {package_dir}/__init__.py's file map"
+
+
+def test_the_file_map_check_catches_a_module_left_out():
+    missing = unmapped_files("textgen/model/onnx_backend", "- onnx_model.py: ...\n- onnx_graph.py: ...")
+    assert "textgen/model/onnx_backend/quantize.py" in missing
+    assert not {"textgen/model/onnx_backend/onnx_model.py", "textgen/model/onnx_backend/onnx_graph.py"} & set(missing)
+    assert "textgen/model/torch_backend/" in unmapped_files("textgen/model", "- contract.py: ...")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from tests.models import make_tiny_llama
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
-from textgen.model.architectures import read_config
+from textgen.model.config import read_config
 from textgen.model.contract import CausalLM
 from textgen.model.loader import choose_backend, load_model
 from textgen.settings import Settings

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from tests.models import make_tiny_llama
-from textgen.model import onnx_graph
+from textgen.model.onnx_backend import onnx_graph
 from textgen.model.kv_cache import KVCache
-from textgen.model.onnx_graph import graph_path
-from textgen.model.onnx_model import OnnxModel
-from textgen.model.architectures import read_config
+from textgen.model.onnx_backend.onnx_graph import graph_path
+from textgen.model.onnx_backend.onnx_model import OnnxModel
+from textgen.model.config import read_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOAT_TOLERANCE = 1e-4
@@ -219,9 +219,9 @@ def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path)
         f"""
         import sys
         import numpy as np
-        from textgen.model.architectures import read_config
+        from textgen.model.config import read_config
         from textgen.model.kv_cache import KVCache
-        from textgen.model.onnx_model import OnnxModel
+        from textgen.model.onnx_backend.onnx_model import OnnxModel
 
         def run(path):
             model = OnnxModel(path, read_config({source!r}), threads=1)
@@ -232,7 +232,7 @@ def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path)
 
         run({prebuilt!r})
         assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runtime imported torch or onnx"
-        from textgen.model.onnx_graph import graph_path
+        from textgen.model.onnx_backend.onnx_graph import graph_path
         for quantize in ("none", "int8"):
             run(graph_path({source!r}, {str(tmp_path)!r}, quantize))
         assert "torch" not in sys.modules, "building the graph imported torch"
@@ -248,7 +248,7 @@ def test_checkpoint_reader_widens_half_precision(tmp_path):
     import json
     import struct
 
-    from textgen.model.onnx_weights import NumpyCheckpoint
+    from textgen.model.onnx_backend.onnx_weights import NumpyCheckpoint
 
     values = np.array([[1.0, -2.5, 0.15625], [3.0e4, -1.0e-3, 0.0]], dtype=np.float32)
     bf16 = (values.view(np.uint32) >> 16).astype(np.uint16)  # exact where the low 16 bits are 0

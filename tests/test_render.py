@@ -12,7 +12,7 @@ import yaml
 from devtools.models import DISTILGPT2_CONFIG
 from devtools.servers import ROOT
 from textgen.engine.prefix_cache import PrefixCache
-from textgen.model.architectures import model_shape
+from textgen.model.config import model_shape
 from textgen.model.kv_cache import KVCache
 from textgen.settings import Settings
 

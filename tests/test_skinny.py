@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from textgen.model.torch_backend import _swap_linears
-from textgen.model.skinny import SKINNY_MAX_ROWS, SkinnyLinear
+from textgen.model.torch_backend.torch_model import _swap_linears
+from textgen.model.torch_backend.skinny import SKINNY_MAX_ROWS, SkinnyLinear
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 12, 16, 20, SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 7])

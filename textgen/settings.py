@@ -52,7 +52,8 @@ class Settings:
 
     # "auto": ONNX Runtime when the architecture has a native definition (GPT-2, Llama, Qwen2), else
     # transformers' AutoModelForCausalLM; "onnx", "torch" (the native plain-torch modules, the readable
-    # reference; "native" is its old name) or "transformers" force one (onnx and torch fail on others).
+    # reference) or "transformers" force one (onnx and torch fail on others). "native" still means
+    # "torch": its name from before the ONNX backend, kept so that existing configurations keep working.
     # torch and transformers need requirements-torch.txt (docs/models.md, Backends).
     model_backend: str = "auto"
     # "int8": 8-bit weights (onnx: blocks of 32, one scale each; torch: one scale per output channel), ~4x

@@ -1,6 +1,6 @@
 """The engine package: the only code in the service that runs the model.
 
-The engine itself is numpy only; the model backend it is given may import torch (torch_backend.py) or
+The engine itself is numpy only; the model backend it is given may import torch (model/torch_backend/) or
 not. Importing the package loads neither (transports import `handle` from here and must stay light):
 `Engine` and `create_engine` load the rest on first use.
 """

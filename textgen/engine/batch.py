@@ -25,12 +25,13 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from ..model.contract import CausalLM
 from ..model.kv_cache import KVCache
 from .prefix_cache import PrefixCache
 
 
 class Batch:
-    def __init__(self, model, chunk_tokens: int = 256, prefix_cache: Optional[PrefixCache] = None):
+    def __init__(self, model: CausalLM, chunk_tokens: int = 256, prefix_cache: Optional[PrefixCache] = None):
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)

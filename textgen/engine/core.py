@@ -24,6 +24,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
+from ..model.contract import CausalLM
 from ..settings import Settings
 from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
 from .batch import Batch
@@ -45,7 +46,7 @@ _WHOSE = {"prefill": "joining", "decode step": "running"}
 
 
 class Engine:
-    def __init__(self, model, tokenizer, settings: Settings):
+    def __init__(self, model: CausalLM, tokenizer, settings: Settings):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -264,7 +265,7 @@ class Engine:
         entry.handle._emit(outcome)
 
 
-def _prefix_cache(model, settings: Settings) -> Optional[PrefixCache]:
+def _prefix_cache(model: CausalLM, settings: Settings) -> Optional[PrefixCache]:
     """The prefix cache PREFIX_CACHE_TOKENS asks for, or None (0, or less than one block: off)."""
     cache = PrefixCache(model.n_layers, model.n_kv_heads, model.head_dim, settings.prefix_cache_tokens)
     return cache if cache.capacity_blocks else None

@@ -4,13 +4,24 @@
 `contract.CausalLM`: numpy in and out, `model.forward(tokens, starts, counts, cache, first_slot,
 want_logits)` over a `KVCache` the engine owns, plus `n_layers`, `n_kv_heads`, `head_dim`, `context`,
 `vocab_size`, `eos_token_ids`, `backend`, `dtype_name`, `threads`. Importing this package imports
-neither torch nor onnx.
+neither torch nor onnx; each backend's libraries stay in its folder (tests/test_layout.py).
 
-- onnx (`onnx_model.py` over the graph `onnx_graph.py` builds): ONNX Runtime, the KV cache bound in
+Backends:
+- onnx (`onnx_backend/`): ONNX Runtime over a graph built from the checkpoint, the KV cache bound in
   place, float32 or 8-bit weights; no torch at all. The default for the native families.
-- torch (`torch_backend.py` over `gpt2.py`, `llama.py`): plain torch, weights read straight from
-  safetensors, float32 or int8 (`QUANTIZE=int8`); importing them loads no transformers modeling code.
-- transformers (`torch_backend.py` over `hf.py`): `AutoModelForCausalLM` for every other architecture.
+- torch (`torch_backend/`, the GPT-2 and Llama modules): plain torch, the readable reference, weights
+  read straight from safetensors, float32 or int8 (`QUANTIZE=int8`); no transformers modeling code.
+- transformers (`torch_backend/hf.py`): `AutoModelForCausalLM` for every other architecture.
+
+Files here, shared by the backends:
+- contract.py: `CausalLM`, the Protocol the engine programs against.
+- kv_cache.py: `KVCache`, the engine's numpy cache every backend reads and writes in place.
+- loader.py: `load_model`: the checkpoint directory (local, hub, GGUF), the backend, the tokenizer.
+- config.py: a checkpoint's config.json, its native family and its shape (the one reader of them).
+- safetensors.py: where a checkpoint's tensors are (the one header parser); each backend reads them.
+- tokenizer.py: the lean `tokenizers`-only tokenizer of the native families.
+- build_cache.py: what is built once under CACHE_DIR (ONNX graphs, GGUF conversions).
+- threads.py: how many CPUs this process may use (sizes either runtime's threads).
 """
 
 import os

@@ -16,8 +16,10 @@ import os
 from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
-from .architectures import native_family, prebuilt_dir, prebuilt_graph, read_config
 from .build_cache import cached_build
+from .config import native_family, read_config
+from .onnx_backend.graph_files import prebuilt_dir, prebuilt_graph
+from .safetensors import has_weights
 from .threads import available_cpus
 
 if TYPE_CHECKING:
@@ -29,12 +31,11 @@ log = logging.getLogger(__name__)
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
-# No mallopt tuning (two arenas, a fixed 1 MB mmap threshold) any more: measured in the Render simulation
-# (512 MB, 0.1 CPU; tests/test_render_simulation.py) with the torch image of the time, it lowered the peak by 8 MB (405 vs 413 MB) but
-# took 40% longer to become healthy (31 s vs 22 s, 3.1 vs 2.2 CPU-s) and ~15% of the tokens/s (28 vs
-# 33): no real gain. Returning what the load freed, once, is kept.
 def release_freed_memory() -> None:
-    """Return the heap pages freed while loading (file buffers, float32 weights quantized) to the system."""
+    """Return the heap pages freed while loading (file buffers, float32 weights once quantized, a graph
+    built in this process) to the system, once: glibc keeps freed pages for reuse, and they would count
+    in the RSS a 512 MB instance is held to. No other allocator tuning: mallopt's was measured to save a
+    few MB at a cost in start-up time and tokens/s (commit 6fc7167)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -63,7 +64,7 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
     if backend == "onnx":
         model = _load_onnx(source, config, settings, eos_token_ids)
     else:
-        from .torch_backend import load_torch_model  # imports torch: only the torch backends need it
+        from .torch_backend.torch_model import load_torch_model  # imports torch: only the torch backends need it
 
         model = load_torch_model(backend, config, source, settings, eos_token_ids)
     release_freed_memory()
@@ -73,16 +74,16 @@ def load_model(settings: Settings) -> Tuple["CausalLM", object]:
 def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set):
     """The graph built into the model directory ahead of time, else the one cached for this checkpoint
     (built on first use: a few seconds, no torch)."""
-    from .onnx_model import OnnxModel
+    from .onnx_backend.onnx_model import OnnxModel
 
     path = prebuilt_graph(source, settings.quantize)
     if path is None:
-        if not _has_safetensors(source):
+        if not has_weights(source):
             raise ValueError(
                 f"{source} has neither an ONNX graph for QUANTIZE={settings.quantize} (onnx-{settings.quantize}/) "
                 "nor safetensors weights to build one from"
             )
-        from .onnx_graph import graph_path  # imports onnx: only building needs it
+        from .onnx_backend.onnx_graph import graph_path  # imports onnx: only building needs it
 
         path = graph_path(source, settings.cache_dir, settings.quantize)
     return OnnxModel(path, config, settings.threads or available_cpus(), eos_token_ids=eos_token_ids)
@@ -94,32 +95,29 @@ def load_tokenizer(source: str, lean: bool = True):
 
     if lean and lean_tokenizer_supported(source):
         return LeanTokenizer(source)
-    from transformers import AutoTokenizer  # tokenizer only: no modeling code
+    from .torch_backend.hf_files import auto_tokenizer
 
-    return AutoTokenizer.from_pretrained(source)
-
-
-def _has_safetensors(source: str) -> bool:
-    return any(os.path.exists(os.path.join(source, f)) for f in ("model.safetensors", "model.safetensors.index.json"))
+    return auto_tokenizer(source)
 
 
 def choose_backend(requested: str, config: dict, source: str, quantize: str = "none") -> str:
     """The backend serving this checkpoint, "onnx", "torch" or "transformers", from MODEL_BACKEND
-    (auto|onnx|torch|native|transformers; "native" is the old name of "torch")."""
+    (auto|onnx|torch|native|transformers; "native" is read as "torch", its name from before the ONNX
+    backend, when the native families had only the torch modules)."""
     family = native_family(config)
-    native = family is not None and _has_safetensors(source)
-    onnx = family is not None and (native or os.path.isdir(prebuilt_dir(source, quantize)))
+    torch_can = family is not None and has_weights(source)
+    onnx_can = family is not None and (torch_can or os.path.isdir(prebuilt_dir(source, quantize)))
     if requested == "auto":
-        return "onnx" if onnx else "transformers"
+        return "onnx" if onnx_can else "transformers"
     if requested == "onnx":
-        if not onnx:
+        if not onnx_can:
             raise ValueError(
                 f"MODEL_BACKEND=onnx: no ONNX graph for model_type {config.get('model_type')!r} "
                 "(onnx: gpt2, llama, qwen2 with safetensors weights or a prebuilt graph); use MODEL_BACKEND=auto or transformers"
             )
         return "onnx"
     if requested in ("torch", "native"):
-        if not native:
+        if not torch_can:
             raise ValueError(
                 f"MODEL_BACKEND={requested}: no native module for model_type {config.get('model_type')!r} "
                 "(native: gpt2, llama, qwen2 with safetensors weights); use MODEL_BACKEND=auto or transformers"
@@ -159,20 +157,10 @@ def _cached_gguf_conversion(settings: Settings) -> str:
     gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
 
     def convert(out_dir: str) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from .torch_backend.hf_files import convert_gguf  # imports torch and transformers
 
         log.info("converting %s (once; cached in %s)", gguf_path, settings.cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(settings.model_id, gguf_file=settings.model_gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            settings.model_id, gguf_file=settings.model_gguf_file, dtype=torch.float32
-        )
-        # The weights are plain float tensors now; the GGUF "quantizer" left attached only blocks saving.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        convert_gguf(settings.model_id, settings.model_gguf_file, out_dir)
 
     source = {"path": os.path.abspath(gguf_path)}
     return cached_build(settings.cache_dir, "gguf", file_fingerprint(gguf_path), source, convert, "config.json")

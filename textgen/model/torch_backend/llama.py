@@ -3,7 +3,7 @@
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
 the MLP's gate and up projections. Plain RoPE and full attention only: which configs come here is
-decided in architectures.py.
+decided in config.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import rope_theta
+from ..config import llama_shape, rope_theta
+from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
-from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 class Block(nn.Module):
@@ -57,13 +57,9 @@ class Llama(nn.Module):
     def __init__(self, config: dict, checkpoint: Checkpoint, quantize: str = "none", skinny: bool = False):
         super().__init__()
         get = _Getter(checkpoint, "model.")
-        d = config["hidden_size"]
-        self.n_layers = config["num_hidden_layers"]
-        self.n_heads = config["num_attention_heads"]
-        self.n_kv_heads = config.get("num_key_value_heads") or self.n_heads
-        self.head_dim = config.get("head_dim") or d // self.n_heads
-        self.context = config.get("max_position_embeddings", 2048)
-        self.vocab_size = config["vocab_size"]
+        shape = llama_shape(config)
+        self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
+        self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
         self.eps = config.get("rms_norm_eps", 1e-6)
         self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", quantize, skinny) for i in range(self.n_layers))
         self.norm = get("norm.weight")

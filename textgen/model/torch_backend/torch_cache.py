@@ -7,7 +7,7 @@ from typing import Tuple
 
 import torch
 
-from .kv_cache import KVCache
+from ..kv_cache import KVCache
 
 
 def store_and_read(

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kv_cache import KVCache
 from .int8 import Int8Linear
-from .kv_cache import KVCache
 from .torch_cache import store_and_read
 
 

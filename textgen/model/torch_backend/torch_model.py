@@ -14,11 +14,11 @@ from typing import Optional, Set
 import numpy as np
 import torch
 
-from ..settings import Settings
-from .architectures import native_family
+from ...settings import Settings
+from ..config import native_family
+from ..kv_cache import KVCache
+from ..threads import available_cpus
 from .checkpoint import Checkpoint
-from .kv_cache import KVCache
-from .threads import available_cpus
 
 
 class TorchModel:

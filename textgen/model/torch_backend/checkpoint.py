@@ -1,5 +1,5 @@
 """Reading a `save_pretrained` directory's safetensors weights without transformers' modeling code,
-one tensor at a time (its config.json: `architectures.read_config`).
+one tensor at a time (where each tensor is: `..safetensors`; the config.json: `..config.read_config`).
 
 Tensors are read with plain file reads, not a memory map: pages of a mapped 330 MB checkpoint count in
 the process's RSS while they stay mapped, and a free Render instance has 512 MB for everything. Each
@@ -9,13 +9,11 @@ copy go before the next one arrives.
 
 from __future__ import annotations
 
-import json
-import struct
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 
-from .onnx_weights import weight_files
+from ..safetensors import tensors
 
 _DTYPES = {
     "F32": torch.float32,
@@ -34,18 +32,7 @@ class Checkpoint:
     """The tensors of a safetensors checkpoint (single file or sharded with an index), by name."""
 
     def __init__(self, model_dir: str):
-        # name -> (file, dtype, shape, start, end), offsets absolute in the file
-        self._entries: Dict[str, Tuple[str, str, list, int, int]] = {}
-        for path in weight_files(model_dir):
-            with open(path, "rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(header_len))
-            base = 8 + header_len
-            for key, meta in header.items():
-                if key == "__metadata__":
-                    continue
-                start, end = meta["data_offsets"]
-                self._entries[key] = (path, meta["dtype"], meta["shape"], base + start, base + end)
+        self._entries = tensors(model_dir)  # name -> (file, dtype tag, shape, start, end)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

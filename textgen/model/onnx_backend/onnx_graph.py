@@ -26,7 +26,7 @@ Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rota
 `total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
-`_logits`). `quantize="int8"` passes every MatMul, the LM head included, through
+`_logits`). `quantize="int8"` (quantize.py) passes every MatMul, the LM head included, through
 onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
 quantized per row, so a row's result never depends on its neighbours), and stores the token embedding
 once in 8 bits as a GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
@@ -48,15 +48,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .architectures import GRAPH_FILE, model_shape, native_family, read_config, rope_theta
-from .build_cache import cached_build
-from .onnx_weights import NumpyCheckpoint, quantize_rows_uint8, weight_files
+from ..build_cache import cached_build
+from ..config import model_shape, native_family, read_config, rope_theta
+from ..safetensors import weight_files
+from .graph_files import DATA_FILE, GRAPH_FILE
+from .onnx_weights import NumpyCheckpoint
+from .quantize import BLOCK_SIZE, quantize_matmuls, quantize_rows_uint8
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
-BLOCK_SIZE = 32  # int8 block along the input dimension; every supported hidden size is a multiple
-DATA_FILE = "model.onnx.data"
 
 
 class GraphBuilder:
@@ -264,19 +265,6 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     head = embed if tied else ckpt.get("lm_head.weight")
     _logits(g, hidden, width, head, quantize, w("norm.weight"))
     return g.model()
-
-
-def quantize_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every MatMul with a constant weight (the LM head included) -> 8-bit MatMulNBits."""
-    import logging
-
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    # The quantizer logs every node at INFO (its module sets the level): keep the build quiet.
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
-    quantizer.process()
-    return quantizer.model.model
 
 
 def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:

@@ -16,8 +16,8 @@ from typing import Optional, Set
 import numpy as np
 import onnxruntime as ort
 
-from .kv_cache import KVCache
-from .architectures import model_shape
+from ..config import model_shape
+from ..kv_cache import KVCache
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core

@@ -1,5 +1,5 @@
 """The fallback for architectures without a native module: transformers' `AutoModelForCausalLM`,
-wrapped to the native modules' torch signature (so `torch_backend.TorchModel` serves both alike),
+wrapped to the native modules' torch signature (so `torch_model.TorchModel` serves both alike),
 over the same KV cache owned by the engine.
 
 transformers' attention layers call `past_key_values.update(keys, values, layer)` and attend to what
@@ -14,30 +14,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .kv_cache import KVCache
+from ..config import transformers_shape
+from ..kv_cache import KVCache
 from .layers import attention_mask, pick_positions
 from .torch_cache import store_and_read
-
-
-def _context(config) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
 
 
 class TransformersModel(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.n_layers = config.num_hidden_layers
-        self.n_heads = config.num_attention_heads
-        self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
-        self.context = _context(config)
-        self.vocab_size = config.vocab_size
+        shape = transformers_shape(model.config)
+        self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
+        self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
 
     def forward(
         self,

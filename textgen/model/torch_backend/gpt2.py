@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import gpt2_shape
+from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
-from .kv_cache import KVCache
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
 
 class Block(nn.Module):
@@ -36,12 +37,9 @@ class GPT2(nn.Module):
         def get(name):
             return checkpoint.get(prefix + name)
 
-        d = config["n_embd"]
-        self.n_layers = config["n_layer"]
-        self.n_heads = self.n_kv_heads = config["n_head"]
-        self.head_dim = d // self.n_heads
-        self.context = config.get("n_positions") or config.get("n_ctx") or 1024
-        self.vocab_size = config["vocab_size"]
+        shape = gpt2_shape(config)
+        self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
+        self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
         self.eps = config.get("layer_norm_epsilon", 1e-5)
         self.blocks = nn.ModuleList(
             Block(get, f"h.{i}.", quantize, skinny) for i in range(self.n_layers)

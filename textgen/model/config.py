@@ -1,0 +1,105 @@
+"""What a checkpoint says about its model, read without torch or onnx: its config.json, which native
+family (the architectures this service defines itself: torch modules and ONNX graphs) can serve it, and
+its shape. Every backend takes the shape from here: the native families' from config.json
+(`model_shape`), the transformers fallback's from the config object transformers loaded
+(`transformers_shape`).
+
+Kept apart from the modules that define the families, so that choosing a backend never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple, Optional
+
+GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
+LLAMA_TYPES = {"llama", "qwen2"}  # model_type values torch_backend/llama.py and the Llama graph serve
+
+
+def read_config(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def native_family(config: dict) -> Optional[str]:
+    """"gpt2" or "llama" when a native definition serves this config, else None."""
+    if config.get("model_type") in GPT2_TYPES:
+        return "gpt2"
+    if _llama_supported(config):
+        return "llama"
+    return None
+
+
+def _llama_supported(config: dict) -> bool:
+    """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
+    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
+        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
+            return False
+    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
+    return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+def rope_theta(config: dict) -> float:
+    """RoPE's base (Llama family); newer configs nest it in `rope_parameters`."""
+    return float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+class Shape(NamedTuple):
+    n_layers: int
+    width: int  # hidden size
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    context: int  # rows of the position (or rotary) table
+    vocab_size: int
+
+
+def model_shape(config: dict) -> Shape:
+    """The shape of a native family's model (GPT-2's config names, or Llama's)."""
+    return gpt2_shape(config) if native_family(config) == "gpt2" else llama_shape(config)
+
+
+def gpt2_shape(config: dict) -> Shape:
+    width, heads = config["n_embd"], config["n_head"]
+    context = config.get("n_positions") or config.get("n_ctx") or 1024
+    return Shape(config["n_layer"], width, heads, heads, width // heads, context, config["vocab_size"])
+
+
+def llama_shape(config: dict) -> Shape:
+    width, heads = config["hidden_size"], config["num_attention_heads"]
+    return Shape(
+        config["num_hidden_layers"],
+        width,
+        heads,
+        config.get("num_key_value_heads") or heads,
+        config.get("head_dim") or width // heads,
+        config.get("max_position_embeddings", 2048),
+        config["vocab_size"],
+    )
+
+
+def transformers_shape(config) -> Shape:
+    """The shape of any architecture from transformers' config object (`PretrainedConfig`: its
+    attribute names, which alias each family's own, GPT-2's `n_layer` as `num_hidden_layers`...); a
+    multimodal config gives its text model's."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return Shape(
+        config.num_hidden_layers,
+        getattr(config, "hidden_size", None) or heads * head_dim,
+        heads,
+        getattr(config, "num_key_value_heads", None) or heads,
+        head_dim,
+        _transformers_context(config),
+        config.vocab_size,
+    )
+
+
+def _transformers_context(config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
