@@ -37,9 +37,6 @@ from .sequence import Generation, Vocabulary, choose_next_tokens_for
 
 log = logging.getLogger(__name__)
 
-# Which requests a failed forward pass fails, as the log says it.
-_WHOSE = {"prefill": "joining", "decode step": "running"}
-
 
 class Engine:
     def __init__(self, model, tokenizer, settings: Settings):
@@ -191,7 +188,8 @@ class Engine:
             picks = choose_next_tokens_for(rows, logits)
         except Exception:
             ids = [g.entry.request_id for g in rows]
-            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), _WHOSE[kind], ids)
+            whose = "joining" if kind == "prefill" else "running"  # the requests a failed pass fails
+            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), whose, ids)
             self._leave(rows, GenerationError("Generation failed; see the server log"))
             return
         if kind == "decode step":
