@@ -38,7 +38,8 @@ def step_ms(model, batch: int, prompt_len: int = 40, steps: int = 15) -> float:
         pass
     times = []
     for _ in range(steps):
-        rows.lengths = [prompt_len] * batch  # rewrite the same position: the cache length stays put
+        for row in rows.slots:  # rewrite the same position: the cache length stays put
+            row.length = prompt_len
         started = time.perf_counter()
         rows.step([5] * batch)
         times.append((time.perf_counter() - started) * 1000)

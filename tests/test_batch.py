@@ -27,9 +27,9 @@ def alone(model, prompt, continuation):
 def finish_prefill(batch):
     """The joined rows' next-token logits, once every prompt of the group is prefilled."""
     while True:
-        logits = batch.prefill_step()
-        if logits is not None:
-            return logits
+        joined = batch.prefill_step()
+        if joined is not None:
+            return joined.logits
 
 
 def close(a, b):
@@ -92,7 +92,7 @@ def test_chunked_prefill_equals_one_pass_and_decode_goes_on_between_chunks(model
             break
         got_a.append(batch.step([STEPS[len(got_a)]])[0])
     assert chunks == 5  # 37 tokens in chunks of 8
-    assert close(joined[0], expected_long[0])
+    assert close(joined.logits[0], expected_long[0]) and joined.cached_tokens == [0]  # no prefix cache
     assert all(close(g, e) for g, e in zip(got_a, expected_a[1:]))
     out = batch.step([STEPS[len(got_a)], STEPS[0]])
     assert close(out[0], expected_a[len(got_a) + 1]) and close(out[1], expected_long[1])

@@ -290,16 +290,16 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
 def test_a_failing_update_fails_only_its_own_request(make_engine, monkeypatch):
     """A row whose per-token update raises (its text cannot be decoded, say) is answered with the error
     and leaves; the rows beside it in the same steps finish; the loop goes on."""
-    from textgen.engine.sequence import Sequence
+    from textgen.engine.sequence import Generation
 
-    real_append = Sequence.append
+    real_append = Generation.append
 
     def append(self, token, logprob, top=None):
         if self.request.seed == 666 and len(self.generated) == 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a tokenizer's bad day")
         return real_append(self, token, logprob, top)
 
-    monkeypatch.setattr(Sequence, "append", append)
+    monkeypatch.setattr(Generation, "append", append)
     engine = make_engine()
     doomed = engine.submit(request(engine.settings, max_new_tokens=10, seed=666))
     fine = engine.submit(request(engine.settings, max_new_tokens=10, do_sample=False))

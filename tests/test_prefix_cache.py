@@ -195,11 +195,15 @@ def prefix_cache(model, tokens=1024):
     return PrefixCache(model.n_layers, model.n_kv_heads, model.head_dim, tokens)
 
 
-def finish_prefill(batch):
+def joined_when_prefilled(batch):
     while True:
-        logits = batch.prefill_step()
-        if logits is not None:
-            return logits
+        joined = batch.prefill_step()
+        if joined is not None:
+            return joined
+
+
+def finish_prefill(batch):
+    return joined_when_prefilled(batch).logits
 
 
 def run_alone(batch, prompt, steps=(12, 13, 14)):
@@ -267,9 +271,9 @@ def test_rows_using_cached_prefixes_leave_and_move(model):
     batch.remove(["a"])  # the group's slots shift down under it
     assert batch.prefill_step() is None
     batch.remove(["c"])  # and again, from inside the group
-    logits = finish_prefill(batch)
-    assert batch.rows == ["b", "d"]
-    assert_close(logits, [expected["b"][0], expected["d"][0]])
+    joined = joined_when_prefilled(batch)
+    assert batch.rows == ["b", "d"] and joined.cached_tokens == [96, 96]  # in the group's order, c gone
+    assert_close(joined.logits, [expected["b"][0], expected["d"][0]])
     out = batch.step([12, 12])
     assert_close(out, [expected["b"][1], expected["d"][1]])
     batch.add(["c"], [prompts["c"]])  # c again: reuses its prefix, joins after b and d

@@ -6,12 +6,12 @@ Continuous batching, one loop iteration at a time:
 2. step: one prefill chunk of that group (at most PREFILL_CHUNK_TOKENS prompt tokens), then one decode
    step for every running request, each followed by one sampling call for all its rows; a long prompt
    thus costs the running streams one chunk per token, never its whole prefill;
-3. update: each row's `Sequence` takes its token (stop on EOS, a stop sequence, `max_new_tokens`;
+3. update: each row's `Generation` takes its token (stop on EOS, a stop sequence, `max_new_tokens`;
    streaming callers get the token's event); finished rows are answered and leave the batch at once.
 
 Request threads only call `submit` (validation turns the prompt into ids within the token limits, then
 the queue admits or refuses at once) and wait on their `Handle`. The batch's rows, cache and
-positions are `batch.Batch`; a row is a `sequence.Sequence`.
+positions are `batch.Batch`; a row is a `sequence.Generation` (one completion of a request).
 """
 
 from __future__ import annotations
@@ -27,22 +27,16 @@ from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
 from ..model.contract import CausalLM
 from ..settings import Settings
 from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
-from .batch import Batch
+from .batch import Batch, Joined
 from .handle import Handle
 from .listeners import Listeners
 from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
-from .sampling import Picks, choose_next_tokens
-from .sequence import Sequence
+from .runtime import runtime_versions
+from .sampling import Picks
+from .sequence import Generation, Vocabulary, choose_next_tokens_for
 
 log = logging.getLogger(__name__)
-
-# The packages each backend runs on: whose versions /info reports.
-RUNTIME_PACKAGES = {"onnx": ("onnxruntime",), "torch": ("torch",), "transformers": ("torch", "transformers")}
-
-
-# Which requests a failed forward pass fails, as the log says it.
-_WHOSE = {"prefill": "joining", "decode step": "running"}
 
 
 class Engine:
@@ -58,7 +52,8 @@ class Engine:
         self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
-        self._batch = Batch(model, settings.prefill_chunk_tokens, _prefix_cache(model, settings))  # engine thread only
+        prefix_cache = PrefixCache.for_model(model, settings.prefix_cache_tokens)
+        self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
         self._listeners = Listeners()
         self.draining = False  # the process is about to stop: still serving, no longer advertised ready
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
@@ -128,7 +123,7 @@ class Engine:
             "max_input_tokens": self.max_input_tokens,
             "max_total_tokens": self.max_total_tokens,
             "threads": self.model.threads,
-            "versions": _runtime_versions(RUNTIME_PACKAGES.get(self.model.backend, ())),
+            "versions": runtime_versions(self.model.backend),
         }
 
     # -- engine thread -----------------------------------------------------------------------------
@@ -142,7 +137,7 @@ class Engine:
                     self._step(rows, batch.prefill_step, "prefill")
                 if len(batch):
                     rows = list(batch.rows)
-                    self._step(rows, lambda: batch.step([s.next_token for s in rows]), "decode step")
+                    self._step(rows, lambda: batch.step([g.next_token for g in rows]), "decode step")
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
             log.exception("engine loop crashed")
@@ -150,8 +145,8 @@ class Engine:
             shutting_down = Unavailable("The server is shutting down")
             for entry in self._queue.drain():
                 self._answer(entry, shutting_down, entry.rows)
-            for sequence in self._batch.rows + self._batch.group:
-                self._answer(sequence.entry, shutting_down, sequence.rows_held)
+            for generation in self._batch.rows + self._batch.group:
+                self._answer(generation.entry, shutting_down, generation.rows_held)
             if crashed and self.on_crash is not None:
                 self.on_crash()
 
@@ -160,7 +155,7 @@ class Engine:
         batch = self._batch
         if not self._queue.wait_for_work(busy=not batch.empty):
             return False
-        self._leave([s for s in batch.rows + batch.group if s.handle.cancelled])
+        self._leave([g for g in batch.rows + batch.group if g.handle.cancelled])
         if not batch.prefilling:
             room = self.settings.max_batch_size - len(batch)
             # A prompt whose prefix is cached counts only the tokens it has left to prefill: several rows
@@ -170,8 +165,9 @@ class Engine:
             for entry, error in grouping.refused:
                 self._answer(entry, error, entry.rows)
             if grouping.group:
-                rows = [Sequence(e, self.tokenizer, self.eos_token_ids, self.special_token_ids) for e in grouping.group]
-                scorers = [s.score_prompt if s.wants_prompt_logprobs else None for s in rows]
+                vocabulary = Vocabulary(self.tokenizer, self.eos_token_ids, self.special_token_ids)
+                rows = [Generation.start(entry, vocabulary) for entry in grouping.group]
+                scorers = [g.score_prompt if g.wants_prompt_logprobs else None for g in rows]
                 batch.add(rows, [e.prompt_ids for e in grouping.group], scorers)
         return True
 
@@ -182,76 +178,73 @@ class Engine:
             return len(entry.prompt_ids)
         return self._batch.prefix_cache.to_prefill(entry.prompt_ids)
 
-    def _step(self, rows: List[Sequence], forward, kind: str) -> None:
-        """One forward pass (`forward` returns the logits of `rows`, or None while a prefill goes on),
-        one sampling call for all of them, then their update."""
+    def _step(self, rows: List[Generation], forward, kind: str) -> None:
+        """One forward pass (`forward` returns the logits of `rows`, or, for a prefill, the group that
+        joined, or None while it goes on), one sampling call for all of them, then their update."""
         try:
-            logits = forward()
-            if logits is None:
+            out = forward()
+            if out is None:
                 return
-            if kind == "prefill":
-                for sequence, cached in zip(rows, self._batch.joined_cached):
-                    sequence.cached_tokens = cached
-                rows, logits = self._fork(rows, logits)
-            want_logprobs = [s.wants_logprobs for s in rows]  # only token events (streamed or kept) carry them
-            # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
-            allowed = [s.allowed_tokens() for s in rows] if any(s.constraint is not None for s in rows) else None
-            top_n = [s.top_n for s in rows]
-            picks = choose_next_tokens(logits, [s.sampling for s in rows], want_logprobs, allowed, top_n)
+            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, out)
+            picks = choose_next_tokens_for(rows, logits)
         except Exception:
-            ids = [s.entry.request_id for s in rows]
-            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), _WHOSE[kind], ids)
+            ids = [g.entry.request_id for g in rows]
+            whose = "joining" if kind == "prefill" else "running"  # the requests a failed pass fails
+            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), whose, ids)
             self._leave(rows, GenerationError("Generation failed; see the server log"))
             return
         if kind == "decode step":
             self._listeners.notify("on_decode_step", len(rows))
         self._update(rows, picks)
 
-    def _fork(self, rows: List[Sequence], logits):
-        """Rows that just joined and asked for `n` completions become n rows: the prompt's keys and values
-        copied to n - 1 new slots, each with its own seed (derived from the request's) and the same
-        next-token logits. Returns every row to sample and their logits."""
-        if all(s.rows_held == 1 for s in rows):
-            return rows, logits
+    def _join(self, rows: List[Generation], joined: Joined):
+        """Rows that just joined learn what their prompts took from the prefix cache; those that asked for
+        `n` completions become n rows: the prompt's keys and values copied to n - 1 new slots, each with
+        its own seed (derived from the request's) and the same next-token logits. Returns every row to
+        sample and their logits."""
+        for generation, cached in zip(rows, joined.cached_tokens):
+            generation.cached_tokens = cached
+        if all(g.rows_held == 1 for g in rows):
+            return rows, joined.logits
         every, repeats = [], []
-        for sequence in rows:
-            siblings = [sequence.fork(choice) for choice in range(1, sequence.rows_held)]
-            sequence.rows_held = 1
+        for generation in rows:
+            siblings = [generation.fork(choice) for choice in range(1, generation.rows_held)]
+            generation.rows_held = 1
             if siblings:
-                self._batch.fork(sequence, siblings)
-            every += [sequence] + siblings
+                self._batch.fork(generation, siblings)
+            every += [generation] + siblings
             repeats.append(1 + len(siblings))
-        return every, np.repeat(logits, repeats, axis=0)
+        return every, np.repeat(joined.logits, repeats, axis=0)
 
-    def _update(self, rows: List[Sequence], picks: Picks) -> None:
+    def _update(self, rows: List[Generation], picks: Picks) -> None:
         """Each row takes its token; the finished are answered and leave. A row whose update fails (its
         text cannot be decoded, say) fails alone; one whose grammar gave out fails saying so."""
         finished, failed, refused = [], [], []
-        for sequence, token, logprob, top in zip(rows, *picks):
+        for generation, token, logprob, top in zip(rows, *picks):
             try:
-                sequence.append(token, logprob, top)
-                if sequence.finished:
-                    result = sequence.result()
-                    self._answer(sequence.entry, result, sequence.rows_held)
-                    finished.append(sequence)
+                generation.append(token, logprob, top)
+                if generation.finished:
+                    result = generation.result()
+                    self._answer(generation.entry, result, generation.rows_held)
+                    finished.append(generation)
             except ServiceError as error:  # the request's own (its grammar hit a limit of llguidance's)
-                log.warning("request %s failed: %s", sequence.entry.request_id, error.message)
-                refused.append((sequence, error))
+                log.warning("request %s failed: %s", generation.entry.request_id, error.message)
+                refused.append((generation, error))
             except Exception:
-                log.exception("update failed (request %s)", sequence.entry.request_id)
-                failed.append(sequence)
+                log.exception("update failed (request %s)", generation.entry.request_id)
+                failed.append(generation)
         self._batch.remove(finished)
         self._leave(failed, GenerationError("Generation failed; see the server log"))
-        for sequence, error in refused:
-            self._leave([sequence], error)
+        for generation, error in refused:
+            self._leave([generation], error)
 
-    def _leave(self, rows: List[Sequence], error: Optional[ServiceError] = None) -> None:
+    def _leave(self, rows: List[Generation], error: Optional[ServiceError] = None) -> None:
         """Rows leave the batch unfinished: cancelled ones get Cancelled, the others `error`."""
         if not rows:
             return
-        for sequence in rows:
-            cancelled = sequence.handle.cancelled
-            self._answer(sequence.entry, Cancelled("client disconnected") if cancelled else error, sequence.rows_held)
+        for generation in rows:
+            cancelled = generation.handle.cancelled
+            self._answer(generation.entry, Cancelled("client disconnected") if cancelled else error, generation.rows_held)
         self._batch.remove(rows)
 
     def _answer(self, entry: Entry, outcome, rows: int = 1) -> None:
@@ -262,23 +255,4 @@ class Engine:
         self._queue.done(rows)
         if isinstance(outcome, ServiceError) and entry.rows > 1:
             entry.handle.cancel()
-        entry.handle._emit(outcome)
-
-
-def _prefix_cache(model: CausalLM, settings: Settings) -> Optional[PrefixCache]:
-    """The prefix cache PREFIX_CACHE_TOKENS asks for, or None (0, or less than one block: off)."""
-    cache = PrefixCache(model.n_layers, model.n_kv_heads, model.head_dim, settings.prefix_cache_tokens)
-    return cache if cache.capacity_blocks else None
-
-
-def _runtime_versions(packages) -> dict:
-    """Versions of the packages the model runs on (those absent are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found
+        entry.handle.emit(outcome)

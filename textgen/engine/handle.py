@@ -86,7 +86,8 @@ class Handle:
         self._error: Optional[ServiceError] = None
 
     # -- engine side -------------------------------------------------------------------------------
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
+        """Send the caller a token event, a completion's result or the request's error (the engine only)."""
         self._events.put(event)
 
     # -- caller side -------------------------------------------------------------------------------

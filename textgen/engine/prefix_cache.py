@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..model.contract import CausalLM
 from ..model.kv_cache import KVCache
 
 # Tokens per block. Smaller blocks reuse more of a prompt (up to BLOCK_TOKENS - 1 shared tokens are
@@ -63,6 +64,13 @@ class PrefixCache:
         self.looked_up_tokens = 0  # their tokens
         self.hit_tokens = 0  # tokens whose prefill was skipped
         self.evicted_blocks = 0
+
+    @classmethod
+    def for_model(cls, model: CausalLM, budget_tokens: int) -> Optional["PrefixCache"]:
+        """A prefix cache for the model's keys and values within `budget_tokens` (PREFIX_CACHE_TOKENS),
+        or None: 0, or less than one block, turns it off."""
+        cache = cls(model.n_layers, model.n_kv_heads, model.head_dim, budget_tokens)
+        return cache if cache.capacity_blocks else None
 
     # -- sizes -------------------------------------------------------------------------------------
     @property

@@ -1,10 +1,35 @@
 """Choosing the next token for every row of a batch, each row with its own parameters and generator.
 
-The logits processors are those of transformers' `generate` (repetition penalty, temperature, top-k,
-top-p, typical-p), in numpy, applied to the whole batch at once where the parameter allows it; only
-the draw itself is per row, from the row's own `numpy.random.Generator`, so that each request's seeded
-generator sees exactly the same probabilities whether it runs alone or beside others. A row with a
-grammar has its disallowed tokens set to -inf before anything else (`allowed`), that row only.
+`choose_next_tokens` takes the logits at each row's last position ([rows, vocab] float32, left as
+they are) and does, in this order:
+
+1. Grammar masks (`allowed`, per row: packed bits from the row's compiled grammar, or None): the
+   tokens a row's grammar forbids become -inf, for that row only.
+2. Penalties, per row: CTRL's repetition penalty as transformers applies it (to every token of the
+   prompt and of the output so far: a positive logit divided by it, a negative one multiplied), then
+   OpenAI's frequency penalty (subtracted once for each time the row generated the token).
+3. Greedy rows (`do_sample` false): the most likely token. Its log-probability (a pass over the
+   vocabulary, so only where `want_logprobs` or `top_n` asks) and its alternatives are those of the
+   distribution after steps 1 and 2.
+4. Sampled rows:
+   a. top-k, for the rows with 0 < top_k < vocab: the k best tokens, best first, equal scores in token
+      order (`_k_best_ids`: a bound from the maxima of 64-token groups, then a sort of the few tokens
+      at or above it, instead of sorting the vocabulary); every later step works on those k;
+   b. temperature: each row's scores divided by its own, clamped to [1e-4, 1e30] (after top-k, whose
+      order it does not change);
+   c. top-p (nucleus), then typical-p, for the rows whose limit is below 1: the tokens they drop
+      become -inf;
+   d. the draw: one uniform number from the row's own `numpy.random.Generator`, looked up in the
+      cumulative float64 probabilities of its own candidates only (what `Generator.choice(p=...)`
+      does), so that a seeded row draws the same tokens whoever runs beside it.
+5. What each row gets back (`Picks`): its token; the token's log-probability under the distribution
+   it was drawn from, after every step above (None for a greedy row that did not ask); and, where
+   `top_n` asks (at most MAX_TOP_N), that many most likely tokens of that same distribution, best
+   first, leaving out those it filtered away (-inf). `most_likely` also gives a prompt's tokens their
+   alternatives (sequence.py).
+
+The processors are those of transformers' `generate`, in numpy; each step runs on all the rows it
+applies to at once, and only the draw is per row.
 """
 
 from __future__ import annotations
@@ -65,45 +90,52 @@ def choose_next_tokens(
     token i): the others are -inf for that row before penalties, top-k and the rest."""
     masked = _mask_disallowed(logits, allowed)
     logits = _apply_penalties(masked, rows, copy=masked is logits)
-    vocab = logits.shape[-1]
-    tokens: List[int] = [0] * len(rows)
-    logprobs: List[Optional[float]] = [None] * len(rows)
-    top: List[Optional[Alternatives]] = [None] * len(rows)
+    picks = Picks([0] * len(rows), [None] * len(rows), [None] * len(rows))
     wanted_top = [0] * len(rows) if top_n is None else [min(int(n), MAX_TOP_N) for n in top_n]
-
     greedy = [i for i, r in enumerate(rows) if not r.do_sample]
     if greedy:
-        # Greedy: the most likely token; its log-probability under the (penalised) distribution.
-        scores = logits if len(greedy) == len(rows) else logits[greedy]
-        best = scores.argmax(axis=-1)
-        # The rows asking for alternatives get them from one vectorised pass (best first).
-        asking = [j for j, i in enumerate(greedy) if wanted_top[i]]
-        if asking:
-            best_ids, best_scores = most_likely(scores[asking], max(wanted_top[greedy[j]] for j in asking))
-            rank = {j: a for a, j in enumerate(asking)}
-        for j, i in enumerate(greedy):
-            tokens[i] = int(best[j])
-            if want_logprobs is None or want_logprobs[i] or wanted_top[i]:
-                log_z = _logsumexp(scores[j])
-                logprobs[i] = float(scores[j, best[j]] - log_z)
-                if wanted_top[i]:
-                    found = zip(best_ids[rank[j], : wanted_top[i]], best_scores[rank[j], : wanted_top[i]])
-                    top[i] = [(int(t), float(s - log_z)) for t, s in found if s > -np.inf]
-
+        wanted = [want_logprobs is None or want_logprobs[i] or wanted_top[i] for i in greedy]
+        _pick_greedy(logits if len(greedy) == len(rows) else logits[greedy], greedy, wanted, wanted_top, picks)
     sampled = [i for i, r in enumerate(rows) if r.do_sample]
     if sampled:
-        with_k = [i for i in sampled if 0 < rows[i].top_k < vocab]
-        without_k = [i for i in sampled if not 0 < rows[i].top_k < vocab]
-        if with_k:
-            # Top-k first (temperature does not change the order), so everything after it works on
-            # k candidates instead of the whole vocabulary.
-            scores = logits if len(with_k) == len(rows) else logits[with_k]
-            cand_scores, cand_ids = _top_k_candidates(scores, [rows[i].top_k for i in with_k])
-            _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, Picks(tokens, logprobs, top), wanted_top)
-        if without_k:
-            full = _with_temperature(logits[without_k], rows, without_k)
-            _draw(full, None, without_k, rows, Picks(tokens, logprobs, top), wanted_top)
-    return Picks(tokens, logprobs, top)
+        _pick_sampled(logits, rows, sampled, wanted_top, picks)
+    return picks
+
+
+def _pick_greedy(scores: np.ndarray, which: List[int], wanted: List[bool], wanted_top: List[int], out: Picks) -> None:
+    """The most likely token of each of the rows `which` (their penalised scores); its log-probability
+    where `wanted` says so, and the alternatives `wanted_top` asks for."""
+    best = scores.argmax(axis=-1)
+    # The rows asking for alternatives get them from one vectorised pass (best first).
+    asking = [j for j, i in enumerate(which) if wanted_top[i]]
+    if asking:
+        best_ids, best_scores = most_likely(scores[asking], max(wanted_top[which[j]] for j in asking))
+        rank = {j: a for a, j in enumerate(asking)}
+    for j, i in enumerate(which):
+        out.tokens[i] = int(best[j])
+        if wanted[j]:
+            log_z = _logsumexp(scores[j])
+            out.logprobs[i] = float(scores[j, best[j]] - log_z)
+            if wanted_top[i]:
+                found = zip(best_ids[rank[j], : wanted_top[i]], best_scores[rank[j], : wanted_top[i]])
+                out.top[i] = [(int(t), float(s - log_z)) for t, s in found if s > -np.inf]
+
+
+def _pick_sampled(logits: np.ndarray, rows, which: List[int], wanted_top: List[int], out: Picks) -> None:
+    """A draw for each of the rows `which`: those with a top-k on their k candidates, the others on the
+    whole vocabulary."""
+    vocab = logits.shape[-1]
+    with_k = [i for i in which if 0 < rows[i].top_k < vocab]
+    without_k = [i for i in which if not 0 < rows[i].top_k < vocab]
+    if with_k:
+        # Top-k first (temperature does not change the order), so everything after it works on
+        # k candidates instead of the whole vocabulary.
+        scores = logits if len(with_k) == len(rows) else logits[with_k]
+        cand_scores, cand_ids = _top_k_candidates(scores, [rows[i].top_k for i in with_k])
+        _draw(_with_temperature(cand_scores, rows, with_k), cand_ids, with_k, rows, out, wanted_top)
+    if without_k:
+        full = _with_temperature(logits[without_k], rows, without_k)
+        _draw(full, None, without_k, rows, out, wanted_top)
 
 
 def _alternatives(log_probs: np.ndarray, ids: Optional[np.ndarray], n: int) -> Alternatives:

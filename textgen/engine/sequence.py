@@ -1,6 +1,7 @@
-"""One request in the batch: its tokens, how it samples, its text, and when it is done.
+"""One completion of a request in the batch (`Generation`): its tokens, how it samples, its text, and
+when it is done.
 
-`Sequence.append` is the whole per-token update: record the token, advance the grammar if the request
+`Generation.append` is the whole per-token update: record the token, advance the grammar if the request
 has one, stop on end-of-text, a complete grammar, a stop sequence or `max_new_tokens`, and (for a
 streaming request only) emit the token's event with the text it releases; a request that asked for
 its tokens' details keeps the events for its result instead. Text is made only where it is needed: a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -22,71 +24,99 @@ from ..validation.tgi import MAX_SEED
 from .detokenize import IncrementalDetokenizer, decode_generated
 from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry
-from .sampling import Alternatives, RowSampling, log_softmax, most_likely
+from .sampling import Alternatives, Picks, RowSampling, choose_next_tokens, log_softmax, most_likely
 from .stop import StopMatcher
 
 
-class Sequence:
-    def __init__(
-        self,
-        entry: Entry,
-        tokenizer,
-        eos_token_ids: frozenset,
-        special_token_ids: frozenset,
-        choice: int = 0,
-        first_seed: Optional[int] = None,
-    ):
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a generation needs to know of the tokens: their text, and which end it or are special."""
+
+    tokenizer: object
+    eos_token_ids: frozenset
+    special_token_ids: frozenset
+
+    def info(self, token: int, logprob: Optional[float], top: Tuple[TokenInfo, ...] = ()) -> TokenInfo:
+        return TokenInfo(token, self.tokenizer.decode([token]), logprob, token in self.special_token_ids, top)
+
+
+@dataclass(eq=False)
+class Generation:
+    """One completion of a request, as it runs in the batch (a row there). Made by `start` (the
+    request's first completion) or `fork` (each further one, after the prompt's prefill)."""
+
+    entry: Entry
+    vocabulary: Vocabulary
+    choice: int  # which of the request's `n` completions
+    # Rows of the batch this one stands for: all n while the prompt is prefilled once, then 1 (`fork`).
+    rows_held: int
+    seed: Optional[int]  # None: greedy
+    sampling: RowSampling
+    # The request's grammar, compiled at submit (validation.grammar.TokenConstraint), or None; each
+    # further completion follows a copy of its own.
+    constraint: Optional[object]
+    stops: Optional[StopMatcher]
+    kept: Optional[List[TokenEvent]]  # a blocking request with `details` keeps its token events for its result
+    # Token events (streamed or kept) and TGI's `best_of` (the highest sum wins) need log-probabilities.
+    wants_logprobs: bool
+    top_n: int  # alternatives per token event
+    detokenizer: Optional[IncrementalDetokenizer]  # None: the text is decoded once, at the end
+    logprob_sum: Optional[float] = None
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    prefill: List[TokenInfo] = field(default_factory=list)  # the prompt's tokens, with `decoder_input_details`
+    next_token: int = 0  # the last token picked: the next decode step feeds it
+    finish_reason: Optional[str] = None
+    text: str = ""
+    started_at: float = field(default_factory=time.monotonic)  # joined the batch: queue time ends, compute time starts
+
+    @classmethod
+    def start(cls, entry: Entry, vocabulary: Vocabulary) -> "Generation":
+        """The request's first completion: it holds all of the request's rows until its prefill ends."""
+        return cls._make(entry, vocabulary, 0, entry.rows, _first_seed(entry.request), entry.constraint)
+
+    def fork(self, choice: int) -> "Generation":
+        """Completion `choice` of the request, from the same prompt (prefilled once, before any token)."""
+        constraint = None if self.entry.constraint is None else self.entry.constraint.fork()
+        sibling = self._make(self.entry, self.vocabulary, choice, 1, _sibling_seed(self.seed, choice), constraint)
+        sibling.prefill = list(self.prefill)
+        sibling.cached_tokens = self.cached_tokens
+        return sibling
+
+    @classmethod
+    def _make(cls, entry: Entry, vocabulary: Vocabulary, choice: int, rows_held: int, seed, constraint) -> "Generation":
+        """Completion `choice` of the entry's request, with its seed and its grammar's state: how it samples,
+        whether its text is made token by token, which token details it keeps."""
         request = entry.request
-        self.entry = entry
-        self.handle = entry.handle
-        self.request = request
-        self.choice = choice  # which of the request's `n` completions
-        # Rows of the batch this one stands for: all n while the prompt is prefilled once, then 1 (`fork`).
-        self.rows_held = entry.rows if choice == 0 else 1
-        self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
-        self._tokenizer = tokenizer
-        self._eos_token_ids = eos_token_ids
-        self._special_token_ids = special_token_ids
-        seed, generator = None, None
-        if request.do_sample:
-            if choice == 0:
-                seed = secrets.randbits(63) if request.seed is None else request.seed
-            else:  # completion c of n draws with the first's seed + c: each is what that seed gives alone
-                seed = (first_seed + choice) % (MAX_SEED + 1)
-            # A generator per row: its tokens depend on its seed only, never on its neighbours.
-            generator = np.random.default_rng(seed)
-        self.seed = seed
-        self.sampling = RowSampling(
-            do_sample=request.do_sample,
-            temperature=request.temperature,
-            top_k=request.top_k,
-            top_p=request.top_p,
-            typical_p=request.typical_p,
-            repetition_penalty=request.repetition_penalty,
-            frequency_penalty=request.frequency_penalty,
-            generator=generator,
-            # What the repetition penalty looks at: prompt and generated tokens (kept only when it applies).
-            seen_ids=list(entry.prompt_ids) if request.repetition_penalty != 1.0 else [],
+        kept = [] if request.details and not request.stream else None
+        wants_logprobs = request.stream or kept is not None or request.pick_best
+        incremental = request.stream or bool(request.stop) or kept is not None
+        return cls(
+            entry=entry,
+            vocabulary=vocabulary,
+            choice=choice,
+            rows_held=rows_held,
+            seed=seed,
+            sampling=_row_sampling(request, entry.prompt_ids, seed),
+            constraint=constraint,
+            stops=StopMatcher(request.stop) if request.stop else None,
+            kept=kept,
+            wants_logprobs=wants_logprobs,
+            top_n=request.top_n_tokens if wants_logprobs else 0,
+            detokenizer=IncrementalDetokenizer(vocabulary.tokenizer, entry.prompt_ids) if incremental else None,
+            logprob_sum=0.0 if wants_logprobs else None,
         )
-        self.generated: List[int] = self.sampling.generated_ids
-        # The request's grammar, compiled at submit (validation.grammar.TokenConstraint), or None; each
-        # further completion follows a copy of its own.
-        self.constraint = entry.constraint if choice == 0 or entry.constraint is None else entry.constraint.fork()
-        self._track_seen = request.repetition_penalty != 1.0
-        self._stops = StopMatcher(request.stop) if request.stop else None
-        # A blocking request with `details` keeps its token events for its result.
-        self._kept: Optional[List[TokenEvent]] = [] if request.details and not request.stream else None
-        # TGI's `best_of` picks the completion whose tokens' log-probabilities sum highest.
-        self.wants_logprobs = request.stream or self._kept is not None or request.pick_best
-        self.logprob_sum: Optional[float] = 0.0 if self.wants_logprobs else None
-        self.top_n = request.top_n_tokens if self.wants_logprobs else 0
-        self.prefill: List[TokenInfo] = []  # the prompt's tokens, with `decoder_input_details`
-        incremental = request.stream or self._stops is not None or self._kept is not None
-        self._detokenizer = IncrementalDetokenizer(tokenizer, entry.prompt_ids) if incremental else None
-        self.started_at = time.monotonic()  # joined the batch: queue time ends, compute time starts
-        self.next_token = 0  # the last token picked: the next decode step feeds it
-        self.finish_reason: Optional[str] = None
-        self.text = ""
+
+    @property
+    def request(self):  # the validated `GenerationRequest`
+        return self.entry.request
+
+    @property
+    def handle(self):  # the caller's `Handle`
+        return self.entry.handle
+
+    @property
+    def generated(self) -> List[int]:
+        return self.sampling.generated_ids
 
     @property
     def finished(self) -> bool:
@@ -106,64 +136,64 @@ class Sequence:
         prompt token, whose log-probability (under the model's own distribution: nothing was sampled
         here) is recorded, with its `top_n` most likely alternatives when asked for. The first prompt
         token has none."""
-        prompt = self.entry.prompt_ids
+        prompt, info = self.entry.prompt_ids, self.vocabulary.info
         if offset == 0:
-            self.prefill.append(self._info(prompt[0], None))
+            self.prefill.append(info(prompt[0], None))
         targets = prompt[offset + 1 : offset + 1 + len(logits)]  # the last position predicts no prompt token
         log_probs = log_softmax(logits[: len(targets)])
         tops = [()] * len(targets)
         if self.top_n and len(targets):
             ids, values = most_likely(log_probs, self.top_n)
-            tops = [tuple(self._info(int(t), float(v)) for t, v in zip(*row)) for row in zip(ids, values)]
+            tops = [tuple(info(int(t), float(v)) for t, v in zip(*row)) for row in zip(ids, values)]
         for row, (target, top) in enumerate(zip(targets, tops)):
-            self.prefill.append(self._info(target, float(log_probs[row, target]), top))
-
-    def _info(self, token: int, logprob: Optional[float], top: Tuple[TokenInfo, ...] = ()) -> TokenInfo:
-        return TokenInfo(token, self._tokenizer.decode([token]), logprob, token in self._special_token_ids, top)
-
-    def fork(self, choice: int) -> "Sequence":
-        """Completion `choice` of the request, from the same prompt (prefilled once, before any token)."""
-        sibling = Sequence(self.entry, self._tokenizer, self._eos_token_ids, self._special_token_ids, choice, self.seed)
-        sibling.prefill = list(self.prefill)
-        sibling.cached_tokens = self.cached_tokens
-        return sibling
+            self.prefill.append(info(target, float(log_probs[row, target]), top))
 
     def append(self, token: int, logprob: Optional[float], top: Optional[Alternatives] = None) -> None:
         """Record one generated token (with its most likely alternatives, when asked for); emit its event
         to a streaming caller or keep it for the result; note when the request ends.
         Raises ValidationError when the request's grammar gave out (a limit of llguidance's)."""
-        self.generated.append(token)
-        if self.logprob_sum is not None and logprob is not None:
-            self.logprob_sum += logprob
-        if self._track_seen:
-            self.sampling.seen_ids.append(token)
-        self.next_token = token
-        is_eos = token in self._eos_token_ids
-        complete = False
-        if self.constraint is not None:
-            if not is_eos:
-                self.constraint.advance(token)
-            if self.constraint.error is not None:
-                raise ValidationError(f"`grammar` could not be followed: {self.constraint.error}", "grammar")
-            # Nothing but the end of the text can follow: the output is whole, and ends here, as if at
-            # end-of-text, without a step spent on the end-of-text token itself.
-            complete = self.constraint.done
-        if is_eos or complete:
+        self._record(token, logprob)
+        if self._ends_text(token):
             self.finish_reason = "eos_token"
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish_reason = "length"
-        if self._detokenizer is None:
+        if self.detokenizer is None:
             return
-        special = token in self._special_token_ids
-        piece = self._detokenizer.add(token)
+        special = token in self.vocabulary.special_token_ids
+        piece = self.detokenizer.add(token)
         if special:
             piece = ""  # special tokens (EOS above all) never become part of the text
         if self.finish_reason is not None:
-            piece += self._detokenizer.flush()  # release bytes held for an unfinished character
+            piece += self.detokenizer.flush()  # release bytes held for an unfinished character
         released = self._release(piece)
-        if not self.request.stream and self._kept is None:
-            return
-        event = TokenEvent(
+        if self.request.stream:
+            self.handle.emit(self._event(token, piece, logprob, special, released, top))
+        elif self.kept is not None:
+            self.kept.append(self._event(token, piece, logprob, special, released, top))
+
+    def _record(self, token: int, logprob: Optional[float]) -> None:
+        self.generated.append(token)
+        if self.logprob_sum is not None and logprob is not None:
+            self.logprob_sum += logprob
+        if self.request.repetition_penalty != 1.0:  # only then does the penalty look at what was seen
+            self.sampling.seen_ids.append(token)
+        self.next_token = token
+
+    def _ends_text(self, token: int) -> bool:
+        """Whether the text ends at this token: end-of-text, or a grammar with nothing left to follow."""
+        is_eos = token in self.vocabulary.eos_token_ids
+        if self.constraint is None:
+            return is_eos
+        if not is_eos:
+            self.constraint.advance(token)
+        if self.constraint.error is not None:
+            raise ValidationError(f"`grammar` could not be followed: {self.constraint.error}", "grammar")
+        # Nothing but the end of the text can follow: the output is whole, and ends here, as if at
+        # end-of-text, without a step spent on the end-of-text token itself.
+        return is_eos or self.constraint.done
+
+    def _event(self, token, piece, logprob, special, released, top) -> TokenEvent:
+        return TokenEvent(
             index=len(self.generated),
             id=token,
             text=piece,
@@ -171,32 +201,29 @@ class Sequence:
             special=special,
             released=released,
             last=self.finished,
-            top_tokens=tuple(self._info(i, lp) for i, lp in top) if top else (),
+            top_tokens=tuple(self.vocabulary.info(i, lp) for i, lp in top) if top else (),
             prefill=tuple(self.prefill) if len(self.generated) == 1 else (),
             choice=self.choice,
         )
-        if self.request.stream:
-            self.handle._emit(event)
-        else:
-            self._kept.append(event)
 
     def _release(self, piece: str) -> str:
         """The text this token adds to the answer, and the end of the request at a stop sequence."""
-        if self._stops is None:
+        if self.stops is None:
             self.text += piece
             return piece
-        released, stopped = self._stops.push(piece)
+        released, stopped = self.stops.push(piece)
         if stopped:
             self.finish_reason = "stop_sequence"
         elif self.finish_reason is not None:
-            released += self._stops.flush()
-        self.text = self._stops.text
+            released += self.stops.flush()
+        self.text = self.stops.text
         return released
 
     def result(self) -> GenerationResult:
         text = self.text
-        if self._detokenizer is None:
-            text = decode_generated(self._tokenizer, self.entry.prompt_ids, self.generated, self._special_token_ids)
+        if self.detokenizer is None:
+            vocabulary = self.vocabulary
+            text = decode_generated(vocabulary.tokenizer, self.entry.prompt_ids, self.generated, vocabulary.special_token_ids)
         return GenerationResult(
             text=text,
             finish_reason=self.finish_reason,
@@ -204,10 +231,46 @@ class Sequence:
             prompt_tokens=len(self.entry.prompt_ids),
             seed=self.seed,
             cached_tokens=self.cached_tokens,
-            tokens=tuple(self._kept or ()),
+            tokens=tuple(self.kept or ()),
             prefill=tuple(self.prefill),
             choice=self.choice,
             logprob_sum=self.logprob_sum,
             queue_time=self.started_at - self.entry.enqueued_at,
             compute_time=time.monotonic() - self.started_at,
         )
+
+
+def choose_next_tokens_for(rows: List[Generation], logits: np.ndarray) -> Picks:
+    """One sampling call for the rows' next tokens, each with its own parameters, grammar and details."""
+    want_logprobs = [g.wants_logprobs for g in rows]  # only token events (streamed or kept) carry them
+    # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
+    allowed = [g.allowed_tokens() for g in rows] if any(g.constraint is not None for g in rows) else None
+    return choose_next_tokens(logits, [g.sampling for g in rows], want_logprobs, allowed, [g.top_n for g in rows])
+
+
+def _first_seed(request) -> Optional[int]:
+    """The seed of a sampling request's first completion: its own, or a fresh one it is told (None: greedy)."""
+    if not request.do_sample:
+        return None
+    return secrets.randbits(63) if request.seed is None else request.seed
+
+
+def _sibling_seed(first_seed: Optional[int], choice: int) -> Optional[int]:
+    """Completion c of n draws with the first's seed + c: each is what that seed gives alone."""
+    return None if first_seed is None else (first_seed + choice) % (MAX_SEED + 1)
+
+
+def _row_sampling(request, prompt_ids, seed: Optional[int]) -> RowSampling:
+    return RowSampling(
+        do_sample=request.do_sample,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        top_p=request.top_p,
+        typical_p=request.typical_p,
+        repetition_penalty=request.repetition_penalty,
+        frequency_penalty=request.frequency_penalty,
+        # A generator per row: its tokens depend on its seed only, never on its neighbours.
+        generator=None if seed is None else np.random.default_rng(seed),
+        # What the repetition penalty looks at: prompt and generated tokens (kept only when it applies).
+        seen_ids=list(prompt_ids) if request.repetition_penalty != 1.0 else [],
+    )
