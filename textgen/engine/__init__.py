@@ -3,6 +3,19 @@
 The engine itself is numpy only; the model backend it is given may import torch (model/torch_backend/) or
 not. Importing the package loads neither (transports import `handle` from here and must stay light):
 `Engine` and `create_engine` load the rest on first use.
+
+Files (the loop reads schedule -> step -> update, one function each, in core.py):
+- core.py: `Engine`, the one thread that owns the model and runs the loop.
+- queue.py: admission (429 when full) and `next_group`, the scheduling policy as a pure function.
+- batch.py: the running batch, one `Row` record per KV-cache slot; prefill chunks and decode steps.
+- sequence.py: `Generation`, one completion's state: its tokens, sampler, detokenizer and stop matcher.
+- sampling.py: the next token of every row at once, each row from its own seeded generator.
+- stop.py: stop sequences, and which text is safe to hand out.
+- detokenize.py: the text each new token adds.
+- prefix_cache.py: the keys and values of recent prompts' first blocks, reused by later prompts.
+- handle.py: what a transport holds while its request runs: events, then a result.
+- listeners.py: the engine's observers (metrics).
+- runtime.py: the packages each backend runs on, and their versions (/info).
 """
 
 from __future__ import annotations
