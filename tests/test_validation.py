@@ -209,13 +209,15 @@ class TestTokenBudget:
             kept_prompt_tokens(500, self.req(truncate=101), 100, 200)
 
     def test_messages_name_the_clients_own_fields(self):
+        from dataclasses import replace
+
         from textgen.validation.openai_forms import openai_fields
 
         with pytest.raises(ValidationError, match=r"^`messages` must have less than 100 tokens") as info:
-            kept_prompt_tokens(101, self.req(), 100, 200, openai_fields(chat=True))
+            kept_prompt_tokens(101, replace(self.req(), fields=openai_fields(chat=True)), 100, 200)
         assert info.value.param == "messages"
         with pytest.raises(ValidationError, match=r"`prompt` tokens \+ `max_tokens` must be <= 100") as info:
-            kept_prompt_tokens(95, self.req(), 99, 100, openai_fields(chat=False))
+            kept_prompt_tokens(95, replace(self.req(), fields=openai_fields(chat=False)), 99, 100)
         assert info.value.param == "max_tokens"
 
     def test_empty_after_tokenization(self):
