@@ -322,7 +322,8 @@ def build_openapi(
     if vocab_size is not None:
         ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
-                        ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
+                        ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens"),
+                        ("ChatCompletionRequest", "max_completion_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
         _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
