@@ -98,8 +98,8 @@ def test_truncate_keeps_the_last_tokens_as_generate_does(client):
 
 
 def test_tokenize_takes_exactly_the_grammar_forms_its_schema_names(client):
-    """Each `grammar.type` the OpenAPI document names is taken; any other is the 422 /generate answers (the
-    document's discriminator maps every tag to a form of its own: tests/test_openapi.py)."""
+    """Each `grammar.type` the OpenAPI document names is taken; any other is the 422 /generate answers (and
+    the document states the forms without a hint that tools would read otherwise: tests/test_openapi.py)."""
     for grammar in ({"type": "json", "value": {}}, {"type": "json_object", "value": {}}, {"type": "regex", "value": "a+"},
                     {"type": "json_schema", "value": {"schema": {}}}):
         assert tokenize(client, "Hi", grammar=grammar) == tokenize(client, "Hi")

@@ -60,20 +60,13 @@ SchemaValue = Annotated[
 
 
 class JsonGrammar(BaseModel):
-    """TGI: `{"type": "json", "value": <JSON schema>}`; the schema may also be given as its JSON text."""
+    """TGI: `{"type": "json", "value": <JSON schema>}`; the schema may also be given as its JSON text.
+    `json_object` is TGI's alias of `json`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    type: Literal["json"]
+    type: Literal["json", "json_object"]
     value: SchemaValue
-
-
-class JsonObjectGrammar(JsonGrammar):
-    """TGI's alias of `json`: `{"type": "json_object", "value": <JSON schema>}`. A form of its own (not a
-    second tag of JsonGrammar's), so that the OpenAPI document maps each tag to one schema whose `type`
-    allows that tag alone: tools that pin the tag per form (schemathesis) read what the server takes."""
-
-    type: Literal["json_object"]  # type: ignore[assignment]
 
 
 class RegexGrammar(BaseModel):
@@ -107,7 +100,7 @@ class JsonSchemaGrammar(BaseModel):
     value: JsonSchemaConfig
 
 
-GrammarForm = Union[JsonGrammar, JsonObjectGrammar, RegexGrammar, JsonSchemaGrammar]  # a grammar in the protocols' words
+GrammarForm = Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar]  # a grammar in the protocols' words
 Grammar = Annotated[GrammarForm, Field(discriminator="type")]  # ... told apart by its `type`
 
 
