@@ -79,6 +79,42 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     assert ids["items"]["minimum"] == 0 and ids["items"]["maximum"] == 399  # the tiny model: 400 tokens
 
 
+def test_a_discriminator_in_the_document_names_one_form_per_tag_that_allows_that_tag_alone():
+    """A discriminator's mapping, read as tools read it (schemathesis pins each form to the tag that maps
+    to it): one tag per form, and the form's own `type` allows exactly it. TGI's `grammar` (one form for
+    `json` and its alias `json_object`) is stated by its `oneOf` alone: with the hint, a fuzzer took
+    `{"type": "json"}`, which /tokenize rightly accepts, for a body that breaks the document."""
+    from textgen.transports.http.openapi import build_openapi
+
+    schemas = build_openapi(64, 100)["components"]["schemas"]
+    unions = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "oneOf" in node and all("$ref" in form for form in node["oneOf"]):
+                unions.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schemas)
+    tagged = [union for union in unions if "discriminator" in union]
+    assert tagged  # OpenAI's `response_format` keeps its hint: one form per tag
+    for union in tagged:
+        mapping = union["discriminator"]["mapping"]
+        assert len(set(mapping.values())) == len(mapping), mapping
+        for tag, ref in mapping.items():
+            form = schemas[ref.rsplit("/", 1)[1]]
+            tags = form["properties"]["type"].get("enum") or [form["properties"]["type"]["const"]]
+            assert tags == [tag], (ref, tags)
+    grammar = schemas["Parameters"]["properties"]["grammar"]["anyOf"][0]
+    assert "discriminator" not in grammar
+    assert [form["$ref"].rsplit("/", 1)[1] for form in grammar["oneOf"]] == ["JsonGrammar", "RegexGrammar", "JsonSchemaGrammar"]
+    assert schemas["JsonGrammar"]["properties"]["type"]["enum"] == ["json", "json_object"]
+
+
 def test_docs_page_is_self_contained(live_url):
     response = requests.get(live_url + "/docs")
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")

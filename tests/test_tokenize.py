@@ -97,6 +97,20 @@ def test_truncate_keeps_the_last_tokens_as_generate_does(client):
     assert generated.get_json()["details"]["prompt_tokens"] == 5
 
 
+def test_tokenize_takes_exactly_the_grammar_forms_its_schema_names(client):
+    """Each `grammar.type` the OpenAPI document names is taken; any other is the 422 /generate answers (and
+    the document states the forms without a hint that tools would read otherwise: tests/test_openapi.py)."""
+    for grammar in ({"type": "json", "value": {}}, {"type": "json_object", "value": {}}, {"type": "regex", "value": "a+"},
+                    {"type": "json_schema", "value": {"schema": {}}}):
+        assert tokenize(client, "Hi", grammar=grammar) == tokenize(client, "Hi")
+    message = "`grammar.type` must be one of 'json', 'json_object', 'regex', 'json_schema'. Given: \"xml\""
+    for route in ("/tokenize", "/generate"):
+        body = {"prompt": "Hi", "grammar": {"type": "xml", "value": {}}}
+        assert_error(client.post(route, json=body), 422, "validation", message)
+        body = {"inputs": "Hi", "parameters": {"grammar": {"type": None, "value": "a"}}}
+        assert_error(client.post(route, json=body), 422, "validation", "`grammar.type` must be one of")
+
+
 def test_the_seed_form_is_accepted_too(client):
     assert client.post("/tokenize", json={"prompt": "Hi there"}).get_json() == tokenize(client, "Hi there")
 

@@ -209,15 +209,96 @@ class TestTokenBudget:
             kept_prompt_tokens(500, self.req(truncate=101), 100, 200)
 
     def test_messages_name_the_clients_own_fields(self):
+        from dataclasses import replace
+
         from textgen.validation.openai_forms import openai_fields
 
         with pytest.raises(ValidationError, match=r"^`messages` must have less than 100 tokens") as info:
-            kept_prompt_tokens(101, self.req(), 100, 200, openai_fields(chat=True))
+            kept_prompt_tokens(101, replace(self.req(), fields=openai_fields(chat=True)), 100, 200)
         assert info.value.param == "messages"
         with pytest.raises(ValidationError, match=r"`prompt` tokens \+ `max_tokens` must be <= 100") as info:
-            kept_prompt_tokens(95, self.req(), 99, 100, openai_fields(chat=False))
+            kept_prompt_tokens(95, replace(self.req(), fields=openai_fields(chat=False)), 99, 100)
         assert info.value.param == "max_tokens"
 
     def test_empty_after_tokenization(self):
         with pytest.raises(ValidationError, match="cannot be empty"):
             kept_prompt_tokens(0, self.req(), 100, 200)
+
+
+# -- OpenAI's forms: the current API's names, and the fields that mean nothing here ----------------------
+def chat(**options):
+    from textgen.validation.openai_forms import chat_request
+
+    body = {"messages": [{"role": "user", "content": "Hi"}], **options}
+    return chat_request(body, SETTINGS, lambda messages: messages[-1]["content"])[1]
+
+
+def chat_error(**options):
+    with pytest.raises(ValidationError) as info:
+        chat(**options)
+    return info.value
+
+
+def test_max_completion_tokens_is_chats_token_budget_and_names_it_in_messages():
+    request = chat(max_completion_tokens=3)
+    assert request.max_new_tokens == 3 and request.fields.max_new_tokens == "max_completion_tokens"
+    assert chat(max_completion_tokens=3, max_tokens=3).max_new_tokens == 3  # both, the same: one limit
+    assert chat(max_tokens=4).fields.max_new_tokens == "max_tokens"
+    error = chat_error(max_completion_tokens=100_000)
+    assert error.message == "`max_completion_tokens` must be <= 512. Given: 100000"
+    assert error.param == "max_completion_tokens"
+
+
+def test_max_completion_tokens_and_a_different_max_tokens_are_refused_naming_both():
+    error = chat_error(max_completion_tokens=3, max_tokens=4)
+    assert error.message == (
+        "Give `max_completion_tokens` or `max_tokens` (the same limit under two names), not two different values. "
+        "Given: 3 and 4"
+    )
+    assert error.param == "max_completion_tokens"
+
+
+def test_openai_fields_that_mean_nothing_here_are_accepted_with_their_neutral_values():
+    # What LangChain's structured output (function calling), LiteLLM and the SDK's defaults send.
+    request = chat(parallel_tool_calls=False, tools=[], tool_choice="none", presence_penalty=0, logit_bias={},
+                   service_tier="auto", store=False, modalities=["text"], user="u-1", safety_identifier="s",
+                   prompt_cache_key="k", metadata={"a": "b"}, reasoning_effort=None, audio=None)
+    assert request.max_new_tokens == SETTINGS.default_max_new_tokens
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "`tools` is not supported by this server: only null or [] is accepted"),
+        ({"presence_penalty": 0.5}, "`presence_penalty` is not supported by this server: only null or 0 is accepted. Given: 0.5"),
+        ({"logit_bias": {"50256": -100}}, "`logit_bias` is not supported by this server: only null or {} is accepted"),
+        ({"service_tier": "priority"}, '`service_tier` is not supported by this server: only null or "auto" or "default" is accepted. Given: "priority"'),
+        ({"store": True}, "`store` is not supported by this server: only null or false is accepted. Given: true"),
+        ({"tool_choice": "required"}, "`tool_choice` is not supported by this server"),
+    ],
+)
+def test_openai_fields_that_mean_nothing_here_are_refused_otherwise_naming_the_field(options, message):
+    error = chat_error(**options)
+    assert error.message.startswith(message) and error.param == next(iter(options))
+
+
+def test_completions_best_of_is_accepted_only_as_one():
+    from textgen.validation.openai_forms import completion_request
+
+    assert completion_request({"prompt": "Hi", "best_of": 1}, SETTINGS)[1].n == 1
+    with pytest.raises(ValidationError, match=r"^`best_of` is not supported by this server: only null or 1"):
+        completion_request({"prompt": "Hi", "best_of": 2}, SETTINGS)
+
+
+def test_one_top_n_limit_bounds_every_protocols_published_one():
+    from textgen.engine import sampling
+    from textgen.validation import MAX_TOP_N, generation_request
+    from textgen.validation.openai_forms import MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS, openai_fields
+    from textgen.validation.tgi import MAX_TOP_N_TOKENS
+
+    assert sampling.MAX_TOP_N is MAX_TOP_N
+    assert (MAX_TOP_N_TOKENS, MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS) == (5, 5, 20) and MAX_TOP_LOGPROBS <= MAX_TOP_N
+    assert error_of({"inputs": "Hi", "parameters": {"top_n_tokens": 6}}) == "`top_n_tokens` must be <= 5. Given: 6"
+    # A protocol that published a larger bound would still meet the engine's, in its own field's name.
+    with pytest.raises(ValidationError, match=rf"^`logprobs` must be <= {MAX_TOP_N}. Given: {MAX_TOP_N + 1}$"):
+        generation_request(SETTINGS, openai_fields(chat=False), prompt="Hi", stream=False, top_n_tokens=MAX_TOP_N + 1)

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
 from ..model.contract import CausalLM
 from ..settings import Settings
-from ..validation import TGI_FIELDS, FieldNames, GenerationRequest, PromptTokens
+from ..validation import GenerationRequest, PromptTokens
 from .batch import Batch, Joined
 from .handle import Handle
 from .listeners import Listeners
@@ -91,12 +91,12 @@ class Engine:
         queued = self._queue.stats()
         return {"running": len(self._batch.rows) + len(self._batch.group), **queued}
 
-    def submit(self, request: GenerationRequest, request_id: Optional[str] = None, fields: FieldNames = TGI_FIELDS) -> Handle:
+    def submit(self, request: GenerationRequest, request_id: Optional[str] = None) -> Handle:
         """Tokenize and check the token limits, compile the grammar if any (in the caller's thread; errors
-        name the client's `fields`), then admit the request or refuse it at once (429)."""
+        name the client's fields, `request.fields`), then admit the request or refuse it at once (429)."""
         if not self.healthy():
             raise Unavailable("Model is not ready")
-        tokenized = self.prompts.tokenize(request, fields)
+        tokenized = self.prompts.tokenize(request)
         handle = Handle(completions=request.n)
         entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
         self._queue.admit(entry)

@@ -39,6 +39,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..validation.request import MAX_TOP_N  # the alternatives one row may ask for: one limit for every protocol
+
 MIN_TEMPERATURE = 1e-4
 # Above this a float32 temperature would be inf (and -inf scores / inf = NaN); the distribution is
 # uniform to float32's precision long before.
@@ -59,8 +61,6 @@ class RowSampling:
     generated_ids: List[int] = field(default_factory=list)  # what the frequency penalty counts
 
 
-# Alternatives one row may ask for (OpenAI's chat `top_logprobs` allows 20; TGI's `top_n_tokens` 5).
-MAX_TOP_N = 20
 
 Alternatives = List[Tuple[int, float]]  # (token id, log-probability), most likely first
 

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import ValidationError
-from ..validation.tgi import MAX_SEED
+from ..validation.request import MAX_SEED
 from .detokenize import IncrementalDetokenizer, decode_generated
 from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry

@@ -1,7 +1,8 @@
 """Command line: `python -m textgen generate "prompt"` (in-process, no HTTP) and `python -m textgen serve`.
 
-`generate` goes through the same path as POST /generate (validate_generate -> Engine.submit -> the
-handle's events), so a prompt and its options behave exactly as the same JSON body would over HTTP.
+`generate` goes through the same path as POST /generate (TGI's `Parameters` -> the typed request ->
+Engine.submit -> the handle's events), so a prompt and its options behave exactly as the same JSON body
+would over HTTP.
 `serve` only execs gunicorn with the project's gunicorn.conf.py, so it runs as a deployment does.
 """
 
@@ -123,16 +124,20 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
 
 
 def _validate(args: argparse.Namespace, settings: Settings):
-    from ..validation import validate_generate
+    """The options as TGI's `parameters` (their bounds and messages), mapped into the request as
+    POST /generate maps a body's."""
+    from ..validation import FieldNames, Parameters, parse_model
+    from ..validation.tgi import tgi_request
 
-    # Only what was given goes in the body, so the service's defaults apply to the rest, as over HTTP.
-    body = {"prompt": args.prompt, "details": True}
+    # Only what was given is set, so the service's defaults apply to the rest, as over HTTP.
+    options = {"details": True}
     for name in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop"):
         if getattr(args, name) is not None:
-            body[name] = getattr(args, name)
+            options[name] = getattr(args, name)
     if args.greedy:
-        body["do_sample"] = False
-    return validate_generate(body, settings, stream=args.stream)
+        options["do_sample"] = False
+    parameters = parse_model(Parameters, options)
+    return tgi_request(args.prompt, parameters, settings, args.stream, FieldNames(prompt="prompt"))
 
 
 def _consume(handle, stream: bool):

@@ -8,10 +8,9 @@ from typing import Annotated, Any, List, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..errors import BadRequest
-from .tgi import _whole_number, parse_model
+from .body import parse_model, whole_number
 
-TokenId = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]  # 5.0 counts as 5, as elsewhere
+TokenId = Annotated[int, Field(ge=0), BeforeValidator(whole_number)]  # 5.0 counts as 5, as elsewhere
 
 
 class DetokenizeRequest(BaseModel):
@@ -26,6 +25,4 @@ class DetokenizeRequest(BaseModel):
 
 def validate_detokenize(body: Any) -> List[int]:
     """A decoded JSON body -> its token ids, or a named error (400 not an object, 422 a broken rule)."""
-    if not isinstance(body, dict):
-        raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}")
     return parse_model(DetokenizeRequest, body).tokens

@@ -100,7 +100,8 @@ class JsonSchemaGrammar(BaseModel):
     value: JsonSchemaConfig
 
 
-Grammar = Annotated[Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar], Field(discriminator="type")]
+GrammarForm = Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar]  # a grammar in the protocols' words
+Grammar = Annotated[GrammarForm, Field(discriminator="type")]  # ... told apart by its `type`
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class GrammarSpec:
     source: str
 
 
-def grammar_spec(grammar: Union[JsonGrammar, RegexGrammar, JsonSchemaGrammar], max_bytes: int, field: str) -> GrammarSpec:
+def grammar_spec(grammar: GrammarForm, max_bytes: int, field: str) -> GrammarSpec:
     """The protocol's grammar -> a `GrammarSpec`, or a ValidationError naming `field` (the client's name
     for it: `grammar`, or `response_format` under /v1)."""
     if isinstance(grammar, RegexGrammar):

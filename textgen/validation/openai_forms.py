@@ -1,32 +1,28 @@
-"""OpenAI's request forms (/v1/completions, /v1/chat/completions) -> the same `GenerationRequest`.
+"""OpenAI's request forms (/v1/completions, /v1/chat/completions) -> the one `GenerationRequest`.
 
 Pure like `validation`: each OpenAI body is checked against its own pydantic model (unknown fields are
-rejected, bounds declared), then translated into TGI's parameters and handed to `validate_generate`,
-so the server's defaults and limits apply exactly as on /generate. Messages name OpenAI's fields:
-`max_tokens`, not the `max_new_tokens` it becomes.
+rejected, bounds declared), then mapped field by field into `request.generation_request`, so the
+server's defaults and limits apply exactly as on /generate. Messages name OpenAI's fields: `max_tokens`
+(or `max_completion_tokens`), not the `max_new_tokens` it becomes.
+
+OpenAI's API has fields that mean nothing here (tools, audio, service tiers...). Its clients send some
+with their neutral values (LangChain's structured output sends `parallel_tool_calls: false`), so each is
+accepted with those values (`_neutral`: the OpenAPI document lists them too) and refused otherwise,
+with a message naming the field: silently ignoring a feature asked for would answer something else.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from ..errors import BadRequest, ValidationError
 from ..settings import Settings
-from .grammar import JsonSchemaConfig, RegexGrammar, SchemaValue
-from .tgi import (
-    MAX_SEED,
-    MAX_STOP_SEQUENCES,
-    FieldNames,
-    GenerationRequest,
-    NonEmpty,
-    OptionalInteger,
-    _whole_number,
-    parse_model,
-    validate_generate,
-)
+from .body import NonEmpty, OptionalInteger, parse_model, whole_number
+from .grammar import GrammarForm, JsonGrammar, JsonSchemaConfig, JsonSchemaGrammar, RegexGrammar, SchemaValue
+from .messages import given, invalid
+from .request import MAX_SEED, MAX_STOP_SEQUENCES, MAX_TOP_N, FieldNames, GenerationRequest, generation_request
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -90,8 +86,22 @@ ResponseFormat = Annotated[
 # `json_object`, and `json_schema` without a schema: any JSON object.
 ANY_OBJECT = {"type": "object"}
 
-MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limits: completions' `logprobs`, chat's `top_logprobs`
-MAX_TOP_LOGPROBS = 20
+# OpenAI's published bounds on the alternatives per token, within what the engine lists (MAX_TOP_N).
+MAX_COMPLETION_LOGPROBS = min(5, MAX_TOP_N)  # completions' `logprobs`
+MAX_TOP_LOGPROBS = min(20, MAX_TOP_N)  # chat's `top_logprobs`
+
+
+def _neutral(*values: Any) -> Any:
+    """A field of OpenAI's that means nothing here: accepted with `values` only (its neutral ones; the
+    schema lists them), refused otherwise by `_reject_non_neutral`, naming the field."""
+    return Field(
+        None, description=f"Not supported here: accepted as {_shown(values)} only.",
+        json_schema_extra={"enum": list(values), "x-neutral": True},
+    )
+
+
+def _shown(values) -> str:
+    return " or ".join(json.dumps(v) for v in values)
 
 
 class _OpenAIOptions(BaseModel):
@@ -105,7 +115,7 @@ class _OpenAIOptions(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: OptionalInteger = Field(None, gt=0, description="Not in OpenAI's API; vLLM's extension.")
-    n: Annotated[int, Field(ge=1), BeforeValidator(_whole_number)] = Field(
+    n: Annotated[int, Field(ge=1), BeforeValidator(whole_number)] = Field(
         1, description="Completions of the prompt (prefilled once); at most MAX_BEST_OF (GET /info: `max_best_of`)."
     )
     stop: Union[NonEmpty, Annotated[List[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)], None] = Field(
@@ -113,7 +123,6 @@ class _OpenAIOptions(BaseModel):
     )
     seed: OptionalInteger = Field(None, ge=0, le=MAX_SEED)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Not supported: 0 only.")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None  # an end-user id for the caller's own records; accepted and ignored
@@ -122,6 +131,8 @@ class _OpenAIOptions(BaseModel):
         description='Structured output: `{"type": "json_object"}` (any JSON object), `{"type": "json_schema", '
         '"json_schema": {"name", "schema"}}` (JSON matching the schema) or `{"type": "text"}` (no constraint).',
     )
+    presence_penalty: Optional[float] = _neutral(None, 0)
+    logit_bias: Optional[Dict[str, Any]] = _neutral(None, {})
 
 
 class CompletionRequest(_OpenAIOptions):
@@ -133,6 +144,8 @@ class CompletionRequest(_OpenAIOptions):
         None, ge=0, le=MAX_COMPLETION_LOGPROBS,
         description="Each token's log-probability and this many most likely alternatives.",
     )
+    best_of: OptionalInteger = _neutral(None, 1)
+    suffix: Optional[str] = _neutral(None, "")
 
 
 class ChatMessage(BaseModel):
@@ -149,22 +162,48 @@ class ChatCompletionRequest(_OpenAIOptions):
     )
 
     messages: List[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: OptionalInteger = Field(
+        None, gt=0, description="Tokens to generate at most: OpenAI's current name of `max_tokens` (if both, the same)."
+    )
     logprobs: Optional[bool] = Field(None, description="Each generated token's log-probability.")
     top_logprobs: OptionalInteger = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="With `logprobs`: this many most likely alternatives per token."
     )
+    # Labels for the caller's records, asking nothing of the generation: accepted, whatever they say.
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = Field(None, description="Accepted: the prefix cache needs no key.")
+    metadata: Optional[Dict[str, str]] = None
+    # Tools: none here. Without tools, `parallel_tool_calls` (either value) and `tool_choice` "none" or
+    # "auto" ask for nothing.
+    tools: Optional[List[Any]] = _neutral(None, [])
+    tool_choice: Optional[Union[str, Dict[str, Any]]] = _neutral(None, "none", "auto")
+    parallel_tool_calls: Optional[bool] = _neutral(None, True, False)
+    functions: Optional[List[Any]] = _neutral(None, [])
+    function_call: Optional[Union[str, Dict[str, Any]]] = _neutral(None, "none", "auto")
+    # Text in, text out, nothing kept, one service level, no reasoning model.
+    modalities: Optional[List[str]] = _neutral(None, ["text"])
+    audio: Optional[Dict[str, Any]] = _neutral(None)
+    prediction: Optional[Dict[str, Any]] = _neutral(None)
+    store: Optional[bool] = _neutral(None, False)
+    service_tier: Optional[str] = _neutral(None, "auto", "default")
+    reasoning_effort: Optional[str] = _neutral(None, "none")
+    verbosity: Optional[str] = _neutral(None, "medium")
+    web_search_options: Optional[Dict[str, Any]] = _neutral(None)
+    prompt_cache_retention: Optional[str] = _neutral(None, "in_memory")
 
 
 def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest, GenerationRequest]:
-    parsed = _parse(CompletionRequest, body)
+    parsed = parse_model(CompletionRequest, body)
+    _reject_non_neutral(parsed)
     prompt = parsed.prompt
     if isinstance(prompt, list):  # OpenAI's batch form, with the one prompt this route takes
         prompt = prompt[0]
-    generation = _generation(prompt, parsed, settings, return_full_text=parsed.echo, chat=False)
-    if parsed.logprobs is not None:
-        generation = replace(
-            generation, details=True, top_n_tokens=parsed.logprobs, decoder_input_details=parsed.echo
-        )
+    logprobs = parsed.logprobs is not None
+    generation = _generation(
+        prompt, parsed, settings, openai_fields(chat=False), parsed.max_tokens,
+        return_full_text=parsed.echo, logprobs=logprobs, top_n=parsed.logprobs or 0,
+        decoder_input_details=logprobs and parsed.echo,
+    )
     return parsed, generation
 
 
@@ -173,65 +212,91 @@ def chat_request(
 ) -> tuple[ChatCompletionRequest, GenerationRequest]:
     """`render` turns the messages into the prompt with the model's chat template (the engine owns the
     tokenizer); it raises BadRequest when the model has none."""
-    parsed = _parse(ChatCompletionRequest, body)
+    parsed = parse_model(ChatCompletionRequest, body)
+    _reject_non_neutral(parsed)
     if parsed.top_logprobs is not None and not parsed.logprobs:
-        raise ValidationError("`top_logprobs` requires `logprobs` to be true", "top_logprobs")
+        raise invalid("requires_true", "top_logprobs", name="top_logprobs", other="logprobs")
+    budget, max_new_tokens = _token_budget(parsed)
     prompt = render([m.model_dump() for m in parsed.messages])
-    generation = _generation(prompt, parsed, settings, return_full_text=False, chat=True)
-    if parsed.logprobs:
-        generation = replace(generation, details=True, top_n_tokens=parsed.top_logprobs or 0)
+    generation = _generation(
+        prompt, parsed, settings, openai_fields(chat=True, budget=budget), max_new_tokens,
+        return_full_text=False, logprobs=bool(parsed.logprobs), top_n=parsed.top_logprobs or 0,
+    )
     return parsed, generation
 
 
-def openai_fields(chat: bool) -> FieldNames:
-    """OpenAI's names for the prompt and the token budget: what its clients sent, in every message."""
-    return FieldNames(prompt="messages" if chat else "prompt", max_new_tokens="max_tokens", grammar="response_format")
+def openai_fields(chat: bool, budget: str = "max_tokens") -> FieldNames:
+    """OpenAI's names for the request's fields: what its clients sent, in every message. `budget`: the
+    token budget's, `max_tokens` or (chat) `max_completion_tokens`."""
+    return FieldNames(
+        prompt="messages" if chat else "prompt",
+        max_new_tokens=budget,
+        grammar="response_format",
+        n="n",
+        top_n="top_logprobs" if chat else "logprobs",
+    )
 
 
-def _parse(model: type[BaseModel], body: Any):
-    if not isinstance(body, dict):
-        raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}")
-    return parse_model(model, body)
+def _token_budget(parsed: ChatCompletionRequest) -> tuple[str, Optional[int]]:
+    """Chat's token budget under either of its names, and the name the client used."""
+    old, new = parsed.max_tokens, parsed.max_completion_tokens
+    if old is not None and new is not None and old != new:
+        raise invalid("same_or_one", "max_completion_tokens", name="max_completion_tokens", other="max_tokens",
+                      given=new, other_given=old)
+    return ("max_completion_tokens", new) if new is not None else ("max_tokens", old)
 
 
-def _generation(prompt: str, o: _OpenAIOptions, settings: Settings, return_full_text: bool, chat: bool):
-    if o.temperature == 0:  # OpenAI's greedy: no sampling parameters at all
-        sampling: dict = {"do_sample": False}
-    else:
-        sampling = {"temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
-        if any(v is not None for v in sampling.values()) or settings.default_do_sample:
-            sampling["do_sample"] = True
-    parameters = {
-        "max_new_tokens": o.max_tokens,
-        "stop": [o.stop] if isinstance(o.stop, str) else (o.stop or []),
-        "seed": o.seed,
-        "frequency_penalty": o.frequency_penalty,
-        "return_full_text": return_full_text,
-        **sampling,
-    }
-    parameters["grammar"] = _grammar(o.response_format)
-    parameters = {k: v for k, v in parameters.items() if v is not None}
-    body = {"inputs": prompt, "parameters": parameters}
-    generation = validate_generate(body, settings, stream=o.stream, fields=openai_fields(chat))
-    if o.n > settings.best_of_limit:
-        raise ValidationError(f"`n` must be <= {settings.best_of_limit}. Given: {o.n}", "n")
-    return replace(generation, n=o.n)
+def _reject_non_neutral(parsed: _OpenAIOptions) -> None:
+    for name, info in type(parsed).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("x-neutral"):
+            value, neutral = getattr(parsed, name), extra["enum"]
+            # Compared with their types (True == 1 in Python), but 0.0 is 0 as JSON has it.
+            if not any((value == v and type(value) is type(v)) or value == v == 0 for v in neutral):
+                raise invalid("unsupported_value", name, name=name, neutral=_shown(neutral), given=given(value))
 
 
+def _generation(
+    prompt: str, o: _OpenAIOptions, settings: Settings, fields: FieldNames, max_new_tokens: Optional[int],
+    return_full_text: bool, logprobs: bool, top_n: int, decoder_input_details: bool = False,
+) -> GenerationRequest:
+    greedy = o.temperature == 0  # OpenAI's greedy: no sampling parameters at all
+    sampled = dict(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k) if not greedy else {}
+    return generation_request(
+        settings,
+        fields,
+        prompt=prompt,
+        stream=o.stream,
+        max_new_tokens=max_new_tokens,
+        do_sample=False if greedy else None,
+        seed=o.seed,
+        frequency_penalty=o.frequency_penalty,
+        stop=[o.stop] if isinstance(o.stop, str) else (o.stop or []),
+        return_full_text=return_full_text,
+        details=logprobs,  # OpenAI's `logprobs` asked for them: the engine's `details`
+        decoder_input_details=decoder_input_details,
+        top_n_tokens=top_n if logprobs else 0,
+        grammar=_grammar(o.response_format),
+        n=o.n,
+        **sampled,
+    )
 
-def _grammar(response_format) -> Optional[dict]:
-    """`response_format` as TGI's `grammar` (None: no constraint)."""
+
+def _grammar(response_format) -> Optional[GrammarForm]:
+    """`response_format` as the grammar forms the request takes (None: no constraint)."""
     if response_format is None or isinstance(response_format, TextFormat):
         return None
     if isinstance(response_format, JsonObjectFormat):
-        return {"type": "json", "value": ANY_OBJECT if response_format.value is None else response_format.value}
-    if isinstance(response_format, (JsonFormat, RegexGrammar)):
-        return response_format.model_dump()
+        return JsonGrammar(type="json", value=ANY_OBJECT if response_format.value is None else response_format.value)
+    if isinstance(response_format, JsonFormat):
+        return JsonGrammar(type="json", value=response_format.value)
+    if isinstance(response_format, RegexGrammar):
+        return response_format
     if response_format.json_schema is not None and response_format.value is not None:
-        raise ValidationError("Give `response_format.json_schema` (OpenAI's form) or `value` (TGI's), not both", "response_format")
+        raise invalid("one_form_of_two", "response_format", name="response_format")
     if response_format.json_schema is not None:
         schema = response_format.json_schema.schema_
-        return {"type": "json", "value": ANY_OBJECT if schema is None else schema}
+        return JsonGrammar(type="json", value=ANY_OBJECT if schema is None else schema)
     if response_format.value is not None:
-        return {"type": "json_schema", "value": response_format.value.model_dump(by_alias=True, exclude_none=True)}
-    raise ValidationError("`response_format.json_schema` is required", "response_format.json_schema")
+        return JsonSchemaGrammar(type="json_schema", value=response_format.value)
+    raise invalid("missing", "response_format.json_schema", name="response_format.json_schema")

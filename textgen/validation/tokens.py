@@ -13,7 +13,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import BadRequest, ValidationError
 from .grammar import GrammarCompiler, TokenConstraint
-from .tgi import TGI_FIELDS, FieldNames, GenerationRequest
+from .request import GenerationRequest
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,14 +67,15 @@ class PromptTokens:
         total = min(max_total_tokens or context, context)
         return cls(tokenizer, min(max_input_tokens or total - 1, total - 1), total, vocab_size, eos_token_ids)
 
-    def tokenize(self, request: GenerationRequest, fields: FieldNames = TGI_FIELDS) -> TokenizedRequest:
-        """The prompt's ids within the limits, and the grammar compiled (both in the caller's thread)."""
+    def tokenize(self, request: GenerationRequest) -> TokenizedRequest:
+        """The prompt's ids within the limits, and the grammar compiled (both in the caller's thread);
+        errors name the client's fields (`request.fields`)."""
         with self._lock:
             ids = self.tokenizer(request.prompt)["input_ids"]
-        kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens, fields)
+        kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens)
         constraint = None
         if request.grammar is not None:
-            constraint = self.grammars.compile(request.grammar, fields.grammar)
+            constraint = self.grammars.compile(request.grammar, request.fields.grammar)
         return TokenizedRequest(request, tuple(ids[len(ids) - kept :]), constraint)  # `truncate` keeps the last tokens
 
     @property
@@ -82,14 +83,14 @@ class PromptTokens:
         """Ids run from 0 to vocab_size - 1 (added tokens included)."""
         return len(self.tokenizer)
 
-    def prompt_tokens(self, request: GenerationRequest, fields: FieldNames = TGI_FIELDS) -> List[PromptToken]:
+    def prompt_tokens(self, request: GenerationRequest) -> List[PromptToken]:
         """The tokens /generate would prefill for this request (same input limits, cut to `truncate`; no
         room is needed for new tokens), each with its place in the prompt."""
         with self._lock:
             ids, offsets = _encode_with_offsets(self.tokenizer, request.prompt)
-        first = len(ids) - kept_input_tokens(len(ids), request, self.max_input_tokens, fields)
+        first = len(ids) - kept_input_tokens(len(ids), request, self.max_input_tokens)
         if request.grammar is not None:  # /generate's rules, all of them: a grammar it would refuse, refused
-            self.grammars.compile(request.grammar, fields.grammar)
+            self.grammars.compile(request.grammar, request.fields.grammar)
         ids = ids[first:]
         if offsets is None:  # a tokenizer without offsets (no Rust core): TGI answers the ids alone
             return [PromptToken(int(i), "", 0, 0) for i in ids]
@@ -151,12 +152,10 @@ def _byte_offsets(text: str, offsets: Sequence[Tuple[int, int]]) -> List[Tuple[i
     return [(to_byte[start], to_byte[stop]) for start, stop in offsets]
 
 
-def kept_input_tokens(
-    prompt_tokens: int, request: GenerationRequest, max_input_tokens: int, fields: FieldNames = TGI_FIELDS
-) -> int:
+def kept_input_tokens(prompt_tokens: int, request: GenerationRequest, max_input_tokens: int) -> int:
     """Check the prompt's own limits (not empty, at most `max_input_tokens`, or `truncate` within it);
     return how many prompt tokens to keep."""
-    prompt = fields.prompt
+    prompt = request.fields.prompt
     if prompt_tokens == 0:
         raise ValidationError(f"`{prompt}` cannot be empty", prompt)
     if request.truncate is not None:
@@ -180,11 +179,10 @@ def kept_prompt_tokens(
     request: GenerationRequest,
     max_input_tokens: int,
     max_total_tokens: int,
-    fields: FieldNames = TGI_FIELDS,
 ) -> int:
     """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep."""
-    prompt, new_tokens = fields.prompt, fields.max_new_tokens
-    kept = kept_input_tokens(prompt_tokens, request, max_input_tokens, fields)
+    prompt, new_tokens = request.fields.prompt, request.fields.max_new_tokens
+    kept = kept_input_tokens(prompt_tokens, request, max_input_tokens)
     if kept + request.max_new_tokens > max_total_tokens:
         raise ValidationError(
             f"`{prompt}` tokens + `{new_tokens}` must be <= {max_total_tokens}. "

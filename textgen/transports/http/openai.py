@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from ...engine.handle import GenerationResult, Handle, TokenEvent
 from ..logprobs import chat_logprobs, completion_logprobs
 from ...errors import ServiceError
-from ...validation.openai_forms import chat_request, completion_request, openai_fields
+from ...validation.openai_forms import chat_request, completion_request
 from ..responses import result_body, timing_headers
 from .access import require_key
 from .body import json_body
@@ -56,7 +56,7 @@ def chat_completions():
 
 def _answer(options, gen_request, chat: bool):
     engine = current_app.extensions["textgen.engine"]
-    handle = engine.submit(gen_request, request_id=g.request_id, fields=openai_fields(chat))
+    handle = engine.submit(gen_request, request_id=g.request_id)
     shape = _Shape(chat, current_app.extensions["textgen.settings"].model_name, g.request_id)
     if gen_request.stream:
         include_usage = bool(options.stream_options and options.stream_options.include_usage)

@@ -315,6 +315,7 @@ def build_openapi(
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    _drop_ambiguous_discriminators(schemas)
     schemas["TokenizeResponse"] = {"type": "array", "items": _ref("SimpleToken")}
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
     if max_total_tokens is not None:
@@ -322,7 +323,8 @@ def build_openapi(
     if vocab_size is not None:
         ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
-                        ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens")):
+                        ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens"),
+                        ("ChatCompletionRequest", "max_completion_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
         _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
@@ -349,6 +351,22 @@ def build_openapi(
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."}},
         },
     }
+
+
+def _drop_ambiguous_discriminators(node: Any) -> None:
+    """A union's `discriminator` is a hint beside its exact `oneOf`; tools read its mapping as one tag per
+    form (schemathesis pins each form's `type` to the tag mapped to it). Where one form takes two tags
+    (TGI's `grammar`: `json` and its alias `json_object`), that reading has the document refuse a tag the
+    server takes, so the hint goes and the `oneOf` alone says what is accepted."""
+    if isinstance(node, dict):
+        mapping = node.get("discriminator", {}).get("mapping", {})
+        if len(set(mapping.values())) != len(mapping):
+            del node["discriminator"]
+        for value in node.values():
+            _drop_ambiguous_discriminators(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_ambiguous_discriminators(value)
 
 
 # An object whose `best_of`, if any, asks for one completion.
