@@ -290,7 +290,7 @@ def test_a_failing_forward_pass_fails_only_its_requests(make_engine, fail_forwar
 def test_a_failing_update_fails_only_its_own_request(make_engine, monkeypatch):
     """A row whose per-token update raises (its text cannot be decoded, say) is answered with the error
     and leaves; the rows beside it in the same steps finish; the loop goes on."""
-    from textgen.engine.sequence import Generation
+    from textgen.engine.generation import Generation
 
     real_append = Generation.append
 

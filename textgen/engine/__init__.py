@@ -8,7 +8,7 @@ Files (the loop reads schedule -> step -> update, one function each, in core.py)
 - core.py: `Engine`, the one thread that owns the model and runs the loop.
 - queue.py: admission (429 when full) and `next_group`, the scheduling policy as a pure function.
 - batch.py: the running batch, one `Row` record per KV-cache slot; prefill chunks and decode steps.
-- sequence.py: `Generation`, one completion's state: its tokens, sampler, detokenizer and stop matcher.
+- generation.py: `Generation`, one completion's state: its tokens, sampler, detokenizer and stop matcher.
 - sampling.py: the next token of every row at once, each row from its own seeded generator.
 - stop.py: stop sequences, and which text is safe to hand out.
 - detokenize.py: the text each new token adds.

@@ -11,7 +11,7 @@ Continuous batching, one loop iteration at a time:
 
 Request threads only call `submit` (validation turns the prompt into ids within the token limits, then
 the queue admits or refuses at once) and wait on their `Handle`. The batch's rows, cache and
-positions are `batch.Batch`; a row is a `sequence.Generation` (one completion of a request).
+positions are `batch.Batch`; a row is a `generation.Generation` (one completion of a request).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
 from .runtime import runtime_versions
 from .sampling import Picks
-from .sequence import Generation, Vocabulary, choose_next_tokens_for
+from .generation import Generation, Vocabulary, choose_next_tokens_for
 
 log = logging.getLogger(__name__)
 

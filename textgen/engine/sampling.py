@@ -26,7 +26,7 @@ they are) and does, in this order:
    it was drawn from, after every step above (None for a greedy row that did not ask); and, where
    `top_n` asks (at most MAX_TOP_N), that many most likely tokens of that same distribution, best
    first, leaving out those it filtered away (-inf). `most_likely` also gives a prompt's tokens their
-   alternatives (sequence.py).
+   alternatives (generation.py).
 
 The processors are those of transformers' `generate`, in numpy; each step runs on all the rows it
 applies to at once, and only the draw is per row.
