@@ -1,11 +1,17 @@
 """Validation: a request body (TGI's form, the seed's, or OpenAI's) -> one `GenerationRequest`, or a
 named error; then its prompt as tokens within the token limits. Pure: no Flask, no torch.
 
-`request` holds the protocol-neutral request and its rules (`generation_request`, which every protocol
-calls once); `body` reads any protocol's JSON into its pydantic model; `messages` is every error's
-wording; `tgi` and `openai_forms` map their own parsed bodies into the request; `tokens` owns the
-tokenizer on the request's side (prompts, /tokenize's tokens and offsets, /detokenize's text);
-`detokenize` is /detokenize's body; `grammar` turns structured-output forms into token constraints."""
+Files:
+- request.py: the protocol-neutral request and its rules (`generation_request`, which every protocol
+  calls once); the client's field names travel on it.
+- tgi.py, openai_forms.py: each protocol's own pydantic forms, mapped straight into the request.
+- body.py: any protocol's JSON body read into its pydantic model.
+- messages.py: every error's wording, in one table.
+- tokens.py: the tokenizer on the request's side (prompts within the token limits, /tokenize's tokens
+  and offsets, /detokenize's text).
+- detokenize.py: /detokenize's body.
+- grammar.py: structured output's forms turned into llguidance token constraints.
+"""
 
 from .body import parse_json_body, parse_model
 from .request import (
