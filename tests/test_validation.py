@@ -302,3 +302,16 @@ def test_one_top_n_limit_bounds_every_protocols_published_one():
     # A protocol that published a larger bound would still meet the engine's, in its own field's name.
     with pytest.raises(ValidationError, match=rf"^`logprobs` must be <= {MAX_TOP_N}. Given: {MAX_TOP_N + 1}$"):
         generation_request(SETTINGS, openai_fields(chat=False), prompt="Hi", stream=False, top_n_tokens=MAX_TOP_N + 1)
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_naming_the_clients_field():
+    """JSON's \\ud800 escape parses into a string no tokenizer takes: a chat's rendered prompt, which no
+    pydantic field checked, is refused by the request's own rule (it was a 500 once), TGI's by pydantic,
+    with the same words."""
+    from textgen.validation.openai_forms import chat_request
+
+    body = {"messages": [{"role": "user", "content": "a\ud800b"}]}
+    with pytest.raises(ValidationError) as info:
+        chat_request(body, SETTINGS, lambda messages: messages[-1]["content"])
+    assert info.value.param == "messages" and "unicode" in info.value.message
+    assert "`inputs`" in error_of({"inputs": "a\ud800b"}) and "unicode" in error_of({"inputs": "a\ud800b"})

@@ -20,6 +20,8 @@ MESSAGES = {
     "union_tag_invalid": "`{name}.type` must be one of {expected_tags}. Given: {tag}",  # a tagged form's `type`
     "union_tag_not_found": "`{name}.type` is required",
     "string_too_short": "`{name}` cannot be empty",
+    # pydantic's own words; also the request's rule for a prompt no field checked (a rendered chat)
+    "string_unicode": "`{name}`: Input should be a valid string, unable to parse raw data as a unicode string",
     "greater_than": "`{name}` must be > {limit}. Given: {given}",
     "greater_than_equal": "`{name}` must be >= {limit}. Given: {given}",
     "less_than": "`{name}` must be < {limit}. Given: {given}",

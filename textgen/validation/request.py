@@ -102,6 +102,8 @@ def generation_request(
     TGI's `best_of` (answer with the likeliest of the n; sampled, never streamed)."""
     if not prompt:
         raise invalid("string_too_short", fields.prompt, name=fields.prompt)
+    if not _is_text(prompt):  # JSON's \ud800 escapes parse, but no tokenizer takes a lone surrogate
+        raise invalid("string_unicode", fields.prompt, name=fields.prompt)
     max_new_tokens = _default(max_new_tokens, settings.default_max_new_tokens)
     if max_new_tokens > settings.max_new_tokens_limit:
         name = fields.max_new_tokens
@@ -170,6 +172,14 @@ def _check_completions(n: int, pick_best: bool, stream: bool, settings: Settings
         raise invalid("greater_than_equal", fields.n, name=fields.n, limit=1, given=n)
     elif n > settings.best_of_limit:
         raise invalid("less_than_equal", fields.n, name=fields.n, limit=settings.best_of_limit, given=n)
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _default(value, default):
