@@ -5,6 +5,7 @@ Files:
 - request.py: the protocol-neutral request and its rules (`generation_request`, which every protocol
   calls once); the client's field names travel on it.
 - tgi.py, openai_forms.py: each protocol's own pydantic forms, mapped straight into the request.
+- response_format.py: OpenAI's `response_format` forms (and TGI's there) as grammar forms.
 - body.py: any protocol's JSON body read into its pydantic model.
 - messages.py: every error's wording, in one table.
 - tokens.py: the tokenizer on the request's side (prompts within the token limits, /tokenize's tokens
