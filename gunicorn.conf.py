@@ -1,6 +1,7 @@
 """gunicorn settings, loaded automatically by `gunicorn app:app` from the working directory."""
 
 import os
+import sys
 
 from textgen.transports.http.gunicorn_worker import ThreadWorker
 from textgen.settings import Settings
@@ -44,3 +45,16 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+
+
+def on_starting(server):
+    """In the master, before any worker boots: a model this install cannot serve (a family with no ONNX
+    graph builder and no torch, a MODEL_ID that names nothing) ends gunicorn with one line and exit
+    status 1, instead of a worker's traceback and "Worker failed to boot" (textgen/model/preflight.py)."""
+    from textgen.model.preflight import NotServable, check_servable
+
+    try:
+        check_servable(_settings)
+    except NotServable as exc:
+        print(f"textgen: cannot serve this model: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

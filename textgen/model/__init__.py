@@ -17,6 +17,8 @@ Files here, shared by the backends:
 - contract.py: `CausalLM`, the Protocol the engine programs against.
 - kv_cache.py: `KVCache`, the engine's numpy cache every backend reads and writes in place.
 - loader.py: `load_model`: the checkpoint directory (local, hub, GGUF), the backend, the tokenizer.
+- preflight.py: `check_servable`: whether this install can serve MODEL_ID, said in one line before a
+  worker boots.
 - config.py: a checkpoint's config.json, its native family and its shape (the one reader of them).
 - safetensors.py: where a checkpoint's tensors are (the one header parser); each backend reads them.
 - tokenizer.py: the lean `tokenizers`-only tokenizer of the native families.

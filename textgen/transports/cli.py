@@ -101,8 +101,13 @@ def generate(args: argparse.Namespace, extra: List[str]) -> int:
     request = _validate(args, settings)
 
     from ..engine import create_engine  # loads the model runtime: only once there is something to generate
+    from ..model.preflight import NotServable, check_servable
     from .responses import result_body
 
+    try:
+        check_servable(settings)
+    except NotServable as exc:  # one line, as the server says it at start
+        return _fail(f"cannot serve this model: {exc}")
     try:
         engine = create_engine(settings)
     except (OSError, ValueError) as exc:  # no such directory or hub model, or a setting it cannot honour

@@ -1,0 +1,115 @@
+"""A model this install cannot serve is said in one line at start (textgen/model/preflight.py), by the
+gunicorn master before any worker boots and by the CLI, instead of a worker's 58-line traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devtools.servers import ROOT, free_port
+from textgen.model import preflight
+from textgen.model.preflight import NotServable, check_servable
+from textgen.settings import Settings
+
+QWEN3_CONFIG = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}
+
+# Loaded by `site` at start-up (PYTHONPATH first on sys.path): torch and transformers cannot be imported
+# or found, as in the service image, which installs requirements-serve.txt alone.
+NO_TORCH = '''
+import sys
+
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Absent())
+'''
+
+
+@pytest.fixture
+def qwen3_dir(tmp_path):
+    """A Qwen3 checkpoint as far as the start-up check reads it: its config."""
+    model = tmp_path / "qwen3"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN3_CONFIG))
+    return str(model)
+
+
+def settings(**fields):
+    return Settings.from_env(environ={}, **fields)
+
+
+def without_torch(monkeypatch):
+    monkeypatch.setattr(preflight, "_installed", lambda package: package not in ("torch", "transformers"))
+
+
+def error_of(s):
+    with pytest.raises(NotServable) as info:
+        check_servable(s)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(qwen3_dir, monkeypatch):
+    without_torch(monkeypatch)
+    message = error_of(settings(model_id=qwen3_dir))
+    assert "'qwen3'" in message and "gpt2, llama, qwen2" in message
+    assert "torch and transformers" in message and "requirements-torch.txt" in message
+
+
+def test_the_same_family_with_torch_installed_goes_to_transformers_quietly(qwen3_dir, monkeypatch):
+    monkeypatch.setattr(preflight, "_installed", lambda package: True)
+    check_servable(settings(model_id=qwen3_dir))
+
+
+def test_a_native_family_needs_no_torch(tiny_model_dir, monkeypatch):
+    without_torch(monkeypatch)
+    check_servable(settings(model_id=tiny_model_dir))  # GPT-2: the ONNX backend
+    assert "MODEL_BACKEND=torch" in error_of(settings(model_id=tiny_model_dir, model_backend="torch"))
+
+
+def test_a_forced_backend_that_cannot_serve_the_family_says_so(qwen3_dir):
+    assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'qwen3'" in error_of(settings(model_id=qwen3_dir, model_backend="onnx"))
+
+
+def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
+    assert "no such directory" in error_of(settings(model_id=str(tmp_path / "absent")))
+    assert "has no config.json" in error_of(settings(model_id=str(tmp_path)))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the Hub is unreachable here anyway
+    message = error_of(settings(model_id="no-such-owner/no-such-model"))
+    assert "not a local directory, and the Hugging Face Hub did not provide it" in message
+    assert "set MODEL_ID to a directory" in message
+
+
+def hidden_torch_env(tmp_path, model_dir):
+    hide = tmp_path / "no_torch"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_TORCH)
+    return {**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{ROOT}", "MODEL_ID": model_dir, "HF_HUB_OFFLINE": "1"}
+
+
+def test_gunicorn_ends_with_one_line_and_no_worker_boots(qwen3_dir, tmp_path):
+    env = {**hidden_torch_env(tmp_path, qwen3_dir), "PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    ours = [line for line in output.splitlines() if line.startswith("textgen: cannot serve this model:")]
+    assert len(ours) == 1 and "'qwen3'" in ours[0], output
+    assert "Traceback" not in output and "Booting worker" not in output, output
+
+
+def test_the_cli_says_the_same_in_one_line(qwen3_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "textgen", "generate", "Hello"], cwd=ROOT,
+                          env=hidden_torch_env(tmp_path, qwen3_dir), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "'qwen3'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,96 @@
+"""Whether this install can serve MODEL_ID at all, decided before a worker boots.
+
+A model the install cannot serve (a family with no ONNX graph builder while torch is absent, as in the
+image) or a MODEL_ID that names nothing would otherwise fail inside the worker, where gunicorn prints
+the exception in full (58 lines for a Qwen3 checkpoint) and exits with "Worker failed to boot". Here
+the same causes become one line naming what was found and what to set. Cheap: it reads config.json
+and looks for packages (`importlib.util.find_spec`) without importing torch or transformers; a hub id
+is downloaded here, once, and the worker then finds it in the hub's cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ..settings import Settings
+from .config import GPT2_TYPES, LLAMA_TYPES, read_config
+from .loader import choose_backend, model_directory
+
+# What each backend needs installed beyond the serving requirements (requirements-torch.txt).
+NEEDS = {"torch": ("torch",), "transformers": ("torch", "transformers")}
+
+
+class NotServable(Exception):
+    """MODEL_ID cannot be served by this install; the message is one line saying why and what to set."""
+
+
+def check_servable(settings: Settings) -> None:
+    """Raise NotServable with one line when MODEL_ID cannot be served here; return quietly otherwise."""
+    source = _source(settings)
+    config_path = os.path.join(source, "config.json")
+    if not os.path.isfile(config_path):
+        raise NotServable(f"MODEL_ID={settings.model_id}: {source} has no config.json (a `save_pretrained` directory has one)")
+    config = read_config(source)
+    try:
+        backend = choose_backend(settings.model_backend, config, source, settings.quantize)
+    except ValueError as exc:
+        raise NotServable(str(exc)) from None
+    missing = [package for package in NEEDS.get(backend, ()) if not _installed(package)]
+    if missing:
+        raise NotServable(_missing_message(settings, config, backend, missing))
+
+
+def _source(settings: Settings) -> str:
+    """MODEL_ID as a local directory: itself, or the hub's download of it (GGUF files are converted by
+    the worker, with torch; only the file's presence is checked here)."""
+    if settings.model_gguf_file:
+        path = os.path.join(settings.model_id, settings.model_gguf_file)
+        if not os.path.isfile(path):
+            raise NotServable(f"MODEL_GGUF_FILE: no file {path}")
+        missing = [package for package in NEEDS["transformers"] if not _installed(package)]
+        if missing:
+            raise NotServable(
+                f"MODEL_GGUF_FILE={settings.model_gguf_file}: converting a GGUF file needs {' and '.join(missing)} "
+                "(pip install -r requirements-torch.txt)"
+            )
+        return settings.model_id
+    if os.path.isdir(settings.model_id):
+        return settings.model_id
+    if _looks_like_a_path(settings.model_id):
+        raise NotServable(f"MODEL_ID={settings.model_id}: no such directory (set MODEL_ID to a model directory or a Hub id)")
+    try:
+        return model_directory(settings)
+    except Exception as exc:  # the hub client's errors are many (offline, not found, gated): all say the same here
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise NotServable(
+            f"MODEL_ID={settings.model_id}: not a local directory, and the Hugging Face Hub did not provide it "
+            f"({type(exc).__name__}: {reason}); set MODEL_ID to a directory holding the model"
+        ) from None
+
+
+def _looks_like_a_path(model_id: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything with more parts, or starting like a path, is a path."""
+    return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or os.sep != "/" and os.sep in model_id
+
+
+def _missing_message(settings: Settings, config: dict, backend: str, missing: list) -> str:
+    model_type = config.get("model_type")
+    served = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))
+    if settings.model_backend != "auto":
+        why = f"MODEL_BACKEND={settings.model_backend}"
+    elif model_type in GPT2_TYPES | LLAMA_TYPES:  # the family, but scaled RoPE or a sliding window
+        why = f"model_type {model_type!r} with scaled RoPE or a sliding window is not served without torch"
+    else:
+        why = f"model_type {model_type!r} is not one of the families served without torch ({served})"
+    return (
+        f"MODEL_ID={settings.model_id}: {why}, and the {backend} backend needs {' and '.join(missing)}, which this "
+        "install lacks (pip install -r requirements-torch.txt, or serve a model of those families)"
+    )
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
