@@ -7,9 +7,19 @@ import json
 import os
 
 
-def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0) -> str:
+# Scaled RoPE as Llama 3.1/3.2 and older long-context checkpoints ship it, with an original context
+# (16) short enough that the tiny model's low and middle frequencies are all rescaled.
+ROPE_SCALINGS = {
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 10000.0},
+    "linear": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+}
+
+
+def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0, rope: str = "default") -> str:
     """A 2-layer Llama (or Qwen2, with q/k/v biases) with grouped-query attention (4 heads, 2 KV heads)
-    and the tiny GPT-2's tokenizer, saved with `save_pretrained`."""
+    and the tiny GPT-2's tokenizer, saved with `save_pretrained`; `rope`: a key of ROPE_SCALINGS to
+    scale its RoPE."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -27,6 +37,8 @@ def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=not qwen2,  # one of each: tied and untied LM heads
     )
+    if rope != "default":
+        shape["rope_parameters"] = ROPE_SCALINGS[rope]
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**shape)) if qwen2 else LlamaForCausalLM(LlamaConfig(**shape))
     if qwen2:  # random biases, so that a native module ignoring them would be caught

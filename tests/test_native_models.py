@@ -63,10 +63,15 @@ def last_logits(model, ids, chunk):
     return logits[0]
 
 
-@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2"])
+@pytest.fixture(scope="module")
+def llama3_rope_dir(tmp_path_factory, tiny_model_dir):
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-llama3-rope")), tiny_model_dir, rope="llama3")
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2", "llama3-rope"])
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_dir, qwen2_dir):
-    model_dir = {"gpt2": tiny_model_dir, "llama": llama_dir, "qwen2": qwen2_dir}[which]
+def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_dir, qwen2_dir, llama3_rope_dir):
+    model_dir = {"gpt2": tiny_model_dir, "llama": llama_dir, "qwen2": qwen2_dir, "llama3-rope": llama3_rope_dir}[which]
     model, _ = native(model_dir)
     assert model.backend == "torch"
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -141,8 +146,11 @@ def test_auto_backend_is_onnx_for_known_architectures_only(tiny_model_dir, llama
     (graph_only / "config.json").write_text(json.dumps(read_config(tiny_model_dir)))
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "int8") == "onnx"
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "none") == "transformers"
-    # Scaled RoPE is not implemented natively: such a Llama goes to transformers.
+    # Llama 3's scaled RoPE is computed natively (logits: test_native_logits_equal_transformers); a RoPE
+    # variant that is not (YaRN) sends such a Llama to transformers.
     config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    assert choose_backend("auto", config, llama_dir) == "onnx"
+    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "yarn", "factor": 8.0})
     assert choose_backend("auto", config, llama_dir) == "transformers"
 
 

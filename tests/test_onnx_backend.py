@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.models import make_tiny_llama
+from tests.models import ROPE_SCALINGS, make_tiny_llama
 from textgen.model.onnx_backend import onnx_graph
 from textgen.model.kv_cache import KVCache
 from textgen.model.onnx_backend.onnx_graph import graph_path
@@ -33,6 +33,8 @@ def model_dirs(tiny_model_dir, tmp_path_factory):
         "gpt2": tiny_model_dir,
         "llama": make_tiny_llama(str(base / "llama"), tiny_model_dir),
         "qwen2": make_tiny_llama(str(base / "qwen2"), tiny_model_dir, qwen2=True),
+        "llama3-rope": make_tiny_llama(str(base / "llama3-rope"), tiny_model_dir, rope="llama3"),
+        "linear-rope": make_tiny_llama(str(base / "linear-rope"), tiny_model_dir, rope="linear"),
     }
 
 
@@ -132,7 +134,7 @@ def random_sequences(vocab, lengths, seed=0):
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope"])
 def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "none")
     assert (model.backend, model.dtype_name) == ("onnx", "float32")
@@ -155,7 +157,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope"])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"
@@ -264,3 +266,17 @@ def test_checkpoint_reader_widens_half_precision(tmp_path):
     expected_bf16 = (bf16.astype(np.uint32) << 16).view(np.float32)
     assert ckpt.get("a.bf16").dtype == np.float32 and np.array_equal(ckpt.get("a.bf16"), expected_bf16)
     assert np.array_equal(ckpt.get("b.f16"), values.astype(np.float16).astype(np.float32))
+
+
+def test_which_rope_variants_the_native_families_compute():
+    """Plain, linear and Llama 3's RoPE are computed here (logits above); the others (dynamic NTK, YaRN,
+    longrope) still go to transformers rather than being served wrong."""
+    from textgen.model.config import native_family
+
+    llama = {"model_type": "llama"}
+    assert native_family(llama) == "llama"
+    for kind, rope in ROPE_SCALINGS.items():
+        assert native_family({**llama, "rope_parameters": rope}) == "llama", kind
+        assert native_family({**llama, "rope_scaling": rope}) == "llama", kind  # the older configs' key
+    for kind in ("dynamic", "yarn", "longrope"):
+        assert native_family({**llama, "rope_parameters": {"rope_type": kind, "factor": 2.0}}) is None, kind

@@ -13,6 +13,8 @@ import json
 import os
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
 LLAMA_TYPES = {"llama", "qwen2"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
@@ -31,13 +33,56 @@ def native_family(config: dict) -> Optional[str]:
     return None
 
 
+# RoPE variants the native families compute (`scaled_inv_freq`); the others (dynamic, yarn, longrope)
+# go to transformers.
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
 def _llama_supported(config: dict) -> bool:
-    """Plain RoPE and full attention only; scaled RoPE or sliding windows go to transformers."""
-    for rope in (config.get("rope_parameters"), config.get("rope_scaling")):
-        if rope and rope.get("rope_type", rope.get("type", "default")) != "default":
-            return False
+    """RoPE of ROPE_TYPES and full attention only; other RoPE or sliding windows go to transformers."""
+    if rope_type(config) not in ROPE_TYPES:
+        return False
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
     return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+def _rope_parameters(config: dict) -> dict:
+    """RoPE's parameters: transformers 5 writes `rope_parameters`, older configs `rope_scaling`; where
+    both are present, the one that scales."""
+    given = [rope for rope in (config.get("rope_parameters"), config.get("rope_scaling")) if rope]
+    scaling = [rope for rope in given if _kind(rope) != "default"]
+    return (scaling or given or [{}])[0]
+
+
+def _kind(rope: dict) -> str:
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
+def rope_type(config: dict) -> str:
+    return _kind(_rope_parameters(config))
+
+
+def scaled_inv_freq(config: dict, inv_freq: np.ndarray) -> np.ndarray:
+    """RoPE's inverse frequencies [head_dim / 2] (float32, as computed for the plain variant) under the
+    config's scaling, as transformers' `modeling_rope_utils` computes them: `linear` divides every
+    frequency by `factor`; `llama3` (Llama 3.1/3.2) divides the low ones (wavelengths past
+    original_max_position_embeddings / low_freq_factor) and blends the middle band smoothly."""
+    kind, rope = rope_type(config), _rope_parameters(config)
+    if kind == "default":
+        return inv_freq
+    factor = float(rope["factor"])
+    if kind == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    if kind != "llama3":
+        raise ValueError(f"RoPE type {kind!r} is not computed here (native RoPE types: {', '.join(ROPE_TYPES)})")
+    low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    old_context = float(rope["original_max_position_embeddings"])
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
 def rope_theta(config: dict) -> float:

@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from ..settings import Settings
-from .config import GPT2_TYPES, LLAMA_TYPES, read_config
+from .config import GPT2_TYPES, LLAMA_TYPES, ROPE_TYPES, read_config, rope_type
 from .loader import choose_backend, model_directory
 
 # What each backend needs installed beyond the serving requirements (requirements-torch.txt).
@@ -79,8 +79,9 @@ def _missing_message(settings: Settings, config: dict, backend: str, missing: li
     served = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))
     if settings.model_backend != "auto":
         why = f"MODEL_BACKEND={settings.model_backend}"
-    elif model_type in GPT2_TYPES | LLAMA_TYPES:  # the family, but scaled RoPE or a sliding window
-        why = f"model_type {model_type!r} with scaled RoPE or a sliding window is not served without torch"
+    elif model_type in GPT2_TYPES | LLAMA_TYPES:  # the family, but another RoPE or a sliding window
+        why = (f"model_type {model_type!r} with RoPE {rope_type(config)!r} or a sliding window is not served without "
+               f"torch (RoPE served: {', '.join(ROPE_TYPES)})")
     else:
         why = f"model_type {model_type!r} is not one of the families served without torch ({served})"
     return (

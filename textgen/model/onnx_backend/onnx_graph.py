@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import model_shape, native_family, read_config, rope_theta
+from ..config import model_shape, native_family, read_config, rope_theta, scaled_inv_freq
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -207,8 +207,9 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
 
 def rotary_tables(config: dict, head_dim: int, positions: int):
     """cos and sin [positions, head_dim / 2] for rotate-half RoPE, in float32 as transformers computes
-    them (angle = position / theta^(2i / head_dim))."""
+    them (angle = position / theta^(2i / head_dim), the frequencies scaled as the config says)."""
     inv_freq = (1.0 / (rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
+    inv_freq = scaled_inv_freq(config, inv_freq)
     angles = np.outer(np.arange(positions, dtype=np.float32), inv_freq).astype(np.float32)
     return np.cos(angles), np.sin(angles)
 

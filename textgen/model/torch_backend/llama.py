@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import llama_shape, rope_theta
+from ..config import llama_shape, rope_theta, scaled_inv_freq
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -68,6 +68,7 @@ class Llama(nn.Module):
         self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
         # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
         inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        inv_freq = torch.from_numpy(scaled_inv_freq(config, inv_freq.numpy()))  # the plain variant: unchanged
         angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()
