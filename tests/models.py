@@ -16,12 +16,15 @@ ROPE_SCALINGS = {
 }
 
 
-def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0, rope: str = "default") -> str:
-    """A 2-layer Llama (or Qwen2, with q/k/v biases) with grouped-query attention (4 heads, 2 KV heads)
-    and the tiny GPT-2's tokenizer, saved with `save_pretrained`; `rope`: a key of ROPE_SCALINGS to
-    scale its RoPE."""
+def make_tiny_llama(
+    out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0, rope: str = "default", qwen3: bool = False
+) -> str:
+    """A 2-layer Llama (or Qwen2, with q/k/v biases; or Qwen3, with per-head q/k norms and a head_dim of
+    its own, 24 against 64 / 4) with grouped-query attention (4 heads, 2 KV heads) and the tiny GPT-2's
+    tokenizer, saved with `save_pretrained`; `rope`: a key of ROPE_SCALINGS to scale its RoPE."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     shape = dict(
@@ -40,7 +43,15 @@ def make_tiny_llama(out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed:
     if rope != "default":
         shape["rope_parameters"] = ROPE_SCALINGS[rope]
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(**shape)) if qwen2 else LlamaForCausalLM(LlamaConfig(**shape))
+    if qwen3:
+        model = Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=24))
+        for layer in model.model.layers:  # norms of ones would hide a norm whose weight is left out
+            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    elif qwen2:
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
     if qwen2:  # random biases, so that a native module ignoring them would be caught
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):

@@ -13,8 +13,9 @@ from textgen.model import preflight
 from textgen.model.preflight import NotServable, check_servable
 from textgen.settings import Settings
 
-QWEN3_CONFIG = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}
+# A family with no graph builder yet (Gemma 3's text model): what the image could not serve.
+GEMMA3_CONFIG = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
+                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}
 
 # Loaded by `site` at start-up (PYTHONPATH first on sys.path): torch and transformers cannot be imported
 # or found, as in the service image, which installs requirements-serve.txt alone.
@@ -32,11 +33,11 @@ sys.meta_path.insert(0, _Absent())
 
 
 @pytest.fixture
-def qwen3_dir(tmp_path):
-    """A Qwen3 checkpoint as far as the start-up check reads it: its config."""
-    model = tmp_path / "qwen3"
+def gemma3_dir(tmp_path):
+    """A Gemma 3 checkpoint as far as the start-up check reads it: its config."""
+    model = tmp_path / "gemma3"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps(QWEN3_CONFIG))
+    (model / "config.json").write_text(json.dumps(GEMMA3_CONFIG))
     return str(model)
 
 
@@ -56,16 +57,16 @@ def error_of(s):
     return message
 
 
-def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(qwen3_dir, monkeypatch):
+def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(gemma3_dir, monkeypatch):
     without_torch(monkeypatch)
-    message = error_of(settings(model_id=qwen3_dir))
-    assert "'qwen3'" in message and "gpt2, llama, qwen2" in message
+    message = error_of(settings(model_id=gemma3_dir))
+    assert "'gemma3_text'" in message and "gpt2, llama, qwen2" in message
     assert "torch and transformers" in message and "requirements-torch.txt" in message
 
 
-def test_the_same_family_with_torch_installed_goes_to_transformers_quietly(qwen3_dir, monkeypatch):
+def test_the_same_family_with_torch_installed_goes_to_transformers_quietly(gemma3_dir, monkeypatch):
     monkeypatch.setattr(preflight, "_installed", lambda package: True)
-    check_servable(settings(model_id=qwen3_dir))
+    check_servable(settings(model_id=gemma3_dir))
 
 
 def test_a_native_family_needs_no_torch(tiny_model_dir, monkeypatch):
@@ -74,8 +75,16 @@ def test_a_native_family_needs_no_torch(tiny_model_dir, monkeypatch):
     assert "MODEL_BACKEND=torch" in error_of(settings(model_id=tiny_model_dir, model_backend="torch"))
 
 
-def test_a_forced_backend_that_cannot_serve_the_family_says_so(qwen3_dir):
-    assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'qwen3'" in error_of(settings(model_id=qwen3_dir, model_backend="onnx"))
+def test_a_native_family_without_weights_says_what_is_missing(tiny_model_dir, tmp_path, monkeypatch):
+    without_torch(monkeypatch)
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text(open(os.path.join(tiny_model_dir, "config.json")).read())
+    assert "has neither safetensors weights nor a prebuilt ONNX graph" in error_of(settings(model_id=str(config_only)))
+
+
+def test_a_forced_backend_that_cannot_serve_the_family_says_so(gemma3_dir):
+    assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'gemma3_text'" in error_of(settings(model_id=gemma3_dir, model_backend="onnx"))
 
 
 def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
@@ -96,20 +105,20 @@ def hidden_torch_env(tmp_path, model_dir):
     return {**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{ROOT}", "MODEL_ID": model_dir, "HF_HUB_OFFLINE": "1"}
 
 
-def test_gunicorn_ends_with_one_line_and_no_worker_boots(qwen3_dir, tmp_path):
-    env = {**hidden_torch_env(tmp_path, qwen3_dir), "PORT": str(free_port())}
+def test_gunicorn_ends_with_one_line_and_no_worker_boots(gemma3_dir, tmp_path):
+    env = {**hidden_torch_env(tmp_path, gemma3_dir), "PORT": str(free_port())}
     done = subprocess.run([sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     ours = [line for line in output.splitlines() if line.startswith("textgen: cannot serve this model:")]
-    assert len(ours) == 1 and "'qwen3'" in ours[0], output
+    assert len(ours) == 1 and "'gemma3_text'" in ours[0], output
     assert "Traceback" not in output and "Booting worker" not in output, output
 
 
-def test_the_cli_says_the_same_in_one_line(qwen3_dir, tmp_path):
+def test_the_cli_says_the_same_in_one_line(gemma3_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "textgen", "generate", "Hello"], cwd=ROOT,
-                          env=hidden_torch_env(tmp_path, qwen3_dir), capture_output=True, text=True, timeout=120)
+                          env=hidden_torch_env(tmp_path, gemma3_dir), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert done.stderr.strip().count("\n") == 0 and "'qwen3'" in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "'gemma3_text'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"llama", "qwen2"}  # model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"llama", "qwen2", "qwen3"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:

@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from ..settings import Settings
-from .config import GPT2_TYPES, LLAMA_TYPES, ROPE_TYPES, read_config, rope_type
+from .config import GPT2_TYPES, LLAMA_TYPES, ROPE_TYPES, native_family, read_config, rope_type
 from .loader import choose_backend, model_directory
 
 # What each backend needs installed beyond the serving requirements (requirements-torch.txt).
@@ -38,7 +38,7 @@ def check_servable(settings: Settings) -> None:
         raise NotServable(str(exc)) from None
     missing = [package for package in NEEDS.get(backend, ()) if not _installed(package)]
     if missing:
-        raise NotServable(_missing_message(settings, config, backend, missing))
+        raise NotServable(_missing_message(settings, config, source, backend, missing))
 
 
 def _source(settings: Settings) -> str:
@@ -74,11 +74,13 @@ def _looks_like_a_path(model_id: str) -> bool:
     return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or os.sep != "/" and os.sep in model_id
 
 
-def _missing_message(settings: Settings, config: dict, backend: str, missing: list) -> str:
+def _missing_message(settings: Settings, config: dict, source: str, backend: str, missing: list) -> str:
     model_type = config.get("model_type")
     served = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))
     if settings.model_backend != "auto":
         why = f"MODEL_BACKEND={settings.model_backend}"
+    elif native_family(config) is not None:  # a family served without torch, but nothing to build its graph from
+        why = f"{source} has neither safetensors weights nor a prebuilt ONNX graph"
     elif model_type in GPT2_TYPES | LLAMA_TYPES:  # the family, but another RoPE or a sliding window
         why = (f"model_type {model_type!r} with RoPE {rope_type(config)!r} or a sliding window is not served without "
                f"torch (RoPE served: {', '.join(ROPE_TYPES)})")

@@ -120,6 +120,13 @@ def _linear(g: GraphBuilder, x: str, name: str, weight_in_out: np.ndarray, bias:
     return y if bias is None else g.op("Add", [y, g.weight(name + ".bias", bias)])
 
 
+def _head_norm(g: GraphBuilder, x: str, name: str, weight: np.ndarray, heads: int, eps: float) -> str:
+    """RMSNorm of each head's slice of x [batch, sequence, heads * head_dim] (Qwen3's q_norm / k_norm)."""
+    per_head = g.op("Reshape", [x, g.weight(name + ".heads", np.array([0, 0, heads, weight.shape[0]], dtype=np.int64))])
+    normed = g.op("SimplifiedLayerNormalization", [per_head, g.weight(name, weight)], epsilon=eps, axis=-1)
+    return g.op("Reshape", [normed, g.weight(name + ".flat", np.array([0, 0, -1], dtype=np.int64))])
+
+
 def _attention(g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int) -> str:
     """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV."""
     inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
@@ -246,6 +253,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
         qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
         q, k, v = g.op("Split", [_linear(g, h, attn + "qkv_proj", qkv_w, qkv_b), split_qkv], 3, axis=-1)
+        if maybe(attn + "q_norm.weight") is not None:  # Qwen3: RMSNorm over each head, before the rotary positions
+            q = _head_norm(g, q, attn + "q_norm.weight", w(attn + "q_norm.weight"), heads, eps)
+            k = _head_norm(g, k, attn + "k_norm.weight", w(attn + "k_norm.weight"), kv_heads, eps)
         q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
         k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
         attended = _attention(g, i, q, k, v, heads, kv_heads)

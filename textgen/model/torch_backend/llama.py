@@ -1,9 +1,10 @@
-"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases) in plain torch, over the engine's KV cache.
+"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k norms) in plain torch,
+over the engine's KV cache.
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
-the MLP's gate and up projections. Plain RoPE and full attention only: which configs come here is
-decided in config.py.
+the MLP's gate and up projections. RoPE of config.ROPE_TYPES and full attention only: which configs
+come here is decided in config.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Block(nn.Module):
         self.qkv = make_linear(qkv_w, qkv_b, quantize, skinny)
         del qkv_w
         self.o = make_linear(get(attn + "o_proj.weight"), bias(attn + "o_proj.bias"), quantize, skinny)
+        # Qwen3: RMSNorm over each head's query and key (weights [head_dim]), before the rotary positions.
+        self.q_norm, self.k_norm = bias(attn + "q_norm.weight"), bias(attn + "k_norm.weight")
         self.post_norm = get(prefix + "post_attention_layernorm.weight")
         mlp = prefix + "mlp."
         gate_up = torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")])
@@ -97,8 +100,11 @@ class Llama(nn.Module):
             # Attention: RMSNorm, fused q/k/v projection, rotary positions on q and k, grouped-query attention.
             h = F.rms_norm(x, (x.shape[-1],), block.input_norm, self.eps)
             q, k, v = block.qkv(h).split([q_width, kv_width, kv_width], dim=-1)
-            q = self._rope(q.view(rows, time, self.n_heads, self.head_dim), cos, sin)
-            k = self._rope(k.view(rows, time, self.n_kv_heads, self.head_dim), cos, sin)
+            q, k = q.view(rows, time, self.n_heads, self.head_dim), k.view(rows, time, self.n_kv_heads, self.head_dim)
+            if block.q_norm is not None:
+                q = F.rms_norm(q, (self.head_dim,), block.q_norm, self.eps)
+                k = F.rms_norm(k, (self.head_dim,), block.k_norm, self.eps)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             v = v.view(rows, time, self.n_kv_heads, self.head_dim)
             x = x + block.o(attend(q, k, v, cache, i, first_slot, positions, mask))
             # SwiGLU MLP: silu(gate) * up, then down.
