@@ -73,11 +73,15 @@ def qwen3_dir(tmp_path_factory, tiny_model_dir):
     return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-qwen3")), tiny_model_dir, qwen3=True)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3"])
+@pytest.fixture(scope="module")
+def smollm3_dir(tmp_path_factory, tiny_model_dir):
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-smollm3")), tiny_model_dir, smollm3=True)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3"])
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_native_logits_equal_transformers(which, chunk, tiny_model_dir, llama_dir, qwen2_dir, llama3_rope_dir, qwen3_dir):
-    model_dir = {"gpt2": tiny_model_dir, "llama": llama_dir, "qwen2": qwen2_dir, "llama3-rope": llama3_rope_dir,
-                 "qwen3": qwen3_dir}[which]
+def test_native_logits_equal_transformers(which, chunk, request):
+    model_dir = request.getfixturevalue({"gpt2": "tiny_model_dir"}.get(which, which.replace("-", "_") + "_dir"))
     model, _ = native(model_dir)
     assert model.backend == "torch"
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

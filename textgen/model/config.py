@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"llama", "qwen2", "qwen3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"llama", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:
@@ -44,6 +44,19 @@ def _llama_supported(config: dict) -> bool:
         return False
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
     return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+def rope_layers(config: dict) -> list:
+    """Which layers rotate q and k: all, but SmolLM3's `no_rope_layers` (1 = RoPE, 0 = none; by default
+    every `no_rope_layer_interval`-th layer, 4, has none), as transformers reads it."""
+    n = config["num_hidden_layers"]
+    if config.get("model_type") != "smollm3":
+        return [True] * n
+    flags = config.get("no_rope_layers")
+    if flags is None:
+        interval = config.get("no_rope_layer_interval", 4)
+        flags = [int((i + 1) % interval != 0) for i in range(n)]
+    return [bool(flag) for flag in flags]
 
 
 def _rope_parameters(config: dict) -> dict:

@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import model_shape, native_family, read_config, rope_theta, scaled_inv_freq
+from ..config import model_shape, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -236,6 +236,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     embed = w("embed_tokens.weight")
     x = _embedding(g, "embed_tokens", embed, quantize)
     cos, sin = rotary_tables(config, head_dim, shape.context)
+    uses_rope = rope_layers(config)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
     ffn = config["intermediate_size"]
     split_gate_up = g.weight("gate_up_split", np.array([ffn, ffn], dtype=np.int64))
@@ -256,8 +257,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         if maybe(attn + "q_norm.weight") is not None:  # Qwen3: RMSNorm over each head, before the rotary positions
             q = _head_norm(g, q, attn + "q_norm.weight", w(attn + "q_norm.weight"), heads, eps)
             k = _head_norm(g, k, attn + "k_norm.weight", w(attn + "k_norm.weight"), kv_heads, eps)
-        q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
-        k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
+        if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
+            q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
+            k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
         attended = _attention(g, i, q, k, v, heads, kv_heads)
         projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
         o_bias = maybe(attn + "o_proj.bias")

@@ -1,5 +1,5 @@
-"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k norms) in plain torch,
-over the engine's KV cache.
+"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k norms, SmolLM3's
+layers without RoPE) in plain torch, over the engine's KV cache.
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import llama_shape, rope_theta, scaled_inv_freq
+from ..config import llama_shape, rope_layers, rope_theta, scaled_inv_freq
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -75,6 +75,7 @@ class Llama(nn.Module):
         angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()
+        self.uses_rope = rope_layers(config)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -104,7 +105,8 @@ class Llama(nn.Module):
             if block.q_norm is not None:
                 q = F.rms_norm(q, (self.head_dim,), block.q_norm, self.eps)
                 k = F.rms_norm(k, (self.head_dim,), block.k_norm, self.eps)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            if self.uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
+                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             v = v.view(rows, time, self.n_kv_heads, self.head_dim)
             x = x + block.o(attend(q, k, v, cache, i, first_slot, positions, mask))
             # SwiGLU MLP: silu(gate) * up, then down.
