@@ -37,6 +37,7 @@ def model_dirs(tiny_model_dir, tmp_path_factory):
         "linear-rope": make_tiny_llama(str(base / "linear-rope"), tiny_model_dir, rope="linear"),
         "qwen3": make_tiny_llama(str(base / "qwen3"), tiny_model_dir, qwen3=True),
         "smollm3": make_tiny_llama(str(base / "smollm3"), tiny_model_dir, smollm3=True),
+        "mistral": make_tiny_llama(str(base / "mistral"), tiny_model_dir, mistral=True),
     }
 
 
@@ -136,7 +137,7 @@ def random_sequences(vocab, lengths, seed=0):
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral"])
 def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "none")
     assert (model.backend, model.dtype_name) == ("onnx", "float32")
@@ -159,7 +160,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral"])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"llama", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:
@@ -42,8 +42,15 @@ def _llama_supported(config: dict) -> bool:
     """RoPE of ROPE_TYPES and full attention only; other RoPE or sliding windows go to transformers."""
     if rope_type(config) not in ROPE_TYPES:
         return False
+    # Qwen2/Qwen3's optional window covers only some layers (max_window_layers): not here.
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
     return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+def attention_window(config: dict) -> Optional[int]:
+    """Mistral's sliding window: each query sees the last `sliding_window` positions, itself included
+    (transformers' mask); None: every earlier position."""
+    return config.get("sliding_window") if config.get("model_type") == "mistral" else None
 
 
 def rope_layers(config: dict) -> list:

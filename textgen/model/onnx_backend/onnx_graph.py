@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import model_shape, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
+from ..config import attention_window, model_shape, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -127,12 +127,17 @@ def _head_norm(g: GraphBuilder, x: str, name: str, weight: np.ndarray, heads: in
     return g.op("Reshape", [normed, g.weight(name + ".flat", np.array([0, 0, -1], dtype=np.int64))])
 
 
-def _attention(g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int) -> str:
-    """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV."""
+def _attention(
+    g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int,
+    window: Optional[int] = None,
+) -> str:
+    """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV. `window`: a
+    sliding window (Mistral's), which the op applies in place (`local_window_size`)."""
     inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
     inputs += [None] * 9 + ["query_seqlens"]  # cos/sin caches .. k_norm_weight unused; query_seqlens is input 16
     outputs = [f"attention_{layer}", f"present_key_{layer}", f"present_value_{layer}"]
-    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads)[0]
+    local = {} if window is None else {"local_window_size": int(window)}
+    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **local)[0]
 
 
 def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
@@ -260,7 +265,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
             q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
             k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
-        attended = _attention(g, i, q, k, v, heads, kv_heads)
+        attended = _attention(g, i, q, k, v, heads, kv_heads, attention_window(config))
         projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
         o_bias = maybe(attn + "o_proj.bias")
         norm_w = g.weight(p + "post_attention_layernorm.weight", w(p + "post_attention_layernorm.weight"))

@@ -119,10 +119,15 @@ def attend(
     return out.transpose(1, 2).reshape(rows, time, heads * dim)
 
 
-def attention_mask(positions: torch.Tensor) -> torch.Tensor:
-    """Each query (at its absolute position) sees its row's positions 0..itself: [rows, 1, time, length]."""
+def attention_mask(positions: torch.Tensor, window: Optional[int] = None) -> torch.Tensor:
+    """Each query (at its absolute position) sees its row's positions 0..itself, or with a sliding
+    `window` only the last `window` of them: [rows, 1, time, length]."""
     length = int(positions.max()) + 1
-    return (torch.arange(length)[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+    keys, queries = torch.arange(length)[None, None, :], positions[:, :, None]
+    seen = keys <= queries
+    if window is not None:
+        seen &= keys > queries - window
+    return seen.unsqueeze(1)
 
 
 def pick_positions(x: torch.Tensor, last) -> torch.Tensor:

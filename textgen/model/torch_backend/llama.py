@@ -1,5 +1,5 @@
-"""Llama family (Llama, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k norms, SmolLM3's
-layers without RoPE) in plain torch, over the engine's KV cache.
+"""Llama family (Llama, Mistral's sliding window, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k
+norms, SmolLM3's layers without RoPE) in plain torch, over the engine's KV cache.
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import llama_shape, rope_layers, rope_theta, scaled_inv_freq
+from ..config import attention_window, llama_shape, rope_layers, rope_theta, scaled_inv_freq
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -76,6 +76,7 @@ class Llama(nn.Module):
         angles = torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()
         self.uses_rope = rope_layers(config)
+        self.window = attention_window(config)  # Mistral's sliding window, or None
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -93,7 +94,7 @@ class Llama(nn.Module):
         """Same contract as GPT2.forward."""
         rows, time = tokens.shape
         x = self.embed(tokens)
-        mask = attention_mask(positions)
+        mask = attention_mask(positions, self.window)
         clamped = positions.clamp(max=self.context - 1)
         cos, sin = self.cos[clamped].unsqueeze(2), self.sin[clamped].unsqueeze(2)  # [rows, time, 1, dim]
         q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
