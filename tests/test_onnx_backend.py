@@ -38,6 +38,7 @@ def model_dirs(tiny_model_dir, tmp_path_factory):
         "qwen3": make_tiny_llama(str(base / "qwen3"), tiny_model_dir, qwen3=True),
         "smollm3": make_tiny_llama(str(base / "smollm3"), tiny_model_dir, smollm3=True),
         "mistral": make_tiny_llama(str(base / "mistral"), tiny_model_dir, mistral=True),
+        "granite": make_tiny_llama(str(base / "granite"), tiny_model_dir, granite=True),
     }
 
 
@@ -137,7 +138,7 @@ def random_sequences(vocab, lengths, seed=0):
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral", "granite"])
 def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "none")
     assert (model.backend, model.dtype_name) == ("onnx", "float32")
@@ -160,7 +161,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite"])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"

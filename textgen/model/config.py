@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"granite", "llama", "mistral", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:
@@ -45,6 +45,27 @@ def _llama_supported(config: dict) -> bool:
     # Qwen2/Qwen3's optional window covers only some layers (max_window_layers): not here.
     sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
     return config.get("model_type") in LLAMA_TYPES and not sliding
+
+
+class Multipliers(NamedTuple):
+    """Granite's scalings of a Llama (1 and None elsewhere): the embeddings, each residual branch, the
+    attention scores (None: 1 / sqrt(head_dim)) and the logits (divided by `logits`)."""
+
+    embedding: float = 1.0
+    residual: float = 1.0
+    attention: Optional[float] = None
+    logits: float = 1.0
+
+
+def multipliers(config: dict) -> Multipliers:
+    if config.get("model_type") != "granite":
+        return Multipliers()
+    return Multipliers(
+        float(config.get("embedding_multiplier", 1.0)),
+        float(config.get("residual_multiplier", 1.0)),
+        float(config.get("attention_multiplier", 1.0)),
+        float(config.get("logits_scaling", 1.0)),
+    )
 
 
 def attention_window(config: dict) -> Optional[int]:

@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import attention_window, model_shape, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
+from ..config import attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -129,15 +129,27 @@ def _head_norm(g: GraphBuilder, x: str, name: str, weight: np.ndarray, heads: in
 
 def _attention(
     g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int,
-    window: Optional[int] = None,
+    window: Optional[int] = None, scale: Optional[float] = None,
 ) -> str:
     """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV. `window`: a
-    sliding window (Mistral's), which the op applies in place (`local_window_size`)."""
+    sliding window (Mistral's), which the op applies in place (`local_window_size`); `scale`: the
+    scores' scale, if not 1 / sqrt(head_dim) (Granite's attention_multiplier)."""
     inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
     inputs += [None] * 9 + ["query_seqlens"]  # cos/sin caches .. k_norm_weight unused; query_seqlens is input 16
     outputs = [f"attention_{layer}", f"present_key_{layer}", f"present_value_{layer}"]
-    local = {} if window is None else {"local_window_size": int(window)}
-    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **local)[0]
+    extra = {} if window is None else {"local_window_size": int(window)}
+    if scale is not None:
+        extra["scale"] = float(scale)
+    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **extra)[0]
+
+
+def _scalar(g: GraphBuilder, name: str, value: float) -> Optional[str]:
+    """A float32 scalar initializer, or None for 1 (Granite's multipliers: nothing to multiply by)."""
+    return None if value == 1.0 else g.weight(name, np.array(value, dtype=np.float32))
+
+
+def _times(g: GraphBuilder, x: str, scalar: Optional[str]) -> str:
+    return x if scalar is None else g.op("Mul", [x, scalar])
 
 
 def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
@@ -239,7 +251,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     g = GraphBuilder()
     _declare_io(g, shape)
     embed = w("embed_tokens.weight")
-    x = _embedding(g, "embed_tokens", embed, quantize)
+    scales = multipliers(config)
+    residual_scale = _scalar(g, "residual_multiplier", scales.residual)
+    x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
     cos, sin = rotary_tables(config, head_dim, shape.context)
     uses_rope = rope_layers(config)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
@@ -265,9 +279,13 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
             q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
             k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
-        attended = _attention(g, i, q, k, v, heads, kv_heads, attention_window(config))
-        projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
+        attended = _attention(g, i, q, k, v, heads, kv_heads, attention_window(config), scales.attention)
         o_bias = maybe(attn + "o_proj.bias")
+        if residual_scale is None:
+            projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
+        else:  # Granite: the whole branch, its bias included, scaled before the residual add
+            branch = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T, o_bias)
+            projected, o_bias = g.op("Mul", [branch, residual_scale]), None
         norm_w = g.weight(p + "post_attention_layernorm.weight", w(p + "post_attention_layernorm.weight"))
         skip_inputs = [projected, residual, norm_w, None if o_bias is None else g.weight(attn + "o_proj.bias", o_bias)]
         h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", skip_inputs, 4, domain=MS, epsilon=eps)
@@ -277,10 +295,13 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         gate, up = g.op("Split", [_linear(g, h, mlp + "gate_up_proj", gate_up_w), split_gate_up], 2, axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         pending = _linear(g, g.op("Mul", [silu, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)
+        pending = _times(g, pending, residual_scale)
     norm_w = g.weight("norm.weight", w("norm.weight"))
     hidden = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)[0]
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in ckpt
     head = embed if tied else ckpt.get("lm_head.weight")
+    if scales.logits != 1.0:  # Granite divides the logits: folded into the head, stored apart from the embedding
+        head = (head / np.float32(scales.logits)).astype(np.float32)
     _logits(g, hidden, width, head, quantize, w("norm.weight"))
     return g.model()
 

@@ -106,15 +106,17 @@ def attend(
     first_slot: int,
     positions: torch.Tensor,
     mask: torch.Tensor,
+    scale: Optional[float] = None,
 ) -> torch.Tensor:
-    """q: [rows, time, heads, dim]; k, v: [rows, time, kv_heads, dim] for the new positions.
+    """q: [rows, time, heads, dim]; k, v: [rows, time, kv_heads, dim] for the new positions; `scale` of
+    the scores, None: 1 / sqrt(dim).
 
     Writes k and v into the rows' cache slots at their positions, then attends each query to its own
     row's positions up to its own (`mask`: [rows, 1, time, length]). Returns [rows, time, heads*dim]."""
     rows, time, heads, dim = q.shape
     keys, values = store_and_read(cache, layer, first_slot, positions, k, v)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != heads
+        q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != heads, scale=scale
     )
     return out.transpose(1, 2).reshape(rows, time, heads * dim)
 

@@ -1,5 +1,5 @@
 """Llama family (Llama, Mistral's sliding window, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k
-norms, SmolLM3's layers without RoPE) in plain torch, over the engine's KV cache.
+norms, SmolLM3's layers without RoPE, Granite's multipliers) in plain torch, over the engine's KV cache.
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import attention_window, llama_shape, rope_layers, rope_theta, scaled_inv_freq
+from ..config import attention_window, llama_shape, multipliers, rope_layers, rope_theta, scaled_inv_freq
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -77,6 +77,7 @@ class Llama(nn.Module):
         self.cos, self.sin = angles.cos(), angles.sin()
         self.uses_rope = rope_layers(config)
         self.window = attention_window(config)  # Mistral's sliding window, or None
+        self.scales = multipliers(config)  # Granite's; 1 and None elsewhere
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -93,7 +94,7 @@ class Llama(nn.Module):
     ) -> Optional[torch.Tensor]:
         """Same contract as GPT2.forward."""
         rows, time = tokens.shape
-        x = self.embed(tokens)
+        x = self.embed(tokens) * self.scales.embedding
         mask = attention_mask(positions, self.window)
         clamped = positions.clamp(max=self.context - 1)
         cos, sin = self.cos[clamped].unsqueeze(2), self.sin[clamped].unsqueeze(2)  # [rows, time, 1, dim]
@@ -109,12 +110,12 @@ class Llama(nn.Module):
             if self.uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
                 q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             v = v.view(rows, time, self.n_kv_heads, self.head_dim)
-            x = x + block.o(attend(q, k, v, cache, i, first_slot, positions, mask))
+            x = x + block.o(attend(q, k, v, cache, i, first_slot, positions, mask, self.scales.attention)) * self.scales.residual
             # SwiGLU MLP: silu(gate) * up, then down.
             h = F.rms_norm(x, (x.shape[-1],), block.post_norm, self.eps)
             gate, up = block.gate_up(h).chunk(2, dim=-1)
-            x = x + block.down(F.silu(gate) * up)
+            x = x + block.down(F.silu(gate) * up) * self.scales.residual
         if last is None:
             return None
         x = pick_positions(x, last)
-        return self.lm_head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
+        return self.lm_head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)) / self.scales.logits
