@@ -18,16 +18,18 @@ ROPE_SCALINGS = {
 
 def make_tiny_llama(
     out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0, rope: str = "default", qwen3: bool = False,
-    smollm3: bool = False, mistral: bool = False, granite: bool = False,
+    smollm3: bool = False, mistral: bool = False, granite: bool = False, phi3: bool = False,
 ) -> str:
     """A 2-layer Llama (or Qwen2, with q/k/v biases; or Qwen3, with per-head q/k norms and a head_dim of
     its own, 24 against 64 / 4) with grouped-query attention (4 heads, 2 KV heads) and the tiny GPT-2's
     tokenizer, saved with `save_pretrained`; `rope`: a key of ROPE_SCALINGS to scale its RoPE. `smollm3`:
     SmolLM3, whose every second layer here (every fourth in the real ones) has no RoPE. `mistral`: Mistral
     with a sliding window of 8, which the tests' 30-token sequences cross. `granite`: Granite, with
-    multipliers far from 1 so that a missing one shows."""
+    multipliers far from 1 so that a missing one shows. `phi3`: Phi-3, with its fused projections, RoPE
+    on 3/4 of each head (as Phi-4-mini) and a sliding window of 12."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Phi3Config, Phi3ForCausalLM
     from transformers import GraniteConfig, GraniteForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -52,6 +54,9 @@ def make_tiny_llama(
         for layer in model.model.layers:  # norms of ones would hide a norm whose weight is left out
             for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
                 torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    elif phi3:
+        config = Phi3Config(**shape, partial_rotary_factor=0.75, sliding_window=12, pad_token_id=tokenizer.eos_token_id)
+        model = Phi3ForCausalLM(config)
     elif granite:
         multipliers = dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.5)
         model = GraniteForCausalLM(GraniteConfig(**shape, **multipliers))

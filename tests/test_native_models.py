@@ -88,7 +88,15 @@ def granite_dir(tmp_path_factory, tiny_model_dir):
     return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-granite")), tiny_model_dir, granite=True)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite"])
+@pytest.fixture(scope="module")
+def phi3_dir(tmp_path_factory, tiny_model_dir):
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-phi3")), tiny_model_dir, phi3=True)
+
+
+FAMILIES = ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"]
+
+
+@pytest.mark.parametrize("which", FAMILIES)
 @pytest.mark.parametrize("chunk", [1, 5, 64])
 def test_native_logits_equal_transformers(which, chunk, request):
     model_dir = request.getfixturevalue({"gpt2": "tiny_model_dir"}.get(which, which.replace("-", "_") + "_dir"))

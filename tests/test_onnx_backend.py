@@ -39,6 +39,7 @@ def model_dirs(tiny_model_dir, tmp_path_factory):
         "smollm3": make_tiny_llama(str(base / "smollm3"), tiny_model_dir, smollm3=True),
         "mistral": make_tiny_llama(str(base / "mistral"), tiny_model_dir, mistral=True),
         "granite": make_tiny_llama(str(base / "granite"), tiny_model_dir, granite=True),
+        "phi3": make_tiny_llama(str(base / "phi3"), tiny_model_dir, phi3=True),
     }
 
 
@@ -138,7 +139,7 @@ def random_sequences(vocab, lengths, seed=0):
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral", "granite"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"])
 def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "none")
     assert (model.backend, model.dtype_name) == ("onnx", "float32")
@@ -161,7 +162,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"

@@ -60,7 +60,7 @@ def error_of(s):
 def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(gemma3_dir, monkeypatch):
     without_torch(monkeypatch)
     message = error_of(settings(model_id=gemma3_dir))
-    assert "'gemma3_text'" in message and "(gpt2, granite, llama, mistral, qwen2, qwen3, smollm3)" in message
+    assert "'gemma3_text'" in message and "(gpt2, granite, llama, mistral, phi3, qwen2, qwen3, smollm3)" in message
     assert "torch and transformers" in message and "requirements-torch.txt" in message
 
 

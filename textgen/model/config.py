@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"granite", "llama", "mistral", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
 
 
 def read_config(model_dir: str) -> dict:
@@ -69,9 +69,16 @@ def multipliers(config: dict) -> Multipliers:
 
 
 def attention_window(config: dict) -> Optional[int]:
-    """Mistral's sliding window: each query sees the last `sliding_window` positions, itself included
-    (transformers' mask); None: every earlier position."""
-    return config.get("sliding_window") if config.get("model_type") == "mistral" else None
+    """Mistral's and Phi-3's sliding window: each query sees the last `sliding_window` positions, itself
+    included (transformers' mask); None: every earlier position."""
+    return config.get("sliding_window") if config.get("model_type") in ("mistral", "phi3") else None
+
+
+def rotary_dim(config: dict, head_dim: int) -> int:
+    """The leading channels of each head that RoPE rotates: all, or `partial_rotary_factor` of them
+    (Phi-4-mini: 0.75); the rest pass through."""
+    factor = _rope_parameters(config).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    return int(head_dim * factor)
 
 
 def rope_layers(config: dict) -> list:

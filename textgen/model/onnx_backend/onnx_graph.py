@@ -49,7 +49,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
-from ..config import attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rope_theta, scaled_inv_freq
+from ..config import (
+    attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rope_theta, rotary_dim, scaled_inv_freq,
+)
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -254,7 +256,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     scales = multipliers(config)
     residual_scale = _scalar(g, "residual_multiplier", scales.residual)
     x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
-    cos, sin = rotary_tables(config, head_dim, shape.context)
+    rotated = rotary_dim(config, head_dim)
+    cos, sin = rotary_tables(config, rotated, shape.context)
     uses_rope = rope_layers(config)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
     ffn = config["intermediate_size"]
@@ -269,7 +272,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
             norm_w = g.weight(p + "input_layernorm.weight", w(p + "input_layernorm.weight"))
             h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)
         # One fused q/k/v projection (Qwen2 has biases on all three), rotary on q and k at their own positions.
-        qkv_w = np.concatenate([w(attn + f"{n}_proj.weight") for n in "qkv"]).T
+        # Phi-3's checkpoints store them fused already.
+        fused = maybe(attn + "qkv_proj.weight")
+        qkv_w = (fused if fused is not None else np.concatenate([w(attn + f"{n}_proj.weight") for n in "qkv"])).T
         biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
         qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
         q, k, v = g.op("Split", [_linear(g, h, attn + "qkv_proj", qkv_w, qkv_b), split_qkv], 3, axis=-1)
@@ -277,8 +282,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
             q = _head_norm(g, q, attn + "q_norm.weight", w(attn + "q_norm.weight"), heads, eps)
             k = _head_norm(g, k, attn + "k_norm.weight", w(attn + "k_norm.weight"), kv_heads, eps)
         if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
-            q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=head_dim)
-            k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=head_dim)
+            q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=rotated)
+            k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=rotated)
         attended = _attention(g, i, q, k, v, heads, kv_heads, attention_window(config), scales.attention)
         o_bias = maybe(attn + "o_proj.bias")
         if residual_scale is None:
@@ -291,7 +296,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", skip_inputs, 4, domain=MS, epsilon=eps)
         # SwiGLU: silu(gate) * up, then down.
         # One fused gate/up projection, as llama.py has it: one matmul (one pass over h) instead of two.
-        gate_up_w = np.concatenate([w(mlp + "gate_proj.weight"), w(mlp + "up_proj.weight")]).T
+        fused = maybe(mlp + "gate_up_proj.weight")  # Phi-3: [gate; up] already
+        gate_up_w = (fused if fused is not None else np.concatenate([w(mlp + "gate_proj.weight"), w(mlp + "up_proj.weight")])).T
         gate, up = g.op("Split", [_linear(g, h, mlp + "gate_up_proj", gate_up_w), split_gate_up], 2, axis=-1)
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         pending = _linear(g, g.op("Mul", [silu, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)

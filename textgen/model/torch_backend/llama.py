@@ -1,5 +1,6 @@
-"""Llama family (Llama, Mistral's sliding window, SmolLM2, Qwen2-style QKV biases, Qwen3's per-head q/k
-norms, SmolLM3's layers without RoPE, Granite's multipliers) in plain torch, over the engine's KV cache.
+"""Llama family in plain torch, over the engine's KV cache: Llama, SmolLM2, Mistral's sliding window,
+Phi-3's fused projections and partial RoPE, Qwen2's q/k/v biases, Qwen3's per-head q/k norms, SmolLM3's
+layers without RoPE and Granite's multipliers.
 
 RMSNorm, rotary position embeddings (transformers' half-split layout, which its checkpoints assume),
 grouped-query attention, SwiGLU MLP. Queries, keys and values share one fused projection, and so do
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import attention_window, llama_shape, multipliers, rope_layers, rope_theta, scaled_inv_freq
+from ..config import attention_window, llama_shape, multipliers, rope_layers, rope_theta, rotary_dim, scaled_inv_freq
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -29,7 +30,8 @@ class Block(nn.Module):
 
         self.input_norm = get(prefix + "input_layernorm.weight")
         attn = prefix + "self_attn."
-        qkv_w = torch.cat([get(attn + f"{p}_proj.weight") for p in "qkv"])
+        fused = get.has(attn + "qkv_proj.weight")  # Phi-3's checkpoints store them fused already
+        qkv_w = get(attn + "qkv_proj.weight") if fused else torch.cat([get(attn + f"{p}_proj.weight") for p in "qkv"])
         biases = [bias(attn + f"{p}_proj.bias") for p in "qkv"]
         qkv_b = torch.cat(biases) if all(b is not None for b in biases) else None
         self.qkv = make_linear(qkv_w, qkv_b, quantize, skinny)
@@ -39,7 +41,8 @@ class Block(nn.Module):
         self.q_norm, self.k_norm = bias(attn + "q_norm.weight"), bias(attn + "k_norm.weight")
         self.post_norm = get(prefix + "post_attention_layernorm.weight")
         mlp = prefix + "mlp."
-        gate_up = torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")])
+        fused = get.has(mlp + "gate_up_proj.weight")  # Phi-3: [gate; up] already
+        gate_up = get(mlp + "gate_up_proj.weight") if fused else torch.cat([get(mlp + "gate_proj.weight"), get(mlp + "up_proj.weight")])
         self.gate_up = make_linear(gate_up, None, quantize, skinny)
         del gate_up
         self.down = make_linear(get(mlp + "down_proj.weight"), None, quantize, skinny)
@@ -70,7 +73,8 @@ class Llama(nn.Module):
         head = None if tied else "lm_head.weight"
         self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
         # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
-        inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self.rotated = rotary_dim(config, self.head_dim)  # Phi-4-mini rotates only the leading 3/4 of a head
+        inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.rotated, 2, dtype=torch.float32) / self.rotated))
         inv_freq = torch.from_numpy(scaled_inv_freq(config, inv_freq.numpy()))  # the plain variant: unchanged
         angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)
@@ -80,9 +84,10 @@ class Llama(nn.Module):
         self.scales = multipliers(config)  # Granite's; 1 and None elsewhere
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x, passed = x[..., : self.rotated], x[..., self.rotated :]
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        return torch.cat([x * cos + rotated * sin, passed], dim=-1)
 
     def forward(
         self,
