@@ -15,24 +15,30 @@ ROPE_SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
 }
 
+# The Llama-family variants the native backends serve: transformers' class, and what each config sets
+# beyond the shared tiny shape, chosen so that a backend ignoring it gives other logits.
+VARIANTS = {
+    "llama": ("Llama", {}),
+    "llama3-rope": ("Llama", {"rope_parameters": ROPE_SCALINGS["llama3"]}),
+    "linear-rope": ("Llama", {"rope_parameters": ROPE_SCALINGS["linear"]}),
+    "qwen2": ("Qwen2", {"tie_word_embeddings": False}),  # q/k/v biases (randomised below); an untied head
+    "qwen3": ("Qwen3", {"head_dim": 24}),  # per-head q/k norms; a head width that is not 64 / 4
+    "smollm3": ("SmolLM3", {"no_rope_layer_interval": 2}),  # every 2nd layer without RoPE (every 4th in real ones)
+    "mistral": ("Mistral", {"sliding_window": 8}),  # crossed by the tests' 23-30-token sequences
+    "granite": ("Granite", {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.3,
+                            "logits_scaling": 2.5}),
+    "phi3": ("Phi3", {"partial_rotary_factor": 0.75, "sliding_window": 12}),  # fused weights; RoPE on 3/4 of a head
+}
 
-def make_tiny_llama(
-    out_dir: str, tokenizer_dir: str, qwen2: bool = False, seed: int = 0, rope: str = "default", qwen3: bool = False,
-    smollm3: bool = False, mistral: bool = False, granite: bool = False, phi3: bool = False,
-) -> str:
-    """A 2-layer Llama (or Qwen2, with q/k/v biases; or Qwen3, with per-head q/k norms and a head_dim of
-    its own, 24 against 64 / 4) with grouped-query attention (4 heads, 2 KV heads) and the tiny GPT-2's
-    tokenizer, saved with `save_pretrained`; `rope`: a key of ROPE_SCALINGS to scale its RoPE. `smollm3`:
-    SmolLM3, whose every second layer here (every fourth in the real ones) has no RoPE. `mistral`: Mistral
-    with a sliding window of 8, which the tests' 30-token sequences cross. `granite`: Granite, with
-    multipliers far from 1 so that a missing one shows. `phi3`: Phi-3, with its fused projections, RoPE
-    on 3/4 of each head (as Phi-4-mini) and a sliding window of 12."""
+
+def make_tiny_llama(out_dir: str, tokenizer_dir: str, variant: str = "llama", seed: int = 0) -> str:
+    """A 2-layer Llama-family model (a key of VARIANTS) with grouped-query attention (4 heads, 2 KV heads)
+    and the tiny GPT-2's tokenizer, saved with `save_pretrained`."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    from transformers import Phi3Config, Phi3ForCausalLM
-    from transformers import GraniteConfig, GraniteForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM
+    import transformers
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    family, extra = VARIANTS[variant]
     shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -44,34 +50,21 @@ def make_tiny_llama(
         rope_theta=10000.0,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=not qwen2,  # one of each: tied and untied LM heads
+        tie_word_embeddings=True,
     )
-    if rope != "default":
-        shape["rope_parameters"] = ROPE_SCALINGS[rope]
     torch.manual_seed(seed)
-    if qwen3:
-        model = Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=24))
-        for layer in model.model.layers:  # norms of ones would hide a norm whose weight is left out
-            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
-                torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
-    elif phi3:
-        config = Phi3Config(**shape, partial_rotary_factor=0.75, sliding_window=12, pad_token_id=tokenizer.eos_token_id)
-        model = Phi3ForCausalLM(config)
-    elif granite:
-        multipliers = dict(embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.5)
-        model = GraniteForCausalLM(GraniteConfig(**shape, **multipliers))
-    elif mistral:
-        model = MistralForCausalLM(MistralConfig(**shape, sliding_window=8))
-    elif smollm3:
-        model = SmolLM3ForCausalLM(SmolLM3Config(**shape, no_rope_layer_interval=2, pad_token_id=tokenizer.eos_token_id))
-    elif qwen2:
-        model = Qwen2ForCausalLM(Qwen2Config(**shape))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shape))
-    if qwen2:  # random biases, so that a native module ignoring them would be caught
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+    if family in ("SmolLM3", "Phi3"):  # their default pad ids lie outside the tiny vocabulary
+        shape["pad_token_id"] = tokenizer.eos_token_id
+    config = getattr(transformers, family + "Config")(**{**shape, **extra})
+    model = getattr(transformers, family + "ForCausalLM")(config)
+    for layer in model.model.layers:  # random where the default (zeros, ones) would hide a weight left out
+        attention = layer.self_attn
+        for proj in (getattr(attention, name, None) for name in ("q_proj", "k_proj", "v_proj")):
+            if proj is not None and proj.bias is not None:
                 torch.nn.init.normal_(proj.bias, std=0.5)
+        for norm in (getattr(attention, name, None) for name in ("q_norm", "k_norm")):
+            if norm is not None:
+                torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

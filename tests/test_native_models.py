@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.models import make_tiny_llama
+from tests.models import VARIANTS, make_tiny_llama
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
 from textgen.model.config import read_config
@@ -27,7 +27,7 @@ def llama_dir(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def qwen2_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-qwen2")), tiny_model_dir, qwen2=True)
+    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-qwen2")), tiny_model_dir, "qwen2")
 
 
 def native(model_dir, quantize="none"):
@@ -64,42 +64,25 @@ def last_logits(model, ids, chunk):
 
 
 @pytest.fixture(scope="module")
-def llama3_rope_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-llama3-rope")), tiny_model_dir, rope="llama3")
+def family_dir(tmp_path_factory, tiny_model_dir):
+    """A tiny checkpoint of each variant, made on first use: `family_dir("qwen3")`."""
+    made = {"gpt2": tiny_model_dir}
+
+    def get(variant: str) -> str:
+        if variant not in made:
+            made[variant] = make_tiny_llama(str(tmp_path_factory.mktemp("tiny-" + variant)), tiny_model_dir, variant)
+        return made[variant]
+
+    return get
 
 
-@pytest.fixture(scope="module")
-def qwen3_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-qwen3")), tiny_model_dir, qwen3=True)
-
-
-@pytest.fixture(scope="module")
-def smollm3_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-smollm3")), tiny_model_dir, smollm3=True)
-
-
-@pytest.fixture(scope="module")
-def mistral_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-mistral")), tiny_model_dir, mistral=True)
-
-
-@pytest.fixture(scope="module")
-def granite_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-granite")), tiny_model_dir, granite=True)
-
-
-@pytest.fixture(scope="module")
-def phi3_dir(tmp_path_factory, tiny_model_dir):
-    return make_tiny_llama(str(tmp_path_factory.mktemp("tiny-phi3")), tiny_model_dir, phi3=True)
-
-
-FAMILIES = ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"]
+FAMILIES = ["gpt2", *VARIANTS]
 
 
 @pytest.mark.parametrize("which", FAMILIES)
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_native_logits_equal_transformers(which, chunk, request):
-    model_dir = request.getfixturevalue({"gpt2": "tiny_model_dir"}.get(which, which.replace("-", "_") + "_dir"))
+def test_native_logits_equal_transformers(which, chunk, family_dir):
+    model_dir = family_dir(which)
     model, _ = native(model_dir)
     assert model.backend == "torch"
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.models import ROPE_SCALINGS, make_tiny_llama
+from tests.models import ROPE_SCALINGS, VARIANTS, make_tiny_llama
 from textgen.model.onnx_backend import onnx_graph
 from textgen.model.kv_cache import KVCache
 from textgen.model.onnx_backend.onnx_graph import graph_path
@@ -29,18 +29,10 @@ FLOAT_TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def model_dirs(tiny_model_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("onnx-models")
-    return {
-        "gpt2": tiny_model_dir,
-        "llama": make_tiny_llama(str(base / "llama"), tiny_model_dir),
-        "qwen2": make_tiny_llama(str(base / "qwen2"), tiny_model_dir, qwen2=True),
-        "llama3-rope": make_tiny_llama(str(base / "llama3-rope"), tiny_model_dir, rope="llama3"),
-        "linear-rope": make_tiny_llama(str(base / "linear-rope"), tiny_model_dir, rope="linear"),
-        "qwen3": make_tiny_llama(str(base / "qwen3"), tiny_model_dir, qwen3=True),
-        "smollm3": make_tiny_llama(str(base / "smollm3"), tiny_model_dir, smollm3=True),
-        "mistral": make_tiny_llama(str(base / "mistral"), tiny_model_dir, mistral=True),
-        "granite": make_tiny_llama(str(base / "granite"), tiny_model_dir, granite=True),
-        "phi3": make_tiny_llama(str(base / "phi3"), tiny_model_dir, phi3=True),
-    }
+    dirs = {"gpt2": tiny_model_dir}
+    for variant in VARIANTS:
+        dirs[variant] = make_tiny_llama(str(base / variant), tiny_model_dir, variant)
+    return dirs
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def random_sequences(vocab, lengths, seed=0):
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "linear-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"])
+@pytest.mark.parametrize("arch", ["gpt2", *VARIANTS])
 def test_float32_logits_match_transformers(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "none")
     assert (model.backend, model.dtype_name) == ("onnx", "float32")
@@ -162,7 +154,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "llama3-rope", "qwen3", "smollm3", "mistral", "granite", "phi3"])
+@pytest.mark.parametrize("arch", ["gpt2", *(v for v in VARIANTS if v != "linear-rope")])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"
