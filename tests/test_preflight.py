@@ -122,3 +122,15 @@ def test_the_cli_says_the_same_in_one_line(gemma3_dir, tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().count("\n") == 0 and "'gemma3_text'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_gguf_file_is_left_to_the_worker_to_convert_once_its_file_and_torch_are_there(tmp_path, monkeypatch):
+    """The directory holding a GGUF file has no config.json until the worker converts it: the check
+    looks only for the file and for what converting needs."""
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    gguf = settings(model_id=str(tmp_path), model_gguf_file="model.gguf")
+    monkeypatch.setattr(preflight, "_installed", lambda package: True)
+    check_servable(gguf)
+    without_torch(monkeypatch)
+    assert "converting a GGUF file needs torch and transformers" in error_of(gguf)
+    assert "MODEL_GGUF_FILE: no file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="absent.gguf"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-RUNTIME_PACKAGES = {"onnx": ("onnxruntime",), "torch": ("torch",), "transformers": ("torch", "transformers")}
+from ..model.loader import BACKEND_PACKAGES
 
 
 def runtime_versions(backend: str) -> dict:
     """Versions of the packages the backend runs on (those absent are left out)."""
     found = {}
-    for package in RUNTIME_PACKAGES.get(backend, ()):
+    for package in BACKEND_PACKAGES.get(backend, ()):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

@@ -17,6 +17,7 @@ import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
 LLAMA_TYPES = {"granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+NATIVE_TYPES = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))  # as messages list them
 
 
 def read_config(model_dir: str) -> dict:

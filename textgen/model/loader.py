@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Tuple
 
 from ..settings import Settings
 from .build_cache import cached_build
-from .config import native_family, read_config
+from .config import NATIVE_TYPES, native_family, read_config
 from .onnx_backend.graph_files import prebuilt_dir, prebuilt_graph
 from .safetensors import has_weights
 from .threads import available_cpus
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .contract import CausalLM
 
 log = logging.getLogger(__name__)
+
+# The packages each backend runs on (requirements-serve.txt has onnxruntime; requirements-torch.txt
+# the others): what /info reports the versions of, and what the start-up check looks for.
+BACKEND_PACKAGES = {"onnx": ("onnxruntime",), "torch": ("torch",), "transformers": ("torch", "transformers")}
 
 # What a hub id needs to be served: config, weights, tokenizer files.
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
@@ -113,14 +117,14 @@ def choose_backend(requested: str, config: dict, source: str, quantize: str = "n
         if not onnx_can:
             raise ValueError(
                 f"MODEL_BACKEND=onnx: no ONNX graph for model_type {config.get('model_type')!r} "
-                "(onnx: gpt2, llama, qwen2 with safetensors weights or a prebuilt graph); use MODEL_BACKEND=auto or transformers"
+                f"(onnx: {NATIVE_TYPES} with safetensors weights or a prebuilt graph); use MODEL_BACKEND=auto or transformers"
             )
         return "onnx"
     if requested in ("torch", "native"):
         if not torch_can:
             raise ValueError(
                 f"MODEL_BACKEND={requested}: no native module for model_type {config.get('model_type')!r} "
-                "(native: gpt2, llama, qwen2 with safetensors weights); use MODEL_BACKEND=auto or transformers"
+                f"(native: {NATIVE_TYPES} with safetensors weights); use MODEL_BACKEND=auto or transformers"
             )
         return "torch"
     return "transformers"

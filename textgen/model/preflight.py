@@ -14,12 +14,8 @@ import importlib.util
 import os
 
 from ..settings import Settings
-from .config import GPT2_TYPES, LLAMA_TYPES, ROPE_TYPES, native_family, read_config, rope_type
-from .loader import choose_backend, model_directory
-
-# What each backend needs installed beyond the serving requirements (requirements-torch.txt).
-NEEDS = {"torch": ("torch",), "transformers": ("torch", "transformers")}
-
+from .config import GPT2_TYPES, LLAMA_TYPES, NATIVE_TYPES, ROPE_TYPES, native_family, read_config, rope_type
+from .loader import BACKEND_PACKAGES, choose_backend, model_directory
 
 class NotServable(Exception):
     """MODEL_ID cannot be served by this install; the message is one line saying why and what to set."""
@@ -27,34 +23,35 @@ class NotServable(Exception):
 
 def check_servable(settings: Settings) -> None:
     """Raise NotServable with one line when MODEL_ID cannot be served here; return quietly otherwise."""
+    if settings.model_gguf_file:  # converted by the worker (once, cached): only the file and torch to check here
+        path = os.path.join(settings.model_id, settings.model_gguf_file)
+        if not os.path.isfile(path):
+            raise NotServable(f"MODEL_GGUF_FILE: no file {path}")
+        missing = _missing("transformers")
+        if missing:
+            raise NotServable(f"MODEL_GGUF_FILE={settings.model_gguf_file}: converting a GGUF file needs "
+                              f"{' and '.join(missing)} (pip install -r requirements-torch.txt)")
+        return
     source = _source(settings)
-    config_path = os.path.join(source, "config.json")
-    if not os.path.isfile(config_path):
+    if not os.path.isfile(os.path.join(source, "config.json")):
         raise NotServable(f"MODEL_ID={settings.model_id}: {source} has no config.json (a `save_pretrained` directory has one)")
     config = read_config(source)
     try:
         backend = choose_backend(settings.model_backend, config, source, settings.quantize)
     except ValueError as exc:
         raise NotServable(str(exc)) from None
-    missing = [package for package in NEEDS.get(backend, ()) if not _installed(package)]
+    missing = _missing(backend)
     if missing:
         raise NotServable(_missing_message(settings, config, source, backend, missing))
 
 
+def _missing(backend: str) -> list:
+    """The packages `backend` runs on that this install lacks."""
+    return [package for package in BACKEND_PACKAGES[backend] if not _installed(package)]
+
+
 def _source(settings: Settings) -> str:
-    """MODEL_ID as a local directory: itself, or the hub's download of it (GGUF files are converted by
-    the worker, with torch; only the file's presence is checked here)."""
-    if settings.model_gguf_file:
-        path = os.path.join(settings.model_id, settings.model_gguf_file)
-        if not os.path.isfile(path):
-            raise NotServable(f"MODEL_GGUF_FILE: no file {path}")
-        missing = [package for package in NEEDS["transformers"] if not _installed(package)]
-        if missing:
-            raise NotServable(
-                f"MODEL_GGUF_FILE={settings.model_gguf_file}: converting a GGUF file needs {' and '.join(missing)} "
-                "(pip install -r requirements-torch.txt)"
-            )
-        return settings.model_id
+    """MODEL_ID as a local directory: itself, or the hub's download of it."""
     if os.path.isdir(settings.model_id):
         return settings.model_id
     if _looks_like_a_path(settings.model_id):
@@ -76,7 +73,6 @@ def _looks_like_a_path(model_id: str) -> bool:
 
 def _missing_message(settings: Settings, config: dict, source: str, backend: str, missing: list) -> str:
     model_type = config.get("model_type")
-    served = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))
     if settings.model_backend != "auto":
         why = f"MODEL_BACKEND={settings.model_backend}"
     elif native_family(config) is not None:  # a family served without torch, but nothing to build its graph from
@@ -85,7 +81,7 @@ def _missing_message(settings: Settings, config: dict, source: str, backend: str
         why = (f"model_type {model_type!r} with RoPE {rope_type(config)!r} or a sliding window is not served without "
                f"torch (RoPE served: {', '.join(ROPE_TYPES)})")
     else:
-        why = f"model_type {model_type!r} is not one of the families served without torch ({served})"
+        why = f"model_type {model_type!r} is not one of the families served without torch ({NATIVE_TYPES})"
     return (
         f"MODEL_ID={settings.model_id}: {why}, and the {backend} backend needs {' and '.join(missing)}, which this "
         "install lacks (pip install -r requirements-torch.txt, or serve a model of those families)"
