@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.models import VARIANTS, make_tiny_llama
+from tests.models import VARIANTS, make_tiny_llama, transformers_logits
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
 from textgen.model.config import read_config
@@ -88,7 +88,7 @@ def test_native_logits_equal_transformers(which, chunk, family_dir):
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.randint(0, model.vocab_size, (1, 23), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        expected = reference(ids).logits[0]
+        expected = transformers_logits(reference, ids)
         got = every_position_logits(model, ids, chunk)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
@@ -157,11 +157,11 @@ def test_auto_backend_is_onnx_for_known_architectures_only(tiny_model_dir, llama
     (graph_only / "config.json").write_text(json.dumps(read_config(tiny_model_dir)))
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "int8") == "onnx"
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "none") == "transformers"
-    # Llama 3's scaled RoPE is computed natively (logits: test_native_logits_equal_transformers); a RoPE
-    # variant that is not (YaRN) sends such a Llama to transformers.
-    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
-    assert choose_backend("auto", config, llama_dir) == "onnx"
+    # Scaled RoPE is computed natively (logits: test_native_logits_equal_transformers); a RoPE type that
+    # is not (Gemma 4's `proportional`) sends such a Llama to transformers.
     config = dict(read_config(llama_dir), rope_scaling={"rope_type": "yarn", "factor": 8.0})
+    assert choose_backend("auto", config, llama_dir) == "onnx"
+    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "proportional", "factor": 8.0})
     assert choose_backend("auto", config, llama_dir) == "transformers"
 
 
