@@ -2,7 +2,8 @@
 
 Each scenario runs rows through `OnnxModel.forward` the way the engine does (prefill chunks of
 different lengths, rows with different pasts, idle rows, decode steps, slots past 0) and compares every
-returned row with the logits transformers computes for the whole sequence in one plain forward.
+returned row with the logits transformers computes for the whole sequence in one plain forward (a
+longrope model past its original context: tests.models.transformers_logits says how).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ its shape. Every backend takes the shape from here: the native families' from co
 (`transformers_shape`).
 
 Kept apart from the modules that define the families, so that choosing a backend never imports torch.
+Which RoPE type a config has is read here (`rope_type`, `rope_parameters`); what each type computes
+(position -> cos, sin) is rope.py's, the one source both native backends take their tables from.
 """
 
 from __future__ import annotations
