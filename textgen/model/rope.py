@@ -39,14 +39,14 @@ def rope_tables(config: dict, rotated: int, positions: int, params: dict | None 
         raise ValueError(f"RoPE type {kind!r} is not computed here (native RoPE types: {', '.join(ROPE_TYPES)})")
     theta = float(params.get("rope_theta", rope_theta(config)))
     steps = np.arange(0, rotated, 2, dtype=np.float32) / rotated  # 2i / dim
-    where = np.arange(positions, dtype=np.float32)
+    position = np.arange(positions, dtype=np.float32)
     if kind == "longrope":
         short, long, attention = _longrope(config, params, theta, steps)
         split = min(_original_context(config, params), positions)
-        angles = np.concatenate([np.outer(where[:split], short), np.outer(where[split:], long)])
+        angles = np.concatenate([np.outer(position[:split], short), np.outer(position[split:], long)])
     else:
         inv_freq, attention = _inv_freq(kind, config, params, theta, steps)
-        angles = np.outer(where, inv_freq)
+        angles = np.outer(position, inv_freq)
     angles = angles.astype(np.float32)
     return (np.cos(angles) * attention).astype(np.float32), (np.sin(angles) * attention).astype(np.float32)
 
@@ -67,12 +67,12 @@ def _inv_freq(kind: str, config: dict, params: dict, theta: float, steps: np.nda
         factor, seq_len = float(params["factor"]), context
         base = theta * ((factor * seq_len / context) - (factor - 1)) ** (dim / (dim - 2))
         return (1.0 / base**steps).astype(np.float32), 1.0
+    if kind == "yarn":
+        return _yarn(config, params, theta, steps)
     factor = float(params["factor"])
     if kind == "linear":
         return (plain / factor).astype(np.float32), 1.0
-    if kind == "llama3":
-        return _llama3(params, _original_context(config, params), factor, plain), 1.0
-    return _yarn(config, params, theta, steps, plain)
+    return _llama3(params, _original_context(config, params), factor, plain), 1.0
 
 
 def _llama3(params: dict, old_context: float, factor: float, inv_freq: np.ndarray) -> np.ndarray:
@@ -87,7 +87,7 @@ def _llama3(params: dict, old_context: float, factor: float, inv_freq: np.ndarra
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def _yarn(config: dict, params: dict, theta: float, steps: np.ndarray, plain: np.ndarray):
+def _yarn(config: dict, params: dict, theta: float, steps: np.ndarray):
     """YaRN (Qwen3's long context): the frequencies that turn fewer than `beta_slow` times over the
     original context divided by `factor`, those turning more than `beta_fast` times kept, a linear ramp
     between (over channels, the bounds rounded outwards when `truncate`), and cos and sin multiplied by
