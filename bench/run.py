@@ -128,18 +128,19 @@ def start(system: str, model: BenchModel, args) -> Server:
     model_dir = model.directory
     if system in SERVICE_MODES:
         settings = {**model.service_env, **SERVICE_MODES[system], "CACHE_DIR": args.cache_dir}
-        return launch(service_cmd(), port, service_env(model_dir, port, **settings))
+        return launch(service_cmd(), port, service_env(model_dir, port, **settings), args.start_timeout)
     if system in NAIVE_THREADS:
         # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
         # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
         cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
                "--threads", str(NAIVE_THREADS[system]), "--timeout", "600"]
-        return launch(cmd, port, service_env(model_dir, port))
+        return launch(cmd, port, service_env(model_dir, port), args.start_timeout)
     # Room for the long prompt of the first-token row too (one slot: the KV cache is unified).
     ctx = max(llama_server.context_size(args.llama_parallel, args.max_new_tokens), 1024 + args.max_new_tokens)
     threads = args.llama_threads or len(os.sched_getaffinity(0))
     cmd = llama_server.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
-    return launch(cmd, port, {**os.environ, "LD_LIBRARY_PATH": llama_server.library_path(args.llama_server)})
+    return launch(cmd, port, {**os.environ, "LD_LIBRARY_PATH": llama_server.library_path(args.llama_server)},
+                  args.start_timeout)
 
 
 def llama_system(args, model: BenchModel) -> str:
@@ -438,6 +439,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
     parser.add_argument("--cache-dir", default=CACHE,
                         help="where the made models, llama-server's GGUFs and the service's graphs (its CACHE_DIR) are kept")
+    parser.add_argument("--start-timeout", type=float, default=1200,
+                        help="seconds a server may take to answer /health (a 1B model's first start builds its graph)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest"))
     parser.set_defaults(gguf=None)  # the GGUF llama-server serves, once found or made
     args = parser.parse_args(argv)
