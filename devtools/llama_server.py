@@ -57,7 +57,7 @@ def gguf_for(source: str, quant: str, converter: str, quantize: str, cache: str 
     weights = source if source.endswith(".gguf") else os.path.join(source, "model.safetensors")
     stat = os.stat(weights)
     key = hashlib.sha256(f"{os.path.abspath(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    name = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
+    name = os.path.basename(source.rstrip("/")).removesuffix(".gguf")  # "llama-3.2-1b-random" keeps its dots
     out = os.path.join(cache, "llama-gguf", f"{name}-{key}-{quant}.gguf")
     if os.path.exists(out):
         return out
@@ -77,8 +77,7 @@ def _quantize(binary: str, src: str, out: str, quant: str) -> None:
     print(f"quantizing {src} to {quant} ...", flush=True)
     partial = out + ".tmp"
     env = {**os.environ, "LD_LIBRARY_PATH": library_path(binary)}
-    subprocess.run([binary, "--allow-requantize", src, partial, quant.upper()], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _run([binary, "--allow-requantize", src, partial, quant.upper()], env)
     os.replace(partial, out)  # only a finished file is ever found in the cache
 
 
@@ -103,11 +102,16 @@ def _convert(model_dir: str, quant: str, converter: str, out: str) -> None:
         env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(converter), "gguf-py")}
         partial = out + ".tmp"
         print(f"converting {model_dir} to GGUF {quant} ...", flush=True)
-        subprocess.run(
-            [sys.executable, converter, staging, "--outtype", quant, "--outfile", partial],
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        _run([sys.executable, converter, staging, "--outtype", quant, "--outfile", partial], env)
         os.replace(partial, out)  # only a finished file is ever found in the cache
+
+
+def _run(cmd: list, env: dict) -> None:
+    """Run a conversion step quietly; if it fails, say why (the end of its output)."""
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
 
 
 def server_cmd(binary: str, gguf: str, port: int, parallel: int, ctx: int, threads: int) -> list:
