@@ -14,10 +14,11 @@ llama-server on the same file requantized to q8_0), `llama-3.2-1b` (Llama-3.2-1B
 weights: service-int4 against llama-server q4_0), or a model directory.
 
 Systems: service-int8 / service-int4 / service-fp32 (ONNX Runtime, 8-bit, 4-bit or float32 weights:
-int8 is what the service serves by default), service-torch-int8 / service-torch-fp32 (the native torch modules), service-transformers
-(transformers' classes), naive (the seed: one sync gunicorn worker),
+int8 is what the service serves by default), service-torch-int8 / service-torch-fp32 (the native torch
+modules), service-transformers (transformers' classes), naive (the seed: one sync gunicorn worker),
 naive-threads (the seed with 16 threads: concurrent model.generate calls), and llama-server-<quant>
-with --llama-server (the model converted to GGUF q8_0, f32 or q4_0 once and cached, or --llama-server-gguf).
+with --llama-server (the model converted to GGUF q8_0, f32 or q4_0 once and cached, or
+--llama-server-gguf; as many slots as the most clients measured, at least 8).
 
 For each number of concurrent clients (each sending `--rounds` requests back to back) it measures
 aggregate tokens/s (tokens the servers report they generated), p50/p95 latency, time to first token
@@ -25,7 +26,8 @@ aggregate tokens/s (tokens the servers report they generated), p50/p95 latency, 
 of the server's whole process tree since it started, model load included, and the tree's summed PSS
 at the end of the level. Then, alone, the time to first token of a ~600-token prompt (`--ttft-repeats`
 streamed requests, each prompt new from its first word so no prefix cache helps; median). The servers
-run one after the other. Writes bench/results/latest.json and latest.png (or --out), prints tables.
+run one after the other; `--passes N` measures them all N times in turn and reports the medians. Writes
+bench/results/latest.json and latest.png (or --out), prints tables.
 With `--background-load N [N ...]` every system is measured again beside N busy-loop processes (one
 pure-Python `while True` each), started before its server and stopped after it: how it degrades when
 others compete for the CPUs. Rows carry `background_load`.
@@ -55,6 +57,7 @@ from devtools import llama_server  # noqa: E402
 from devtools.bench_models import PRESETS, BenchModel, choose_systems, long_prompt, prepare  # noqa: E402
 from devtools.benchmark import (  # noqa: E402
     CACHE,
+    median_rows,
     PROMPTS,
     RESULTS,
     Server,
@@ -80,6 +83,10 @@ SERVICE_MODES = {
     "service-transformers": {"MODEL_BACKEND": "transformers", "QUANTIZE": "none"},
 }
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
+# What --passes > 1 reports as the median over the passes (the rest is the first pass's).
+MEDIAN_KEYS = ("tokens_per_s", "p50_latency_s", "p95_latency_s", "p50_ttft_s", "pss_mb", "level_peak_rss_mb",
+               "peak_rss_mb", "load_s", "load_peak_rss_mb", "others_cpu_share", "tokens", "seconds", "short_requests")
+TTFT_KEYS = ("median_ttft_s", "min_ttft_s", "max_ttft_s")
 SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
 
 
@@ -430,6 +437,8 @@ def main(argv=None) -> int:
     parser.add_argument("--llama-parallel", type=int,
                         help="llama-server slots (--parallel; default: the most clients measured, at least 8)")
     parser.add_argument("--llama-threads", type=int, help="llama-server -t/-tb (default: the usable CPUs)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="measure every system this many times, in turn (A B A B ...); tables give the medians")
     parser.add_argument("--ttft-repeats", type=int, default=5,
                         help="~600-token prompts timed to their first token, alone, after the levels (0: none)")
     parser.add_argument("--background-load", type=int, nargs="+", default=[0], metavar="N",
@@ -453,16 +462,21 @@ def main(argv=None) -> int:
     if args.llama_server:
         systems.append(llama_system(args, model))
     rows, first_tokens, code = [], [], {}
-    for system in systems:
-        for background in args.background_load:
-            if args.quiet_timeout > 0:
-                wait_until_quiet(args.quiet_below, args.quiet_timeout)
-            # The service's code may change between two systems of a long run (a shared working tree):
-            # record what each one ran, read just before its server starts.
-            code[system] = code_version()
-            level_rows, ttft = measure(system, model, args, background)
-            rows += level_rows
-            first_tokens += [ttft] if ttft else []
+    for run in range(args.passes):  # the systems in turn, again and again: drift hits each alike
+        for system in systems:
+            for background in args.background_load:
+                if args.quiet_timeout > 0:
+                    wait_until_quiet(args.quiet_below, args.quiet_timeout)
+                # The service's code may change between two systems of a long run (a shared working tree):
+                # record what each one ran, read just before its server starts.
+                code[system] = code_version()
+                level_rows, ttft = measure(system, model, args, background)
+                rows += [{**r, "pass": run} for r in level_rows]
+                first_tokens += [{**ttft, "pass": run}] if ttft else []
+    if args.passes > 1:
+        each_pass = rows
+        rows = median_rows(rows, ("system", "clients"), MEDIAN_KEYS)
+        first_tokens = median_rows(first_tokens, ("system",), TTFT_KEYS)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": model.origin,
@@ -473,8 +487,11 @@ def main(argv=None) -> int:
         "llama_server": {"binary": args.llama_server, "gguf": args.gguf, "quant": args.llama_quant,
                          "parallel": args.llama_parallel}
         if args.llama_server else None,
+        "passes": args.passes,
+        # With several passes: the medians over the passes (and each pass's rows in `each_pass`).
         "rows": rows,
         "first_token": first_tokens,
+        **({"each_pass": each_pass} if args.passes > 1 else {}),
         "verdict": {**verdict(rows), **first_token_verdict(first_tokens)},
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,23 @@ def percentile(values, q: float) -> float:
     index = (len(ordered) - 1) * q / 100
     low, high = int(index), min(int(index) + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
+
+
+def median_rows(rows: list, by, keys) -> list:
+    """One row per value of the `by` fields (a system and its level, measured in several passes): the
+    median of each of `keys` over its rows (None values left out), the other fields from its first row."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for group in groups.values():
+        merged = {k: v for k, v in group[0].items() if k != "pass"}
+        merged["passes"] = len(group)
+        for key in keys:
+            values = [r[key] for r in group if r.get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+        out.append(merged)
+    return out
 
 
 class RssSampler:

@@ -1,12 +1,12 @@
 """The pure logic bench/run.py adds to devtools/: summed PSS from /proc/<pid>/smaps_rollup, the systems
-measured for each --model, and the long prompts of the first-token row."""
+measured for each --model, the long prompts of the first-token row, and the medians over passes."""
 
 import os
 
 import pytest
 
 from devtools.bench_models import PRESETS, BenchModel, choose_systems, long_prompt
-from devtools.benchmark import smaps_pss, summed_pss
+from devtools.benchmark import median_rows, smaps_pss, summed_pss
 
 ROLLUP = """55d0a0a00000-7ffc1c1f0000 ---p 00000000 00:00 0                          [rollup]
 Rss:              {rss} kB
@@ -60,3 +60,17 @@ def test_long_prompts_differ_from_their_first_word():
     assert first.split()[:3] != second.split()[:3]
     assert first.split()[3:] == second.split()[3:]
     assert 2_500 < len(first) < 4_000  # ~600 tokens of English (~4-5 characters a token)
+
+
+def test_passes_are_reduced_to_medians_per_system_and_level():
+    rows = [
+        {"system": "a", "clients": 1, "tokens_per_s": v, "pss_mb": p, "pass": i}
+        for i, (v, p) in enumerate([(10.0, 300), (30.0, None), (20.0, 320)])
+    ] + [{"system": "a", "clients": 8, "tokens_per_s": 80.0, "pss_mb": 400, "pass": 0},
+         {"system": "b", "clients": 1, "tokens_per_s": 5.0, "pss_mb": None, "pass": 0}]
+    merged = median_rows(rows, ("system", "clients"), ("tokens_per_s", "pss_mb"))
+    assert merged == [
+        {"system": "a", "clients": 1, "tokens_per_s": 20.0, "pss_mb": 310.0, "passes": 3},
+        {"system": "a", "clients": 8, "tokens_per_s": 80.0, "pss_mb": 400, "passes": 1},
+        {"system": "b", "clients": 1, "tokens_per_s": 5.0, "pss_mb": None, "passes": 1},
+    ]
