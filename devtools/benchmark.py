@@ -112,9 +112,14 @@ def median_rows(rows: list, by, keys) -> list:
         merged["passes"] = len(group)
         for key in keys:
             values = [r[key] for r in group if r.get(key) is not None]
-            merged[key] = statistics.median(values) if values else None
+            merged[key] = _tidy(statistics.median(values)) if values else None
         out.append(merged)
     return out
+
+
+def _tidy(value):
+    value = round(value, 3)  # no float noise in the tables; whole numbers stay whole
+    return int(value) if float(value).is_integer() else value
 
 
 class RssSampler:

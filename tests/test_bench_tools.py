@@ -65,12 +65,12 @@ def test_long_prompts_differ_from_their_first_word():
 def test_passes_are_reduced_to_medians_per_system_and_level():
     rows = [
         {"system": "a", "clients": 1, "tokens_per_s": v, "pss_mb": p, "pass": i}
-        for i, (v, p) in enumerate([(10.0, 300), (30.0, None), (20.0, 320)])
+        for i, (v, p) in enumerate([(10.1, 300), (30.0, None), (20.2, 321)])
     ] + [{"system": "a", "clients": 8, "tokens_per_s": 80.0, "pss_mb": 400, "pass": 0},
          {"system": "b", "clients": 1, "tokens_per_s": 5.0, "pss_mb": None, "pass": 0}]
     merged = median_rows(rows, ("system", "clients"), ("tokens_per_s", "pss_mb"))
     assert merged == [
-        {"system": "a", "clients": 1, "tokens_per_s": 20.0, "pss_mb": 310.0, "passes": 3},
+        {"system": "a", "clients": 1, "tokens_per_s": 20.2, "pss_mb": 310.5, "passes": 3},
         {"system": "a", "clients": 8, "tokens_per_s": 80.0, "pss_mb": 400, "passes": 1},
         {"system": "b", "clients": 1, "tokens_per_s": 5.0, "pss_mb": None, "passes": 1},
     ]
