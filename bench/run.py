@@ -57,7 +57,6 @@ from devtools import llama_server  # noqa: E402
 from devtools.bench_models import PRESETS, BenchModel, choose_systems, long_prompt, prepare  # noqa: E402
 from devtools.benchmark import (  # noqa: E402
     CACHE,
-    median_rows,
     PROMPTS,
     RESULTS,
     Server,
@@ -65,6 +64,7 @@ from devtools.benchmark import (  # noqa: E402
     cpu_snapshot,
     launch,
     machine,
+    median_rows,
     others_cpu_share,
     percentile,
     service_cmd,
@@ -425,9 +425,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    presets = "; ".join(f"{name}: {' '.join(systems)}" for name, (systems, _) in PRESETS.items())
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS,
                         help="naive = the seed (one sync worker); llama-server comes with --llama-server "
-                             "(default: the model's preset, " + "; ".join(f"{m}: {' '.join(p[0])}" for m, p in PRESETS.items()) + ")")
+                             f"(default: the model's preset, {presets})")
     parser.add_argument("--llama-server", metavar="PATH", help="a llama-server binary: adds its row")
     parser.add_argument("--llama-server-gguf", metavar="FILE", help="serve this GGUF instead of converting")
     parser.add_argument("--llama-quant", choices=llama_server.QUANTS,
@@ -446,7 +447,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet-below", type=float, default=0.15,
                         help="before each system, wait until other processes use less than this share of the CPUs")
     parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
-    parser.add_argument("--cache-dir", default=CACHE,
+    parser.add_argument("--cache-dir", default=os.environ.get("CACHE_DIR", CACHE),
                         help="where the made models, llama-server's GGUFs and the service's graphs (its CACHE_DIR) are kept")
     parser.add_argument("--start-timeout", type=float, default=1200,
                         help="seconds a server may take to answer /health (a 1B model's first start builds its graph)")
