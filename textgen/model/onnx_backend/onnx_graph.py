@@ -241,6 +241,18 @@ def rotary_tables(config: dict, head_dim: int, positions: int):
     return np.cos(angles), np.sin(angles)
 
 
+def _layer_rotary_tables(g: GraphBuilder, config: dict, rotated: int, positions: int) -> list:
+    """Each layer's cos and sin initializers: one pair per distinct RoPE config (config.layer_rope; Gemma 3:
+    its sliding layers' and its full ones')."""
+    ropes, tables = layer_rope(config), {}
+    for rope in ropes:
+        if id(rope) not in tables:
+            cos, sin = rotary_tables(rope, rotated, positions)
+            suffix = f"_{len(tables)}" if tables else ""
+            tables[id(rope)] = g.weight("rope_cos" + suffix, cos), g.weight("rope_sin" + suffix, sin)
+    return [tables[id(rope)] for rope in ropes]
+
+
 def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
     def w(name):
         return ckpt.get("model." + name)
@@ -273,13 +285,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
 
     x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
     rotated = rotary_dim(config, head_dim)
-    uses_rope, ropes, windows = rope_layers(config), layer_rope(config), attention_windows(config)
-    tables = {}  # one cos/sin pair per distinct RoPE config (Gemma 3: its sliding layers' and its full ones')
-    for rope in ropes:
-        if id(rope) not in tables:
-            cos, sin = rotary_tables(rope, rotated, shape.context)
-            suffix = f"_{len(tables)}" if tables else ""
-            tables[id(rope)] = g.weight("rope_cos" + suffix, cos), g.weight("rope_sin" + suffix, sin)
+    uses_rope, windows = rope_layers(config), attention_windows(config)
+    rotary = _layer_rotary_tables(g, config, rotated, shape.context)
     gelu = mlp_activation(config) == "gelu_pytorch_tanh"
     ffn = config["intermediate_size"]
     split_gate_up = g.weight("gate_up_split", np.array([ffn, ffn], dtype=np.int64))
@@ -303,7 +310,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
             q = _head_norm(g, q, attn + "q_norm.weight", norm_array(attn + "q_norm.weight"), heads, eps)
             k = _head_norm(g, k, attn + "k_norm.weight", norm_array(attn + "k_norm.weight"), kv_heads, eps)
         if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
-            cos, sin = tables[id(ropes[i])]
+            cos, sin = rotary[i]
             q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=rotated)
             k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=rotated)
         attended = _attention(g, i, q, k, v, heads, kv_heads, windows[i], scales.attention)
