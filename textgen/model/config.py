@@ -5,6 +5,8 @@ its shape. Every backend takes the shape from here: the native families' from co
 (`transformers_shape`).
 
 Kept apart from the modules that define the families, so that choosing a backend never imports torch.
+Which RoPE type a config has is read here (`rope_type`, `rope_parameters`); what each type computes
+(position -> cos, sin) is rope.py's, the one source both native backends take their tables from.
 """
 
 from __future__ import annotations
@@ -35,18 +37,23 @@ def native_family(config: dict) -> Optional[str]:
     return None
 
 
-# RoPE variants the native families compute (`scaled_inv_freq`); the others (dynamic, yarn, longrope)
-# go to transformers.
-ROPE_TYPES = ("default", "linear", "llama3")
+# RoPE types the native families compute: every one transformers' Llama-family models use. Their tables
+# (position -> cos, sin) are computed in one place, rope.py, for both backends; read its docstring for
+# where `dynamic` and `longrope` are fixed per position rather than per forward call as in transformers.
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
 MLP_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU; Gemma 3's GELU (tanh approximation)
 
 
 def not_computed(config: dict) -> Optional[str]:
     """What in a Llama-family config its native definition does not compute, as a message says it (None:
     nothing); such a config goes to transformers rather than being served wrong."""
-    kinds = [rope_type(view) for view in _rope_views(config).values() if rope_type(view) not in ROPE_TYPES]
-    if kinds:
-        return f"RoPE {kinds[0]!r} (RoPE served: {', '.join(ROPE_TYPES)})"
+    if config.get("model_type") == "gemma3_text":
+        kinds = [_kind(params) for params in _gemma3_ropes(config).values()]
+    else:
+        kinds = [rope_type(config)]
+    for kind in kinds:
+        if kind not in ROPE_TYPES:
+            return f"RoPE {kind!r} (RoPE served: {', '.join(ROPE_TYPES)})"
     # Qwen2/Qwen3's optional window covers only some layers (max_window_layers): not here.
     if config.get("use_sliding_window", False) and config.get("sliding_window"):
         return "a sliding window on some layers (use_sliding_window)"
@@ -131,21 +138,19 @@ def attention_windows(config: dict) -> list:
 
 
 def layer_rope(config: dict) -> list:
-    """The config each layer's RoPE is read from (`rope_theta`, `rope_type`, `scaled_inv_freq`): the
-    config itself, but Gemma 3's two layer kinds have their own parameters (transformers 5 writes them
-    under `rope_parameters` by layer type; older configs have the full layers' `rope_theta` (1e6) and
+    """Each layer's RoPE parameters where they are not the config's own (rope.rope_tables' `params`;
+    None: the config's): Gemma 3's two layer kinds have their own (transformers 5 writes them under
+    `rope_parameters` by layer type; older configs have the full layers' `rope_theta` (1e6) and
     `rope_scaling` (linear, factor 8 from 4B up) and the sliding ones' `rope_local_base_freq` (1e4),
     unscaled). The same object for layers alike, so that a backend builds one table per object."""
-    views = _rope_views(config)
-    return [views.get(kind, config) for kind in layer_types(config)]
-
-
-def _rope_views(config: dict) -> dict:
-    """The RoPE configs by layer type: Gemma 3's two, or the config itself."""
     if config.get("model_type") != "gemma3_text":
-        return {"full_attention": config}
-    return {kind: {**config, "rope_parameters": _gemma3_rope(config, kind), "rope_scaling": None}
-            for kind in ("sliding_attention", "full_attention")}
+        return [None] * config["num_hidden_layers"]
+    ropes = _gemma3_ropes(config)
+    return [ropes[kind] for kind in layer_types(config)]
+
+
+def _gemma3_ropes(config: dict) -> dict:
+    return {kind: _gemma3_rope(config, kind) for kind in ("sliding_attention", "full_attention")}
 
 
 def _gemma3_rope(config: dict, kind: str) -> dict:
@@ -160,7 +165,7 @@ def _gemma3_rope(config: dict, kind: str) -> dict:
 def rotary_dim(config: dict, head_dim: int) -> int:
     """The leading channels of each head that RoPE rotates: all, or `partial_rotary_factor` of them
     (Phi-4-mini: 0.75); the rest pass through."""
-    factor = _rope_parameters(config).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    factor = rope_parameters(config).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     return int(head_dim * factor)
 
 
@@ -177,7 +182,7 @@ def rope_layers(config: dict) -> list:
     return [bool(flag) for flag in flags]
 
 
-def _rope_parameters(config: dict) -> dict:
+def rope_parameters(config: dict) -> dict:
     """RoPE's parameters: transformers 5 writes `rope_parameters`, older configs `rope_scaling`; where
     both are present, the one that scales."""
     given = [rope for rope in (config.get("rope_parameters"), config.get("rope_scaling")) if rope]
@@ -190,30 +195,9 @@ def _kind(rope: dict) -> str:
 
 
 def rope_type(config: dict) -> str:
-    return _kind(_rope_parameters(config))
-
-
-def scaled_inv_freq(config: dict, inv_freq: np.ndarray) -> np.ndarray:
-    """RoPE's inverse frequencies [head_dim / 2] (float32, as computed for the plain variant) under the
-    config's scaling, as transformers' `modeling_rope_utils` computes them: `linear` divides every
-    frequency by `factor`; `llama3` (Llama 3.1/3.2) divides the low ones (wavelengths past
-    original_max_position_embeddings / low_freq_factor) and blends the middle band smoothly."""
-    kind, rope = rope_type(config), _rope_parameters(config)
-    if kind == "default":
-        return inv_freq
-    factor = float(rope["factor"])
-    if kind == "linear":
-        return (inv_freq / factor).astype(np.float32)
-    if kind != "llama3":
-        raise ValueError(f"RoPE type {kind!r} is not computed here (native RoPE types: {', '.join(ROPE_TYPES)})")
-    low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
-    old_context = float(rope["original_max_position_embeddings"])
-    wavelen = 2 * np.pi / inv_freq
-    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
-    smooth = (old_context / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
+    kind = _kind(rope_parameters(config))
+    # Phi-3's older configs call longrope "su" (or "yarn"), which transformers reads as longrope.
+    return "longrope" if config.get("model_type") == "phi3" and kind in ("su", "yarn") else kind
 
 
 def rope_theta(config: dict) -> float:

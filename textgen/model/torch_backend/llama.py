@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import (
-    Norms, attention_windows, layer_rope, llama_shape, mlp_activation, multipliers, norms, rope_layers, rope_theta, rotary_dim,
-    scaled_inv_freq,
+    Norms, attention_windows, layer_rope, llama_shape, mlp_activation, multipliers, norms, rope_layers, rotary_dim,
 )
+from ..rope import rope_tables
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -85,26 +85,23 @@ class Llama(nn.Module):
         tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in checkpoint
         head = None if tied else "lm_head.weight"
         self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
+        # Rotary tables for every position (rope.py, the ONNX graph's too), each frequency used twice: one
+        # pair per distinct RoPE (Gemma 3: its sliding layers' and its full ones'), and which pair each layer uses.
         self.rotated = rotary_dim(config, self.head_dim)  # Phi-4-mini rotates only the leading 3/4 of a head
-        # One pair of rotary tables per distinct RoPE config (Gemma 3: its sliding layers' and its full ones'),
-        # and which pair each layer uses.
         ropes, index = layer_rope(config), {}
-        for rope in ropes:
-            index.setdefault(id(rope), len(index))
-        self.rotary_tables = [self._rotary_tables(rope) for rope in {id(rope): rope for rope in ropes}.values()]
-        self.rotary_of = [index[id(rope)] for rope in ropes]
+        for params in ropes:
+            index.setdefault(id(params), len(index))
+        distinct = {id(params): params for params in ropes}.values()
+        self.rotary_tables = [self._rotary_tables(config, params) for params in distinct]
+        self.rotary_of = [index[id(params)] for params in ropes]
         self.uses_rope = rope_layers(config)
         self.windows = attention_windows(config)  # Mistral's sliding window, Gemma 3's on some layers; None: none
         self.scales = multipliers(config)  # Granite's, Gemma 3's; 1 and None elsewhere
         self.gelu = mlp_activation(config) == "gelu_pytorch_tanh"  # Gemma 3; SiLU (SwiGLU) elsewhere
 
-    def _rotary_tables(self, config: dict):
-        """cos, sin [context, rotated] for every position: angle = position / theta^(2i/dim), each frequency used twice."""
-        inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.rotated, 2, dtype=torch.float32) / self.rotated))
-        inv_freq = torch.from_numpy(scaled_inv_freq(config, inv_freq.numpy()))  # the plain variant: unchanged
-        angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos(), angles.sin()
+    def _rotary_tables(self, config: dict, params: Optional[dict]):
+        cos, sin = (torch.from_numpy(table) for table in rope_tables(config, self.rotated, self.context, params))
+        return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x, passed = x[..., : self.rotated], x[..., self.rotated :]
