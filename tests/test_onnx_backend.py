@@ -178,7 +178,7 @@ def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, ar
     assert np.array_equal(alone[0], batched[0]) and np.array_equal(alone[1], batched[1])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
 def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
     exact = load(model_dirs, graph_cache, arch, "none")
     int8 = load(model_dirs, graph_cache, arch, "int8")
