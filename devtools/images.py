@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 
+import psutil
+
 from devtools.models import fetch_gpt2_vocab, make_distilgpt2
 from devtools.servers import ROOT
 
@@ -53,3 +55,22 @@ def build_distilgpt2_image(tag: str, ctx: str) -> str:
     make_distilgpt2(os.path.join(ctx, "models", "distilgpt2-random"), vocab)
     docker("build", "--build-arg", "MODEL_ID=models/distilgpt2-random", "-t", tag, ctx)
     return tag
+
+
+def container_pids(name: str) -> list:
+    """The running container's processes, as this machine's pids."""
+    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
+    return [root.pid] + [p.pid for p in root.children(recursive=True)]
+
+
+def pss_mb(name: str) -> float:
+    """The container's processes' summed proportional set size (pages shared by gunicorn's master and
+    worker, and a mapped graph file, counted once), in MiB: unlike the cgroup's usage, no page cache."""
+    total = 0
+    for pid in container_pids(name):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total / 2**20

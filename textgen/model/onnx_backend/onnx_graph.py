@@ -27,9 +27,9 @@ Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rota
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
 `_logits`). `quantize="int8"` or `"int4"` (quantize.py's SCHEMES) passes every MatMul, the LM head
-included, through onnxruntime's MatMulNBitsQuantizer (int8: 8 bits everywhere; int4: the layers in 4
-bits, the head in 8; blocks of 32, accuracy level 4: activations quantized per row, so a row's result
-never depends on its neighbours), and stores the token embedding once in 8 bits as a
+included, through onnxruntime's MatMulNBitsQuantizer (int8: 8 bits everywhere; int4: the MLPs in 4
+bits, attention and the head in 8; blocks of 32, accuracy level 4: activations quantized per row, so a
+row's result never depends on its neighbours), and stores the token embedding once in 8 bits as a
 GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
 Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
 LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
