@@ -59,9 +59,9 @@ class Settings:
     # "int8": 8-bit weights (onnx: blocks of 32, one scale each; torch: one scale per output channel), ~4x
     # less memory for the weights and 2-4x faster decoding on a CPU, at under 1% perplexity (docs/models.md,
     # int8); the Docker image is built with it. "int4" (onnx backend only): the MLPs' weights in 4 bits
-    # (blocks of 32 with zero points), attention, embedding and LM head in 8: ~40% less memory than int8
-    # for a Llama-3.2-1B shape, at +8% perplexity on SmolLM2 (docs/models.md, int4). "none" keeps the
-    # checkpoint's float32 numbers.
+    # (blocks of 32 with zero points), attention, embedding and LM head in 8: a Llama-3.2-1B shape's weights
+    # in ~1.0 GB instead of ~1.4, at +8% perplexity on SmolLM2 (docs/models.md, int4 weights). "none"
+    # keeps the checkpoint's float32 numbers.
     quantize: str = "none"
     # Prompt tokens prefilled per engine step: a long prompt is cut into chunks between decode steps,
     # so the streams already running pause for one chunk at a time, never for a whole long prompt.
