@@ -10,9 +10,10 @@ input to int8 per row and block, so a row's result never depends on the other ro
   8-bit. Perplexity of SmolLM2-135M-Instruct (tests/test_real_weights_quality.py's passage; float32
   23.67, int8 +0.5%), each change alone from all layers 4-bit with zero points (+20.5%): symmetric
   +26.6%; the head 4-bit too +34.7%; the embedding 4-bit too +21.9%; down_proj kept 8-bit +14.1%;
-  attention kept 8-bit +8.0% (this scheme; symmetric +13.7%); attention and down_proj 8-bit +5.0%. Attention is a sixth
-  of a Llama-3.2-1B layer's weights (grouped K/V), a quarter of SmolLM2's. SmolLM2's weights come from
-  a Q4_1 GGUF file, so they are rounded a second time, onto another grid: a harsh case for any 4 bits.
+  attention kept 8-bit +8.0% (this scheme; symmetric +13.7%); attention and down_proj 8-bit +5.0%.
+  Attention is a sixth of a Llama-3.2-1B layer's weights (grouped K/V), a quarter of SmolLM2's.
+  SmolLM2's weights come from a Q4_1 GGUF file, so they are rounded a second time, onto another grid:
+  a harsh case for any 4 bits (docs/models.md, int4 weights).
 """
 
 from __future__ import annotations
