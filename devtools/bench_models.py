@@ -14,16 +14,14 @@ that no prefix cache (the service's, llama-server's) serves part of it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from devtools.benchmark import CACHE, prepare_model
-from devtools.models import fetch_gpt2_vocab, gpt2_tokenizer
+from devtools.models import fetch_gpt2_vocab, make_llama_3_2_1b
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLAMA_1B_CONFIG = os.path.join(ROOT, "models", "llama-3.2-1b-config.json")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -80,18 +78,9 @@ def make_llama_1b(out_dir: str, vocab_dir: str, seed: int = 0) -> str:
     """Llama-3.2-1B's shape with random weights, saved once (float32, 4.9 GB) and reused."""
     if os.path.exists(os.path.join(out_dir, "model.safetensors")):
         return out_dir
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with open(LLAMA_1B_CONFIG) as f:
-        config = LlamaConfig(**json.load(f))
-    tokenizer = gpt2_tokenizer(fetch_gpt2_vocab(vocab_dir))
     print(f"making {out_dir} (Llama-3.2-1B's shape, random weights) ...", flush=True)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     partial = out_dir + ".tmp"
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
+    make_llama_3_2_1b(partial, fetch_gpt2_vocab(vocab_dir), seed)
     os.replace(partial, out_dir)  # only a finished checkpoint is ever found
     return out_dir
 

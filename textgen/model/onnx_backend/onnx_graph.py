@@ -27,10 +27,11 @@ Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rota
 `total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
-`_logits`). `quantize="int8"` (quantize.py) passes every MatMul, the LM head included, through
-onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
-quantized per row, so a row's result never depends on its neighbours), and stores the token embedding
-once in 8 bits as a GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
+`_logits`). `quantize="int8"` or `"int4"` (quantize.py's SCHEMES) passes every MatMul, the LM head
+included, through onnxruntime's MatMulNBitsQuantizer (int8: 8 bits everywhere; int4: the MLPs in 4
+bits, attention and the head in 8; blocks of 32, accuracy level 4: activations quantized per row, so a
+row's result never depends on its neighbours), and stores the token embedding once in 8 bits as a
+GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
 Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
 LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
 scales are negative; MatMulNBits prepacks its weight, so the shared original stays resident in full),
@@ -58,7 +59,7 @@ from ..rope import rope_tables
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
-from .quantize import BLOCK_SIZE, quantize_matmuls, quantize_rows_uint8
+from .quantize import BLOCK_SIZE, SCHEMES, quantize_rows_uint8, quantize_weights
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
@@ -158,9 +159,9 @@ def _times(g: GraphBuilder, x: str, scalar: Optional[str]) -> str:
 
 
 def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
-    """Token embedding lookup; int8 keeps the table once, in 8 bits (a float32 copy of a 50k-token
-    vocabulary is 154 MB)."""
-    if quantize == "int8":
+    """Token embedding lookup; an 8-bit scheme keeps the table once, in 8 bits (a float32 copy of a
+    50k-token vocabulary is 154 MB); a 4-bit one is left to the quantizer (quantize.py)."""
+    if quantize in SCHEMES and SCHEMES[quantize].embedding == 8:
         data, scales = quantize_rows_uint8(table, BLOCK_SIZE)
         inputs = [g.weight(name + ".q8", data), "input_ids", g.weight(name + ".scales", scales)]
         return g.op("GatherBlockQuantized", inputs, domain=MS, bits=8, block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
@@ -185,7 +186,7 @@ def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize
     flat = g.op("Reshape", [hidden, g.weight("flat_shape", np.array([-1, width], dtype=np.int64))])
     rows = g.op("Gather", [flat, "logit_index"], axis=0)
     weight = head.T
-    if quantize == "int8":
+    if quantize in SCHEMES:
         order = np.argsort(-np.abs(norm_weight), kind="stable").astype(np.int64)
         rows = g.op("Gather", [rows, g.weight("head_channel_order", order)], axis=1)
         weight = weight[order]
@@ -335,8 +336,8 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
 
 
 def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+    if quantize != "none" and quantize not in SCHEMES:
+        raise ValueError(f"quantize must be 'none', {', '.join(map(repr, SCHEMES))}, not {quantize!r}")
     config = read_config(source_dir)
     family = native_family(config)
     if family is None:
@@ -344,8 +345,8 @@ def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
     ckpt = NumpyCheckpoint(source_dir)
     build = build_gpt2 if family == "gpt2" else build_llama
     model = build(config, ckpt, quantize)
-    if quantize == "int8":
-        model = quantize_matmuls(model)
+    if quantize in SCHEMES:
+        model = quantize_weights(model, SCHEMES[quantize], "logits", "input_ids")
     # Read back by OnnxModel through the session's metadata (no onnx import at run time).
     helper.set_model_props(model, {"textgen.quantize": quantize, "textgen.graph_version": str(GRAPH_VERSION)})
     return model
@@ -363,7 +364,7 @@ def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:
 
 def graph_key(source_dir: str, quantize: str) -> str:
     """Changes whenever the graph built from this directory would: config, weight files (names, sizes,
-    mtimes), architecture, quantization, onnxruntime version, GRAPH_VERSION."""
+    mtimes), architecture, quantization (its name and its scheme's bits), onnxruntime version, GRAPH_VERSION."""
     import onnxruntime
 
     with open(os.path.join(source_dir, "config.json"), "rb") as f:
@@ -371,7 +372,7 @@ def graph_key(source_dir: str, quantize: str) -> str:
     for path in weight_files(source_dir):
         stat = os.stat(path)
         parts.append(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    parts += [str(read_config(source_dir).get("model_type")), quantize, onnxruntime.__version__, str(GRAPH_VERSION)]
+    parts += [str(read_config(source_dir).get("model_type")), quantize, repr(SCHEMES.get(quantize)), onnxruntime.__version__, str(GRAPH_VERSION)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
