@@ -5,6 +5,7 @@ request) and, when a binary is given, llama.cpp's llama-server; same model, one 
     python bench/run.py --rounds 3 --llama-server /path/to/llama-server
     python bench/run.py --clients 16 --max-new-tokens 400 --systems service-int8 naive-threads
     python bench/run.py --model random --clients 1 8 --background-load 0 2 --systems service-int8
+    python bench/run.py --model random --passes 3 --baseline /tmp/base   # before/after: git worktree add /tmp/base COMMIT
     python bench/run.py --model smollm2 --clients 1 8 16 --llama-server /path/to/llama-server
     python bench/run.py --model llama-3.2-1b --clients 1 8 --llama-server /path/to/llama-server
 
@@ -121,8 +122,11 @@ def naive_request(url: str, prompt: str, max_new_tokens: int) -> dict:
     return {"latency": latency, "ttft": latency, "tokens": response.json()["generated_tokens"]}
 
 
+BASELINE = "@baseline"  # a service mode run from --baseline's checkout: "service-int8@baseline"
+
+
 def request_for(system: str):
-    if system in SERVICE_MODES:
+    if system.removesuffix(BASELINE) in SERVICE_MODES:
         return service_request
     if system in NAIVE_THREADS:
         return naive_request
@@ -133,9 +137,12 @@ def request_for(system: str):
 def start(system: str, model: BenchModel, args) -> Server:
     port = free_port()
     model_dir = model.directory
-    if system in SERVICE_MODES:
-        settings = {**model.service_env, **SERVICE_MODES[system], "CACHE_DIR": args.cache_dir}
-        return launch(service_cmd(), port, service_env(model_dir, port, **settings), args.start_timeout)
+    mode = system.removesuffix(BASELINE)
+    if mode in SERVICE_MODES:
+        # The baseline builds its own graphs: a graph of the same key from the newer code is not reused.
+        root, cache = (args.baseline, os.path.join(args.cache_dir, "baseline")) if mode != system else (ROOT, args.cache_dir)
+        settings = {**model.service_env, **SERVICE_MODES[mode], "CACHE_DIR": cache}
+        return launch(service_cmd(), port, service_env(model_dir, port, **settings), args.start_timeout, cwd=root)
     if system in NAIVE_THREADS:
         # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
         # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
@@ -237,7 +244,7 @@ def first_token(server: Server, request, system: str, args) -> dict:
 def count_tokens(url: str, system: str, prompt: str):
     """The prompt's length as the server itself tokenizes it (None when it cannot say)."""
     try:
-        if system in SERVICE_MODES:
+        if system.removesuffix(BASELINE) in SERVICE_MODES:
             response = requests.post(url + "/tokenize", json={"inputs": prompt}, timeout=60)
             return len(response.json())
         if system in NAIVE_THREADS:
@@ -451,6 +458,9 @@ def main(argv=None) -> int:
                         help="where the made models, llama-server's GGUFs and the service's graphs (its CACHE_DIR) are kept")
     parser.add_argument("--start-timeout", type=float, default=1200,
                         help="seconds a server may take to answer /health (a 1B model's first start builds its graph)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="another checkout of this project (`git worktree add /tmp/base COMMIT`): each service "
+                             "mode is measured from it too, in the same passes, as MODE@baseline (before and after)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest"))
     parser.set_defaults(gguf=None)  # the GGUF llama-server serves, once found or made
     args = parser.parse_args(argv)
@@ -460,6 +470,8 @@ def main(argv=None) -> int:
 
     model = prepare(args.model, args.cache_dir)
     systems, args.llama_quant = choose_systems(model, args.systems, args.llama_quant)
+    if args.baseline:  # each service mode and then its baseline, so that both meet the same drift
+        systems = [name for s in systems for name in ([s, s + BASELINE] if s in SERVICE_MODES else [s])]
     if args.llama_server:
         systems.append(llama_system(args, model))
     rows, first_tokens, code = [], [], {}
@@ -470,7 +482,7 @@ def main(argv=None) -> int:
                     wait_until_quiet(args.quiet_below, args.quiet_timeout)
                 # The service's code may change between two systems of a long run (a shared working tree):
                 # record what each one ran, read just before its server starts.
-                code[system] = code_version()
+                code[system] = code_version(args.baseline if system.endswith(BASELINE) else ROOT)
                 level_rows, ttft = measure(system, model, args, background)
                 rows += [{**r, "pass": run} for r in level_rows]
                 first_tokens += [{**ttft, "pass": run}] if ttft else []

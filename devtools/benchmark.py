@@ -60,10 +60,10 @@ def prepare_model(choice: str) -> tuple[str, str]:
     return target, "random weights, DistilGPT2 config"
 
 
-def code_version() -> dict:
+def code_version(root: str = ROOT) -> dict:
     """The commit measured, and the files that differed from it (the numbers are those of the tree)."""
     def git(*args):
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return done.stdout.rstrip("\n") if done.returncode == 0 else None  # porcelain lines start with a space
 
     changed = git("status", "--porcelain", "--untracked-files=no")
@@ -295,15 +295,15 @@ class Server:
             return "".join(f.readlines()[-lines:])
 
 
-def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0) -> Server:
-    """Start `cmd` (from the project root), watch its memory at once, and wait for GET /health = 200.
+def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0, cwd: str = ROOT) -> Server:
+    """Start `cmd` (from the project root, or another checkout's `cwd`), watch its memory at once, and wait for GET /health = 200.
 
     The sampler starts right after Popen, before the server has loaded anything, so the peak during the
     model load is measured and not only the steady state. The output goes to a temporary file, shown
     if the server dies before it is healthy."""
     log = tempfile.NamedTemporaryFile("w", prefix="bench-server-", suffix=".log", delete=False)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     server = Server(proc, f"http://127.0.0.1:{port}", RssSampler(proc.pid), log.name)
     try:
