@@ -49,6 +49,7 @@ class Engine:
         self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
         prefix_tokens = 0 if prefix_cache is None else prefix_cache.capacity_tokens  # memory set aside, not in the budget
         self.batch_total_tokens = batch_total_tokens(settings.max_batch_total_tokens, self._batch.cache.bytes_per_token, prefix_tokens)
+        self._batch.cache.huge_pages_within = self.batch_total_tokens
         self.prompts = PromptTokens.for_model(
             tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens, vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids, max_batch_total_tokens=self.batch_total_tokens,
@@ -64,13 +65,9 @@ class Engine:
         self.on_crash: Optional[Callable[[], None]] = None
 
     # -- public surface (any thread) ---------------------------------------------------------------
-    @property
-    def max_total_tokens(self) -> int:  # the limits belong to validation; the engine only reports them
-        return self.prompts.max_total_tokens
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self.prompts.max_input_tokens
+    # The limits belong to validation; the engine only reports them.
+    max_total_tokens = property(lambda self: self.prompts.max_total_tokens)
+    max_input_tokens = property(lambda self: self.prompts.max_input_tokens)
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)

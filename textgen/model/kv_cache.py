@@ -8,11 +8,15 @@ or positions are needed (by a quarter, at least 16 positions), and are released 
 empties. A request leaving moves at most one other row's data into its slot (`move`).
 
 Memory follows the rows, not the arrays' shape (MAX_BATCH_TOTAL_TOKENS counts the rows' tokens): the
-arrays are anonymous memory maps in small pages, whose pages become resident only when written; a
-regrowth copies only the positions rows hold (`lengths`), and the positions a row no longer holds are
-given back to the system at once (`release`: a slot left empty, the tail of a slot a shorter row moved
-into). numpy's own allocation would not do: it asks for huge pages (2 MB, so one written position makes
-its neighbours' resident), and glibc zeroes a reused heap block by writing it.
+arrays are anonymous memory maps whose pages become resident only when written; a regrowth copies only
+the positions rows hold (`lengths`), and the positions a row no longer holds are given back to the
+system at once (`release`: a slot left empty, the tail of a slot a shorter row moved into). Pages are
+2 MB huge pages while the arrays' whole shape (slots x positions) fits `huge_pages_within` (the engine
+sets the budget: then even all of it resident stays within it), else 4 KB ones, so one written position
+does not make its neighbours resident. Huge pages make decode steps faster (DistilGPT2's shape, 8 rows
+of 512: 4 KB pages took 1.07-1.17x as long; docs/performance.md, KV-cache budget). numpy's own
+allocation would not do: it asks for huge pages whatever the size, and glibc zeroes a reused heap block
+by writing it.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ TIME_HEADROOM = 16  # spare positions allocated beyond what is asked when the bu
 DTYPE = np.dtype(np.float32)
 
 
-def _zeros(shape) -> np.ndarray:
-    """A zero array whose pages are resident only once written (an anonymous map in 4 KB pages)."""
+def _zeros(shape, huge_pages: bool = False) -> np.ndarray:
+    """A zero array whose pages are resident only once written (an anonymous map, in 4 KB pages unless
+    `huge_pages`)."""
     size = max(1, int(np.prod(shape)) * DTYPE.itemsize)
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # shared memory would keep what DONTNEED drops
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        region.madvise(mmap.MADV_NOHUGEPAGE)
+    advice = "MADV_HUGEPAGE" if huge_pages else "MADV_NOHUGEPAGE"
+    if hasattr(mmap, advice):
+        region.madvise(getattr(mmap, advice))
     return np.frombuffer(region, dtype=DTYPE, count=int(np.prod(shape))).reshape(shape)
 
 
@@ -54,6 +60,7 @@ class KVCache:
         self.values: List[np.ndarray] = []
         self.slot_capacity = 0
         self.time_capacity = 0
+        self.huge_pages_within = 0  # slots x positions up to which the arrays may take huge pages
 
     @property
     def bytes_per_token(self) -> int:
@@ -70,9 +77,10 @@ class KVCache:
         if length > self.time_capacity:
             new_time = length + max(TIME_HEADROOM, length // 4)  # amortised: few regrowths per request
         shape = (new_slots, self.n_kv_heads, new_time, self.head_dim)
+        huge = new_slots * new_time <= self.huge_pages_within
         for store in (self.keys, self.values):
             for layer in range(self.n_layers):
-                grown = _zeros(shape)
+                grown = _zeros(shape, huge)
                 if layer < len(store):
                     old = store[layer]
                     if lengths is None:
