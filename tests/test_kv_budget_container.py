@@ -3,8 +3,8 @@ at once, each with its own ~3,600-token prompt. Their keys and values alone woul
 bytes = 2.7 GB; the KV-cache budget (MAX_BATCH_TOTAL_TOKENS, derived from the container's limit) lets in
 only the rows that fit, the others wait in the queue: every request is answered, nothing is killed.
 
-Marked `container` and `slow` (real weights; 13 minutes here with the machine shared, load 11-14: the
-image build, then 9 minutes for 58,000 prompt tokens prefilled on 2 cores). It prints the figures
+Marked `container` and `slow` (real weights; 3 minutes here at load 2-4, 13 at load 11-14: the image
+build, then 58,000 prompt tokens prefilled on 2 cores). It prints the figures
 docs/performance.md quotes (KV-cache budget); before the budget, the same load had the worker OOM-killed.
 """
 

@@ -50,7 +50,7 @@ class Settings:
     # PREFIX_CACHE_TOKENS (counted apart: they are copied into a row's slot, which counts whole), minus a
     # margin of a quarter of the limit (activations, the gunicorn master, allocator slack), divided by the
     # KV bytes a token (layers x 2 x kv_heads x head_dim x 4: SmolLM2-135M 46,080, DistilGPT2 36,864).
-    # SmolLM2 int8 in a 1 GiB container: 9,326 (docs/performance.md, KV-cache budget). /info shows it.
+    # SmolLM2 int8 in a 1 GiB container: 9,324 (docs/performance.md, KV-cache budget). /info shows it.
     max_batch_total_tokens: Optional[int] = None
     # Admitted requests (running + waiting); beyond it clients get an immediate 429 instead of a long wait.
     max_concurrent_requests: int = 32
