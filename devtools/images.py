@@ -45,6 +45,34 @@ def copy_build_context(dest) -> None:
             shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
 
 
+def build_model_image(tag: str, ctx: str, checkpoint: str, name: str) -> str:
+    """The image built from `ctx` (a new directory) with a local checkpoint (a `save_pretrained`
+    directory, e.g. a GGUF file converted once on the host, where torch is) as models/<name>."""
+    copy_build_context(ctx)
+    shutil.copytree(checkpoint, os.path.join(ctx, "models", name))
+    docker("build", "--build-arg", f"MODEL_ID=models/{name}", "-t", tag, ctx)
+    return tag
+
+
+def container_processes(name: str):
+    """The processes of a running container (its first and every descendant), seen from the host."""
+    import psutil
+
+    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+    root = psutil.Process(pid)
+    return [root] + root.children(recursive=True)
+
+
+def pss_bytes(proc) -> int:
+    """Proportional set size: pages shared by gunicorn's master and worker (and the mapped graph file)
+    counted once across them, unlike RSS."""
+    with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def build_distilgpt2_image(tag: str, ctx: str) -> str:
     """The image as Render or a cluster builds it, with DistilGPT2's architecture (random weights, GPT-2's
     real vocabulary when npm answers) in place of the Hub download; built from `ctx`, a new directory."""

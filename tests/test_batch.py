@@ -1,6 +1,7 @@
 """The running batch on numpy arrays: rows joining with different widths, leaving, prefilled in
 chunks; every row's logits equal those of the same tokens run alone."""
 
+import os
 import numpy as np
 import pytest
 
@@ -151,3 +152,30 @@ def test_what_the_batch_asks_of_the_model():
         ([B[8:], [0]], [8, 3], [1, 0], 1, True),
         ([[STEPS[1]], [STEPS[2]], [STEPS[3]]], [6, 9, 3], [1, 1, 1], 0, True),
     ]
+
+
+def test_kv_cache_memory_follows_the_rows_not_the_arrays_shape():
+    """What MAX_BATCH_TOTAL_TOKENS relies on: the cache's resident memory is the positions rows hold.
+    Reserving is free, a slot left empty or the tail of a slot a shorter row moved into is given back,
+    and a regrowth copies only the positions held (SmolLM2's shape: 46,080 bytes a token)."""
+    from textgen.model.kv_cache import KVCache
+
+    def resident_mib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    cache = KVCache(30, 3, 64)
+    token_mib = cache.bytes_per_token / 2**20
+    before = resident_mib()
+    cache.reserve(16, 4000)  # 3.4 GiB of address space
+    assert resident_mib() - before < 5
+    for array in cache.keys + cache.values:
+        array[0, :, :3000] = 1.0  # a long row in slot 0, a short one in slot 1
+        array[1, :, :100] = 2.0
+    assert abs(resident_mib() - before - 3100 * token_mib) < 10
+    cache.move(1, 0, 100)  # the long row leaves: the short one moves into its slot
+    cache.release(1)
+    assert resident_mib() - before < 100 * token_mib + 10
+    cache.reserve(16, 6000, lengths=[100])  # regrowth keeps the 100 positions held, and only them
+    assert resident_mib() - before < 100 * token_mib + 10
+    assert (cache.keys[29][0, :, :100] == 2.0).all() and (cache.values[0][0, :, 112:] == 0).all()

@@ -1,5 +1,6 @@
 """The real engine on the tiny model: correctness against transformers, isolation, limits, cancellation."""
 
+import os
 import time
 
 import pytest
@@ -349,3 +350,49 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     fresh = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     chosen, usable, intra, inter = map(int, fresh.stdout.split())
     assert chosen == usable == intra and inter == 1
+
+
+def test_kv_budget_default_follows_the_memory_limit(tmp_path):
+    """MAX_BATCH_TOTAL_TOKENS's default: the cgroup's limit (v2, else v1, never above the RAM) less what the
+    process holds after load, the prefix cache and a quarter of the limit, in KV bytes a token."""
+    from textgen.model.memory import default_batch_total_tokens, memory_limit, resident_bytes
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    missing, v1 = str(tmp_path / "missing"), tmp_path / "v1"
+    v2 = tmp_path / "memory.max"
+    v2.write_text("1073741824\n")  # --memory 1g
+    assert memory_limit(str(v2), missing) == min(ram, 2**30)
+    v2.write_text("max\n")
+    assert memory_limit(str(v2), missing) == ram
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text("536870912\n")  # cgroup v1, --memory 512m
+    assert memory_limit(missing, str(v1)) == min(ram, 2**29)
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    assert memory_limit(missing, str(v1)) == ram
+    assert memory_limit(missing, missing) == ram
+    assert 0 < resident_bytes() < ram
+    # SmolLM2 (46,080 bytes a token) in 1 GiB: 1024 - 300 held - 1024 / 4 margin - 2048 prefix tokens' 90 MiB.
+    mib = 2**20
+    expected = (1024 * mib - 300 * mib - 256 * mib - 2048 * 46080) // 46080
+    assert default_batch_total_tokens(46080, 2048 * 46080, 1024 * mib, 300 * mib) == expected == 8601
+    assert default_batch_total_tokens(46080, 0, 512 * mib, 600 * mib) == 1  # no room: every prompt refused, no OOM
+
+
+def test_rows_wait_for_the_kv_budget_and_a_request_larger_than_it_is_refused(make_engine):
+    """MAX_BATCH_TOTAL_TOKENS: with room for one request's prompt + max_new_tokens, three requests submitted
+    together run one at a time (every decode step has one row) and all are answered; a request larger
+    than the budget is a 422 at submit, and the limits /info reports are capped at the budget."""
+    engine = make_engine(max_batch_total_tokens=40, max_batch_size=4)
+    assert engine.batch_total_tokens == 40 and engine.max_total_tokens == 40 and engine.info()["max_batch_total_tokens"] == 40
+    with DecodeSteps(engine) as steps:
+        handles = submit_together(engine, steps, [request(engine.settings, max_new_tokens=20, do_sample=False)] * 3)
+        results = [h.result() for h in handles]
+    assert [r.generated_tokens for r in results] == [20, 20, 20]
+    assert set(steps.rows) == {1}, steps.rows  # never two rows at once: 2 x (2 + 20) > 40
+    with pytest.raises(ValidationError, match=r"must be <= 40"):
+        engine.submit(request(engine.settings, max_new_tokens=39))
+    unbounded = make_engine(max_batch_total_tokens=10**6, max_batch_size=4)
+    with DecodeSteps(unbounded) as steps:
+        handles = submit_together(unbounded, steps, [request(unbounded.settings, max_new_tokens=20, do_sample=False)] * 3)
+        [h.result() for h in handles]
+    assert steps.rows[0] == 3  # the same three together when the budget allows

@@ -123,3 +123,41 @@ def test_admission_counts_rows():
     assert queue.stats()["admitted"] == 4
     queue.done(3)
     assert queue.stats()["admitted"] == 1
+
+
+def test_rows_join_only_while_prompt_plus_new_tokens_fit_the_budget():
+    # Each entry counts its prompt + max_new_tokens (5): 4 + 5 = 9 tokens.
+    waiting = [entry(4, name=n) for n in "abcd"]
+    out = next_group(waiting, 8, 256, 1.0, 60.0, token_room=27)  # three of 9 fit 27, a fourth (36) waits
+    assert names(out.group) == ["a", "b", "c"] and names(out.waiting) == ["d"] and not out.refused
+    assert names(next_group(waiting, 8, 256, 1.0, 60.0, token_room=26).group) == ["a", "b"]  # 27 > 26
+    assert names(next_group(waiting, 8, 256, 1.0, 60.0, token_room=8).group) == []  # running rows leave no room
+    assert names(next_group(waiting, 8, 256, 1.0, 60.0).group) == ["a", "b", "c", "d"]  # no budget: the batch's room
+
+
+def test_a_request_the_budget_leaves_waiting_keeps_its_place_and_blocks_those_behind():
+    # "big" (100 + 5) does not fit the 60 tokens left; "small" would, but nothing overtakes it.
+    waiting = [entry(100, name="big"), entry(2, name="small")]
+    out = next_group(waiting, 8, 256, 1.0, 60.0, token_room=60)
+    assert out.group == [] and names(out.waiting) == ["big", "small"] and not out.refused
+    # Still waiting past the queue timeout: refused as for a full batch, and the one behind it joins.
+    late = next_group(waiting, 8, 256, 100.0, 60.0, token_room=60)
+    assert [(e.request_id, type(error)) for e, error in late.refused] == [("big", QueueTimeout)]
+    assert names(late.group) == ["small"]
+
+
+def test_the_budget_counts_every_row_of_a_request_of_n_completions():
+    from dataclasses import replace
+
+    three = Entry(Handle(3), replace(REQUEST, n=3), (1, 2, 3), 0.0, "three")  # 3 x (3 + 5) = 24 tokens
+    assert three.tokens == 24
+    assert names(next_group([three], 8, 256, 1.0, 60.0, token_room=23).group) == []
+    assert names(next_group([three], 8, 256, 1.0, 60.0, token_room=24).group) == ["three"]
+
+
+def test_take_passes_the_budget_to_next_group():
+    queue = Queue(max_admitted=8)
+    for name in "ab":
+        queue.admit(fresh(name))
+    assert names(queue.take(8, 256, 60.0, token_room=9).group) == ["a"]  # 4 + 5 each: one fits 9
+    assert names(queue.take(8, 256, 60.0).group) == ["b"]

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from devtools.images import build_distilgpt2_image, docker
+from devtools.images import build_distilgpt2_image, container_processes, docker, pss_bytes
 from devtools.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -51,22 +51,6 @@ def render_environment() -> dict:
 def image(tmp_path_factory, image_builds):
     """The image as Render builds it (devtools.images: DistilGPT2's architecture, random weights)."""
     return build_distilgpt2_image(IMAGE, str(tmp_path_factory.mktemp("render-context")))
-
-
-def container_processes(name: str):
-    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-    root = psutil.Process(pid)
-    return [root] + root.children(recursive=True)
-
-
-def pss_bytes(proc) -> int:
-    """Proportional set size: pages shared by gunicorn's master and worker (and the mapped graph file)
-    counted once across them, unlike RSS."""
-    with open(f"/proc/{proc.pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Watch:

@@ -61,3 +61,10 @@ def test_backend_quantize_and_chunk_settings():
         Settings.from_env(environ={"MODEL_BACKEND": "tensorflow"})
     with pytest.raises(ValueError, match="PREFILL_CHUNK_TOKENS"):
         Settings.from_env(environ={"PREFILL_CHUNK_TOKENS": "0"})
+
+
+def test_the_kv_budget_is_derived_unless_set_and_never_below_one_token():
+    assert Settings.from_env(environ={}).max_batch_total_tokens is None  # derived from the memory limit at start
+    assert Settings.from_env(environ={"MAX_BATCH_TOTAL_TOKENS": "9000"}).max_batch_total_tokens == 9000
+    with pytest.raises(ValueError, match="MAX_BATCH_TOTAL_TOKENS must be at least 1"):
+        Settings.from_env(environ={"MAX_BATCH_TOTAL_TOKENS": "0"})

@@ -315,3 +315,35 @@ def test_a_prompt_with_a_lone_surrogate_is_refused_naming_the_clients_field():
         chat_request(body, SETTINGS, lambda messages: messages[-1]["content"])
     assert info.value.param == "messages" and "unicode" in info.value.message
     assert "`inputs`" in error_of({"inputs": "a\ud800b"}) and "unicode" in error_of({"inputs": "a\ud800b"})
+
+
+class TestBatchTotalTokens:
+    """MAX_BATCH_TOTAL_TOKENS: a request that could never join the batch is refused at once."""
+
+    def req(self, **kw):
+        return validate({"inputs": "x", "parameters": {"max_new_tokens": 10, **kw}})
+
+    def test_rows_within_the_budget_pass(self):
+        assert kept_prompt_tokens(90, self.req(), 1000, 1000, max_batch_total_tokens=100) == 90
+        assert kept_prompt_tokens(40, self.req(best_of=2, do_sample=True), 1000, 1000, max_batch_total_tokens=100) == 40
+
+    def test_a_request_larger_than_the_whole_budget_is_a_422_naming_it(self):
+        with pytest.raises(ValidationError, match=r"MAX_BATCH_TOTAL_TOKENS, the KV-cache budget\). Given: 1 x \(91 \+ 10\)") as info:
+            kept_prompt_tokens(91, self.req(), 1000, 1000, max_batch_total_tokens=100)
+        assert info.value.status == 422
+        # n completions hold n rows: 2 x (41 + 10) > 100
+        with pytest.raises(ValidationError, match=r"`best_of` x \(`inputs` tokens \+ `max_new_tokens`\) must be <= 100"):
+            kept_prompt_tokens(41, self.req(best_of=2, do_sample=True), 1000, 1000, max_batch_total_tokens=100)
+
+    def test_the_total_limit_is_capped_at_the_budget(self):
+        from textgen.validation.tokens import PromptTokens
+
+        class Tok:
+            eos_token_id = 0
+
+            def __len__(self):
+                return 10
+
+        prompts = PromptTokens.for_model(Tok(), 8192, max_batch_total_tokens=5000)
+        assert (prompts.max_total_tokens, prompts.max_input_tokens) == (5000, 4999)
+        assert PromptTokens.for_model(Tok(), 1024, max_batch_total_tokens=5000).max_total_tokens == 1024

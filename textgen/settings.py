@@ -41,6 +41,17 @@ class Settings:
 
     # Requests decoded together in one forward pass; bounds the KV cache (memory) of the engine.
     max_batch_size: int = 16
+    # KV-cache budget in tokens (TGI's MAX_BATCH_TOTAL_TOKENS): a waiting request joins the running batch
+    # only while the rows running and it, each counted as prompt + max_new_tokens (times `n`), fit; the
+    # rest wait in the queue as for a full batch, and one request larger than the whole budget is a 422
+    # (MAX_TOTAL_TOKENS is capped at it). None = derived at start and logged: the memory the process may
+    # use (cgroup v2 memory.max or v1 memory.limit_in_bytes; physical RAM if unlimited), minus what the
+    # process holds once the model is loaded (weights, runtime), minus the prefix cache's
+    # PREFIX_CACHE_TOKENS (counted apart: they are copied into a row's slot, which counts whole), minus a
+    # margin of a quarter of the limit (activations, the gunicorn master, allocator slack), divided by the
+    # KV bytes a token (layers x 2 x kv_heads x head_dim x 4: SmolLM2-135M 46,080, DistilGPT2 36,864).
+    # SmolLM2 int8 in a 1 GiB container: 9,324 (docs/performance.md, KV-cache budget). /info shows it.
+    max_batch_total_tokens: Optional[int] = None
     # Admitted requests (running + waiting); beyond it clients get an immediate 429 instead of a long wait.
     max_concurrent_requests: int = 32
     # Completions one request may ask for (OpenAI's `n`, TGI's `best_of`). Each is a row of the batch
@@ -147,6 +158,8 @@ class Settings:
             raise ValueError("PREFILL_CHUNK_TOKENS must be at least 1")
         if self.max_best_of < 1:
             raise ValueError("MAX_BEST_OF must be at least 1")
+        if self.max_batch_total_tokens is not None and self.max_batch_total_tokens < 1:
+            raise ValueError("MAX_BATCH_TOTAL_TOKENS must be at least 1 (unset: derived from the memory limit)")
         if self.prefix_cache_tokens < 0:
             raise ValueError("PREFIX_CACHE_TOKENS must be 0 (off) or more")
 

@@ -5,7 +5,8 @@ Row i of the batch lives in cache slot i. A group of new rows is prefilled into 
 decoding rows, at most `chunk_tokens` prompt tokens per forward pass, so a long prompt never freezes
 the running streams for longer than one chunk; when the whole group is prefilled it joins the batch
 (`prefill_step` returns their next-token logits and what each took from the prefix cache, in the
-group's order). Rows leave with `remove`: the last rows move into the holes, so the rest never moves.
+group's order). Rows leave with `remove`: the last rows move into the holes, so the rest never moves, and the
+slots left empty give their memory back (KVCache.release).
 
 With a prefix cache (prefix_cache.py), a group's first prefill step begins by copying into each row's
 slot the keys and values of the longest cached block prefix its prompt starts with; the row's prefill
@@ -119,7 +120,7 @@ class Batch:
             tokens[i, :n] = row.prompt[row.length : row.length + n]
         starts = np.array([row.length for row in group], dtype=np.int64)
         finishing = [i for i, row in enumerate(group) if 0 < take[i] == row.to_prefill]
-        self.cache.reserve(first + len(group), int(starts.max()) + width)
+        self.cache.reserve(first + len(group), int(starts.max()) + width, self._lengths())
         logits = self._forward_chunk(group, tokens, starts, take, bool(finishing))
         for row, n in zip(group, take):
             row.length += int(n)
@@ -165,7 +166,7 @@ class Batch:
         longest = max(len(blocks) for blocks in found) * cache.block_tokens
         if not longest:
             return
-        self.cache.reserve(first + len(group), longest)
+        self.cache.reserve(first + len(group), longest, self._lengths())
         for i, (row, blocks) in enumerate(zip(group, found)):
             if blocks:
                 row.length = row.cached = cache.load(blocks, self.cache, first + i)
@@ -175,7 +176,7 @@ class Batch:
         decoding = self.slots[: len(self)]
         n = len(decoding)
         starts = np.array([row.length for row in decoding], dtype=np.int64)
-        self.cache.reserve(n, int(starts.max()) + 1)  # grows only: the prefill group's slots stay
+        self.cache.reserve(n, int(starts.max()) + 1, self._lengths())  # grows only: the prefill group's slots stay
         logits = self.model.forward(
             np.array(tokens, dtype=np.int64)[:, None], starts, np.ones(n, dtype=np.int64), self.cache, 0, True
         )
@@ -189,7 +190,7 @@ class Batch:
         assert not self.prefilling, "fork only between prefill groups"
         i = next(i for i, row in enumerate(self.slots) if row.owner is owner)
         source = self.slots[i]
-        self.cache.reserve(len(self.slots) + len(copies), source.length)
+        self.cache.reserve(len(self.slots) + len(copies), source.length, self._lengths())
         for copy in copies:
             self.cache.move(i, len(self.slots), source.length)
             self.slots.append(Row(copy, source.prompt, length=source.length, decoding=True))
@@ -211,6 +212,12 @@ class Batch:
                 if i != len(decoding) + len(kept):
                     self.cache.move(i, len(decoding) + len(kept), row.length)
                 kept.append(row)
+        for slot in range(len(decoding) + len(kept), len(self.slots)):
+            self.cache.release(slot)  # left empty: its memory goes back at once, not when the batch empties
         self.slots = decoding + kept
         if self.empty:
             self.cache.clear()  # give the memory back while idle
+
+    def _lengths(self) -> List[int]:
+        """Positions each slot holds, in slot order: what a regrowing cache copies."""
+        return [row.length for row in self.slots]

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import Cancelled, GenerationError, ServiceError, Unavailable
 from ..model.contract import CausalLM
+from ..model.memory import batch_total_tokens
 from ..settings import Settings
 from ..validation import GenerationRequest, PromptTokens
 from .batch import Batch, Joined
@@ -44,16 +45,19 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        prefix_cache = PrefixCache.for_model(model, settings.prefix_cache_tokens)
+        self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
+        prefix_tokens = 0 if prefix_cache is None else prefix_cache.capacity_tokens  # memory set aside, not in the budget
+        self.batch_total_tokens = batch_total_tokens(settings.max_batch_total_tokens, self._batch.cache.bytes_per_token, prefix_tokens)
+        self._batch.cache.huge_pages_within = self.batch_total_tokens
         self.prompts = PromptTokens.for_model(
-            tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens,
-            vocab_size=model.vocab_size, eos_token_ids=model.eos_token_ids,
+            tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens, vocab_size=model.vocab_size,
+            eos_token_ids=model.eos_token_ids, max_batch_total_tokens=self.batch_total_tokens,
         )
         self.eos_token_ids = frozenset(model.eos_token_ids)
         self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
-        prefix_cache = PrefixCache.for_model(model, settings.prefix_cache_tokens)
-        self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
         self._listeners = Listeners()
         self.draining = False  # the process is about to stop: still serving, no longer advertised ready
         # Called (on the engine thread, once its requests are answered) if the loop itself dies: the
@@ -61,13 +65,9 @@ class Engine:
         self.on_crash: Optional[Callable[[], None]] = None
 
     # -- public surface (any thread) ---------------------------------------------------------------
-    @property
-    def max_total_tokens(self) -> int:  # the limits belong to validation; the engine only reports them
-        return self.prompts.max_total_tokens
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self.prompts.max_input_tokens
+    # The limits belong to validation; the engine only reports them.
+    max_total_tokens = property(lambda self: self.prompts.max_total_tokens)
+    max_input_tokens = property(lambda self: self.prompts.max_input_tokens)
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
@@ -88,8 +88,7 @@ class Engine:
             self._thread.join(timeout)
 
     def stats(self) -> dict:
-        queued = self._queue.stats()
-        return {"running": len(self._batch.rows) + len(self._batch.group), **queued}
+        return {"running": len(self._batch.rows) + len(self._batch.group), **self._queue.stats()}
 
     def submit(self, request: GenerationRequest, request_id: Optional[str] = None) -> Handle:
         """Tokenize and check the token limits, compile the grammar if any (in the caller's thread; errors
@@ -97,10 +96,9 @@ class Engine:
         if not self.healthy():
             raise Unavailable("Model is not ready")
         tokenized = self.prompts.tokenize(request)
-        handle = Handle(completions=request.n)
-        entry = Entry(handle, request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
+        entry = Entry(Handle(completions=request.n), request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
         self._queue.admit(entry)
-        return handle
+        return entry.handle
 
     def prefix_cache_stats(self) -> Optional[dict]:
         """The prefix cache's budget, tokens held and counters (`PrefixCache.stats`); None when it is off.
@@ -122,6 +120,7 @@ class Engine:
             "model_device_type": "cpu",
             "max_input_tokens": self.max_input_tokens,
             "max_total_tokens": self.max_total_tokens,
+            "max_batch_total_tokens": self.batch_total_tokens,
             "threads": self.model.threads,
             "versions": runtime_versions(self.model.backend),
         }
@@ -161,7 +160,8 @@ class Engine:
             # A prompt whose prefix is cached counts only the tokens it has left to prefill: several rows
             # sharing a system prompt then join in one prefill pass instead of one each.
             to_prefill = None if batch.prefix_cache is None else self._to_prefill
-            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout, to_prefill)
+            token_room = self.batch_total_tokens - sum(g.rows_held * g.entry.row_tokens for g in batch.rows)
+            grouping = self._queue.take(room, self.settings.prefill_chunk_tokens, self.settings.queue_timeout, to_prefill, token_room)
             for entry, error in grouping.refused:
                 self._answer(entry, error, entry.rows)
             if grouping.group:
@@ -199,9 +199,8 @@ class Engine:
 
     def _join(self, rows: List[Generation], joined: Joined):
         """Rows that just joined learn what their prompts took from the prefix cache; those that asked for
-        `n` completions become n rows: the prompt's keys and values copied to n - 1 new slots, each with
-        its own seed (derived from the request's) and the same next-token logits. Returns every row to
-        sample and their logits."""
+        `n` completions become n rows: the prompt's keys and values copied to n - 1 new slots, each with its
+        own seed (derived from the request's) and the same next-token logits. Returns every row and logits."""
         for generation, cached in zip(rows, joined.cached_tokens):
             generation.cached_tokens = cached
         if all(g.rows_held == 1 for g in rows):

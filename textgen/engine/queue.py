@@ -35,6 +35,16 @@ class Entry:
         """Rows of the batch it occupies once it joins: one per completion asked for (`n`)."""
         return self.request.n
 
+    @property
+    def row_tokens(self) -> int:
+        """KV-cache positions one of its rows may come to hold: its prompt and every new token it may ask for."""
+        return len(self.prompt_ids) + self.request.max_new_tokens
+
+    @property
+    def tokens(self) -> int:
+        """What it counts against MAX_BATCH_TOTAL_TOKENS: `row_tokens` in each of its rows."""
+        return self.rows * self.row_tokens
+
 
 @dataclass
 class Grouping:
@@ -52,26 +62,30 @@ def next_group(
     now: float,
     queue_timeout: float,
     to_prefill: Callable[[Entry], int] = lambda entry: len(entry.prompt_ids),
+    token_room: Optional[int] = None,
 ) -> Grouping:
     """The next prefill group: waiting requests in order while they fit in the batch (`room` rows; a
-    request of `n` completions takes n) and, together, in one prefill chunk (a longer prompt goes alone,
-    chunk by chunk; a prompt is prefilled once whatever its `n`). A prompt counts the tokens `to_prefill`
-    says its prefill computes (all of them, or those after its prefix found in the prefix cache). First come, first
-    served: once a request is left waiting, nothing behind it joins. Cancelled requests, and those that
-    waited past `queue_timeout` seconds without joining, are refused."""
+    request of `n` completions takes n), in the KV-cache budget (`token_room`: MAX_BATCH_TOTAL_TOKENS less
+    what the running rows may hold, each request counting `Entry.tokens`; None: no budget) and, together,
+    in one prefill chunk (a longer prompt goes alone, chunk by chunk; a prompt is prefilled once whatever
+    its `n`). A prompt counts the tokens `to_prefill` says its prefill computes (all of them, or those after
+    its prefix found in the prefix cache). First come, first served: once a request is left waiting,
+    nothing behind it joins. Cancelled requests, and those that waited past `queue_timeout` seconds
+    without joining, are refused."""
     out = Grouping()
-    width, rows, closed = 0, 0, False
+    width, rows, tokens, closed = 0, 0, 0, False
     for entry in waiting:
         if entry.handle.cancelled:
             out.refused.append((entry, Cancelled("client disconnected")))
             continue
         joins = False
-        if not closed and rows + entry.rows <= room:  # only then is its prompt measured
+        fits = token_room is None or tokens + entry.tokens <= token_room
+        if not closed and rows + entry.rows <= room and fits:  # only then is its prompt measured
             wider = max(width, to_prefill(entry))
             joins = not out.group or wider * (len(out.group) + 1) <= chunk_tokens
         if joins:
             out.group.append(entry)
-            width, rows = wider, rows + entry.rows
+            width, rows, tokens = wider, rows + entry.rows, tokens + entry.tokens
         elif now - entry.enqueued_at > queue_timeout:
             out.refused.append((entry, QueueTimeout(f"Request waited more than {queue_timeout:g} s for a free slot")))
         else:
@@ -113,13 +127,17 @@ class Queue:
                 self._cond.wait()
             return not self.closed
 
-    def take(self, room: int, chunk_tokens: int, queue_timeout: float, to_prefill: Optional[Callable[[Entry], int]] = None) -> Grouping:
+    def take(
+        self, room: int, chunk_tokens: int, queue_timeout: float,
+        to_prefill: Optional[Callable[[Entry], int]] = None, token_room: Optional[int] = None,
+    ) -> Grouping:
         """(Engine thread.) Apply `next_group` to the line; the caller answers the refused."""
         with self._cond:
             if not self._waiting:
                 return Grouping()
             measure = {} if to_prefill is None else {"to_prefill": to_prefill}
-            grouping = next_group(self._waiting, room, chunk_tokens, time.monotonic(), queue_timeout, **measure)
+            now = time.monotonic()
+            grouping = next_group(self._waiting, room, chunk_tokens, now, queue_timeout, token_room=token_room, **measure)
             self._waiting = collections.deque(grouping.waiting)
             return grouping
 

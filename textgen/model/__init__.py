@@ -25,6 +25,7 @@ Files here, shared by the backends:
 - tokenizer.py: the lean `tokenizers`-only tokenizer of the native families.
 - build_cache.py: what is built once under CACHE_DIR (ONNX graphs, GGUF conversions).
 - threads.py: how many CPUs this process may use (sizes either runtime's threads).
+- memory.py: how much memory this process may use, and MAX_BATCH_TOTAL_TOKENS's default from it.
 """
 
 import os

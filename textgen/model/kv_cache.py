@@ -6,15 +6,51 @@ of slots is one contiguous block: ONNX Runtime binds it as the attention's past 
 (written in place), torch wraps it with `torch.from_numpy` (no copy). The arrays grow when more slots
 or positions are needed (by a quarter, at least 16 positions), and are released when the batch
 empties. A request leaving moves at most one other row's data into its slot (`move`).
+
+Memory follows the rows, not the arrays' shape (MAX_BATCH_TOTAL_TOKENS counts the rows' tokens): the
+arrays are anonymous memory maps whose pages become resident only when written; a regrowth copies only
+the positions rows hold (`lengths`), and the positions a row no longer holds are given back to the
+system at once (`release`: a slot left empty, the tail of a slot a shorter row moved into). Pages are
+2 MB huge pages while the arrays' whole shape (slots x positions) fits `huge_pages_within` (the engine
+sets the budget: then even all of it resident stays within it), else 4 KB ones, so one written position
+does not make its neighbours resident. Huge pages make decode steps faster (DistilGPT2's shape, 8 rows
+of 512: 4 KB pages took 1.07-1.17x as long; docs/performance.md, KV-cache budget). numpy's own
+allocation would not do: it asks for huge pages whatever the size, and glibc zeroes a reused heap block
+by writing it.
 """
 
 from __future__ import annotations
 
-from typing import List
+import mmap
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 TIME_HEADROOM = 16  # spare positions allocated beyond what is asked when the buffers grow
+DTYPE = np.dtype(np.float32)
+
+
+def _zeros(shape, huge_pages: bool = False) -> np.ndarray:
+    """A zero array whose pages are resident only once written (an anonymous map, in 4 KB pages unless
+    `huge_pages`)."""
+    size = max(1, int(np.prod(shape)) * DTYPE.itemsize)
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # shared memory would keep what DONTNEED drops
+    advice = "MADV_HUGEPAGE" if huge_pages else "MADV_NOHUGEPAGE"
+    if hasattr(mmap, advice):
+        region.madvise(getattr(mmap, advice))
+    return np.frombuffer(region, dtype=DTYPE, count=int(np.prod(shape))).reshape(shape)
+
+
+def _release(array: np.ndarray, start: int, stop: int) -> None:
+    """Give back the whole pages within bytes [start, stop) of `array` (they read as zeros again)."""
+    region = array.base
+    while isinstance(region, np.ndarray):  # the reshaped view -> the flat one -> its buffer
+        region = region.base
+    region = region.obj  # the buffer is a memoryview of the map
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = stop // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        region.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 class KVCache:
@@ -24,9 +60,16 @@ class KVCache:
         self.values: List[np.ndarray] = []
         self.slot_capacity = 0
         self.time_capacity = 0
+        self.huge_pages_within = 0  # slots x positions up to which the arrays may take huge pages
 
-    def reserve(self, slots: int, length: int) -> None:
-        """Make room for `slots` rows of `length` positions, keeping what is stored."""
+    @property
+    def bytes_per_token(self) -> int:
+        """Memory one token of one row takes: keys and values of every layer (MAX_BATCH_TOTAL_TOKENS's unit)."""
+        return self.n_layers * 2 * self.n_kv_heads * self.head_dim * DTYPE.itemsize
+
+    def reserve(self, slots: int, length: int, lengths: Optional[Sequence[int]] = None) -> None:
+        """Make room for `slots` rows of `length` positions, keeping what is stored: everything, or, given
+        `lengths` (positions held by each slot from 0 on), only that."""
         if slots <= self.slot_capacity and length <= self.time_capacity:
             return
         new_slots = max(slots, self.slot_capacity)
@@ -34,22 +77,43 @@ class KVCache:
         if length > self.time_capacity:
             new_time = length + max(TIME_HEADROOM, length // 4)  # amortised: few regrowths per request
         shape = (new_slots, self.n_kv_heads, new_time, self.head_dim)
+        huge = new_slots * new_time <= self.huge_pages_within
         for store in (self.keys, self.values):
             for layer in range(self.n_layers):
-                grown = np.zeros(shape, dtype=np.float32)
+                grown = _zeros(shape, huge)
                 if layer < len(store):
                     old = store[layer]
-                    grown[: old.shape[0], :, : old.shape[2]] = old
+                    if lengths is None:
+                        grown[: old.shape[0], :, : old.shape[2]] = old
+                    else:
+                        for slot, held in enumerate(lengths[: old.shape[0]]):  # slots past the old ones hold nothing yet
+                            grown[slot, :, :held] = old[slot, :, :held]
                     store[layer] = grown
                 else:
                     store.append(grown)
         self.slot_capacity, self.time_capacity = new_slots, new_time
 
     def move(self, source: int, target: int, length: int) -> None:
-        """Copy one slot's first `length` positions into another slot (a row changing places)."""
+        """Copy one slot's first `length` positions into another slot (a row changing places); what the
+        target held past them is released."""
         for store in (self.keys, self.values):
             for array in store:
                 array[target, :, :length] = array[source, :, :length]
+        self.release(target, length)
+
+    def release(self, slot: int, keep: int = 0) -> None:
+        """Give back the memory of the slot's positions from `keep` on (0: the whole slot, left empty)."""
+        if slot >= self.slot_capacity or keep >= self.time_capacity:
+            return
+        row = self.head_dim * DTYPE.itemsize  # bytes of one position of one head
+        run = self.time_capacity * row  # one head's positions in one slot
+        for array in self.keys + self.values:
+            base = slot * self.n_kv_heads * run
+            if keep == 0:
+                _release(array, base, base + self.n_kv_heads * run)
+                continue
+            for head in range(self.n_kv_heads):
+                _release(array, base + head * run + keep * row, base + (head + 1) * run)
 
     def clear(self) -> None:
         """Give the memory back (the batch is empty)."""

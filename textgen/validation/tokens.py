@@ -50,10 +50,12 @@ class PromptTokens:
         max_total_tokens: int,
         vocab_size: Optional[int] = None,
         eos_token_ids: Iterable[int] = (),
+        max_batch_total_tokens: Optional[int] = None,
     ):
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
+        self.max_batch_total_tokens = max_batch_total_tokens  # the KV-cache budget a request's rows must fit
         self._lock = threading.Lock()  # a fast tokenizer is not safe to share between request threads
         vocab_size = vocab_size or len(tokenizer)
         eos = list(eos_token_ids) or [t for t in (getattr(tokenizer, "eos_token_id", None),) if t is not None]
@@ -61,18 +63,21 @@ class PromptTokens:
 
     @classmethod
     def for_model(
-        cls, tokenizer, context: int, max_total_tokens=None, max_input_tokens=None, vocab_size=None, eos_token_ids=()
+        cls, tokenizer, context: int, max_total_tokens=None, max_input_tokens=None, vocab_size=None, eos_token_ids=(),
+        max_batch_total_tokens=None,
     ) -> "PromptTokens":
-        """Limits from the settings (None = TGI's defaults), never past the model's context."""
-        total = min(max_total_tokens or context, context)
-        return cls(tokenizer, min(max_input_tokens or total - 1, total - 1), total, vocab_size, eos_token_ids)
+        """Limits from the settings (None = TGI's defaults), never past the model's context nor the KV-cache
+        budget (MAX_BATCH_TOTAL_TOKENS: a longer request could never join the batch)."""
+        total = min(max_total_tokens or context, context, max_batch_total_tokens or context)
+        inputs = max(1, min(max_input_tokens or total - 1, total - 1))
+        return cls(tokenizer, inputs, total, vocab_size, eos_token_ids, max_batch_total_tokens)
 
     def tokenize(self, request: GenerationRequest) -> TokenizedRequest:
         """The prompt's ids within the limits, and the grammar compiled (both in the caller's thread);
         errors name the client's fields (`request.fields`)."""
         with self._lock:
             ids = self.tokenizer(request.prompt)["input_ids"]
-        kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens)
+        kept = kept_prompt_tokens(len(ids), request, self.max_input_tokens, self.max_total_tokens, self.max_batch_total_tokens)
         constraint = None
         if request.grammar is not None:
             constraint = self.grammars.compile(request.grammar, request.fields.grammar)
@@ -179,8 +184,11 @@ def kept_prompt_tokens(
     request: GenerationRequest,
     max_input_tokens: int,
     max_total_tokens: int,
+    max_batch_total_tokens: Optional[int] = None,
 ) -> int:
-    """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep."""
+    """Check the token-count limits of a tokenized prompt; return how many prompt tokens to keep. A
+    request of `n` completions holds n rows of prompt + new tokens: together they must fit the KV-cache
+    budget (`max_batch_total_tokens`), or the request could never join the batch."""
     prompt, new_tokens = request.fields.prompt, request.fields.max_new_tokens
     kept = kept_input_tokens(prompt_tokens, request, max_input_tokens)
     if kept + request.max_new_tokens > max_total_tokens:
@@ -188,6 +196,12 @@ def kept_prompt_tokens(
             f"`{prompt}` tokens + `{new_tokens}` must be <= {max_total_tokens}. "
             f"Given: {kept} `{prompt}` tokens and {request.max_new_tokens} `{new_tokens}`",
             new_tokens,
+        )
+    if max_batch_total_tokens is not None and request.n * (kept + request.max_new_tokens) > max_batch_total_tokens:
+        raise ValidationError(
+            f"`{request.fields.n}` x (`{prompt}` tokens + `{new_tokens}`) must be <= {max_batch_total_tokens} "
+            f"(MAX_BATCH_TOTAL_TOKENS, the KV-cache budget). Given: {request.n} x ({kept} + {request.max_new_tokens})",
+            request.fields.n,
         )
     return kept
 

@@ -53,6 +53,7 @@ def info():
         "max_stop_sequences": MAX_STOP_SEQUENCES,
         "max_input_tokens": engine_info["max_input_tokens"],
         "max_total_tokens": engine_info["max_total_tokens"],
+        "max_batch_total_tokens": engine_info["max_batch_total_tokens"],  # the KV-cache budget, set or derived
         "max_client_batch_size": 1,
         "router": "textgen",
         "version": __version__,
