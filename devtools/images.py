@@ -54,25 +54,6 @@ def build_model_image(tag: str, ctx: str, checkpoint: str, name: str) -> str:
     return tag
 
 
-def container_processes(name: str):
-    """The processes of a running container (its first and every descendant), seen from the host."""
-    import psutil
-
-    pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-    root = psutil.Process(pid)
-    return [root] + root.children(recursive=True)
-
-
-def pss_bytes(proc) -> int:
-    """Proportional set size: pages shared by gunicorn's master and worker (and the mapped graph file)
-    counted once across them, unlike RSS."""
-    with open(f"/proc/{proc.pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def build_distilgpt2_image(tag: str, ctx: str) -> str:
     """The image as Render or a cluster builds it, with DistilGPT2's architecture (random weights, GPT-2's
     real vocabulary when npm answers) in place of the Hub download; built from `ctx`, a new directory."""
@@ -86,10 +67,15 @@ def build_distilgpt2_image(tag: str, ctx: str) -> str:
     return tag
 
 
+def container_processes(name: str) -> list:
+    """The processes of a running container (its first and every descendant), seen from the host."""
+    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
+    return [root] + root.children(recursive=True)
+
+
 def container_pids(name: str) -> list:
     """The running container's processes, as this machine's pids."""
-    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
-    return [root.pid] + [p.pid for p in root.children(recursive=True)]
+    return [p.pid for p in container_processes(name)]
 
 
 def pss_mb(name: str) -> float:

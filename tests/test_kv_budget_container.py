@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.images import build_model_image, container_processes, docker, pss_bytes
+from devtools.images import build_model_image, docker, pss_mb
 from devtools.servers import free_port, wait_healthy
 from tests.real_weights import GGUF_NAME, smollm2_dir
 
@@ -73,7 +73,7 @@ class PeakPss:
         self._thread.start()
 
     def now(self) -> int:
-        return sum(pss_bytes(p) for p in container_processes(self.name))
+        return round(pss_mb(self.name) * 2**20)
 
     def _run(self):
         while not self._stop.is_set():

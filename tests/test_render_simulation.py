@@ -18,7 +18,8 @@ import pytest
 import requests
 import yaml
 
-from devtools.images import build_distilgpt2_image, container_processes, docker, pss_bytes
+from devtools.benchmark import summed_pss
+from devtools.images import build_distilgpt2_image, container_processes, docker
 from devtools.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -71,7 +72,7 @@ class Watch:
             try:
                 procs = container_processes(self.name)
                 self.peak_mb = max(self.peak_mb, sum(p.memory_info().rss for p in procs) / 2**20)
-                self.peak_pss_mb = max(self.peak_pss_mb, sum(pss_bytes(p) for p in procs) / 2**20)
+                self.peak_pss_mb = max(self.peak_pss_mb, (summed_pss(p.pid for p in procs) or 0) / 2**20)
             except (psutil.Error, subprocess.SubprocessError, ValueError, OSError):
                 procs = []
             if time.monotonic() >= next_health:
