@@ -126,11 +126,19 @@ def test_the_cli_says_the_same_in_one_line(gemma3_dir, tmp_path):
 
 def test_a_gguf_file_is_left_to_the_worker_to_convert_once_its_file_and_torch_are_there(tmp_path, monkeypatch):
     """The directory holding a GGUF file has no config.json until the worker converts it: the check
-    looks only for the file and for what converting needs."""
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    gguf = settings(model_id=str(tmp_path), model_gguf_file="model.gguf")
+    looks only for the file, its architecture (the header) and for what converting needs."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")  # a header and no tensors: enough here
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (tmp_path / "not.gguf").write_bytes(b"GGUF")
+    gguf_file = settings(model_id=str(tmp_path), model_gguf_file="model.gguf")
     monkeypatch.setattr(preflight, "_installed", lambda package: True)
-    check_servable(gguf)
+    check_servable(gguf_file)
+    assert "not a readable GGUF file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="not.gguf"))
     without_torch(monkeypatch)
-    assert "converting a GGUF file needs torch and transformers" in error_of(gguf)
+    assert "converting a GGUF file needs torch and transformers" in error_of(gguf_file)
     assert "MODEL_GGUF_FILE: no file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="absent.gguf"))
