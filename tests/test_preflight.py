@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from devtools.servers import ROOT, free_port
+from tests.no_torch import hidden_torch_env
 from textgen.model import preflight
 from textgen.model.preflight import NotServable, check_servable
 from textgen.settings import Settings
@@ -16,21 +17,6 @@ from textgen.settings import Settings
 # A family with no graph builder yet (Gemma 3's text model): what the image could not serve.
 GEMMA3_CONFIG = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}
-
-# Loaded by `site` at start-up (PYTHONPATH first on sys.path): torch and transformers cannot be imported
-# or found, as in the service image, which installs requirements-serve.txt alone.
-NO_TORCH = '''
-import sys
-
-class _Absent:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Absent())
-'''
-
 
 @pytest.fixture
 def gemma3_dir(tmp_path):
@@ -96,13 +82,6 @@ def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
     message = error_of(settings(model_id="no-such-owner/no-such-model"))
     assert "not a local directory, and the Hugging Face Hub did not provide it" in message
     assert "set MODEL_ID to a directory" in message
-
-
-def hidden_torch_env(tmp_path, model_dir):
-    hide = tmp_path / "no_torch"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(NO_TORCH)
-    return {**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{ROOT}", "MODEL_ID": model_dir, "HF_HUB_OFFLINE": "1"}
 
 
 def test_gunicorn_ends_with_one_line_and_no_worker_boots(gemma3_dir, tmp_path):

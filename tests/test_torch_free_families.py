@@ -1,0 +1,77 @@
+"""Every family starts with no torch in the process and generates what transformers generates (issue 25,
+"Done when"): the real service (gunicorn, gunicorn.conf.py) with torch and transformers unimportable, as
+in the image, the default backend (auto) and no quantization, one server per family; its greedy tokens
+against transformers' own `generate` on the same checkpoint, computed here (this process has torch)."""
+
+import pytest
+import requests
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from devtools.servers import free_port, start_module, stop_process, wait_healthy
+from tests.models import VARIANTS, make_tiny_llama
+from tests.no_torch import hidden_torch_env
+
+NEW_TOKENS = 12
+PROMPTS = [
+    "Hello",
+    "The quick brown fox",
+    # 63 tokens of the tiny tokenizer: past Mistral's window (8) and Phi-3's (12)
+    "Once upon a time, in a land far away, there lived a small dragon who liked to read books about the sea.",
+]
+
+
+def served_tokens(url: str, prompt: str) -> list:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": NEW_TOKENS, "do_sample": False, "details": True}}
+    response = requests.post(url + "/generate", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return [token["id"] for token in response.json()["details"]["tokens"]]
+
+
+def transformers_tokens(model, tokenizer, prompt: str) -> list:
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def sharpened(model_dir: str) -> str:
+    """The checkpoint with its layers' matrices 6x larger. At the initial scale the tiny model's greedy
+    tokens only echo the last prompt token, whatever the layers compute (the tied head reads back the
+    embedding the residual stream carries), so a wrong layer would go unseen; sharpened, they depend on
+    the whole context."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.ndim == 2 and "embed" not in name:
+                weight.mul_(6.0)
+    model.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_family_serves_without_torch_what_transformers_generates(variant, tiny_model_dir, tmp_path):
+    model_dir = sharpened(make_tiny_llama(str(tmp_path / variant), tiny_model_dir, variant))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    expected = [transformers_tokens(reference, tokenizer, prompt) for prompt in PROMPTS]
+    assert len({token for tokens in expected for token in tokens}) > NEW_TOKENS  # no echo of one token
+    if getattr(reference.config, "sliding_window", None):  # the window changes these tokens: a server ignoring it fails
+        assert len(tokenizer(PROMPTS[-1]).input_ids) > reference.config.sliding_window
+        unwindowed = AutoModelForCausalLM.from_pretrained(model_dir, sliding_window=None).eval()
+        assert transformers_tokens(unwindowed, tokenizer, PROMPTS[-1]) != expected[-1]
+
+    port = free_port()
+    env = hidden_torch_env(tmp_path, model_dir, PORT=str(port), THREADS="2", CACHE_DIR=str(tmp_path / "cache"))
+    for name in ("MODEL_BACKEND", "QUANTIZE", "MODEL_GGUF_FILE"):  # the defaults: auto, none
+        env.pop(name, None)
+    proc = start_module(["gunicorn", "app:app"], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, timeout=120, proc=proc)
+        info = requests.get(url + "/info", timeout=10).json()
+        assert (info["model_backend"], info["quantize"]) == ("onnx", "none")
+        assert [served_tokens(url, prompt) for prompt in PROMPTS] == expected
+    finally:
+        stop_process(proc)
+        print(proc.stdout.read())  # shown by pytest when the test fails
