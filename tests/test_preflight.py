@@ -3,6 +3,7 @@ gunicorn master before any worker boots and by the CLI, instead of a worker's 58
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,20 @@ def test_a_native_family_without_weights_says_what_is_missing(tiny_model_dir, tm
     config_only.mkdir()
     (config_only / "config.json").write_text(open(os.path.join(tiny_model_dir, "config.json")).read())
     assert "has neither safetensors weights nor a prebuilt ONNX graph" in error_of(settings(model_id=str(config_only)))
+
+
+def test_a_checkpoint_without_its_graph_where_onnx_is_absent_says_how_to_build_one(tiny_model_dir, tmp_path, monkeypatch):
+    """The image has onnxruntime but not onnx (the graph is built at image build time): a checkpoint
+    mounted there as the model cannot have its graph built by the worker."""
+    monkeypatch.setattr(preflight, "_installed", lambda package: package not in ("torch", "transformers", "onnx"))
+    message = error_of(settings(model_id=tiny_model_dir))
+    assert "no ONNX graph for QUANTIZE=none" in message and "scripts/build_graph.py" in message
+    prebuilt = tmp_path / "prebuilt"
+    shutil.copytree(tiny_model_dir, prebuilt)
+    graph = prebuilt / "onnx-none"
+    graph.mkdir()
+    (graph / "model.onnx").write_bytes(b"")  # found by name: the check reads no graph
+    check_servable(settings(model_id=str(prebuilt)))
 
 
 def test_a_forced_backend_that_cannot_serve_the_family_says_so(gemma3_dir):

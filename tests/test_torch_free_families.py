@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from devtools.servers import free_port, start_module, stop_process, wait_healthy
-from tests.models import VARIANTS, make_tiny_llama
+from tests.models import VARIANTS, make_tiny_llama, sharpen
 from tests.no_torch import hidden_torch_env
 
 NEW_TOKENS = 12
@@ -22,6 +22,7 @@ PROMPTS = [
 
 
 def served_tokens(url: str, prompt: str) -> list:
+    """The greedy tokens the service at `url` generates after `prompt`."""
     body = {"inputs": prompt, "parameters": {"max_new_tokens": NEW_TOKENS, "do_sample": False, "details": True}}
     response = requests.post(url + "/generate", json=body, timeout=60)
     assert response.status_code == 200, response.text
@@ -35,23 +36,9 @@ def transformers_tokens(model, tokenizer, prompt: str) -> list:
     return out[0, ids.shape[1] :].tolist()
 
 
-def sharpened(model_dir: str) -> str:
-    """The checkpoint with its layers' matrices 6x larger. At the initial scale the tiny model's greedy
-    tokens only echo the last prompt token, whatever the layers compute (the tied head reads back the
-    embedding the residual stream carries), so a wrong layer would go unseen; sharpened, they depend on
-    the whole context."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if weight.ndim == 2 and "embed" not in name:
-                weight.mul_(6.0)
-    model.save_pretrained(model_dir)
-    return model_dir
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_the_family_serves_without_torch_what_transformers_generates(variant, tiny_model_dir, tmp_path):
-    model_dir = sharpened(make_tiny_llama(str(tmp_path / variant), tiny_model_dir, variant))
+    model_dir = sharpen(make_tiny_llama(str(tmp_path / variant), tiny_model_dir, variant))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     expected = [transformers_tokens(reference, tokenizer, prompt) for prompt in PROMPTS]

@@ -17,6 +17,7 @@ from ..settings import Settings
 from .config import GPT2_TYPES, LLAMA_TYPES, NATIVE_TYPES, ROPE_TYPES, native_family, read_config, rope_type
 from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture
 from .loader import BACKEND_PACKAGES, choose_backend, model_directory
+from .onnx_backend.graph_files import prebuilt_graph
 
 
 class NotServable(Exception):
@@ -39,6 +40,14 @@ def check_servable(settings: Settings) -> None:
     missing = _missing(backend)
     if missing:
         raise NotServable(_missing_message(settings, config, source, backend, missing))
+    if backend == "onnx" and prebuilt_graph(source, settings.quantize) is None and not _installed("onnx"):
+        q = settings.quantize  # the image's case: a checkpoint mounted where a graph built at image build time was
+        raise NotServable(
+            f"MODEL_ID={settings.model_id}: no ONNX graph for QUANTIZE={q} in it (onnx-{q}/), and building one from "
+            "its weights needs the onnx package, which this install lacks (build the graph beforehand: "
+            f"python scripts/build_graph.py CHECKPOINT OUT --quantize {q}, then MODEL_ID=OUT; or docker build "
+            "--build-arg MODEL_ID=<its path in the build context>)"
+        )
 
 
 def _check_gguf(settings: Settings) -> None:
