@@ -41,9 +41,20 @@ ARCHITECTURES = {
 }
 PERMUTED = {"llama", "mistral", "granite", "smollm3"}  # LlamaModel's subclasses with undo_permute
 
-# What a llama.cpp GGUF cannot say about a checkpoint: the config keys its import reads differently
-# (llama.cpp serves the file the same way), for the test's reference checkpoint.
-NOT_CARRIED = {"mistral": {"sliding_window": None}}
+def not_carried(config: dict) -> dict:
+    """What a llama.cpp GGUF of this checkpoint cannot say, as llama.cpp (and the import) then read it:
+    config keys for `from_pretrained`, to build the test's reference from the same weights. Mistral's
+    file has no sliding window (full attention); Gemma 3's has no layer pattern (every 6th layer full)
+    nor query_pre_attn_scalar (the head width, but 27B's). Released Gemma 3s use exactly those; the
+    tiny one does not, so that its native graph is tested on them."""
+    if config["model_type"] == "mistral":
+        return {"sliding_window": None}
+    if config["model_type"] == "gemma3_text":
+        n = config["num_hidden_layers"]
+        full = [(i + 1) % 6 == 0 or not config.get("sliding_window") for i in range(n)]
+        return {"layer_types": ["full_attention" if f else "sliding_attention" for f in full],
+                "query_pre_attn_scalar": _head_dim(config)}
+    return {}
 
 
 def architecture_name(model_type: str) -> str:
@@ -112,11 +123,13 @@ def _hyperparameters(w: gguf.GGUFWriter, c: dict, file_type: int) -> None:
     w.add_feed_forward_length(c["intermediate_size"])
     w.add_head_count(c["num_attention_heads"])
     w.add_head_count_kv(c["num_key_value_heads"])
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind == "linear":
+    full = rope.get("full_attention", rope)  # Gemma 3: one RoPE per kind of layer
+    if full.get("rope_type", full.get("type", "default")) == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(rope["factor"])
-    w.add_rope_freq_base(rope.get("rope_theta", c.get("rope_theta")))
+        w.add_rope_scaling_factor(full["factor"])
+    w.add_rope_freq_base(full.get("rope_theta", c.get("rope_theta")))
+    if "sliding_attention" in rope:
+        w.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
     w.add_layer_norm_rms_eps(c["rms_norm_eps"])
     if c.get("head_dim") is not None:
         w.add_key_length(c["head_dim"])

@@ -7,10 +7,11 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, dequantize
 from gguf.quants import quantize
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-from tests.gguf_files import NOT_CARRIED, architecture_name, write_gguf
+from tests.gguf_files import architecture_name, not_carried, write_gguf
 from tests.models import VARIANTS, make_tiny_llama
 from textgen.model.gguf_metadata import GGUF_ARCHITECTURES
 from textgen.model.kv_cache import KVCache
@@ -25,13 +26,12 @@ DECODED = [41, 42, 43]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_model_dir):
-    """A tiny checkpoint of each variant, made on first use, with its model_type."""
+    """A tiny checkpoint of each variant, made on first use."""
     made = {}
 
     def get(variant):
         if variant not in made:
-            path = make_tiny_llama(str(tmp_path_factory.mktemp("ckpt-" + variant)), tiny_model_dir, variant)
-            made[variant] = (path, AutoModelForCausalLM.from_pretrained(path).config.model_type)
+            made[variant] = make_tiny_llama(str(tmp_path_factory.mktemp("ckpt-" + variant)), tiny_model_dir, variant)
         return made[variant]
 
     return get
@@ -62,10 +62,11 @@ def reference_logits(model):
     return logits[len(PROMPT) - 1 :].numpy()
 
 
-def reference_model(path, model_type):
+def reference_model(path):
     """The checkpoint as its GGUF file describes it: what llama.cpp's format cannot say read its way
-    (Mistral's file has no sliding window: llama.cpp serves it with full attention, and so does the import)."""
-    return AutoModelForCausalLM.from_pretrained(path, **NOT_CARRIED.get(model_type, {})).eval()
+    (tests/gguf_files.not_carried: Mistral's sliding window, Gemma 3's layer pattern and score scale)."""
+    config = AutoConfig.from_pretrained(path).to_dict()
+    return AutoModelForCausalLM.from_pretrained(path, **not_carried(config)).eval()
 
 
 def imported_variants():
@@ -77,18 +78,16 @@ def refused_variants():
 
 
 def _model_type(variant):
-    import transformers
-
-    return getattr(transformers, VARIANTS[variant][0] + "Config").model_type
+    return getattr(transformers, VARIANTS[variant][0] + "ForCausalLM").config_class.model_type
 
 
 @pytest.mark.parametrize("variant", imported_variants())
 def test_a_float32_gguf_serves_the_logits_of_its_checkpoint(variant, checkpoint, tmp_path):
-    path, model_type = checkpoint(variant)
+    path = checkpoint(variant)
     write_gguf(path, str(tmp_path / "model-f32.gguf"))
     model, tokenizer = load_model(gguf_settings(tmp_path, "model-f32.gguf", tmp_path / "cache"))
     assert model.backend == "onnx"
-    np.testing.assert_allclose(served_logits(model), reference_logits(reference_model(path, model_type)), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(served_logits(model), reference_logits(reference_model(path)), atol=1e-4, rtol=0)
     text = "Hello world, the tokens of a GGUF file."
     assert tokenizer.encode(text) == AutoTokenizer.from_pretrained(path).encode(text)
 
@@ -109,20 +108,20 @@ def test_a_q8_0_gguf_serves_what_its_file_holds(variant, checkpoint, tmp_path):
     """Q8_0 keeps a scale per block of 32 weights and rounds each to 1/127 of its block's largest: the
     import is held to transformers on exactly those weights (1e-4), and to the float checkpoint only
     as closely as that rounding allows (here within 10% of the logits' spread; measured 2-6%)."""
-    path, model_type = checkpoint(variant)
+    path = checkpoint(variant)
     write_gguf(path, str(tmp_path / "model-q8_0.gguf"), "Q8_0")
     model, _ = load_model(gguf_settings(tmp_path, "model-q8_0.gguf", tmp_path / "cache"))
     served = served_logits(model)
-    held = reference_logits(q8_0_round_trip(reference_model(path, model_type)))
+    held = reference_logits(q8_0_round_trip(reference_model(path)))
     np.testing.assert_allclose(served, held, atol=1e-4, rtol=0)
-    original = reference_logits(reference_model(path, model_type))
+    original = reference_logits(reference_model(path))
     assert 0 < np.abs(served - original).max() < 0.1 * original.std()
 
 
 @pytest.mark.parametrize("variant", refused_variants())
 def test_an_architecture_the_import_does_not_map_is_one_line_at_start(variant, checkpoint, tmp_path):
-    path, model_type = checkpoint(variant)
-    arch = architecture_name(model_type)
+    path = checkpoint(variant)
+    arch = architecture_name(_model_type(variant))
     assert arch not in GGUF_SUPPORTED_ARCHITECTURES  # transformers' reader refuses it: nothing to convert
     write_gguf(path, str(tmp_path / "model.gguf"))
     with pytest.raises(NotServable) as info:

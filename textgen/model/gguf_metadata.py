@@ -12,8 +12,8 @@ the rest is a different one. `config_overrides` returns what it misses, from the
 - Llama's RoPE scaling: `linear` as metadata, Llama 3's as the `rope_freqs` tensor (one divisor per
   frequency), from which the `llama3` parameters are solved back (Meta's low and high frequency
   factors, 1 and 4, and the original context that reproduces every divisor; refused otherwise);
-- Gemma 3's attention scale (llama.cpp's: 1/sqrt(head width), but for the 62-layer 27B) and the RoPE
-  base of its sliding layers.
+- Gemma 3's attention scale (llama.cpp's: 1/sqrt(head width), but for the 62-layer 27B), the RoPE of
+  each kind of layer (the sliding ones' base, the full ones' linear scaling) and its logit soft-capping.
 llama.cpp writes no other architectures of the families served (Granite, SmolLM3) in a form
 transformers reads: `GGUF_ARCHITECTURES` lists those it does, for the start-up check.
 """
@@ -58,13 +58,15 @@ def config_overrides(path: str) -> dict:
     if arch == "gemma3":
         head_dim = key("attention.key_length")
         overrides["query_pre_attn_scalar"] = width // heads if key("block_count") == 62 else head_dim
-        if key("attention.sliding_window"):
-            overrides["rope_parameters"] = {
-                "full_attention": {"rope_type": "default", "rope_theta": key("rope.freq_base")},
-                "sliding_attention": {"rope_type": "default", "rope_theta": key("rope.freq_base_swa", 10000.0)},
-            }
-        else:
+        overrides["final_logit_softcapping"] = key("final_logit_softcapping")
+        full = {"rope_type": "default", "rope_theta": key("rope.freq_base")}
+        if key("rope.scaling.type") == "linear":  # Gemma 3 4B and up scale their full layers' RoPE
+            full = {**full, "rope_type": "linear", "factor": key("rope.scaling.factor")}
+        sliding = {"rope_type": "default", "rope_theta": key("rope.freq_base_swa", 10000.0)}
+        overrides["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
+        if not key("attention.sliding_window"):
             overrides["sliding_window"] = None
+            overrides["layer_types"] = ["full_attention"] * key("block_count")
     return overrides
 
 
