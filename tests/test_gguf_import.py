@@ -105,17 +105,18 @@ def q8_0_round_trip(model):
 
 @pytest.mark.parametrize("variant", imported_variants())
 def test_a_q8_0_gguf_serves_what_its_file_holds(variant, checkpoint, tmp_path):
-    """Q8_0 keeps a scale per block of 32 weights and rounds each to 1/127 of its block's largest: the
-    import is held to transformers on exactly those weights (1e-4), and to the float checkpoint only
-    as closely as that rounding allows (here within 10% of the logits' spread; measured 2-6%)."""
+    """Q8_0 keeps one scale per block of 32 weights and rounds each weight to 1/127 of its block's
+    largest. The import adds no error of its own to that: it is held to transformers on exactly the
+    weights the file holds (1e-4, as float32). How far those are from the float checkpoint is Q8_0's
+    own doing (on these tiny random models 2-16% of the logits' spread, Gemma 3's the most), so it is
+    only checked to be there: the file really is quantized and the comparison above not float to float."""
     path = checkpoint(variant)
     write_gguf(path, str(tmp_path / "model-q8_0.gguf"), "Q8_0")
     model, _ = load_model(gguf_settings(tmp_path, "model-q8_0.gguf", tmp_path / "cache"))
     served = served_logits(model)
     held = reference_logits(q8_0_round_trip(reference_model(path)))
     np.testing.assert_allclose(served, held, atol=1e-4, rtol=0)
-    original = reference_logits(reference_model(path))
-    assert 0 < np.abs(served - original).max() < 0.1 * original.std()
+    assert np.abs(served - reference_logits(reference_model(path))).max() > 1e-3
 
 
 @pytest.mark.parametrize("variant", refused_variants())
