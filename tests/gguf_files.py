@@ -8,19 +8,25 @@ phi.py, granite.py, gemma.py of llama.cpp at llama-cpp-python 0.3.36): the share
 - Llama (and Mistral, Granite, SmolLM3, its subclasses): q and k rows permuted into GGML's rotary
   layout (`LlamaModel.permute`), `rope.dimension_count`, `vocab_size`; Llama 3's RoPE scaling as a
   `rope_freqs` tensor (one divisor per frequency), linear scaling as metadata.
-  Mistral is written as `llama`: nothing of its sliding window.
+  Mistral is written as `llama`: nothing of its sliding window. YaRN as metadata; dynamic NTK not at all.
 - Phi-3: its own hyperparameters (`rope.dimension_count` = the rotated width, `attention.sliding_window`,
-  0 for none), fused weights as they are.
+  0 for none), fused weights as they are; LongRoPE's factors as two tensors.
 - Granite: the four multipliers as `*_scale` keys; no head_dim.
 - Gemma 3: every norm weight + 1 (GGML's RMSNorm multiplies by the weight alone), `attention.key_length`,
   its sliding window.
 The tokenizer: a GPT-2-style byte-level BPE (`tokenizer.ggml.model` gpt2), its tokens, types and merges,
 as `_set_vocab_gpt2` writes them.
+
+Checked once against llama.cpp's converter itself (not run by the tests: it needs llama.cpp's source),
+its tokenizer-hash check and Phi-3's SentencePiece assumption bypassed for the tiny GPT-2 tokenizer:
+the same metadata but `general.name`, and the same tensors, F32 and Q8_0, for every variant of
+tests/models.py and for YaRN, dynamic-NTK and LongRoPE ones.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import gguf
@@ -43,10 +49,12 @@ PERMUTED = {"llama", "mistral", "granite", "smollm3"}  # LlamaModel's subclasses
 
 def not_carried(config: dict) -> dict:
     """What a llama.cpp GGUF of this checkpoint cannot say, as llama.cpp (and the import) then read it:
-    config keys for `from_pretrained`, to build the test's reference from the same weights. Mistral's
-    file has no sliding window (full attention); Gemma 3's has no layer pattern (every 6th layer full)
+    config keys for `from_pretrained`, to build the test's reference from the same weights. Dynamic-NTK
+    RoPE is not written (plain RoPE); Mistral's file has no sliding window (full attention); Gemma 3's has no layer pattern (every 6th layer full)
     nor query_pre_attn_scalar (the head width, but 27B's). Released Gemma 3s use exactly those; the
     tiny one does not, so that its native graph is tested on them."""
+    if _rope(config).get("rope_type") == "dynamic":  # llama.cpp writes nothing of it: plain RoPE
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": _rope(config).get("rope_theta", 10000.0)}}
     if config["model_type"] == "mistral":
         return {"sliding_window": None}
     if config["model_type"] == "gemma3_text":
@@ -102,8 +110,9 @@ def _hyperparameters(w: gguf.GGUFWriter, c: dict, file_type: int) -> None:
     model_type, rope = c["model_type"], _rope(c)
     if model_type == "phi3":  # Phi3MiniModel.set_gguf_parameters: its own, complete list
         rotated = int(rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0)) * c["hidden_size"])
+        original = rope.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
         w.add_context_length(c["max_position_embeddings"])
-        w.add_rope_scaling_orig_ctx_len(rope.get("original_max_position_embeddings", c.get("original_max_position_embeddings")))
+        w.add_rope_scaling_orig_ctx_len(original)
         w.add_embedding_length(c["hidden_size"])
         w.add_feed_forward_length(c["intermediate_size"])
         w.add_block_count(c["num_hidden_layers"])
@@ -114,6 +123,9 @@ def _hyperparameters(w: gguf.GGUFWriter, c: dict, file_type: int) -> None:
         w.add_rope_freq_base(rope.get("rope_theta", c.get("rope_theta")))
         w.add_file_type(file_type)
         w.add_sliding_window(c.get("sliding_window") or 0)
+        if rope.get("long_factor"):  # LongRoPE (Phi-3.5, Phi-4-mini): its attention factor, its factors as tensors
+            scale = c["max_position_embeddings"] / original
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
         return
     if model_type == "granite":
         c = {k: v for k, v in c.items() if k != "head_dim"}  # GraniteModel pops it
@@ -124,9 +136,21 @@ def _hyperparameters(w: gguf.GGUFWriter, c: dict, file_type: int) -> None:
     w.add_head_count(c["num_attention_heads"])
     w.add_head_count_kv(c["num_key_value_heads"])
     full = rope.get("full_attention", rope)  # Gemma 3: one RoPE per kind of layer
-    if full.get("rope_type", full.get("type", "default")) == "linear":
+    kind = full.get("rope_type", full.get("type", "default"))
+    if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(full["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(full["factor"])
+        w.add_rope_scaling_orig_ctx_len(full["original_max_position_embeddings"])
+        for key, add in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", w.add_rope_scaling_yarn_beta_fast), ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if full.get(key) is not None:
+                add(full[key])
+    elif kind == "longrope":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
     w.add_rope_freq_base(full.get("rope_theta", c.get("rope_theta")))
     if "sliding_attention" in rope:
         w.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
@@ -185,6 +209,9 @@ def _tensors(model_dir: str, config: dict):
         yield f"{names.get_name(base)}.{suffix}", data
     if _rope(config).get("rope_type") == "llama3":
         yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", _llama3_factors(config)
+    if model_type == "phi3" and _rope(config).get("long_factor"):  # Phi3MiniModel.generate_extra_tensors
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", np.array(_rope(config)["long_factor"], np.float32)
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", np.array(_rope(config)["short_factor"], np.float32)
 
 
 def _permute(weights: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:

@@ -9,9 +9,10 @@ the rest is a different one. `config_overrides` returns what it misses, from the
   but not in general);
 - Phi-3's rotated width (`rope.dimension_count`, Phi-4-mini's 3/4 of a head) and its sliding window
   (`attention.sliding_window`, 0 for none);
-- Llama's RoPE scaling: `linear` as metadata, Llama 3's as the `rope_freqs` tensor (one divisor per
-  frequency), from which the `llama3` parameters are solved back (Meta's low and high frequency
-  factors, 1 and 4, and the original context that reproduces every divisor; refused otherwise);
+- RoPE scaling (Llama, Qwen): `linear` and `yarn` as metadata, Llama 3's as the `rope_freqs` tensor
+  (one divisor per frequency), from which the `llama3` parameters are solved back (Meta's low and high
+  frequency factors, 1 and 4, and the original context that reproduces every divisor; refused
+  otherwise); Phi-3's LongRoPE factors, two tensors;
 - Gemma 3's attention scale (llama.cpp's: 1/sqrt(head width), but for the 62-layer 27B), the RoPE of
   each kind of layer (the sliding ones' base, the full ones' linear scaling) and its logit soft-capping.
 llama.cpp writes no other architectures of the families served (Granite, SmolLM3) in a form
@@ -49,10 +50,12 @@ def config_overrides(path: str) -> dict:
         rotary = key("rope.dimension_count") / (width // heads)
         overrides["partial_rotary_factor"] = rotary
         overrides["rope_parameters"] = {"rope_type": "default", "rope_theta": key("rope.freq_base"),
-                                        "partial_rotary_factor": rotary}
+                                        "partial_rotary_factor": rotary, **_longrope(reader, key)}
         overrides["sliding_window"] = key("attention.sliding_window") or None
-    if arch == "llama":
-        rope = _llama_rope(reader, key)
+        if key("rope.scaling.original_context_length"):
+            overrides["original_max_position_embeddings"] = key("rope.scaling.original_context_length")
+    if arch in ("llama", "qwen2", "qwen3"):
+        rope = _scaled_rope(reader, key)
         if rope is not None:
             overrides["rope_parameters"] = rope
     if arch == "gemma3":
@@ -70,14 +73,33 @@ def config_overrides(path: str) -> dict:
     return overrides
 
 
-def _llama_rope(reader, key) -> Optional[dict]:
+def _scaled_rope(reader, key) -> Optional[dict]:
+    """`linear` and `yarn` scaling, written as metadata; Llama 3's, as the `rope_freqs` tensor."""
     theta = key("rope.freq_base", 10000.0)
     if key("rope.scaling.type") == "linear":
         return {"rope_type": "linear", "factor": key("rope.scaling.factor"), "rope_theta": theta}
+    if key("rope.scaling.type") == "yarn":
+        rope = {"rope_type": "yarn", "factor": key("rope.scaling.factor"), "rope_theta": theta,
+                "original_max_position_embeddings": key("rope.scaling.original_context_length")}
+        for name, config_key in (("yarn_ext_factor", "extrapolation_factor"), ("yarn_attn_factor", "attention_factor"),
+                                 ("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if key(f"rope.scaling.{name}") is not None:
+                rope[config_key] = key(f"rope.scaling.{name}")
+        return rope
     tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
     if tensor is None:
         return None
     return _llama3_parameters(np.asarray(tensor.data, dtype=np.float64), theta, key("rope.dimension_count"))
+
+
+def _longrope(reader, key) -> dict:
+    """Phi-3.5's and Phi-4-mini's LongRoPE: its two lists of factors, stored as tensors."""
+    factors = {t.name: [float(x) for x in t.data] for t in reader.tensors if t.name.startswith("rope_factors_")}
+    if "rope_factors_long.weight" not in factors:
+        return {}
+    return {"rope_type": "longrope", "long_factor": factors["rope_factors_long.weight"],
+            "short_factor": factors["rope_factors_short.weight"],
+            "original_max_position_embeddings": key("rope.scaling.original_context_length")}
 
 
 def _llama3_parameters(divisors: np.ndarray, theta: float, dim: int) -> dict:
