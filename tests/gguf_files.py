@@ -50,11 +50,14 @@ PERMUTED = {"llama", "mistral", "granite", "smollm3"}  # LlamaModel's subclasses
 def not_carried(config: dict) -> dict:
     """What a llama.cpp GGUF of this checkpoint cannot say, as llama.cpp (and the import) then read it:
     config keys for `from_pretrained`, to build the test's reference from the same weights. Dynamic-NTK
-    RoPE is not written (plain RoPE); Mistral's file has no sliding window (full attention); Gemma 3's has no layer pattern (every 6th layer full)
+    RoPE is not written (plain RoPE), nor YaRN's mscale, mscale_all_dim and truncate; Mistral's file has no sliding window (full attention); Gemma 3's has no layer pattern (every 6th layer full)
     nor query_pre_attn_scalar (the head width, but 27B's). Released Gemma 3s use exactly those; the
     tiny one does not, so that its native graph is tested on them."""
-    if _rope(config).get("rope_type") == "dynamic":  # llama.cpp writes nothing of it: plain RoPE
-        return {"rope_parameters": {"rope_type": "default", "rope_theta": _rope(config).get("rope_theta", 10000.0)}}
+    rope = _rope(config)
+    if rope.get("rope_type") == "dynamic":  # llama.cpp writes nothing of it: plain RoPE
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": rope.get("rope_theta", 10000.0)}}
+    if rope.get("rope_type") == "yarn":  # nor YaRN's mscale, mscale_all_dim and truncate: their defaults
+        return {"rope_parameters": {k: v for k, v in rope.items() if k not in ("mscale", "mscale_all_dim", "truncate")}}
     if config["model_type"] == "mistral":
         return {"sliding_window": None}
     if config["model_type"] == "gemma3_text":

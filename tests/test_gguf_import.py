@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
 from tests.gguf_files import architecture_name, not_carried, write_gguf
-from tests.models import VARIANTS, make_tiny_llama
+from tests.models import VARIANTS, make_tiny_llama, transformers_logits
 from textgen.model.gguf_metadata import GGUF_ARCHITECTURES
 from textgen.model.kv_cache import KVCache
 from textgen.model.loader import load_model
@@ -56,9 +56,10 @@ def served_logits(model):
 
 
 def reference_logits(model):
-    """transformers' own logits at the same positions (one pass over prompt and decoded tokens)."""
+    """transformers' own logits at the same positions (prompt and decoded tokens in one pass, but past a
+    longrope model's original context: tests/models.transformers_logits)."""
     with torch.no_grad():
-        logits = model(torch.tensor([PROMPT + DECODED])).logits[0]
+        logits = transformers_logits(model, torch.tensor([PROMPT + DECODED]))
     return logits[len(PROMPT) - 1 :].numpy()
 
 

@@ -1,7 +1,9 @@
 """The native GPT-2 and Llama modules against transformers on the same weights, and backend choice."""
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,12 +12,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.models import VARIANTS, make_tiny_llama
+import transformers
+
+from tests.models import ROPE_SCALINGS, VARIANTS, make_tiny_llama, transformers_logits
 from textgen.engine import Engine
 from textgen.model.kv_cache import KVCache
 from textgen.model.config import read_config
 from textgen.model.contract import CausalLM
 from textgen.model.loader import choose_backend, load_model
+from textgen.model.rope import rope_tables
 from textgen.settings import Settings
 from textgen.validation import validate_generate
 
@@ -88,12 +93,81 @@ def test_native_logits_equal_transformers(which, chunk, family_dir):
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.randint(0, model.vocab_size, (1, 23), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        expected = reference(ids).logits[0]
+        expected = transformers_logits(reference, ids)
         got = every_position_logits(model, ids, chunk)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
     last = last_logits(model, ids, chunk)
     assert last.dtype == np.float32 and np.abs(last - expected[-1].numpy()).max() < 1e-4
+
+
+SHORT, LONG = [1.0, 1.2, 1.5, 2.0, 2.6, 3.1, 4.0, 5.5], [2.0, 3.0, 4.5, 6.0, 8.0, 11.0, 15.0, 21.0]
+# RoPE parameters beyond the tiny variants' (tests.models.ROPE_SCALINGS): each type's optional keys given,
+# and left to their defaults. (family, config beyond a 64-wide, 4-head, 256-position shape)
+ROPE_CASES = {
+    **{kind: ("Llama", {"rope_parameters": rope}) for kind, rope in ROPE_SCALINGS.items() if kind != "longrope"},
+    "yarn, attention_factor given, bounds truncated": ("Llama", {"rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "attention_factor": 0.8,
+        "beta_fast": 8.0, "beta_slow": 0.5, "rope_theta": 100.0}}),
+    "yarn, mscale alone": ("Llama", {"rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 3.0, "rope_theta": 500.0}}),
+    "yarn, defaults (Qwen3's)": ("Qwen3", {"head_dim": 24, "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 1000.0}}),
+    "longrope on a Llama": ("Llama", {"rope_parameters": {
+        "rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG, "original_max_position_embeddings": 16}}),
+    "longrope, factor and attention_factor given": ("Phi3", {"original_max_position_embeddings": 32, "rope_parameters": {
+        "rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG, "factor": 3.0, "attention_factor": 1.3}}),
+    "longrope, factor given, 3/4 rotary": ("Phi3", {"original_max_position_embeddings": 16, "partial_rotary_factor": 0.75,
+        "rope_parameters": {"rope_type": "longrope", "short_factor": SHORT[:6], "long_factor": LONG[:6], "factor": 3.0}}),
+}
+
+
+@pytest.mark.parametrize("case", ROPE_CASES)
+def test_rope_tables_equal_transformers(case):
+    """rope.py's cos and sin at every position of the context against transformers' rotary embedding
+    module (attention factor included). longrope: below the original context against transformers
+    called on a sequence within it (short factors), from it on against a sequence past it (long)."""
+    family, extra = ROPE_CASES[case]
+    shape = dict(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, rope_theta=10000.0)
+    config = getattr(transformers, family + "Config")(**{**shape, **extra})
+    module = importlib.import_module(f"transformers.models.{family.lower()}.modeling_{family.lower()}")
+    rotary = getattr(module, family + "RotaryEmbedding")(config)
+    rope = config.rope_parameters
+    dim = int((getattr(config, "head_dim", None) or 16) * rope.get("partial_rotary_factor", 1.0))
+    cos, sin = rope_tables(config.to_dict(), dim, 256)
+    assert cos.shape == sin.shape == (256, dim // 2) and cos.dtype == np.float32
+    split = rope.get("original_max_position_embeddings") if rope["rope_type"] == "longrope" else None
+    # longrope: one sequence within the original context, one past it
+    for rows in [slice(0, split), slice(split, 256)] if split else [slice(0, 256)]:
+        with torch.no_grad():
+            want_cos, want_sin = rotary(torch.zeros(1), torch.arange(rows.stop)[None])
+        np.testing.assert_allclose(cos[rows], want_cos[0, rows, : dim // 2].numpy(), atol=5e-5, rtol=0)
+        np.testing.assert_allclose(sin[rows], want_sin[0, rows, : dim // 2].numpy(), atol=5e-5, rtol=0)
+
+
+def test_longrope_rotates_each_position_with_its_own_factors(family_dir, tmp_path):
+    """A 30-token prompt past the tiny Phi-3's original context (16), prefilled in one call: equal to
+    transformers fed the 16 first tokens, then one at a time (rope.py's rule), and not to transformers'
+    one call (long factors over the whole prompt). The long factors are used, from position 16 exactly:
+    with them replaced by the short ones, the first 16 positions stay bit-identical and the rest change."""
+    model_dir = family_dir("phi3-longrope")
+    model, _ = native(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(0, model.vocab_size, (1, 30), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        got = every_position_logits(model, ids, 64)
+        assert (got - transformers_logits(reference, ids)).abs().max() < 1e-4
+        assert (got - reference(ids).logits[0]).abs().max() > 1e-3  # ten times the tolerance
+    shorts_only = str(tmp_path / "shorts-only")
+    shutil.copytree(model_dir, shorts_only)
+    config = read_config(shorts_only)
+    config["rope_scaling"]["long_factor"] = config["rope_scaling"]["short_factor"]
+    with open(os.path.join(shorts_only, "config.json"), "w") as f:
+        json.dump(config, f)
+    with torch.inference_mode():
+        changed = every_position_logits(native(shorts_only)[0], ids, 64)
+    assert torch.equal(changed[:16], got[:16])
+    assert (changed[16:] - got[16:]).abs().amax(dim=-1).min() > 1e-3
 
 
 @pytest.mark.parametrize("backend", ["torch", "transformers"])
@@ -157,11 +231,11 @@ def test_auto_backend_is_onnx_for_known_architectures_only(tiny_model_dir, llama
     (graph_only / "config.json").write_text(json.dumps(read_config(tiny_model_dir)))
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "int8") == "onnx"
     assert choose_backend("auto", read_config(str(graph_only)), str(graph_only), "none") == "transformers"
-    # Llama 3's scaled RoPE is computed natively (logits: test_native_logits_equal_transformers); a RoPE
-    # variant that is not (YaRN) sends such a Llama to transformers.
-    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "llama3", "factor": 8.0})
-    assert choose_backend("auto", config, llama_dir) == "onnx"
+    # Scaled RoPE is computed natively (logits: test_native_logits_equal_transformers); a RoPE type that
+    # is not (Gemma 4's `proportional`) sends such a Llama to transformers.
     config = dict(read_config(llama_dir), rope_scaling={"rope_type": "yarn", "factor": 8.0})
+    assert choose_backend("auto", config, llama_dir) == "onnx"
+    config = dict(read_config(llama_dir), rope_scaling={"rope_type": "proportional", "factor": 8.0})
     assert choose_backend("auto", config, llama_dir) == "transformers"
 
 

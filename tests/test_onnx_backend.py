@@ -2,7 +2,8 @@
 
 Each scenario runs rows through `OnnxModel.forward` the way the engine does (prefill chunks of
 different lengths, rows with different pasts, idle rows, decode steps, slots past 0) and compares every
-returned row with the logits transformers computes for the whole sequence in one plain forward.
+returned row with the logits transformers computes for the whole sequence in one plain forward (a
+longrope model past its original context: tests.models.transformers_logits says how).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.models import ROPE_SCALINGS, VARIANTS, make_tiny_llama
+from tests.models import ROPE_SCALINGS, VARIANTS, make_tiny_llama, transformers_logits
 from textgen.model.onnx_backend import onnx_graph
 from textgen.model.kv_cache import KVCache
 from textgen.model.onnx_backend.onnx_graph import graph_path
@@ -46,13 +47,14 @@ def load(model_dirs, graph_cache, arch, quantize):
 
 
 def reference_logits(source: str, sequences):
-    """transformers' logits at every position of each whole sequence (no cache)."""
+    """transformers' logits at every position of each whole sequence (one call; for longrope past its
+    original context, tests.models.transformers_logits's rule)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     with torch.no_grad():
-        return [model(torch.tensor(seq)[None]).logits[0].numpy() for seq in sequences]
+        return [transformers_logits(model, torch.tensor(seq)[None]).numpy() for seq in sequences]
 
 
 class Rows:
@@ -154,7 +156,7 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", *(v for v in VARIANTS if v != "linear-rope")])
+@pytest.mark.parametrize("arch", ["gpt2", *(v for v in VARIANTS if v not in ("linear-rope", "dynamic-rope"))])
 def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
     model = load(model_dirs, graph_cache, arch, "int8")
     assert model.dtype_name == "int8"
@@ -266,14 +268,18 @@ def test_checkpoint_reader_widens_half_precision(tmp_path):
 
 
 def test_which_rope_variants_the_native_families_compute():
-    """Plain, linear and Llama 3's RoPE are computed here (logits above); the others (dynamic NTK, YaRN,
-    longrope) still go to transformers rather than being served wrong."""
-    from textgen.model.config import native_family
+    """Every RoPE type of transformers' Llama-family models is computed here (logits above), in either
+    key a config may use; one that is not (Gemma 4's `proportional`) goes to transformers rather than
+    being served wrong, and so does a config that says no type we know."""
+    from textgen.model.config import ROPE_TYPES, native_family
 
     llama = {"model_type": "llama"}
     assert native_family(llama) == "llama"
+    assert set(ROPE_TYPES) == {"default", *ROPE_SCALINGS}
     for kind, rope in ROPE_SCALINGS.items():
         assert native_family({**llama, "rope_parameters": rope}) == "llama", kind
         assert native_family({**llama, "rope_scaling": rope}) == "llama", kind  # the older configs' key
-    for kind in ("dynamic", "yarn", "longrope"):
+    for kind in ("proportional", "su"):
         assert native_family({**llama, "rope_parameters": {"rope_type": kind, "factor": 2.0}}) is None, kind
+    # Phi-3's older configs name longrope "su" (transformers reads it so, and so does config.rope_type).
+    assert native_family({"model_type": "phi3", "rope_scaling": {"type": "su", **ROPE_SCALINGS["longrope"]}}) == "llama"

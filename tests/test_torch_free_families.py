@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from devtools.servers import free_port, start_module, stop_process, wait_healthy
-from tests.models import VARIANTS, make_tiny_llama, sharpen
+from tests.models import VARIANTS, make_tiny_llama, sharpen, transformers_logits
 from tests.no_torch import hidden_torch_env
 
 NEW_TOKENS = 12
@@ -30,10 +30,19 @@ def served_tokens(url: str, prompt: str) -> list:
 
 
 def transformers_tokens(model, tokenizer, prompt: str) -> list:
+    """transformers' greedy tokens: its `generate`; for a longrope model, token by token under the rule
+    the native backends follow past its original context (tests/models.transformers_logits: `generate`
+    rotates a whole prompt past it with the long factors, so its keys depend on the prompt's length)."""
     ids = tokenizer(prompt, return_tensors="pt").input_ids
+    rope = getattr(model.config, "rope_parameters", None) or {}
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
+        if rope.get("rope_type") != "longrope":
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False)
+            return out[0, ids.shape[1] :].tolist()
+        tokens = []
+        while len(tokens) < NEW_TOKENS and (not tokens or tokens[-1] != model.config.eos_token_id):
+            tokens.append(int(transformers_logits(model, torch.tensor([ids[0].tolist() + tokens]))[-1].argmax()))
+    return tokens
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

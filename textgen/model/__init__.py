@@ -20,6 +20,7 @@ Files here, shared by the backends:
 - preflight.py: `check_servable`: whether this install can serve MODEL_ID, said in one line before a
   worker boots.
 - config.py: a checkpoint's config.json, its native family and its shape (the one reader of them).
+- rope.py: RoPE's cos/sin tables for every RoPE type served natively, numpy only, both backends' one source.
 - safetensors.py: where a checkpoint's tensors are (the one header parser); each backend reads them.
 - tokenizer.py: the lean `tokenizers`-only tokenizer of the native families.
 - build_cache.py: what is built once under CACHE_DIR (ONNX graphs, GGUF conversions).

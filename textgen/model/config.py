@@ -5,6 +5,8 @@ its shape. Every backend takes the shape from here: the native families' from co
 (`transformers_shape`).
 
 Kept apart from the modules that define the families, so that choosing a backend never imports torch.
+Which RoPE type a config has is read here (`rope_type`, `rope_parameters`); what each type computes
+(position -> cos, sin) is rope.py's, the one source both native backends take their tables from.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 from typing import NamedTuple, Optional
-
-import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
 LLAMA_TYPES = {"granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
@@ -34,9 +34,10 @@ def native_family(config: dict) -> Optional[str]:
     return None
 
 
-# RoPE variants the native families compute (`scaled_inv_freq`); the others (dynamic, yarn, longrope)
-# go to transformers.
-ROPE_TYPES = ("default", "linear", "llama3")
+# RoPE types the native families compute: every one transformers' Llama-family models use. Their tables
+# (position -> cos, sin) are computed in one place, rope.py, for both backends; read its docstring for
+# where `dynamic` and `longrope` are fixed per position rather than per forward call as in transformers.
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
 
 
 def _llama_supported(config: dict) -> bool:
@@ -78,7 +79,7 @@ def attention_window(config: dict) -> Optional[int]:
 def rotary_dim(config: dict, head_dim: int) -> int:
     """The leading channels of each head that RoPE rotates: all, or `partial_rotary_factor` of them
     (Phi-4-mini: 0.75); the rest pass through."""
-    factor = _rope_parameters(config).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    factor = rope_parameters(config).get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     return int(head_dim * factor)
 
 
@@ -95,7 +96,7 @@ def rope_layers(config: dict) -> list:
     return [bool(flag) for flag in flags]
 
 
-def _rope_parameters(config: dict) -> dict:
+def rope_parameters(config: dict) -> dict:
     """RoPE's parameters: transformers 5 writes `rope_parameters`, older configs `rope_scaling`; where
     both are present, the one that scales."""
     given = [rope for rope in (config.get("rope_parameters"), config.get("rope_scaling")) if rope]
@@ -108,30 +109,9 @@ def _kind(rope: dict) -> str:
 
 
 def rope_type(config: dict) -> str:
-    return _kind(_rope_parameters(config))
-
-
-def scaled_inv_freq(config: dict, inv_freq: np.ndarray) -> np.ndarray:
-    """RoPE's inverse frequencies [head_dim / 2] (float32, as computed for the plain variant) under the
-    config's scaling, as transformers' `modeling_rope_utils` computes them: `linear` divides every
-    frequency by `factor`; `llama3` (Llama 3.1/3.2) divides the low ones (wavelengths past
-    original_max_position_embeddings / low_freq_factor) and blends the middle band smoothly."""
-    kind, rope = rope_type(config), _rope_parameters(config)
-    if kind == "default":
-        return inv_freq
-    factor = float(rope["factor"])
-    if kind == "linear":
-        return (inv_freq / factor).astype(np.float32)
-    if kind != "llama3":
-        raise ValueError(f"RoPE type {kind!r} is not computed here (native RoPE types: {', '.join(ROPE_TYPES)})")
-    low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
-    old_context = float(rope["original_max_position_embeddings"])
-    wavelen = 2 * np.pi / inv_freq
-    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
-    smooth = (old_context / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
+    kind = _kind(rope_parameters(config))
+    # Phi-3's older configs call longrope "su" (or "yarn"), which transformers reads as longrope.
+    return "longrope" if config.get("model_type") == "phi3" and kind in ("su", "yarn") else kind
 
 
 def rope_theta(config: dict) -> float:

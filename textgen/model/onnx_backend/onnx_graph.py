@@ -18,7 +18,8 @@ to the same memory as the past ones (GroupQueryAttention writes the new position
 Layout: every residual add is folded into a Skip(Simplified)LayerNormalization (its 4th output is the
 new residual stream, its `bias` input carries the previous projection's bias); attention is
 com.microsoft GroupQueryAttention (GPT-2: the fused c_attn output as packed QKV; Llama: q, k, v after
-com.microsoft RotaryEmbedding with the explicit position ids); the final norm runs on all positions,
+com.microsoft RotaryEmbedding with the explicit position ids, its cos/sin tables from rope.py, which
+the torch module uses too); the final norm runs on all positions,
 then `logit_index` gathers the wanted rows before the LM head.
 
 Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rotate row s at P + s
@@ -50,8 +51,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
 from ..config import (
-    attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rope_theta, rotary_dim, scaled_inv_freq,
+    attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rotary_dim,
 )
+from ..rope import rope_tables
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
@@ -231,15 +233,6 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     return g.model()
 
 
-def rotary_tables(config: dict, head_dim: int, positions: int):
-    """cos and sin [positions, head_dim / 2] for rotate-half RoPE, in float32 as transformers computes
-    them (angle = position / theta^(2i / head_dim), the frequencies scaled as the config says)."""
-    inv_freq = (1.0 / (rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
-    inv_freq = scaled_inv_freq(config, inv_freq)
-    angles = np.outer(np.arange(positions, dtype=np.float32), inv_freq).astype(np.float32)
-    return np.cos(angles), np.sin(angles)
-
-
 def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
     def w(name):
         return ckpt.get("model." + name)
@@ -257,7 +250,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     residual_scale = _scalar(g, "residual_multiplier", scales.residual)
     x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
     rotated = rotary_dim(config, head_dim)
-    cos, sin = rotary_tables(config, rotated, shape.context)
+    cos, sin = rope_tables(config, rotated, shape.context)
     uses_rope = rope_layers(config)
     cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
     ffn = config["intermediate_size"]

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import attention_window, llama_shape, multipliers, rope_layers, rope_theta, rotary_dim, scaled_inv_freq
+from ..config import attention_window, llama_shape, multipliers, rope_layers, rotary_dim
+from ..rope import rope_tables
 from ..kv_cache import KVCache
 from .checkpoint import Checkpoint
 from .layers import attend, attention_mask, embedding_and_head, make_linear, pick_positions
@@ -72,13 +73,10 @@ class Llama(nn.Module):
         tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in checkpoint
         head = None if tied else "lm_head.weight"
         self.embed, self.lm_head = embedding_and_head(checkpoint, "model.embed_tokens.weight", head, quantize, skinny)
-        # Rotary tables for every position: angle = position / theta^(2i/dim), each frequency used twice.
+        # Rotary tables for every position (rope.py, the ONNX graph's too), each frequency used twice.
         self.rotated = rotary_dim(config, self.head_dim)  # Phi-4-mini rotates only the leading 3/4 of a head
-        inv_freq = 1.0 / (rope_theta(config) ** (torch.arange(0, self.rotated, 2, dtype=torch.float32) / self.rotated))
-        inv_freq = torch.from_numpy(scaled_inv_freq(config, inv_freq.numpy()))  # the plain variant: unchanged
-        angles = torch.outer(torch.arange(self.context, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        self.cos, self.sin = angles.cos(), angles.sin()
+        cos, sin = (torch.from_numpy(table) for table in rope_tables(config, self.rotated, self.context))
+        self.cos, self.sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
         self.uses_rope = rope_layers(config)
         self.window = attention_window(config)  # Mistral's sliding window, or None
         self.scales = multipliers(config)  # Granite's; 1 and None elsewhere
