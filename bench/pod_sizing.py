@@ -33,14 +33,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-import psutil
 import requests
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devtools.benchmark import cpu_snapshot, others_cpu_share, wait_until_quiet  # noqa: E402
-from devtools.images import build_distilgpt2_image, docker, prune_dangling_images  # noqa: E402
+from devtools.images import build_distilgpt2_image, container_pids, docker, pss_mb, prune_dangling_images  # noqa: E402
 from devtools.servers import ROOT, free_port  # noqa: E402
 
 IMAGE = "gpt2-text-generator-k8s-sizing"
@@ -60,22 +59,6 @@ def build_image() -> str:
         build_distilgpt2_image(IMAGE, ctx)
     prune_dangling_images(started)  # the image this build replaced, and older builder stages
     return IMAGE
-
-
-def container_pids(name: str) -> list:
-    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
-    return [root.pid] + [p.pid for p in root.children(recursive=True)]
-
-
-def pss_mb(name: str) -> float:
-    total = 0
-    for pid in container_pids(name):
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
-        except (OSError, StopIteration):
-            pass
-    return total / 2**20
 
 
 class Watch:

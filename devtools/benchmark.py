@@ -1,8 +1,8 @@
 """What the benchmarks (bench/) share: the model they measure (real DistilGPT2, or its shape with random
 weights) and their prompts; starting a server with its memory watched from the first instant, and
 stopping it; how much CPU other processes take on this shared machine, and waiting until they rest;
-percentiles; the code and the machine measured. Free ports and waiting for /health come from
-devtools/servers.py, shared with the tests.
+percentiles; the process tree's summed PSS; the code and the machine measured. Free ports and waiting
+for /health come from devtools/servers.py, shared with the tests.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,10 +60,10 @@ def prepare_model(choice: str) -> tuple[str, str]:
     return target, "random weights, DistilGPT2 config"
 
 
-def code_version() -> dict:
+def code_version(root: str = ROOT) -> dict:
     """The commit measured, and the files that differed from it (the numbers are those of the tree)."""
     def git(*args):
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return done.stdout.rstrip("\n") if done.returncode == 0 else None  # porcelain lines start with a space
 
     changed = git("status", "--porcelain", "--untracked-files=no")
@@ -97,6 +98,28 @@ def percentile(values, q: float) -> float:
     index = (len(ordered) - 1) * q / 100
     low, high = int(index), min(int(index) + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
+
+
+def median_rows(rows: list, by, keys) -> list:
+    """One row per value of the `by` fields (a system and its level, measured in several passes): the
+    median of each of `keys` over its rows (None values left out), the other fields from its first row."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for group in groups.values():
+        merged = {k: v for k, v in group[0].items() if k != "pass"}
+        merged["passes"] = len(group)
+        for key in keys:
+            values = [r[key] for r in group if r.get(key) is not None]
+            merged[key] = _tidy(statistics.median(values)) if values else None
+        out.append(merged)
+    return out
+
+
+def _tidy(value):
+    value = round(value, 3)  # no float noise in the tables; whole numbers stay whole
+    return int(value) if float(value).is_integer() else value
 
 
 class RssSampler:
@@ -168,12 +191,42 @@ class RssSampler:
     def pids(self) -> set:
         return {proc.pid for proc in self.tree()}
 
+    def pss(self) -> Optional[int]:
+        """Summed PSS of the tree now: what the processes cost the machine, shared pages split between
+        their users (a cgroup's limit counts them once; summed RSS counts the shared file pages twice)."""
+        return summed_pss(self.pids())
+
     def new_window(self) -> None:
         self.window_peak = self.current()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def smaps_pss(text: str) -> int:
+    """Bytes of PSS in the text of a /proc/<pid>/smaps_rollup (its `Pss:` line, in kB)."""
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError("no Pss: line")
+
+
+def summed_pss(pids, proc: str = "/proc") -> Optional[int]:
+    """PSS summed over `pids` (a process that exited meanwhile counts 0); None where the kernel has no
+    smaps_rollup (before Linux 4.14) or hides it."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, str(pid), "smaps_rollup")) as f:
+                total += smaps_pss(f.read())
+        except FileNotFoundError:
+            if not os.path.isdir(os.path.join(proc, str(pid))):
+                continue  # gone: nothing left to count
+            return None
+        except (OSError, ValueError):
+            return None
+    return total
 
 
 def cpu_snapshot(pids) -> tuple:
@@ -242,15 +295,15 @@ class Server:
             return "".join(f.readlines()[-lines:])
 
 
-def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0) -> Server:
-    """Start `cmd` (from the project root), watch its memory at once, and wait for GET /health = 200.
+def launch(cmd, port: int, env: Optional[dict] = None, timeout: float = 300.0, cwd: str = ROOT) -> Server:
+    """Start `cmd` (from the project root, or another checkout's `cwd`), watch its memory at once, and wait for GET /health = 200.
 
     The sampler starts right after Popen, before the server has loaded anything, so the peak during the
     model load is measured and not only the steady state. The output goes to a temporary file, shown
     if the server dies before it is healthy."""
     log = tempfile.NamedTemporaryFile("w", prefix="bench-server-", suffix=".log", delete=False)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     server = Server(proc, f"http://127.0.0.1:{port}", RssSampler(proc.pid), log.name)
     try:

@@ -8,6 +8,9 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 
+import psutil
+
+from devtools.benchmark import summed_pss
 from devtools.models import fetch_gpt2_vocab, make_distilgpt2
 from devtools.servers import ROOT
 
@@ -53,3 +56,15 @@ def build_distilgpt2_image(tag: str, ctx: str) -> str:
     make_distilgpt2(os.path.join(ctx, "models", "distilgpt2-random"), vocab)
     docker("build", "--build-arg", "MODEL_ID=models/distilgpt2-random", "-t", tag, ctx)
     return tag
+
+
+def container_pids(name: str) -> list:
+    """The running container's processes, as this machine's pids."""
+    root = psutil.Process(int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout.strip()))
+    return [root.pid] + [p.pid for p in root.children(recursive=True)]
+
+
+def pss_mb(name: str) -> float:
+    """The container's processes' summed proportional set size (pages shared by gunicorn's master and
+    worker, and a mapped graph file, counted once), in MiB: unlike the cgroup's usage, no page cache."""
+    return (summed_pss(container_pids(name)) or 0) / 2**20

@@ -2,9 +2,13 @@
 command line, one request.
 
 The GGUF is made from the same `save_pretrained` directory as the other rows, with the converter that
-ships in llama.cpp's source tree (vendored in the llama-cpp-python sdist), and cached under
-~/.cache/textgen keyed by the checkpoint's path, size and time, so a run converts at most once.
-Served with continuous batching over 8 slots sharing one KV cache, as a CPU user would run it.
+ships in llama.cpp's source tree (vendored in the llama-cpp-python sdist); the types the converter cannot
+write (q4_0) are converted to f32 first and then quantized by `llama-quantize`, built beside the server.
+A model that is a GGUF already (SmolLM2's Q4_1) is requantized from that file
+(`llama-quantize --allow-requantize`). Cached under the bench's cache directory (~/.cache/textgen by
+default), keyed by the source's path, size and time, so a run converts at most once.
+Served with continuous batching over as many slots as the most clients measured, sharing one KV cache,
+as a CPU user would run it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import requests
 
 from devtools.benchmark import CACHE
 
-QUANTS = ("q8_0", "f32")
+# The converter writes these itself; the others are quantized from its f32 by llama-quantize.
+CONVERTER_TYPES = ("q8_0", "f32")
+QUANTS = ("q8_0", "f32", "q4_0")
 
 
 def find_converter(binary: str) -> str:
@@ -37,15 +43,47 @@ def find_converter(binary: str) -> str:
     raise FileNotFoundError(f"no convert_hf_to_gguf.py under {base}; pass --llama-convert")
 
 
-def gguf_for(model_dir: str, quant: str, converter: str) -> str:
-    """The model as a GGUF file of type `quant`, converted once and cached."""
-    weights = os.path.join(model_dir, "model.safetensors")
+def find_quantize(binary: str) -> str:
+    """llama-quantize, built into the same bin/ directory as llama-server."""
+    path = os.path.join(os.path.dirname(os.path.abspath(binary)), "llama-quantize")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {path}: cmake --build llbuild --target llama-quantize")
+    return path
+
+
+def gguf_for(source: str, quant: str, converter: str, quantize: str, cache: str = CACHE) -> str:
+    """The model as a GGUF file of type `quant`, made once and cached. `source` is a `save_pretrained`
+    directory, or a GGUF file to requantize."""
+    weights = source if source.endswith(".gguf") else os.path.join(source, "model.safetensors")
     stat = os.stat(weights)
-    key = hashlib.sha256(f"{os.path.abspath(model_dir)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = os.path.join(CACHE, "llama-gguf", f"{os.path.basename(model_dir.rstrip('/'))}-{key}-{quant}.gguf")
-    if not os.path.exists(out):
-        _convert(model_dir, quant, converter, out)
+    key = hashlib.sha256(f"{os.path.abspath(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    name = os.path.basename(source.rstrip("/")).removesuffix(".gguf")  # "llama-3.2-1b-random" keeps its dots
+    out = os.path.join(cache, "llama-gguf", f"{name}-{key}-{quant}.gguf")
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if source.endswith(".gguf"):
+        _quantize(quantize, source, out, quant)
+    elif quant in CONVERTER_TYPES:
+        _convert(source, quant, converter, out)
+    else:
+        f32 = gguf_for(source, "f32", converter, quantize, cache)
+        _quantize(quantize, f32, out, quant)
+        os.unlink(f32)  # 4 bytes a weight: only the quantized file is served
     return out
+
+
+def _quantize(binary: str, src: str, out: str, quant: str) -> None:
+    print(f"quantizing {src} to {quant} ...", flush=True)
+    partial = out + ".tmp"
+    env = {**os.environ, "LD_LIBRARY_PATH": library_path(binary)}
+    _run([binary, "--allow-requantize", src, partial, quant.upper()], env)
+    os.replace(partial, out)  # only a finished file is ever found in the cache
+
+
+def library_path(binary: str) -> str:
+    """The build's shared libraries sit beside its binaries, where the loader may not look."""
+    return os.pathsep.join(p for p in (os.path.dirname(os.path.abspath(binary)), os.environ.get("LD_LIBRARY_PATH")) if p)
 
 
 def _convert(model_dir: str, quant: str, converter: str, out: str) -> None:
@@ -64,11 +102,16 @@ def _convert(model_dir: str, quant: str, converter: str, out: str) -> None:
         env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(converter), "gguf-py")}
         partial = out + ".tmp"
         print(f"converting {model_dir} to GGUF {quant} ...", flush=True)
-        subprocess.run(
-            [sys.executable, converter, staging, "--outtype", quant, "--outfile", partial],
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        _run([sys.executable, converter, staging, "--outtype", quant, "--outfile", partial], env)
         os.replace(partial, out)  # only a finished file is ever found in the cache
+
+
+def _run(cmd: list, env: dict) -> None:
+    """Run a conversion step quietly; if it fails, say why (the end of its output)."""
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
 
 
 def server_cmd(binary: str, gguf: str, port: int, parallel: int, ctx: int, threads: int) -> list:

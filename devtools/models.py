@@ -5,6 +5,10 @@ and the benchmarks (scripts/make_model.py is their command line).
 - `make_distilgpt2`: DistilGPT2's exact architecture (models/distilgpt2-config.json) with random weights:
   the same cost per token as the real model (benchmarks). Given a folder holding GPT-2's vocab.json and
   merges.txt (`fetch_gpt2_vocab` makes one) it gets GPT-2's real tokenizer; otherwise a trained one.
+- `make_llama_3_2_1b`: Llama 3.2 1B's exact architecture (models/llama-3.2-1b-config.json: 128,256-token
+  vocabulary, tied embeddings, llama3 RoPE scaling) with random float32 weights (~5 GB) and GPT-2's
+  tokenizer, whose ids all fall inside that vocabulary: the memory and cost per token of the real model
+  (int4's memory measurement, docs/models.md).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILGPT2_CONFIG = os.path.join(ROOT, "models", "distilgpt2-config.json")
+LLAMA_3_2_1B_CONFIG = os.path.join(ROOT, "models", "llama-3.2-1b-config.json")
 EOS = "<|endoftext|>"
 
 # Enough text for a few hundred merges in English and Portuguese (the seed's two languages).
@@ -105,6 +110,19 @@ def make_distilgpt2(out_dir: str, gpt2_vocab: str | None = None, seed: int = 0) 
     tokenizer = gpt2_tokenizer(gpt2_vocab) if gpt2_vocab else train_tokenizer()
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    _save(model, tokenizer, out_dir)
+    return out_dir
+
+
+def make_llama_3_2_1b(out_dir: str, gpt2_vocab: str | None = None, seed: int = 0) -> str:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with open(LLAMA_3_2_1B_CONFIG) as f:
+        config = LlamaConfig(**json.load(f))
+    tokenizer = gpt2_tokenizer(gpt2_vocab) if gpt2_vocab else train_tokenizer()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
     _save(model, tokenizer, out_dir)
     return out_dir
 

@@ -1,7 +1,7 @@
 """Turn a checkpoint into what the service image serves: the ONNX graph (8-bit weights by default),
 the config and the tokenizer files, without the float32 weights and without torch (Dockerfile).
 
-    python scripts/build_graph.py CHECKPOINT_DIR OUT_DIR [--quantize int8|none]
+    python scripts/build_graph.py CHECKPOINT_DIR OUT_DIR [--quantize int8|int4|none]
 
 OUT_DIR then loads with MODEL_ID=OUT_DIR and the same QUANTIZE: the loader finds the graph in
 `OUT_DIR/onnx-<quantize>/` and needs no weights.
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("out")
-    parser.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    parser.add_argument("--quantize", choices=["int8", "int4", "none"], default="int8")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     for pattern in KEPT:

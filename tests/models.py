@@ -43,7 +43,15 @@ VARIANTS = {
     "phi3": ("Phi3", {"partial_rotary_factor": 0.75, "sliding_window": 12}),  # fused weights; RoPE on 3/4 of a head
     "phi3-longrope": ("Phi3", {"partial_rotary_factor": 0.75, "original_max_position_embeddings": 16,
                                "rope_parameters": ROPE_SCALINGS["longrope"]}),
+    # A sliding layer (window 8, its own RoPE base) beside a full one (scaled RoPE, as from Gemma 3 4B up);
+    # scores scaled by query_pre_attn_scalar, not head_dim; its zero-initialised norms randomised below.
+    "gemma3": ("Gemma3", {"head_dim": 24, "query_pre_attn_scalar": 40, "sliding_window": 8,
+                          "layer_types": ["sliding_attention", "full_attention"],
+                          "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                              "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}}}),
 }
+# transformers' config class, where it is not the family's name + "Config" (Gemma3Config is the multimodal one)
+CONFIG_CLASSES = {"Gemma3": "Gemma3TextConfig"}
 
 
 def make_tiny_llama(out_dir: str, tokenizer_dir: str, variant: str = "llama", seed: int = 0) -> str:
@@ -70,7 +78,7 @@ def make_tiny_llama(out_dir: str, tokenizer_dir: str, variant: str = "llama", se
     torch.manual_seed(seed)
     if family in ("SmolLM3", "Phi3"):  # their default pad ids lie outside the tiny vocabulary
         shape["pad_token_id"] = tokenizer.eos_token_id
-    config = getattr(transformers, family + "Config")(**{**shape, **extra})
+    config = getattr(transformers, CONFIG_CLASSES.get(family, family + "Config"))(**{**shape, **extra})
     model = getattr(transformers, family + "ForCausalLM")(config)
     for layer in model.model.layers:  # random where the default (zeros, ones) would hide a weight left out
         attention = layer.self_attn
@@ -80,6 +88,9 @@ def make_tiny_llama(out_dir: str, tokenizer_dir: str, variant: str = "llama", se
         for norm in (getattr(attention, name, None) for name in ("q_norm", "k_norm")):
             if norm is not None:
                 torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    for module in model.modules():  # Gemma's norms are applied as 1 + weight, and start at 0
+        if "RMSNorm" in type(module).__name__ and not module.weight.any():
+            torch.nn.init.uniform_(module.weight, -0.5, 0.5)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if variant in SHIPPED_AS_ROPE_SCALING:

@@ -239,6 +239,36 @@ def test_auto_backend_is_onnx_for_known_architectures_only(tiny_model_dir, llama
     assert choose_backend("auto", config, llama_dir) == "transformers"
 
 
+def test_gemma3_configs_read_as_transformers_reads_them():
+    """Gemma 3's layers from both forms of its config: the Hub's (transformers 4.5x: `rope_theta` and
+    `rope_scaling` for the full layers, `rope_local_base_freq` for the sliding ones, every
+    `sliding_window_pattern`-th layer full) and transformers 5's (`layer_types`, `rope_parameters` by layer
+    type): each layer's window and RoPE tables as transformers' own Gemma 3 has them. Logit
+    soft-capping, which the native definitions do not compute, sends a config to transformers."""
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
+
+    from textgen.model.config import attention_windows, layer_rope, native_family
+    from textgen.model.rope import rope_tables
+
+    hub = {"model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 8, "num_attention_heads": 4, "head_dim": 32,
+           "vocab_size": 400, "sliding_window": 16, "sliding_window_pattern": 3, "rope_theta": 5e5,
+           "rope_local_base_freq": 2e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}  # none of them the default
+    theirs = Gemma3TextConfig.from_dict(hub)
+    assert theirs.layer_types.count("full_attention") == 2
+    rotary = Gemma3RotaryEmbedding(theirs)
+    positions = torch.arange(64)[None]
+    for config in (hub, theirs.to_dict()):
+        assert native_family(config) == "llama"
+        assert attention_windows(config) == [16 if kind == "sliding_attention" else None for kind in theirs.layer_types]
+        for params, kind in zip(layer_rope(config), theirs.layer_types):
+            want = rotary(torch.zeros(1), positions, kind)
+            for got, expected in zip(rope_tables(config, 32, 64, params), want):
+                np.testing.assert_allclose(got, expected[0, :, :16].numpy(), rtol=0, atol=1e-6)
+        for capping in ("final_logit_softcapping", "attn_logit_softcapping"):
+            assert native_family({**config, capping: 30.0}) is None
+
+
 def test_serving_a_native_model_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path):
     """The default path (ONNX Runtime, graph built on first start) needs neither torch nor
     transformers' modeling classes nor (with tokenizer.json) its tokenizers: torch alone is ~220 MB

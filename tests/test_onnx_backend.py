@@ -156,10 +156,11 @@ def test_padding_past_the_context(model_dirs, graph_cache, arch):
     rows.expect(logits, [3, 9], None, reference, FLOAT_TOLERANCE)
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
 @pytest.mark.parametrize("arch", ["gpt2", *(v for v in VARIANTS if v not in ("linear-rope", "dynamic-rope"))])
-def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch):
-    model = load(model_dirs, graph_cache, arch, "int8")
-    assert model.dtype_name == "int8"
+def test_quantized_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, arch, quantize):
+    model = load(model_dirs, graph_cache, arch, quantize)
+    assert model.dtype_name == quantize
     sequences = random_sequences(model.vocab_size, [4, 11, 17])
 
     def run(rows_sequences, row):
@@ -178,7 +179,7 @@ def test_int8_row_is_bit_identical_alone_and_batched(model_dirs, graph_cache, ar
     assert np.array_equal(alone[0], batched[0]) and np.array_equal(alone[1], batched[1])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
 def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
     exact = load(model_dirs, graph_cache, arch, "none")
     int8 = load(model_dirs, graph_cache, arch, "int8")
@@ -199,6 +200,60 @@ def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
     assert relative.max() < 0.1, relative.max()
 
 
+def bits_of(model, op_type):
+    """{node name: its `bits` attribute} of the graph's `op_type` nodes."""
+    return {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node if n.op_type == op_type}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_int4_graph_has_4_bit_mlps_and_8_bit_attention_head_and_embedding(model_dirs, arch):
+    model = onnx_graph.build_model(model_dirs[arch], "int4")
+    config = read_config(model_dirs[arch])
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    assert not [n for n in model.graph.node if n.op_type == "MatMul"]  # every weight quantized
+    bits = {}  # what each MatMulNBits multiplies by (its weight's name, from the checkpoint's module) -> bits
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            assert (attrs["block_size"], attrs["accuracy_level"]) == (32, 4)
+            part = "head" if "logits" in node.output else "attention" if "attn." in node.input[1] else "mlp"
+            bits.setdefault(part, []).append(attrs["bits"])
+            if attrs["bits"] == 4:
+                assert len(node.input) > 3 and node.input[3], "int4 blocks carry zero points"
+    assert bits == {"attention": [8] * 2 * layers, "mlp": [4] * 2 * layers, "head": [8]}
+    assert list(bits_of(model, "GatherBlockQuantized").values()) == [8]
+    assert {p.key: p.value for p in model.metadata_props}["textgen.quantize"] == "int4"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "qwen3"])
+def test_int4_logits_close_to_float32(model_dirs, graph_cache, arch):
+    """How far 4 bits may move the logits. A 4-bit block of 32 Gaussian weights (with a zero point) has a
+    step of (max - min) / 15 ~ 0.28 sigma, so each MLP weight is off by ~8% of sigma (int8's step is 17x
+    finer); these tiny models' weights are all Gaussian, and int4 leaves attention and the head in 8 bits.
+    Measured (relative RMS of the logits, 24 rows): gpt2 0.067, llama 0.029, qwen2 0.012, qwen3 0.027
+    (with the attention in 4 bits too, 0.08-0.14). The bound, 0.15, is twice the largest; a wrong scale,
+    zero point or nibble order gives ~1."""
+    exact = load(model_dirs, graph_cache, arch, "none")
+    int4 = load(model_dirs, graph_cache, arch, "int4")
+    assert int4.dtype_name == "int4"
+    lengths = list(range(1, 25))
+    sequences = random_sequences(exact.vocab_size, lengths, seed=3)
+    tokens = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        tokens[i, : len(seq)] = seq
+    outputs = []
+    for model in (exact, int4):
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(len(lengths), 32)
+        outputs.append(model.forward(tokens, np.zeros(len(lengths), np.int64), np.array(lengths), cache, 0, True))
+    want, got = outputs
+    relative = np.linalg.norm(got - want) / np.linalg.norm(want)
+    agree = np.mean(want.argmax(axis=1) == got.argmax(axis=1))
+    print(f"\n{arch} int4: logits' relative RMS error {relative:.3f}, argmax agreement {agree:.2f}")
+    assert relative < 0.15, relative
+    assert agree >= 0.75, agree
+
+
 def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
     builds = []
     real_build = onnx_graph.build_graph
@@ -209,7 +264,11 @@ def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
     assert len(builds) == 1 and os.stat(first).st_mtime_ns == mtime
     other = graph_path(model_dirs["gpt2"], str(tmp_path), "int8")
     assert other != first and len(builds) == 2
-    assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(os.path.dirname(p)) for p in (first, other)})
+    int4 = graph_path(model_dirs["gpt2"], str(tmp_path), "int4")
+    assert int4 not in (first, other) and len(builds) == 3
+    assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(os.path.dirname(p)) for p in (first, other, int4)})
+    keys = {q: onnx_graph.graph_key(model_dirs["gpt2"], q) for q in ("none", "int8", "int4")}
+    assert len(set(keys.values())) == 3
 
 
 def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path):
@@ -234,7 +293,7 @@ def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path)
         run({prebuilt!r})
         assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runtime imported torch or onnx"
         from textgen.model.onnx_backend.onnx_graph import graph_path
-        for quantize in ("none", "int8"):
+        for quantize in ("none", "int8", "int4"):
             run(graph_path({source!r}, {str(tmp_path)!r}, quantize))
         assert "torch" not in sys.modules, "building the graph imported torch"
         print("ok")

@@ -15,17 +15,20 @@ from textgen.model import preflight
 from textgen.model.preflight import NotServable, check_servable
 from textgen.settings import Settings
 
-# A family with no graph builder yet (Gemma 3's text model): what the image could not serve.
-GEMMA3_CONFIG = {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "hidden_size": 64,
-                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}
+# A family with no graph builder (GPT-NeoX, Pythia's): what the image cannot serve.
+NEOX_CONFIG = {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 400}
+
+def config_dir(path, config):
+    """A checkpoint as far as the start-up check reads it: its config."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
 
 @pytest.fixture
-def gemma3_dir(tmp_path):
-    """A Gemma 3 checkpoint as far as the start-up check reads it: its config."""
-    model = tmp_path / "gemma3"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(GEMMA3_CONFIG))
-    return str(model)
+def neox_dir(tmp_path):
+    return config_dir(tmp_path / "neox", NEOX_CONFIG)
 
 
 def settings(**fields):
@@ -44,16 +47,25 @@ def error_of(s):
     return message
 
 
-def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(gemma3_dir, monkeypatch):
+def test_a_family_without_a_graph_builder_and_no_torch_names_its_type_and_the_families_served(neox_dir, monkeypatch):
     without_torch(monkeypatch)
-    message = error_of(settings(model_id=gemma3_dir))
-    assert "'gemma3_text'" in message and "(gpt2, granite, llama, mistral, phi3, qwen2, qwen3, smollm3)" in message
+    message = error_of(settings(model_id=neox_dir))
+    assert "'gpt_neox'" in message and "(gemma3_text, gpt2, granite, llama, mistral, phi3, qwen2, qwen3, smollm3)" in message
     assert "torch and transformers" in message and "requirements-torch.txt" in message
 
 
-def test_the_same_family_with_torch_installed_goes_to_transformers_quietly(gemma3_dir, monkeypatch):
+def test_a_served_family_with_what_its_graph_does_not_compute_names_it(tmp_path, monkeypatch):
+    """Gemma 2's logit soft-capping in a Gemma 3 config: refused by the native definitions, not ignored."""
+    without_torch(monkeypatch)
+    config = {"model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "vocab_size": 400, "final_logit_softcapping": 30.0}
+    message = error_of(settings(model_id=config_dir(tmp_path / "capped", config)))
+    assert "model_type 'gemma3_text' with final_logit_softcapping 30.0 is not served without torch" in message
+
+
+def test_the_same_family_with_torch_installed_goes_to_transformers_quietly(neox_dir, monkeypatch):
     monkeypatch.setattr(preflight, "_installed", lambda package: True)
-    check_servable(settings(model_id=gemma3_dir))
+    check_servable(settings(model_id=neox_dir))
 
 
 def test_a_native_family_needs_no_torch(tiny_model_dir, monkeypatch):
@@ -84,8 +96,16 @@ def test_a_checkpoint_without_its_graph_where_onnx_is_absent_says_how_to_build_o
     check_servable(settings(model_id=str(prebuilt)))
 
 
-def test_a_forced_backend_that_cannot_serve_the_family_says_so(gemma3_dir):
-    assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'gemma3_text'" in error_of(settings(model_id=gemma3_dir, model_backend="onnx"))
+def test_a_forced_backend_that_cannot_serve_the_family_says_so(neox_dir):
+    assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'gpt_neox'" in error_of(settings(model_id=neox_dir, model_backend="onnx"))
+
+
+def test_int4_for_a_family_only_transformers_serves_says_so(neox_dir, monkeypatch):
+    """QUANTIZE=int4 is ONNX Runtime's: with MODEL_BACKEND=auto a family without a graph builder is refused
+    at start (torch installed or not), rather than served in float32 by transformers."""
+    monkeypatch.setattr(preflight, "_installed", lambda package: True)
+    message = error_of(settings(model_id=neox_dir, quantize="int4"))
+    assert "QUANTIZE=int4" in message and "'gpt_neox'" in message and "QUANTIZE=int8 or none" in message
 
 
 def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
@@ -99,22 +119,22 @@ def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
     assert "set MODEL_ID to a directory" in message
 
 
-def test_gunicorn_ends_with_one_line_and_no_worker_boots(gemma3_dir, tmp_path):
-    env = {**hidden_torch_env(tmp_path, gemma3_dir), "PORT": str(free_port())}
+def test_gunicorn_ends_with_one_line_and_no_worker_boots(neox_dir, tmp_path):
+    env = {**hidden_torch_env(tmp_path, neox_dir), "PORT": str(free_port())}
     done = subprocess.run([sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     ours = [line for line in output.splitlines() if line.startswith("textgen: cannot serve this model:")]
-    assert len(ours) == 1 and "'gemma3_text'" in ours[0], output
+    assert len(ours) == 1 and "'gpt_neox'" in ours[0], output
     assert "Traceback" not in output and "Booting worker" not in output, output
 
 
-def test_the_cli_says_the_same_in_one_line(gemma3_dir, tmp_path):
+def test_the_cli_says_the_same_in_one_line(neox_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "textgen", "generate", "Hello"], cwd=ROOT,
-                          env=hidden_torch_env(tmp_path, gemma3_dir), capture_output=True, text=True, timeout=120)
+                          env=hidden_torch_env(tmp_path, neox_dir), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert done.stderr.strip().count("\n") == 0 and "'gemma3_text'" in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "'gpt_neox'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 

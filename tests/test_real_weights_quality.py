@@ -298,3 +298,52 @@ def test_int8_greedy_continuations_mostly_match(fp32, int8):
             print(f"\ndiffers: {prompt!r}\n  float32 {tokenizer.decode(a)!r}\n  int8    {tokenizer.decode(b)!r}")
     print(f"\n{fp32[0].backend} int8 greedy: first 16 tokens identical to float32 for {matches}/20 prompts")
     assert matches >= 14, f"only {matches}/20 greedy continuations match"
+
+
+# int4: the onnx backend's alone (the torch backends refuse it, tests/test_settings.py). The issue's target
+# is within 5% of float32; measured +8.0% with int4's scheme (onnx_backend/quantize.py: every variant
+# tried, from +5.0% with half the layer weights in 8 bits to +34.7%). The bound guards that level, and
+# is no claim that the target is met.
+INT4_PERPLEXITY_BOUND = 0.10
+
+
+@pytest.fixture(scope="module")
+def onnx_models():
+    """SmolLM2 on ONNX Runtime at each quantization: {QUANTIZE: (model, tokenizer)}."""
+    return {quantize: load_model(settings(quantize=quantize, model_backend="onnx")) for quantize in ("none", "int8", "int4")}
+
+
+def test_int4_perplexity_within_10_percent(onnx_models):
+    tokenizer = onnx_models["none"][1]
+    with open(PASSAGE, encoding="utf-8") as f:
+        ids = tokenizer(f.read())["input_ids"]
+    assert onnx_models["int4"][0].dtype_name == "int4"
+    ppl = {quantize: perplexity(model, ids) for quantize, (model, _) in onnx_models.items()}
+    change = {quantize: 100 * (ppl[quantize] / ppl["none"] - 1) for quantize in ("int8", "int4")}
+    print(
+        f"\nonnx: perplexity over {len(ids)} tokens: float32 {ppl['none']:.3f}, int8 {ppl['int8']:.3f} "
+        f"({change['int8']:+.2f}%), int4 {ppl['int4']:.3f} ({change['int4']:+.2f}%)"
+    )
+    assert ppl["none"] < 30
+    assert ppl["int4"] / ppl["none"] - 1 <= INT4_PERPLEXITY_BOUND, f"int4 perplexity {ppl['int4']:.3f}, float32 {ppl['none']:.3f}"
+
+
+def test_int4_greedy_continuations_beside_int8(onnx_models):
+    """The first 16 greedy tokens of each prompt at float32, int8 and int4, printed side by side (docs/models.md
+    quotes them). int4's text is its own (measured: 2 of 20 equal to float32's for 16 tokens, int8 16 of 20),
+    but its first token is float32's for 10 of 20 prompts; a broken graph (a wrong zero point, nibble order,
+    block layout) gets next to none, and a random model one in ~50,000."""
+    tokenizer = onnx_models["none"][1]
+    prompts = [tokenize(tokenizer, prompt) for prompt in GREEDY_PROMPTS]
+    tokens = {quantize: greedy(model, prompts) for quantize, (model, _) in onnx_models.items()}
+    same = {quantize: 0 for quantize in ("int8", "int4")}
+    first_token = 0
+    for i, prompt in enumerate(GREEDY_PROMPTS):
+        print(f"\n{prompt!r}")
+        for quantize in ("none", "int8", "int4"):
+            print(f"  {quantize:5} {tokenizer.decode(tokens[quantize][i])!r}")
+        for quantize in same:
+            same[quantize] += tokens[quantize][i] == tokens["none"][i]
+        first_token += tokens["int4"][i][0] == tokens["none"][i][0]
+    print(f"\nfirst 16 tokens identical to float32: int8 {same['int8']}/20, int4 {same['int4']}/20; int4's first token {first_token}/20")
+    assert first_token >= 8, f"int4's first greedy token differs from float32's for {20 - first_token}/20 prompts"

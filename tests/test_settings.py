@@ -38,14 +38,25 @@ def test_a_bad_value_names_the_variable():
         Settings.from_env(environ={"PORT": "abc"})
 
 
+def test_int4_is_for_the_onnx_backend():
+    """4-bit weights are ONNX Runtime's MatMulNBits: the default backends take them, the torch ones
+    are refused at once, with a message naming both settings (not a worker failing later)."""
+    for backend in ("auto", "onnx"):
+        settings = Settings.from_env(environ={"QUANTIZE": "int4", "MODEL_BACKEND": backend})
+        assert (settings.quantize, settings.model_backend) == ("int4", backend)
+    for backend in ("torch", "native", "transformers"):
+        with pytest.raises(ValueError, match=f"QUANTIZE=int4 is served by the onnx backend only, not MODEL_BACKEND={backend}"):
+            Settings.from_env(environ={"QUANTIZE": "int4", "MODEL_BACKEND": backend})
+
+
 def test_backend_quantize_and_chunk_settings():
     s = Settings.from_env(environ={"MODEL_BACKEND": "torch", "QUANTIZE": "int8", "PREFILL_CHUNK_TOKENS": "64"})
     assert s.model_backend == "torch" and s.quantize == "int8" and s.prefill_chunk_tokens == 64
     assert Settings.from_env(environ={}).model_backend == "auto"
     for backend in ("onnx", "native", "transformers"):  # "native": the old name of "torch", still read
         assert Settings.from_env(environ={"MODEL_BACKEND": backend}).model_backend == backend
-    with pytest.raises(ValueError, match="QUANTIZE='int4': expected one of none, int8"):
-        Settings.from_env(environ={"QUANTIZE": "int4"})
+    with pytest.raises(ValueError, match="QUANTIZE='int2': expected one of none, int8, int4"):
+        Settings.from_env(environ={"QUANTIZE": "int2"})
     with pytest.raises(ValueError, match="MODEL_BACKEND='tensorflow'"):
         Settings.from_env(environ={"MODEL_BACKEND": "tensorflow"})
     with pytest.raises(ValueError, match="PREFILL_CHUNK_TOKENS"):

@@ -58,7 +58,10 @@ class Settings:
     model_backend: str = "auto"
     # "int8": 8-bit weights (onnx: blocks of 32, one scale each; torch: one scale per output channel), ~4x
     # less memory for the weights and 2-4x faster decoding on a CPU, at under 1% perplexity (docs/models.md,
-    # int8); the Docker image is built with it. "none" keeps the checkpoint's float32 numbers.
+    # int8); the Docker image is built with it. "int4" (onnx backend only): the MLPs' weights in 4 bits
+    # (blocks of 32 with zero points), attention, embedding and LM head in 8: a Llama-3.2-1B shape's weights
+    # in ~1.0 GB instead of ~1.4, at +8% perplexity on SmolLM2 (docs/models.md, int4 weights). "none"
+    # keeps the checkpoint's float32 numbers.
     quantize: str = "none"
     # Prompt tokens prefilled per engine step: a long prompt is cut into chunks between decode steps,
     # so the streams already running pause for one chunk at a time, never for a whole long prompt.
@@ -135,9 +138,11 @@ class Settings:
         return cls(**values)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("model_backend", ("auto", "onnx", "torch", "native", "transformers")), ("quantize", ("none", "int8"))):
+        for name, allowed in (("model_backend", ("auto", "onnx", "torch", "native", "transformers")), ("quantize", ("none", "int8", "int4"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.upper()}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.quantize == "int4" and self.model_backend not in ("auto", "onnx"):
+            raise ValueError(f"QUANTIZE=int4 is served by the onnx backend only, not MODEL_BACKEND={self.model_backend}")
         if self.prefill_chunk_tokens < 1:
             raise ValueError("PREFILL_CHUNK_TOKENS must be at least 1")
         if self.max_best_of < 1:

@@ -8,7 +8,7 @@ neither torch nor onnx; each backend's libraries stay in its folder (tests/test_
 
 Backends:
 - onnx (`onnx_backend/`): ONNX Runtime over a graph built from the checkpoint, the KV cache bound in
-  place, float32 or 8-bit weights; no torch at all. The default for the native families.
+  place, float32, 8-bit or 4-bit weights; no torch at all. The default for the native families.
 - torch (`torch_backend/`, the GPT-2 and Llama modules): plain torch, the readable reference, weights
   read straight from safetensors, float32 or int8 (`QUANTIZE=int8`); no transformers modeling code.
 - transformers (`torch_backend/hf.py`): `AutoModelForCausalLM` for every other architecture.

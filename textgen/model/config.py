@@ -15,8 +15,11 @@ import json
 import os
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
-LLAMA_TYPES = {"granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}  # model_type values torch_backend/llama.py and the Llama graph serve
+# model_type values torch_backend/llama.py and the Llama graph serve
+LLAMA_TYPES = {"gemma3_text", "granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3"}
 NATIVE_TYPES = ", ".join(sorted(GPT2_TYPES | LLAMA_TYPES))  # as messages list them
 
 
@@ -29,7 +32,7 @@ def native_family(config: dict) -> Optional[str]:
     """"gpt2" or "llama" when a native definition serves this config, else None."""
     if config.get("model_type") in GPT2_TYPES:
         return "gpt2"
-    if _llama_supported(config):
+    if config.get("model_type") in LLAMA_TYPES and not_computed(config) is None:
         return "llama"
     return None
 
@@ -38,20 +41,43 @@ def native_family(config: dict) -> Optional[str]:
 # (position -> cos, sin) are computed in one place, rope.py, for both backends; read its docstring for
 # where `dynamic` and `longrope` are fixed per position rather than per forward call as in transformers.
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
+MLP_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # SwiGLU; Gemma 3's GELU (tanh approximation)
 
 
-def _llama_supported(config: dict) -> bool:
-    """RoPE of ROPE_TYPES and full attention only; other RoPE or sliding windows go to transformers."""
-    if rope_type(config) not in ROPE_TYPES:
-        return False
+def not_computed(config: dict) -> Optional[str]:
+    """What in a Llama-family config its native definition does not compute, as a message says it (None:
+    nothing); such a config goes to transformers rather than being served wrong."""
+    if config.get("model_type") == "gemma3_text":
+        kinds = [_kind(params) for params in _gemma3_ropes(config).values()]
+    else:
+        kinds = [rope_type(config)]
+    for kind in kinds:
+        if kind not in ROPE_TYPES:
+            return f"RoPE {kind!r} (RoPE served: {', '.join(ROPE_TYPES)})"
     # Qwen2/Qwen3's optional window covers only some layers (max_window_layers): not here.
-    sliding = config.get("use_sliding_window", False) and config.get("sliding_window")
-    return config.get("model_type") in LLAMA_TYPES and not sliding
+    if config.get("use_sliding_window", False) and config.get("sliding_window"):
+        return "a sliding window on some layers (use_sliding_window)"
+    if mlp_activation(config) not in MLP_ACTIVATIONS:
+        return f"the activation {mlp_activation(config)!r}"
+    for capping in ("final_logit_softcapping", "attn_logit_softcapping"):  # Gemma 2's; None in Gemma 3's
+        if config.get(capping) is not None:
+            return f"{capping} {config[capping]}"
+    if config.get("use_bidirectional_attention"):  # EmbeddingGemma's encoder
+        return "bidirectional attention"
+    return None
+
+
+def mlp_activation(config: dict) -> str:
+    """The gated MLP's activation: act(gate) * up (Gemma names it `hidden_activation`)."""
+    if config.get("model_type") == "gemma3_text":
+        return config.get("hidden_activation") or "gelu_pytorch_tanh"
+    return config.get("hidden_act") or "silu"
 
 
 class Multipliers(NamedTuple):
-    """Granite's scalings of a Llama (1 and None elsewhere): the embeddings, each residual branch, the
-    attention scores (None: 1 / sqrt(head_dim)) and the logits (divided by `logits`)."""
+    """Granite's scalings of a Llama, and Gemma 3's of its embeddings and scores (1 and None elsewhere):
+    the embeddings, each residual branch, the attention scores (None: 1 / sqrt(head_dim)) and the logits
+    (divided by `logits`)."""
 
     embedding: float = 1.0
     residual: float = 1.0
@@ -60,6 +86,11 @@ class Multipliers(NamedTuple):
 
 
 def multipliers(config: dict) -> Multipliers:
+    """Granite's multipliers; Gemma 3's embeddings scaled by sqrt(hidden_size) (rounded to float32, as
+    transformers casts it to the float32 table's dtype) and scores by query_pre_attn_scalar ** -0.5."""
+    if config.get("model_type") == "gemma3_text":
+        scores = float(config.get("query_pre_attn_scalar", 256)) ** -0.5
+        return Multipliers(float(np.float32(config["hidden_size"] ** 0.5)), attention=scores)
     if config.get("model_type") != "granite":
         return Multipliers()
     return Multipliers(
@@ -70,10 +101,65 @@ def multipliers(config: dict) -> Multipliers:
     )
 
 
-def attention_window(config: dict) -> Optional[int]:
-    """Mistral's and Phi-3's sliding window: each query sees the last `sliding_window` positions, itself
-    included (transformers' mask); None: every earlier position."""
-    return config.get("sliding_window") if config.get("model_type") in ("mistral", "phi3") else None
+class Norms(NamedTuple):
+    """How a Llama-family layer normalises (Gemma 3 differs): RMSNorm weights applied as `offset +
+    weight` (Gemma: 1 + weight, its weights centred on 0), and `sandwich`: each branch's output is
+    normalised too before its residual add (`post_attention_layernorm`, `post_feedforward_layernorm`),
+    the MLP's input then by `pre_feedforward_layernorm` (Llama's `post_attention_layernorm`)."""
+
+    offset: float = 0.0
+    sandwich: bool = False
+
+
+def norms(config: dict) -> Norms:
+    return Norms(1.0, True) if config.get("model_type") == "gemma3_text" else Norms()
+
+
+def layer_types(config: dict) -> list:
+    """Each layer's attention, "sliding_attention" or "full_attention" (transformers' names): Mistral's
+    and Phi-3's window covers every layer; Gemma 3's its `layer_types`, or in older configs every layer
+    but each `sliding_window_pattern`-th (6); the others attend to every earlier position."""
+    n, model_type = config["num_hidden_layers"], config.get("model_type")
+    if model_type in ("mistral", "phi3") and config.get("sliding_window"):
+        return ["sliding_attention"] * n
+    if model_type != "gemma3_text":
+        return ["full_attention"] * n
+    if config.get("layer_types"):
+        return list(config["layer_types"])
+    pattern = config.get("sliding_window_pattern", config.get("_sliding_window_pattern", 6))
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+
+
+def attention_windows(config: dict) -> list:
+    """Each layer's sliding window: each query sees the last `sliding_window` positions, itself included
+    (transformers' mask: key > query - window, Mistral's and Gemma 3's alike); None: every earlier
+    position."""
+    return [config.get("sliding_window") if kind == "sliding_attention" else None for kind in layer_types(config)]
+
+
+def layer_rope(config: dict) -> list:
+    """Each layer's RoPE parameters where they are not the config's own (rope.rope_tables' `params`;
+    None: the config's): Gemma 3's two layer kinds have their own (transformers 5 writes them under
+    `rope_parameters` by layer type; older configs have the full layers' `rope_theta` (1e6) and
+    `rope_scaling` (linear, factor 8 from 4B up) and the sliding ones' `rope_local_base_freq` (1e4),
+    unscaled). The same object for layers alike, so that a backend builds one table per object."""
+    if config.get("model_type") != "gemma3_text":
+        return [None] * config["num_hidden_layers"]
+    ropes = _gemma3_ropes(config)
+    return [ropes[kind] for kind in layer_types(config)]
+
+
+def _gemma3_ropes(config: dict) -> dict:
+    return {kind: _gemma3_rope(config, kind) for kind in ("sliding_attention", "full_attention")}
+
+
+def _gemma3_rope(config: dict, kind: str) -> dict:
+    given = config.get("rope_parameters") or {}
+    if given.get(kind):
+        return dict(given[kind])
+    if kind == "full_attention":
+        return {**(config.get("rope_scaling") or {}), "rope_theta": config.get("rope_theta", 1e6)}
+    return {"rope_type": "default", "rope_theta": config.get("rope_local_base_freq", 1e4)}
 
 
 def rotary_dim(config: dict, head_dim: int) -> int:

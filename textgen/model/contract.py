@@ -20,7 +20,7 @@ from .kv_cache import KVCache
 @runtime_checkable
 class CausalLM(Protocol):
     backend: str  # "onnx", "torch" or "transformers"
-    dtype_name: str  # "int8" or "float32": the weights' numbers
+    dtype_name: str  # "int4", "int8" or "float32": the weights' numbers
     n_layers: int
     n_kv_heads: int
     head_dim: int

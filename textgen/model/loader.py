@@ -111,6 +111,11 @@ def choose_backend(requested: str, config: dict, source: str, quantize: str = "n
     family = native_family(config)
     torch_can = family is not None and has_weights(source)
     onnx_can = family is not None and (torch_can or os.path.isdir(prebuilt_dir(source, quantize)))
+    if quantize == "int4" and requested == "auto" and not onnx_can:  # the settings refuse the other backends
+        raise ValueError(
+            f"QUANTIZE=int4: 4-bit weights are served by the onnx backend only, which has no graph for model_type "
+            f"{config.get('model_type')!r} (onnx: {NATIVE_TYPES} with safetensors weights); use QUANTIZE=int8 or none"
+        )
     if requested == "auto":
         return "onnx" if onnx_can else "transformers"
     if requested == "onnx":

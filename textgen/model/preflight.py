@@ -14,7 +14,7 @@ import importlib.util
 import os
 
 from ..settings import Settings
-from .config import GPT2_TYPES, LLAMA_TYPES, NATIVE_TYPES, ROPE_TYPES, native_family, read_config, rope_type
+from .config import LLAMA_TYPES, NATIVE_TYPES, native_family, not_computed, read_config
 from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture
 from .loader import BACKEND_PACKAGES, choose_backend, model_directory
 from .onnx_backend.graph_files import prebuilt_graph
@@ -103,9 +103,8 @@ def _missing_message(settings: Settings, config: dict, source: str, backend: str
         why = f"MODEL_BACKEND={settings.model_backend}"
     elif native_family(config) is not None:  # a family served without torch, but nothing to build its graph from
         why = f"{source} has neither safetensors weights nor a prebuilt ONNX graph"
-    elif model_type in GPT2_TYPES | LLAMA_TYPES:  # the family, but another RoPE or a sliding window
-        why = (f"model_type {model_type!r} with RoPE {rope_type(config)!r} or a sliding window is not served without "
-               f"torch (RoPE served: {', '.join(ROPE_TYPES)})")
+    elif model_type in LLAMA_TYPES:  # the family, but with something its native definition lacks
+        why = f"model_type {model_type!r} with {not_computed(config)} is not served without torch"
     else:
         why = f"model_type {model_type!r} is not one of the families served without torch ({NATIVE_TYPES})"
     return (

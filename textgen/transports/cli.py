@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--model", metavar="MODEL_ID", help="hub id or local model directory (default: $MODEL_ID)")
     gen.add_argument(
-        "--quantize", choices=("none", "int8"), help="weights: float32 as stored, or int8 (default: $QUANTIZE)"
+        "--quantize", choices=("none", "int8", "int4"), help="weights: float32 as stored, int8 or int4 (default: $QUANTIZE)"
     )
     gen.set_defaults(run=generate)
 

@@ -7,7 +7,7 @@ imports nothing from torch_backend/ (tests/test_layout.py); importing the packag
 - onnx_graph.py: the graph builder (GPT-2 and Llama families) and `graph_path`, the graph cached per
   checkpoint under CACHE_DIR.
 - onnx_weights.py: `NumpyCheckpoint`, the checkpoint's tensors as float32 numpy (bf16 widened).
-- quantize.py: the 8-bit weights (embedding table, MatMulNBits).
+- quantize.py: the 8-bit and 4-bit weights (embedding table, MatMulNBits), the bits of each part.
 - graph_files.py: a graph's file names and where one built ahead of time sits in a model directory
   (read by the loader before it imports anything of this backend's libraries).
 """

@@ -27,10 +27,11 @@ Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rota
 `total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
-`_logits`). `quantize="int8"` (quantize.py) passes every MatMul, the LM head included, through
-onnxruntime's MatMulNBitsQuantizer (8 bits, blocks of 32, symmetric, accuracy level 4: activations
-quantized per row, so a row's result never depends on its neighbours), and stores the token embedding
-once in 8 bits as a GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
+`_logits`). `quantize="int8"` or `"int4"` (quantize.py's SCHEMES) passes every MatMul, the LM head
+included, through onnxruntime's MatMulNBitsQuantizer (int8: 8 bits everywhere; int4: the MLPs in 4
+bits, attention and the head in 8; blocks of 32, accuracy level 4: activations quantized per row, so a
+row's result never depends on its neighbours), and stores the token embedding once in 8 bits as a
+GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
 Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
 LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
 scales are negative; MatMulNBits prepacks its weight, so the shared original stays resident in full),
@@ -51,13 +52,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..build_cache import cached_build
 from ..config import (
-    attention_window, model_shape, multipliers, native_family, read_config, rope_layers, rotary_dim,
+    attention_windows, layer_rope, mlp_activation, model_shape, multipliers, native_family, norms, read_config, rope_layers,
+    rotary_dim,
 )
 from ..rope import rope_tables
 from ..safetensors import weight_files
 from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
-from .quantize import BLOCK_SIZE, quantize_matmuls, quantize_rows_uint8
+from .quantize import BLOCK_SIZE, SCHEMES, quantize_rows_uint8, quantize_weights
 
 GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
@@ -157,9 +159,9 @@ def _times(g: GraphBuilder, x: str, scalar: Optional[str]) -> str:
 
 
 def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
-    """Token embedding lookup; int8 keeps the table once, in 8 bits (a float32 copy of a 50k-token
-    vocabulary is 154 MB)."""
-    if quantize == "int8":
+    """Token embedding lookup; an 8-bit scheme keeps the table once, in 8 bits (a float32 copy of a
+    50k-token vocabulary is 154 MB); a 4-bit one is left to the quantizer (quantize.py)."""
+    if quantize in SCHEMES and SCHEMES[quantize].embedding == 8:
         data, scales = quantize_rows_uint8(table, BLOCK_SIZE)
         inputs = [g.weight(name + ".q8", data), "input_ids", g.weight(name + ".scales", scales)]
         return g.op("GatherBlockQuantized", inputs, domain=MS, bits=8, block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
@@ -184,7 +186,7 @@ def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize
     flat = g.op("Reshape", [hidden, g.weight("flat_shape", np.array([-1, width], dtype=np.int64))])
     rows = g.op("Gather", [flat, "logit_index"], axis=0)
     weight = head.T
-    if quantize == "int8":
+    if quantize in SCHEMES:
         order = np.argsort(-np.abs(norm_weight), kind="stable").astype(np.int64)
         rows = g.op("Gather", [rows, g.weight("head_channel_order", order)], axis=1)
         weight = weight[order]
@@ -233,6 +235,18 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     return g.model()
 
 
+def _layer_rotary_tables(g: GraphBuilder, config: dict, rotated: int, positions: int) -> list:
+    """Each layer's cos and sin initializers: one pair per distinct RoPE (config.layer_rope; Gemma 3: its
+    sliding layers' and its full ones')."""
+    ropes, tables = layer_rope(config), {}
+    for params in ropes:
+        if id(params) not in tables:
+            cos, sin = rope_tables(config, rotated, positions, params)
+            suffix = f"_{len(tables)}" if tables else ""
+            tables[id(params)] = g.weight("rope_cos" + suffix, cos), g.weight("rope_sin" + suffix, sin)
+    return [tables[id(params)] for params in ropes]
+
+
 def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
     def w(name):
         return ckpt.get("model." + name)
@@ -243,26 +257,41 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     shape = model_shape(config)
     width, heads, kv_heads, head_dim = shape.width, shape.n_heads, shape.n_kv_heads, shape.head_dim
     eps = float(config.get("rms_norm_eps", 1e-6))
+    style = norms(config)
     g = GraphBuilder()
     _declare_io(g, shape)
+
+    def norm_array(name):  # Gemma stores its RMSNorm weights centred on 0: applied as 1 + weight
+        return w(name) + np.float32(style.offset) if style.offset else w(name)
+
+    def norm_weight(name):
+        return g.weight(name, norm_array(name))
+
     embed = w("embed_tokens.weight")
     scales = multipliers(config)
     residual_scale = _scalar(g, "residual_multiplier", scales.residual)
+
+    def branch_output(x, post_norm):
+        """A residual branch's output as added to the stream: Gemma 3 normalises it, Granite scales it."""
+        if style.sandwich:
+            x = g.op("SimplifiedLayerNormalization", [x, norm_weight(post_norm)], epsilon=eps, axis=-1)
+        return _times(g, x, residual_scale)
+
     x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
     rotated = rotary_dim(config, head_dim)
-    cos, sin = rope_tables(config, rotated, shape.context)
-    uses_rope = rope_layers(config)
-    cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
+    uses_rope, windows = rope_layers(config), attention_windows(config)
+    rotary = _layer_rotary_tables(g, config, rotated, shape.context)
+    gelu = mlp_activation(config) == "gelu_pytorch_tanh"
     ffn = config["intermediate_size"]
     split_gate_up = g.weight("gate_up_split", np.array([ffn, ffn], dtype=np.int64))
     split_qkv = g.weight("qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
-    h = g.op("SimplifiedLayerNormalization", [x, g.weight("layers.0.input_layernorm.weight", w("layers.0.input_layernorm.weight"))], epsilon=eps, axis=-1)
+    h = g.op("SimplifiedLayerNormalization", [x, norm_weight("layers.0.input_layernorm.weight")], epsilon=eps, axis=-1)
     residual = x
     for i in range(shape.n_layers):
         p = f"layers.{i}."
         attn, mlp = p + "self_attn.", p + "mlp."
         if i > 0:
-            norm_w = g.weight(p + "input_layernorm.weight", w(p + "input_layernorm.weight"))
+            norm_w = norm_weight(p + "input_layernorm.weight")
             h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)
         # One fused q/k/v projection (Qwen2 has biases on all three), rotary on q and k at their own positions.
         # Phi-3's checkpoints store them fused already.
@@ -271,43 +300,44 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
         qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
         q, k, v = g.op("Split", [_linear(g, h, attn + "qkv_proj", qkv_w, qkv_b), split_qkv], 3, axis=-1)
-        if maybe(attn + "q_norm.weight") is not None:  # Qwen3: RMSNorm over each head, before the rotary positions
-            q = _head_norm(g, q, attn + "q_norm.weight", w(attn + "q_norm.weight"), heads, eps)
-            k = _head_norm(g, k, attn + "k_norm.weight", w(attn + "k_norm.weight"), kv_heads, eps)
+        if maybe(attn + "q_norm.weight") is not None:  # Qwen3, Gemma 3: RMSNorm over each head, before the rotary positions
+            q = _head_norm(g, q, attn + "q_norm.weight", norm_array(attn + "q_norm.weight"), heads, eps)
+            k = _head_norm(g, k, attn + "k_norm.weight", norm_array(attn + "k_norm.weight"), kv_heads, eps)
         if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
+            cos, sin = rotary[i]
             q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=rotated)
             k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=rotated)
-        attended = _attention(g, i, q, k, v, heads, kv_heads, attention_window(config), scales.attention)
+        attended = _attention(g, i, q, k, v, heads, kv_heads, windows[i], scales.attention)
         o_bias = maybe(attn + "o_proj.bias")
-        if residual_scale is None:
+        if residual_scale is None and not style.sandwich:  # the bias is added by the norm below
             projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)
-        else:  # Granite: the whole branch, its bias included, scaled before the residual add
+        else:  # the whole branch, its bias included, before the residual add
             branch = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T, o_bias)
-            projected, o_bias = g.op("Mul", [branch, residual_scale]), None
-        norm_w = g.weight(p + "post_attention_layernorm.weight", w(p + "post_attention_layernorm.weight"))
+            projected, o_bias = branch_output(branch, p + "post_attention_layernorm.weight"), None
+        norm_w = norm_weight(p + ("pre_feedforward_layernorm" if style.sandwich else "post_attention_layernorm") + ".weight")
         skip_inputs = [projected, residual, norm_w, None if o_bias is None else g.weight(attn + "o_proj.bias", o_bias)]
         h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", skip_inputs, 4, domain=MS, epsilon=eps)
-        # SwiGLU: silu(gate) * up, then down.
+        # Gated MLP: act(gate) * up, then down; act SiLU (SwiGLU) or Gemma 3's tanh-approximated GELU.
         # One fused gate/up projection, as llama.py has it: one matmul (one pass over h) instead of two.
         fused = maybe(mlp + "gate_up_proj.weight")  # Phi-3: [gate; up] already
         gate_up_w = (fused if fused is not None else np.concatenate([w(mlp + "gate_proj.weight"), w(mlp + "up_proj.weight")])).T
         gate, up = g.op("Split", [_linear(g, h, mlp + "gate_up_proj", gate_up_w), split_gate_up], 2, axis=-1)
-        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
-        pending = _linear(g, g.op("Mul", [silu, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)
-        pending = _times(g, pending, residual_scale)
-    norm_w = g.weight("norm.weight", w("norm.weight"))
+        activated = g.op("FastGelu", [gate], domain=MS) if gelu else g.op("Mul", [gate, g.op("Sigmoid", [gate])])
+        down = _linear(g, g.op("Mul", [activated, up]), mlp + "down_proj", w(mlp + "down_proj.weight").T)
+        pending = branch_output(down, p + "post_feedforward_layernorm.weight")
+    norm_w = norm_weight("norm.weight")
     hidden = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], 4, domain=MS, epsilon=eps)[0]
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in ckpt
     head = embed if tied else ckpt.get("lm_head.weight")
     if scales.logits != 1.0:  # Granite divides the logits: folded into the head, stored apart from the embedding
         head = (head / np.float32(scales.logits)).astype(np.float32)
-    _logits(g, hidden, width, head, quantize, w("norm.weight"))
+    _logits(g, hidden, width, head, quantize, norm_array("norm.weight"))
     return g.model()
 
 
 def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+    if quantize != "none" and quantize not in SCHEMES:
+        raise ValueError(f"quantize must be 'none', {', '.join(map(repr, SCHEMES))}, not {quantize!r}")
     config = read_config(source_dir)
     family = native_family(config)
     if family is None:
@@ -315,8 +345,8 @@ def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
     ckpt = NumpyCheckpoint(source_dir)
     build = build_gpt2 if family == "gpt2" else build_llama
     model = build(config, ckpt, quantize)
-    if quantize == "int8":
-        model = quantize_matmuls(model)
+    if quantize in SCHEMES:
+        model = quantize_weights(model, SCHEMES[quantize], "logits", "input_ids")
     # Read back by OnnxModel through the session's metadata (no onnx import at run time).
     helper.set_model_props(model, {"textgen.quantize": quantize, "textgen.graph_version": str(GRAPH_VERSION)})
     return model
@@ -334,7 +364,7 @@ def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:
 
 def graph_key(source_dir: str, quantize: str) -> str:
     """Changes whenever the graph built from this directory would: config, weight files (names, sizes,
-    mtimes), architecture, quantization, onnxruntime version, GRAPH_VERSION."""
+    mtimes), architecture, quantization (its name and its scheme's bits), onnxruntime version, GRAPH_VERSION."""
     import onnxruntime
 
     with open(os.path.join(source_dir, "config.json"), "rb") as f:
@@ -342,7 +372,7 @@ def graph_key(source_dir: str, quantize: str) -> str:
     for path in weight_files(source_dir):
         stat = os.stat(path)
         parts.append(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    parts += [str(read_config(source_dir).get("model_type")), quantize, onnxruntime.__version__, str(GRAPH_VERSION)]
+    parts += [str(read_config(source_dir).get("model_type")), quantize, repr(SCHEMES.get(quantize)), onnxruntime.__version__, str(GRAPH_VERSION)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 

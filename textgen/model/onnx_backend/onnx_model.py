@@ -54,7 +54,7 @@ class OnnxModel:
         self.threads = threads
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
         quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
-        self.dtype_name = "int8" if quantize == "int8" else "float32"
+        self.dtype_name = quantize if quantize in ("int8", "int4") else "float32"
         shape = model_shape(config)
         self.n_layers, self.n_kv_heads, self.head_dim = shape.n_layers, shape.n_kv_heads, shape.head_dim
         self.context, self.vocab_size = shape.context, shape.vocab_size
