@@ -134,6 +134,27 @@ def transformers_logits(model, ids):
     return torch.cat(logits)
 
 
+def sharpen(model_dir: str, factor: float = 6.0) -> str:
+    """The saved checkpoint with its layers' matrices `factor` times larger, for tests of generated
+    tokens. At the initial scale a tiny model's greedy tokens only echo the last prompt token, whatever
+    its layers compute (the tied head reads back the embedding the residual stream carries), so a
+    wrong layer would go unseen; sharpened, they depend on the whole context."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.ndim == 2 and "embed" not in name:
+                weight.mul_(factor)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = f.read()  # as the variant wrote it (SHIPPED_AS_ROPE_SCALING's form kept)
+    model.save_pretrained(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        f.write(config)
+    return model_dir
+
+
 # ChatML, the template SmolLM2-Instruct uses: enough to show the route renders the model's own template.
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

@@ -6,6 +6,7 @@ Marked `container`: `.ci/run` runs these when ../shared/container/setup can run 
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -160,3 +161,48 @@ def test_service_runs_on_a_read_only_root(service_image):
         assert answer.status_code == 200
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def test_service_image_serves_a_phi3_graph_built_outside_and_generates_what_transformers_does(service_image, tmp_path):
+    """Another family than the default's, in the same image (no torch in it): a tiny Phi-3 (fused
+    weights, partial RoPE, a sliding window the prompt crosses) whose float32 graph is built outside
+    (scripts/build_graph.py, as the image's model stage builds one) and mounted as the model; its greedy
+    tokens equal transformers' `generate` on the checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.models import make_tiny_llama, sharpen
+    from tests.test_torch_free_families import PROMPTS, transformers_tokens
+
+    checkpoint = sharpen(make_tiny_llama(str(tmp_path / "phi3"), make_tiny(str(tmp_path / "gpt2")), "phi3"))
+    served = tmp_path / "served"
+    subprocess.run([sys.executable, "scripts/build_graph.py", checkpoint, str(served), "--quantize", "none"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(["chmod", "-R", "a+rX", str(served)], check=True)
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    name = "textgen-phi3-test"
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, "-e", "QUANTIZE=none", "-v", f"{served}:/opt/model:ro", "-p", "5056:5000", service_image)
+    try:
+        wait_healthy("http://127.0.0.1:5056", timeout=180)
+        info = requests.get("http://127.0.0.1:5056/info", timeout=10).json()
+        assert (info["model_backend"], info["model_dtype"]) == ("onnx", "float32"), info
+        for prompt in PROMPTS:
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": 12, "do_sample": False, "details": True}}
+            answer = requests.post("http://127.0.0.1:5056/generate", json=body, timeout=60).json()
+            assert [t["id"] for t in answer["details"]["tokens"]] == transformers_tokens(reference, tokenizer, prompt)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_a_checkpoint_mounted_without_its_graph_is_one_line_and_exit_1(service_image, tmp_path):
+    """The image builds no graph (it has no onnx): a safetensors checkpoint mounted as the model is said
+    in one line before a worker boots, naming how to build its graph."""
+    checkpoint = make_tiny(str(tmp_path / "gpt2"))
+    subprocess.run(["chmod", "-R", "a+rX", checkpoint], check=True)
+    done = docker("run", "--rm", "-v", f"{checkpoint}:/opt/model:ro", service_image, check=False, timeout=180)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    ours = [line for line in output.splitlines() if line.startswith("textgen: cannot serve this model:")]
+    assert len(ours) == 1 and "scripts/build_graph.py" in ours[0], output
+    assert "Traceback" not in output and "Booting worker" not in output, output

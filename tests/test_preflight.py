@@ -3,12 +3,14 @@ gunicorn master before any worker boots and by the CLI, instead of a worker's 58
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from devtools.servers import ROOT, free_port
+from tests.no_torch import hidden_torch_env
 from textgen.model import preflight
 from textgen.model.preflight import NotServable, check_servable
 from textgen.settings import Settings
@@ -16,21 +18,6 @@ from textgen.settings import Settings
 # A family with no graph builder (GPT-NeoX, Pythia's): what the image cannot serve.
 NEOX_CONFIG = {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64,
                "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 400}
-
-# Loaded by `site` at start-up (PYTHONPATH first on sys.path): torch and transformers cannot be imported
-# or found, as in the service image, which installs requirements-serve.txt alone.
-NO_TORCH = '''
-import sys
-
-class _Absent:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Absent())
-'''
-
 
 def config_dir(path, config):
     """A checkpoint as far as the start-up check reads it: its config."""
@@ -95,6 +82,20 @@ def test_a_native_family_without_weights_says_what_is_missing(tiny_model_dir, tm
     assert "has neither safetensors weights nor a prebuilt ONNX graph" in error_of(settings(model_id=str(config_only)))
 
 
+def test_a_checkpoint_without_its_graph_where_onnx_is_absent_says_how_to_build_one(tiny_model_dir, tmp_path, monkeypatch):
+    """The image has onnxruntime but not onnx (the graph is built at image build time): a checkpoint
+    mounted there as the model cannot have its graph built by the worker."""
+    monkeypatch.setattr(preflight, "_installed", lambda package: package not in ("torch", "transformers", "onnx"))
+    message = error_of(settings(model_id=tiny_model_dir))
+    assert "no ONNX graph for QUANTIZE=none" in message and "scripts/build_graph.py" in message
+    prebuilt = tmp_path / "prebuilt"
+    shutil.copytree(tiny_model_dir, prebuilt)
+    graph = prebuilt / "onnx-none"
+    graph.mkdir()
+    (graph / "model.onnx").write_bytes(b"")  # found by name: the check reads no graph
+    check_servable(settings(model_id=str(prebuilt)))
+
+
 def test_a_forced_backend_that_cannot_serve_the_family_says_so(neox_dir):
     assert "MODEL_BACKEND=onnx: no ONNX graph for model_type 'gpt_neox'" in error_of(settings(model_id=neox_dir, model_backend="onnx"))
 
@@ -118,13 +119,6 @@ def test_a_model_id_that_names_nothing_says_which(tmp_path, monkeypatch):
     assert "set MODEL_ID to a directory" in message
 
 
-def hidden_torch_env(tmp_path, model_dir):
-    hide = tmp_path / "no_torch"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(NO_TORCH)
-    return {**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{ROOT}", "MODEL_ID": model_dir, "HF_HUB_OFFLINE": "1"}
-
-
 def test_gunicorn_ends_with_one_line_and_no_worker_boots(neox_dir, tmp_path):
     env = {**hidden_torch_env(tmp_path, neox_dir), "PORT": str(free_port())}
     done = subprocess.run([sys.executable, "-m", "gunicorn", "app:app"], cwd=ROOT, env=env,
@@ -146,11 +140,19 @@ def test_the_cli_says_the_same_in_one_line(neox_dir, tmp_path):
 
 def test_a_gguf_file_is_left_to_the_worker_to_convert_once_its_file_and_torch_are_there(tmp_path, monkeypatch):
     """The directory holding a GGUF file has no config.json until the worker converts it: the check
-    looks only for the file and for what converting needs."""
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    gguf = settings(model_id=str(tmp_path), model_gguf_file="model.gguf")
+    looks only for the file, its architecture (the header) and for what converting needs."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")  # a header and no tensors: enough here
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (tmp_path / "not.gguf").write_bytes(b"GGUF")
+    gguf_file = settings(model_id=str(tmp_path), model_gguf_file="model.gguf")
     monkeypatch.setattr(preflight, "_installed", lambda package: True)
-    check_servable(gguf)
+    check_servable(gguf_file)
+    assert "not a readable GGUF file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="not.gguf"))
     without_torch(monkeypatch)
-    assert "converting a GGUF file needs torch and transformers" in error_of(gguf)
+    assert "converting a GGUF file needs torch and transformers" in error_of(gguf_file)
     assert "MODEL_GGUF_FILE: no file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="absent.gguf"))

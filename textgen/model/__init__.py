@@ -24,6 +24,8 @@ Files here, shared by the backends:
 - safetensors.py: where a checkpoint's tensors are (the one header parser); each backend reads them.
 - tokenizer.py: the lean `tokenizers`-only tokenizer of the native families.
 - build_cache.py: what is built once under CACHE_DIR (ONNX graphs, GGUF conversions).
+- gguf_metadata.py: a GGUF file's llama.cpp architecture and the config keys transformers' import of it
+  drops (read with the `gguf` library, no torch).
 - threads.py: how many CPUs this process may use (sizes either runtime's threads).
 - memory.py: how much memory this process may use, and MAX_BATCH_TOTAL_TOKENS's default from it.
 """

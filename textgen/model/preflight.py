@@ -15,7 +15,10 @@ import os
 
 from ..settings import Settings
 from .config import LLAMA_TYPES, NATIVE_TYPES, native_family, not_computed, read_config
+from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture
 from .loader import BACKEND_PACKAGES, choose_backend, model_directory
+from .onnx_backend.graph_files import prebuilt_graph
+
 
 class NotServable(Exception):
     """MODEL_ID cannot be served by this install; the message is one line saying why and what to set."""
@@ -23,14 +26,8 @@ class NotServable(Exception):
 
 def check_servable(settings: Settings) -> None:
     """Raise NotServable with one line when MODEL_ID cannot be served here; return quietly otherwise."""
-    if settings.model_gguf_file:  # converted by the worker (once, cached): only the file and torch to check here
-        path = os.path.join(settings.model_id, settings.model_gguf_file)
-        if not os.path.isfile(path):
-            raise NotServable(f"MODEL_GGUF_FILE: no file {path}")
-        missing = _missing("transformers")
-        if missing:
-            raise NotServable(f"MODEL_GGUF_FILE={settings.model_gguf_file}: converting a GGUF file needs "
-                              f"{' and '.join(missing)} (pip install -r requirements-torch.txt)")
+    if settings.model_gguf_file:  # converted by the worker (once, cached): the file, its architecture, torch
+        _check_gguf(settings)
         return
     source = _source(settings)
     if not os.path.isfile(os.path.join(source, "config.json")):
@@ -43,6 +40,35 @@ def check_servable(settings: Settings) -> None:
     missing = _missing(backend)
     if missing:
         raise NotServable(_missing_message(settings, config, source, backend, missing))
+    if backend == "onnx" and prebuilt_graph(source, settings.quantize) is None and not _installed("onnx"):
+        q = settings.quantize  # the image's case: a checkpoint mounted where a graph built at image build time was
+        raise NotServable(
+            f"MODEL_ID={settings.model_id}: no ONNX graph for QUANTIZE={q} in it (onnx-{q}/), and building one from "
+            "its weights needs the onnx package, which this install lacks (build the graph beforehand: "
+            f"python scripts/build_graph.py CHECKPOINT OUT --quantize {q}, then MODEL_ID=OUT; or docker build "
+            "--build-arg MODEL_ID=<its path in the build context>)"
+        )
+
+
+def _check_gguf(settings: Settings) -> None:
+    path = os.path.join(settings.model_id, settings.model_gguf_file)
+    if not os.path.isfile(path):
+        raise NotServable(f"MODEL_GGUF_FILE: no file {path}")
+    missing = [package for package in ("torch", "transformers", "gguf") if not _installed(package)]
+    if missing:
+        raise NotServable(f"MODEL_GGUF_FILE={settings.model_gguf_file}: converting a GGUF file needs "
+                          f"{' and '.join(missing)} (pip install -r requirements-torch.txt)")
+    try:
+        architecture = gguf_architecture(path)
+    except Exception as exc:  # the reader's errors (bad magic, a truncated file) all say the same here
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise NotServable(f"MODEL_GGUF_FILE={settings.model_gguf_file}: not a readable GGUF file ({reason})") from None
+    if architecture not in GGUF_ARCHITECTURES:
+        raise NotServable(
+            f"MODEL_GGUF_FILE={settings.model_gguf_file}: llama.cpp architecture {architecture!r} is not one this "
+            f"service imports from GGUF ({', '.join(GGUF_ARCHITECTURES)}); serve the model's safetensors "
+            "checkpoint instead (MODEL_ID set to its directory, MODEL_GGUF_FILE unset)"
+        )
 
 
 def _missing(backend: str) -> list:

@@ -14,11 +14,19 @@ def auto_tokenizer(source: str):
 
 def convert_gguf(model_id: str, gguf_file: str, out_dir: str) -> None:
     """Save the model and tokenizer of `model_id`/`gguf_file` into `out_dir` as a float32 checkpoint."""
+    import os
+
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..gguf_metadata import config_overrides
 
     tokenizer = AutoTokenizer.from_pretrained(model_id, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(model_id, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers reads only part of llama.cpp's metadata: the rest is set from the file (gguf_metadata)
+    config = AutoConfig.from_pretrained(model_id, gguf_file=gguf_file)
+    for key, value in config_overrides(os.path.join(model_id, gguf_file)).items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_pretrained(model_id, gguf_file=gguf_file, config=config, dtype=torch.float32)
     # The weights are plain float tensors now; the GGUF "quantizer" left attached only blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
