@@ -125,7 +125,7 @@ def maps(args) -> None:
                                 ("4 KB pages", maps_zeros, 0), ("huge pages", maps_zeros, 10**9)):
         kv_cache._zeros = zeros
         caches[name] = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
-        caches[name].huge_pages_within = within
+        caches[name].budget_tokens = within
         caches[name].reserve(args.rows, args.past + 64)
     kv_cache._zeros = maps_zeros
     prompt = np.random.default_rng(0).integers(100, 20000, size=(args.rows, args.past))

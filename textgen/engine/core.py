@@ -49,7 +49,7 @@ class Engine:
         self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
         prefix_tokens = 0 if prefix_cache is None else prefix_cache.capacity_tokens  # memory set aside, not in the budget
         self.batch_total_tokens = batch_total_tokens(settings.max_batch_total_tokens, self._batch.cache.bytes_per_token, prefix_tokens)
-        self._batch.cache.huge_pages_within = self.batch_total_tokens
+        self._batch.cache.budget_tokens = self.batch_total_tokens
         self.prompts = PromptTokens.for_model(
             tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens, vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids, max_batch_total_tokens=self.batch_total_tokens,

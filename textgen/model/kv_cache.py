@@ -9,11 +9,13 @@ empties. A request leaving moves at most one other row's data into its slot (`mo
 
 Memory follows the rows, not the arrays' shape (MAX_BATCH_TOTAL_TOKENS counts the rows' tokens): the
 arrays are anonymous memory maps whose pages become resident only when written; a regrowth copies only
-the positions rows hold (`lengths`), and the positions a row no longer holds are given back to the
-system at once (`release`: a slot left empty, the tail of a slot a shorter row moved into). Pages are
-2 MB huge pages while the arrays' whole shape (slots x positions) fits `huge_pages_within` (the engine
-sets the budget: then even all of it resident stays within it), else 4 KB ones, so one written position
-does not make its neighbours resident. Huge pages make decode steps faster (DistilGPT2's shape, 8 rows
+the positions rows hold (`lengths`). While the arrays' whole shape (slots x positions) fits
+`budget_tokens` (the engine sets MAX_BATCH_TOTAL_TOKENS), even all of it resident stays within the
+budget: the pages are 2 MB huge pages and a leaving row's pages are kept for the next row (giving them
+back and faulting them in again cost SmolLM2 4-5% of its tokens/s at 1 client). Beyond it, pages are
+4 KB, so one written position does not make its neighbours resident, and the positions a row no longer
+holds are given back to the system at once (`release`: a slot left empty, the tail of a slot a shorter
+row moved into). Huge pages make decode steps faster (DistilGPT2's shape, 8 rows
 of 512: 4 KB pages took 1.07-1.17x as long; docs/performance.md, KV-cache budget). numpy's own
 allocation would not do: it asks for huge pages whatever the size, and glibc zeroes a reused heap block
 by writing it.
@@ -60,7 +62,7 @@ class KVCache:
         self.values: List[np.ndarray] = []
         self.slot_capacity = 0
         self.time_capacity = 0
-        self.huge_pages_within = 0  # slots x positions up to which the arrays may take huge pages
+        self.budget_tokens = 0  # slots x positions up to which the arrays take huge pages and keep released rows' pages
 
     @property
     def bytes_per_token(self) -> int:
@@ -77,7 +79,7 @@ class KVCache:
         if length > self.time_capacity:
             new_time = length + max(TIME_HEADROOM, length // 4)  # amortised: few regrowths per request
         shape = (new_slots, self.n_kv_heads, new_time, self.head_dim)
-        huge = new_slots * new_time <= self.huge_pages_within
+        huge = new_slots * new_time <= self.budget_tokens
         for store in (self.keys, self.values):
             for layer in range(self.n_layers):
                 grown = _zeros(shape, huge)
@@ -102,8 +104,9 @@ class KVCache:
         self.release(target, length)
 
     def release(self, slot: int, keep: int = 0) -> None:
-        """Give back the memory of the slot's positions from `keep` on (0: the whole slot, left empty)."""
-        if slot >= self.slot_capacity or keep >= self.time_capacity:
+        """Give back the memory of the slot's positions from `keep` on (0: the whole slot, left empty), where
+        the arrays could outgrow the budget."""
+        if slot >= self.slot_capacity or keep >= self.time_capacity or self._within_budget():
             return
         row = self.head_dim * DTYPE.itemsize  # bytes of one position of one head
         run = self.time_capacity * row  # one head's positions in one slot
@@ -114,6 +117,9 @@ class KVCache:
                 continue
             for head in range(self.n_kv_heads):
                 _release(array, base + head * run + keep * row, base + (head + 1) * run)
+
+    def _within_budget(self) -> bool:
+        return self.slot_capacity * self.time_capacity <= self.budget_tokens
 
     def clear(self) -> None:
         """Give the memory back (the batch is empty)."""
