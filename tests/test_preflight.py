@@ -156,3 +156,23 @@ def test_a_gguf_file_is_left_to_the_worker_to_convert_once_its_file_and_torch_ar
     without_torch(monkeypatch)
     assert "converting a GGUF file needs torch and transformers" in error_of(gguf_file)
     assert "MODEL_GGUF_FILE: no file" in error_of(settings(model_id=str(tmp_path), model_gguf_file="absent.gguf"))
+
+
+def test_a_gguf_file_already_converted_is_checked_as_its_conversion_without_reading_the_file(tmp_path, tiny_model_dir, monkeypatch):
+    """Once a worker has converted MODEL_GGUF_FILE into CACHE_DIR, a start needs neither torch nor the
+    file's metadata (reading a vocabulary's worth of fields took ~2 s of every start): the conversion
+    is checked as the model directory it is, its family included."""
+    from textgen.model.loader import file_fingerprint
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF" + bytes(64))  # unreadable: only its fingerprint is taken
+    cache = tmp_path / "cache"
+    key = file_fingerprint(str(tmp_path / "model.gguf"))
+    gguf_file = settings(model_id=str(tmp_path), model_gguf_file="model.gguf", cache_dir=str(cache))
+    without_torch(monkeypatch)
+    assert "converting a GGUF file needs torch and transformers" in error_of(gguf_file)  # not converted yet
+
+    shutil.copytree(tiny_model_dir, cache / f"gguf-{key}")
+    check_servable(gguf_file)  # a GPT-2 conversion: served without torch, and the file is never read
+
+    (cache / f"gguf-{key}" / "config.json").write_text(json.dumps(NEOX_CONFIG))  # the conversion is GPT-NeoX now
+    assert "'gpt_neox'" in error_of(gguf_file)

@@ -16,11 +16,17 @@ import json
 import logging
 import os
 import shutil
-from typing import Callable
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
 SOURCE_FILE = "source.json"
+
+
+def cached_entry(cache_dir: str, kind: str, key: str, marker: str) -> Optional[str]:
+    """The entry `cached_build` would return, if it is already built (None: it is not)."""
+    target = os.path.join(cache_dir, f"{kind}-{key}")
+    return target if os.path.exists(os.path.join(target, marker)) else None
 
 
 def cached_build(cache_dir: str, kind: str, key: str, source: dict, build: Callable[[str], None], marker: str) -> str:

@@ -13,10 +13,10 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..settings import Settings
-from .build_cache import cached_build
+from .build_cache import cached_build, cached_entry
 from .config import NATIVE_TYPES, native_family, read_config
 from .onnx_backend.graph_files import prebuilt_dir, prebuilt_graph
 from .safetensors import has_weights
@@ -159,6 +159,14 @@ def model_directory(settings: Settings) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(settings.model_id, allow_patterns=WEIGHT_PATTERNS)
+
+
+def converted_gguf(settings: Settings) -> Optional[str]:
+    """MODEL_GGUF_FILE's conversion if CACHE_DIR already holds it (None: the worker will make it)."""
+    gguf_path = os.path.join(settings.model_id, settings.model_gguf_file)
+    if not os.path.isfile(gguf_path):
+        return None
+    return cached_entry(settings.cache_dir, "gguf", file_fingerprint(gguf_path), "config.json")
 
 
 def _cached_gguf_conversion(settings: Settings) -> str:

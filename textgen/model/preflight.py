@@ -16,7 +16,7 @@ import os
 from ..settings import Settings
 from .config import LLAMA_TYPES, NATIVE_TYPES, native_family, not_computed, read_config
 from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture
-from .loader import BACKEND_PACKAGES, choose_backend, model_directory
+from .loader import BACKEND_PACKAGES, choose_backend, converted_gguf, model_directory
 from .onnx_backend.graph_files import prebuilt_graph
 
 
@@ -26,10 +26,15 @@ class NotServable(Exception):
 
 def check_servable(settings: Settings) -> None:
     """Raise NotServable with one line when MODEL_ID cannot be served here; return quietly otherwise."""
-    if settings.model_gguf_file:  # converted by the worker (once, cached): the file, its architecture, torch
-        _check_gguf(settings)
-        return
-    source = _source(settings)
+    if settings.model_gguf_file:
+        # Converted once by a worker, then kept in CACHE_DIR: once there, it is checked as the directory it
+        # is (no torch needed, and no reading of the file's metadata, ~2 s a start for SmolLM2's).
+        source = converted_gguf(settings)
+        if source is None:
+            _check_gguf(settings)
+            return
+    else:
+        source = _source(settings)
     if not os.path.isfile(os.path.join(source, "config.json")):
         raise NotServable(f"MODEL_ID={settings.model_id}: {source} has no config.json (a `save_pretrained` directory has one)")
     config = read_config(source)
