@@ -145,7 +145,7 @@ def run_engine(engine: Engine, settings: Settings, rows: int, tokens: int, strea
 
 
 def loop_cost(model, tokenizer, settings: Settings, args) -> list:
-    instant = InstantModel(model, max(args.rows))
+    instant = InstantModel(model, settings.max_batch_size)  # as many rows as the engine may batch
     engine = Engine(instant, tokenizer, settings).start()
     results = []
     try:
