@@ -125,6 +125,8 @@ def test_bad_options_are_a_400_naming_the_option(live_url, model):
         answer = requests.post(live_url + "/api/generate", json={"model": model, "prompt": "Hi", "options": option}, timeout=30)
         assert answer.status_code == 400, option
         assert set(answer.json()) == {"error"} and message in answer.json()["error"], answer.json()
+    answer = requests.post(live_url + "/api/show", json={}, timeout=10)
+    assert answer.status_code == 400 and answer.json() == {"error": "`model` is required"}
 
 
 def test_load_time_options_and_keep_alive_are_accepted(client, model):

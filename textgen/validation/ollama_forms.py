@@ -11,16 +11,15 @@ loaded its one model at start (accepted and ignored: `LOAD_TIME_OPTIONS`, listed
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..settings import Settings
 from .body import NonEmpty, OptionalInteger, parse_model
 from .grammar import JsonGrammar
-from .messages import invalid
 from .openai_forms import _neutral, _reject_non_neutral
-from .request import MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
+from .request import MAX_SEED, MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
 from .response_format import ANY_OBJECT
 
 # Options that choose how the model is loaded or run on the hardware: accepted, ignored.
@@ -36,7 +35,7 @@ OLLAMA_CHAT_FIELDS = FieldNames(prompt="messages", max_new_tokens="num_predict",
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    num_predict: OptionalInteger = Field(None, description="Tokens to generate at most; < 0: the server's default.")
+    num_predict: OptionalInteger = Field(None, description="Tokens to generate at most; <= 0 (Ollama: no limit): the server's default.")
     num_ctx: OptionalInteger = Field(None, gt=0, description="The prompt keeps its last num_ctx tokens (at most the server's window).")
     temperature: Optional[float] = Field(None, ge=0, description="0 = greedy.")
     top_k: OptionalInteger = Field(None, ge=0, description="0 = no top-k filtering.")
@@ -44,8 +43,10 @@ class Options(BaseModel):
     typical_p: Optional[float] = Field(None, gt=0, le=1)
     repeat_penalty: Optional[float] = Field(None, gt=0)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    seed: OptionalInteger = Field(None, description="< 0: a random seed.")
-    stop: Union[NonEmpty, List[NonEmpty], None] = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences.")
+    seed: OptionalInteger = Field(None, le=MAX_SEED, description="< 0: a random seed.")
+    stop: Union[NonEmpty, Annotated[List[NonEmpty], Field(max_length=MAX_STOP_SEQUENCES)], None] = Field(
+        None, description=f"Up to {MAX_STOP_SEQUENCES} sequences."
+    )
     presence_penalty: Optional[float] = _neutral(None, 0)
     min_p: Optional[float] = _neutral(None, 0)
     tfs_z: Optional[float] = _neutral(None, 1)
@@ -70,7 +71,7 @@ class Options(BaseModel):
 class _OllamaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    model: str = Field(description="The served model's name (with or without `:latest`).")
+    model: str = Field(min_length=1, description="The served model's name (with or without `:latest`).")
     stream: bool = Field(True, description="NDJSON lines as tokens come (Ollama's default); false: one object.")
     format: Union[Literal["json", ""], Dict[str, Any], None] = Field(
         None, description='`"json"` (any JSON object) or a JSON schema the answer must match.'
@@ -105,6 +106,17 @@ class ChatRequest(_OllamaRequest):
     tools: Optional[List[Any]] = _neutral(None, [])
 
 
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, description="The served model's name (with or without `:latest`).")
+    verbose: Optional[bool] = Field(None, description="Accepted; the answer is the same.")
+
+
+def show_request(body: Any) -> ShowRequest:
+    return parse_model(ShowRequest, body)
+
+
 def generate_request(body: Any) -> GenerateRequest:
     parsed = parse_model(GenerateRequest, body)
     _reject_non_neutral(parsed)
@@ -135,9 +147,7 @@ def generation(
     _reject_non_neutral(o)
     greedy = o.temperature == 0  # Ollama's greedy, as OpenAI's: no sampling parameters at all
     sampled = dict(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, typical_p=o.typical_p) if not greedy else {}
-    max_new_tokens = o.num_predict if o.num_predict is not None and o.num_predict >= 0 else None
-    if max_new_tokens == 0:  # the engine always generates at least one token
-        raise invalid("greater_than", "num_predict", name="num_predict", limit=0, given=0)
+    max_new_tokens = o.num_predict if o.num_predict is not None and o.num_predict > 0 else None
     return generation_request(
         settings,
         fields,

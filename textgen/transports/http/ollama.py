@@ -57,9 +57,7 @@ def ps():
 
 @bp.post("/show")
 def show():
-    body = json_body()
-    name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None  # `name`: the old field
-    _check_model(name)
+    _check_model(ollama_forms.show_request(json_body()).model)
     facts = _facts()
     context = current_app.extensions["textgen.engine"].info()["max_total_tokens"]
     return jsonify({
@@ -165,10 +163,8 @@ def _render(engine):
     return engine.prompts.chat_prompt if getattr(engine.prompts.tokenizer, "chat_template", None) else None
 
 
-def _check_model(name: Optional[str]) -> None:
+def _check_model(name: str) -> None:
     served = current_app.extensions["textgen.settings"].model_name
-    if not name:
-        raise from_http_status(400, "model is required")
     if name.removesuffix(":latest") != served.removesuffix(":latest"):
         raise from_http_status(404, f"model '{name}' not found; this server serves '{_tagged(served)}'")
 
