@@ -71,7 +71,8 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     assert parameters["stop"]["maxItems"] == 4
     assert schemas["TGIRequest"]["additionalProperties"] is False
     expected_paths = {"/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions", "/v1/models",
-                      "/tokenize", "/detokenize", "/health", "/info", "/metrics", "/openapi.json", "/docs"}
+                      "/tokenize", "/detokenize", "/health", "/info", "/metrics", "/openapi.json", "/docs",
+                      "/api/generate", "/api/chat", "/api/show", "/api/tags", "/api/ps", "/api/version"}
     assert expected_paths <= set(document["paths"])
     # /detokenize's bounds are this server's: its longest sequence (1024) and its vocabulary.
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
@@ -137,5 +138,5 @@ def test_fuzz_against_the_document(live_url, tmp_path):
     report = (tmp_path / "junit.xml").read_text()
     # Every documented operation was exercised.
     for operation in ("POST /generate", "POST /v1/completions", "POST /v1/chat/completions", "GET /health",
-                      "POST /tokenize", "POST /detokenize"):
+                      "POST /tokenize", "POST /detokenize", "POST /api/generate", "POST /api/chat", "GET /api/tags"):
         assert operation in report

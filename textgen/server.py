@@ -60,6 +60,7 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     from .transports.http.generate import bp as generate_bp
     from .transports.http.health import bp as health_bp
     from .transports.http.metrics import init_metrics
+    from .transports.http.ollama import bp as ollama_bp
     from .transports.http.openai import bp as openai_bp
     from .transports.http.playground import bp as playground_bp
     from .transports.http.tokenize import bp as tokenize_bp
@@ -71,6 +72,7 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     app.register_blueprint(tokenize_bp)
     init_metrics(app, engine)  # GET /metrics, its registry, and the engine listener
     app.register_blueprint(openai_bp)
+    app.register_blueprint(ollama_bp)
     app.register_blueprint(docs_bp)
     app.register_blueprint(playground_bp)
     return app

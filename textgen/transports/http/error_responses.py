@@ -2,7 +2,9 @@
 
 Under /v1/ (the OpenAI-compatible routes) the same errors take OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}, so the `openai` SDK raises its own error classes;
-there a validation error is a 400, as OpenAI and vLLM answer it.
+there a validation error is a 400, as OpenAI and vLLM answer it. Under /api/ (Ollama's routes) they take
+Ollama's, {"error": "<message>"}, a validation error a 400 too: the `ollama` package raises its
+`ResponseError` with that message and the status.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def error_response(error: ServiceError):
     status = error.status
     if request and request.path.startswith("/v1/"):
         body = openai_error_body(error)
+        if isinstance(error, ValidationError):
+            status = 400
+    elif request and request.path.startswith("/api/"):
+        body = {"error": error.message}
         if isinstance(error, ValidationError):
             status = 400
     else:

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document served at /openapi.json. Pure: no Flask, no torch.
 
 Request bodies come from the very pydantic models the routes validate with (`validation.tgi`,
-`validation.openai_forms`), so the document cannot drift from what the server accepts. Answers are
-described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
+`validation.openai_forms`; Ollama's, with their answers, in openapi_ollama.py), so the document cannot
+drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ... import __version__
 from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
+from . import openapi_ollama
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ class Info(BaseModel):
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
-    SimpleToken, DetokenizeRequest, DetokenizeResponse,
+    SimpleToken, DetokenizeRequest, DetokenizeResponse, *openapi_ollama.MODELS,
 ]
 
 
@@ -326,6 +327,7 @@ def build_openapi(
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens"),
                         ("ChatCompletionRequest", "max_completion_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
+    _set_maximum(schemas["Options"]["properties"]["num_predict"], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
         _set_maximum(schemas[name]["properties"]["truncate"], max_input_tokens)
         _set_maximum(schemas[name]["properties"]["best_of"], max_best_of)
@@ -343,7 +345,7 @@ def build_openapi(
             "title": title,
             "version": __version__,
             "description": "Text generation with a Hugging Face causal language model: TGI's routes, "
-            "OpenAI-compatible routes under /v1, health, info and metrics.",
+            "OpenAI-compatible routes under /v1, Ollama's under /api, health, info and metrics.",
         },
         "paths": _paths(),
         "components": {
@@ -472,7 +474,7 @@ def _paths() -> dict:
         "/docs": _page("This document, readable (no external resources)"),
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
-    return paths
+    return {**paths, **openapi_ollama.paths()}
 
 
 def _tokenizer(summary: str, body: dict, ok: str) -> dict:
