@@ -75,6 +75,13 @@ def test_system_and_text_blocks_are_rendered_by_the_template(live, tokenizer):
     assert message.content[0].text == generate(live, tokenizer, expected, max_new_tokens=4)["generated_text"]
 
 
+def test_a_last_assistant_turn_is_continued(live, tokenizer):
+    turns = HI + [{"role": "assistant", "content": "Hel"}]
+    message = client(live).messages.create(model="tiny", max_tokens=3, messages=turns, **GREEDY)
+    assert message.usage.input_tokens == len(tokenizer(tokenizer.apply_chat_template(
+        HI, tokenize=False, add_generation_prompt=True) + "Hel")["input_ids"])
+
+
 def test_stream_events_in_order_and_text_equals_create(live):
     sdk = client(live)
     whole = sdk.messages.create(model="tiny", max_tokens=8, messages=HI, **GREEDY)
