@@ -12,19 +12,19 @@ Anthropic's prefill: the answer continues it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..settings import Settings
-from .body import NonEmpty, OptionalInteger, json_object, parse_model
+from .body import NonEmpty, OptionalInteger, json_object, parse_model, whole_number
 from .messages import invalid
 from .request import MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
 
 ANTHROPIC_FIELDS = FieldNames(prompt="messages", max_new_tokens="max_tokens", grammar="grammar", n="n", top_n="top_n")
 
 
-class TextBlock(BaseModel):
+class AnthropicTextBlock(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text"]
@@ -34,10 +34,10 @@ class TextBlock(BaseModel):
     citations: Optional[List[Any]] = None
 
 
-Content = Union[str, List[TextBlock]]
+Content = Union[str, List[AnthropicTextBlock]]
 
 
-class Message(BaseModel):
+class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["user", "assistant"]
@@ -51,14 +51,15 @@ class _Prompt(BaseModel):
 
     # One model per server: any name is accepted (GET /v1/models says which it is).
     model: str
-    messages: List[Message] = Field(min_length=1)
+    messages: List[AnthropicMessage] = Field(min_length=1)
     system: Optional[Content] = None
-    tools: Optional[List[Any]] = Field(None, description="Not supported yet: refused unless empty.")
+    # The schema says "none" (maxItems 0); the check says why (`_parse`), not pydantic's "at most 0 items".
+    tools: Optional[List[Any]] = Field(None, description="Not supported yet: refused unless empty.", json_schema_extra={"maxItems": 0})
     tool_choice: Optional[Dict[str, Any]] = Field(None, description="Accepted only without tools.")
 
 
 class MessagesRequest(_Prompt):
-    max_tokens: int = Field(gt=0, description="Tokens to generate at most (required).")
+    max_tokens: Annotated[int, BeforeValidator(whole_number)] = Field(gt=0, description="Tokens to generate at most (required).")
     temperature: Optional[float] = Field(None, ge=0, le=1, description="0 = greedy.")
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: OptionalInteger = Field(None, gt=0)

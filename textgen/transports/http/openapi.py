@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
+from ...validation.anthropic_forms import CountTokensRequest, MessagesRequest
 from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
@@ -258,11 +259,58 @@ class Info(BaseModel):
     version: str
 
 
+class AnthropicText(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class AnthropicUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class MessageResponse(BaseModel):
+    """Anthropic's answer (POST /v1/messages)."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: List[AnthropicText]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence"]
+    stop_sequence: Optional[str]
+    usage: AnthropicUsage
+
+
+class MessageEvent(BaseModel):
+    """One of Anthropic's stream events; its `type` is also the SSE `event:` name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
+                  "message_delta", "message_stop", "error"]
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
 # -- the document ------------------------------------------------------------------------------------
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
     SimpleToken, DetokenizeRequest, DetokenizeResponse, *openapi_ollama.MODELS,
+    MessagesRequest, CountTokensRequest, MessageResponse, MessageEvent, AnthropicError, TokenCount,
 ]
 
 
@@ -325,7 +373,7 @@ def build_openapi(
         ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens"),
-                        ("ChatCompletionRequest", "max_completion_tokens")):
+                        ("ChatCompletionRequest", "max_completion_tokens"), ("MessagesRequest", "max_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
     _set_maximum(schemas["Options"]["properties"]["num_predict"], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
@@ -345,12 +393,14 @@ def build_openapi(
             "title": title,
             "version": __version__,
             "description": "Text generation with a Hugging Face causal language model: TGI's routes, "
-            "OpenAI-compatible routes under /v1, Ollama's under /api, health, info and metrics.",
+            "OpenAI-compatible routes under /v1, Anthropic's Messages, Ollama's under /api, health, info and metrics.",
         },
         "paths": _paths(),
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."},
+                                "api_key": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                            "description": "Anthropic's header for the same key (/v1/messages)."}},
         },
     }
 
@@ -433,6 +483,13 @@ def _paths() -> dict:
             "OpenAIError",
             "400",
         ),
+        "/v1/messages": _anthropic(
+            "Anthropic's Messages (the model's chat template; 400 without one)", "MessagesRequest",
+            {**_json("MessageResponse"), **_sse("MessageEvent", "AnthropicError")},
+        ),
+        "/v1/messages/count_tokens": _anthropic(
+            "The tokens /v1/messages would prefill for the same conversation", "CountTokensRequest", _json("TokenCount"),
+        ),
         "/tokenize": _tokenizer(
             "The prompt's tokens as /generate would prefill them, with their UTF-8 byte offsets (TGI's)",
             tgi_body,
@@ -475,6 +532,25 @@ def _paths() -> dict:
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
     return {**paths, **openapi_ollama.paths()}
+
+
+# Anthropic's statuses: a broken rule is a 400; a queue timeout or no engine its 529 "overloaded".
+_ANTHROPIC_ERRORS = {
+    **{code: text for code, text in _GENERATION_ERRORS.items() if code not in ("422", "503")},
+    "400": "Not JSON, or a field breaks a rule; the message names it and the limit",
+    "529": "Model not ready, or the request waited longer than QUEUE_TIMEOUT",
+}
+
+
+def _anthropic(summary: str, body: str, ok: dict) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{}, {"bearer": []}, {"api_key": []}],
+            "requestBody": {"required": True, "content": _json(body)},
+            "responses": {"200": {"description": "Done", "content": ok}, **_errors("AnthropicError", _ANTHROPIC_ERRORS)},
+        }
+    }
 
 
 def _tokenizer(summary: str, body: dict, ok: str) -> dict:
