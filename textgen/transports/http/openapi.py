@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document served at /openapi.json. Pure: no Flask, no torch.
 
 Request bodies come from the very pydantic models the routes validate with (`validation.tgi`,
-`validation.openai_forms`; Ollama's, with their answers, in openapi_ollama.py), so the document cannot
-drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
+`validation.openai_forms`; Ollama's and Anthropic's, with their answers, in openapi_ollama.py and
+openapi_anthropic.py), so the document cannot drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
-from ...validation.anthropic_forms import CountTokensRequest, MessagesRequest
 from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
-from . import openapi_ollama
+from . import openapi_anthropic, openapi_ollama
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -259,58 +258,12 @@ class Info(BaseModel):
     version: str
 
 
-class AnthropicText(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class AnthropicUsage(BaseModel):
-    input_tokens: int
-    output_tokens: int
-
-
-class MessageResponse(BaseModel):
-    """Anthropic's answer (POST /v1/messages)."""
-
-    id: str
-    type: Literal["message"]
-    role: Literal["assistant"]
-    model: str
-    content: List[AnthropicText]
-    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence"]
-    stop_sequence: Optional[str]
-    usage: AnthropicUsage
-
-
-class MessageEvent(BaseModel):
-    """One of Anthropic's stream events; its `type` is also the SSE `event:` name."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: Literal["message_start", "content_block_start", "ping", "content_block_delta", "content_block_stop",
-                  "message_delta", "message_stop", "error"]
-
-
-class AnthropicErrorDetail(BaseModel):
-    type: str
-    message: str
-
-
-class AnthropicError(BaseModel):
-    type: Literal["error"]
-    error: AnthropicErrorDetail
-
-
-class TokenCount(BaseModel):
-    input_tokens: int
-
-
 # -- the document ------------------------------------------------------------------------------------
 _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
     SimpleToken, DetokenizeRequest, DetokenizeResponse, *openapi_ollama.MODELS,
-    MessagesRequest, CountTokensRequest, MessageResponse, MessageEvent, AnthropicError, TokenCount,
+    *openapi_anthropic.MODELS,
 ]
 
 
@@ -483,13 +436,6 @@ def _paths() -> dict:
             "OpenAIError",
             "400",
         ),
-        "/v1/messages": _anthropic(
-            "Anthropic's Messages (the model's chat template; 400 without one)", "MessagesRequest",
-            {**_json("MessageResponse"), **_sse("MessageEvent", "AnthropicError")},
-        ),
-        "/v1/messages/count_tokens": _anthropic(
-            "The tokens /v1/messages would prefill for the same conversation", "CountTokensRequest", _json("TokenCount"),
-        ),
         "/tokenize": _tokenizer(
             "The prompt's tokens as /generate would prefill them, with their UTF-8 byte offsets (TGI's)",
             tgi_body,
@@ -531,26 +477,7 @@ def _paths() -> dict:
         "/docs": _page("This document, readable (no external resources)"),
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
-    return {**paths, **openapi_ollama.paths()}
-
-
-# Anthropic's statuses: a broken rule is a 400; a queue timeout or no engine its 529 "overloaded".
-_ANTHROPIC_ERRORS = {
-    **{code: text for code, text in _GENERATION_ERRORS.items() if code not in ("422", "503")},
-    "400": "Not JSON, or a field breaks a rule; the message names it and the limit",
-    "529": "Model not ready, or the request waited longer than QUEUE_TIMEOUT",
-}
-
-
-def _anthropic(summary: str, body: str, ok: dict) -> dict:
-    return {
-        "post": {
-            "summary": summary,
-            "security": [{}, {"bearer": []}, {"api_key": []}],
-            "requestBody": {"required": True, "content": _json(body)},
-            "responses": {"200": {"description": "Done", "content": ok}, **_errors("AnthropicError", _ANTHROPIC_ERRORS)},
-        }
-    }
+    return {**paths, **openapi_ollama.paths(), **openapi_anthropic.paths()}
 
 
 def _tokenizer(summary: str, body: dict, ok: str) -> dict:
