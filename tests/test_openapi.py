@@ -14,6 +14,7 @@ import requests
 from devtools.models import make_tiny
 from tests.models import add_chat_template
 from devtools.servers import serving
+from textgen.validation.anthropic_forms import MessagesRequest
 from textgen.validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from textgen.settings import Settings
 from textgen.validation import TGIRequest
@@ -41,7 +42,7 @@ def document(live_url):
 def test_document_is_openapi_31_built_from_the_route_models(document):
     assert document["openapi"] == "3.1.0"
     schemas = document["components"]["schemas"]
-    for model in (TGIRequest, CompletionRequest, ChatCompletionRequest):
+    for model in (TGIRequest, CompletionRequest, ChatCompletionRequest, MessagesRequest):
         expected = model.model_json_schema(ref_template="#/components/schemas/{model}")
         expected.pop("$defs", None)
         served = json.loads(json.dumps(schemas[model.__name__]))
@@ -49,10 +50,10 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
         served.pop("allOf", None)
         served["properties"].get("n", {}).pop("maximum", None)
         for field in served["properties"].values():  # this server's own limit, added to the models' bounds
-            for variant in field.get("anyOf", []):
+            for variant in field.get("anyOf", [field]):
                 variant.pop("maximum", None) if variant.get("type") == "integer" else None
         for field in expected["properties"].values():
-            for variant in field.get("anyOf", []):
+            for variant in field.get("anyOf", [field]):
                 variant.pop("maximum", None) if variant.get("type") == "integer" else None
         assert served == expected
     # best_of and n: at most MAX_BEST_OF (4); best_of > 1 neither greedy nor streamed, which the
@@ -61,6 +62,7 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     assert next(v for v in schemas["Parameters"]["properties"]["best_of"]["anyOf"] if v.get("type") == "integer")["maximum"] == 4
     assert len(schemas["PromptRequest"]["allOf"]) == 2 and len(schemas["TGIRequest"]["allOf"]) == 1
     # The server's MAX_NEW_TOKENS_LIMIT (64 here) is the documented maximum on both forms.
+    assert schemas["MessagesRequest"]["properties"]["max_tokens"]["maximum"] == 64  # Anthropic's: required, no null
     for name, field in (("Parameters", "max_new_tokens"), ("CompletionRequest", "max_tokens")):
         variants = schemas[name]["properties"][field]["anyOf"]
         assert next(v for v in variants if v.get("type") == "integer")["maximum"] == 64
@@ -72,7 +74,8 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     assert schemas["TGIRequest"]["additionalProperties"] is False
     expected_paths = {"/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions", "/v1/models",
                       "/tokenize", "/detokenize", "/health", "/info", "/metrics", "/openapi.json", "/docs",
-                      "/api/generate", "/api/chat", "/api/show", "/api/tags", "/api/ps", "/api/version"}
+                      "/api/generate", "/api/chat", "/api/show", "/api/tags", "/api/ps", "/api/version",
+                      "/v1/messages", "/v1/messages/count_tokens"}
     assert expected_paths <= set(document["paths"])
     # /detokenize's bounds are this server's: its longest sequence (1024) and its vocabulary.
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]

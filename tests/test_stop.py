@@ -45,3 +45,10 @@ def test_released_text_is_always_the_answer_so_far(stops):
     whole = "".join(pieces)
     cut = min((whole.find(s) for s in stops if s in whole), default=len(whole))
     assert text == whole[:cut] and "".join(released) == text and stopped == (cut < len(whole))
+
+
+def test_the_matcher_names_the_stop_sequence_found_first():
+    matcher = StopMatcher(["xyz", "b"])
+    assert matcher.push("a") == ("a", False) and matcher.matched is None
+    assert matcher.push("bxyz") == ("", True)  # "b" begins before "xyz": it is the one that ended the text
+    assert matcher.matched == "b" and matcher.text == "a"

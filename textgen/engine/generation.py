@@ -230,6 +230,7 @@ class Generation:
             generated_tokens=len(self.generated),
             prompt_tokens=len(self.entry.prompt_ids),
             seed=self.seed,
+            stop_sequence=self.stops.matched if self.stops is not None else None,
             cached_tokens=self.cached_tokens,
             tokens=tuple(self.kept or ()),
             prefill=tuple(self.prefill),

@@ -53,6 +53,7 @@ class GenerationResult:
     generated_tokens: int
     prompt_tokens: int
     seed: Optional[int]
+    stop_sequence: Optional[str] = None  # the one that ended it (finish_reason "stop_sequence")
     # Asked for with `details` (or OpenAI's `logprobs`) by a request that does not stream: every generated
     # token as its event would have been; with `decoder_input_details` (or `echo` and `logprobs`): the
     # prompt's tokens. A stream delivers the same as its events, and its result has neither.

@@ -15,6 +15,7 @@ class StopMatcher:
         self.stops = tuple(stops)
         self.text = ""  # everything generated so far, cut before the stop sequence once one is found
         self.stopped = False
+        self.matched = None  # the stop sequence found (Anthropic's answer names it)
         self._released = 0  # characters of `text` already handed out
         self._longest = max((len(s) for s in self.stops), default=0)
 
@@ -25,8 +26,9 @@ class StopMatcher:
             return "", True
         searched_from = max(0, len(self.text) - self._longest + 1)
         self.text += piece
-        cut = min((i for i in (self.text.find(s, searched_from) for s in self.stops) if i >= 0), default=None)
-        if cut is not None:
+        found = [(i, s) for i, s in ((self.text.find(s, searched_from), s) for s in self.stops) if i >= 0]
+        if found:
+            cut, self.matched = min(found)
             self.text, self.stopped = self.text[:cut], True
             return self._release(cut), True
         return self._release(len(self.text) - self._held()), False

@@ -4,8 +4,8 @@ or a named error; then its prompt as tokens within the token limits. Pure: no Fl
 Files:
 - request.py: the protocol-neutral request and its rules (`generation_request`, which every protocol
   calls once); the client's field names travel on it.
-- tgi.py, openai_forms.py, ollama_forms.py: each protocol's own pydantic forms, mapped straight into
-  the request.
+- tgi.py, openai_forms.py, ollama_forms.py, anthropic_forms.py: each protocol's own pydantic forms,
+  mapped straight into the request.
 - response_format.py: OpenAI's `response_format` forms (and TGI's there) as grammar forms.
 - body.py: any protocol's JSON body read into its pydantic model.
 - messages.py: every error's wording, in one table.

@@ -54,6 +54,8 @@ MESSAGES = {
     "best_of_stream": "`best_of` != 1 is not supported when streaming tokens",
     "best_of_greedy": "you must use sampling when `best_of` is > 1",
     "requires_true": "`{name}` requires `{other}` to be true",
+    "unsupported_feature": "`{name}` is not supported by this server ({what} is not implemented yet)",
+    "unsupported_block": "`{name}`: `{kind}` content blocks are not supported by this server (text only)",
     "one_form_of_two": "Give `{name}.json_schema` (OpenAI's form) or `value` (TGI's), not both",
 }
 

@@ -1,4 +1,4 @@
-"""Who may call what: the optional bearer key on the generation routes, and CORS for browsers.
+"""Who may call what: the optional key (bearer, or Anthropic's `x-api-key`) on the generation routes, and CORS for browsers.
 
 Both are off unless configured (API_KEY, CORS_ALLOW_ORIGINS). /health, /info, /metrics, /openapi.json,
 /docs and the playground page never need a key: monitors, load balancers and a first visit must work
@@ -34,8 +34,10 @@ def require_key(blueprint: Blueprint) -> None:
         if not keys or request.method == "OPTIONS":  # a CORS preflight never carries credentials
             return None
         given = _bearer(request.headers.get("Authorization", ""))
+        if given is None:  # Anthropic's clients send the key as `x-api-key`
+            given = request.headers.get("x-api-key", "").strip() or None
         if given is None:
-            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`")
+            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)")
         # Compare with every key, in constant time, so timing tells nothing about which part matched.
         matched = False
         for key in keys:
@@ -61,7 +63,7 @@ def enable_cors(app: Flask, origins: tuple) -> None:
     CORS(
         app,
         origins=list(origins) if origins != ("*",) else "*",
-        allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-Id", "x-api-key", "anthropic-version"],
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )

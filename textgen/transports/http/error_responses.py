@@ -5,6 +5,8 @@ Under /v1/ (the OpenAI-compatible routes) the same errors take OpenAI's shape,
 there a validation error is a 400, as OpenAI and vLLM answer it. Under /api/ (Ollama's routes) they take
 Ollama's, {"error": "<message>"}, a validation error a 400 too: the `ollama` package raises its
 `ResponseError` with that message and the status.
+Under /v1/messages (Anthropic's route) they take Anthropic's, {"type": "error", "error": {"type",
+"message"}}.
 """
 
 from __future__ import annotations
@@ -42,10 +44,33 @@ def openai_error_body(error: ServiceError) -> dict:
     }
 
 
+# The service's error types as Anthropic names them, with its status where it differs from ours.
+_ANTHROPIC_TYPES = {
+    "bad_request": ("invalid_request_error", 400),
+    "validation": ("invalid_request_error", 400),
+    "unauthorized": ("authentication_error", 401),
+    "not_found": ("not_found_error", 404),
+    "method_not_allowed": ("invalid_request_error", 405),
+    "payload_too_large": ("request_too_large", 413),
+    "request_timeout": ("timeout_error", 408),
+    "overloaded": ("rate_limit_error", 429),
+    "queue_timeout": ("overloaded_error", 529),  # the SDK's OverloadedError, which it retries
+    "unavailable": ("overloaded_error", 529),
+}
+
+
+def anthropic_error(error: ServiceError) -> tuple[dict, int]:
+    """Anthropic's body and status for `error` (the `anthropic` SDK raises its classes from both)."""
+    kind, status = _ANTHROPIC_TYPES.get(error.error_type, ("api_error", error.status))
+    return {"type": "error", "error": {"type": kind, "message": error.message}}, status
+
+
 def error_response(error: ServiceError):
     g.error_type = error.error_type  # the outcome label of textgen_requests_total (http/metrics.py)
     status = error.status
-    if request and request.path.startswith("/v1/"):
+    if request and request.path.startswith("/v1/messages"):
+        body, status = anthropic_error(error)
+    elif request and request.path.startswith("/v1/"):
         body = openai_error_body(error)
         if isinstance(error, ValidationError):
             status = 400

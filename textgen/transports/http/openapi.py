@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document served at /openapi.json. Pure: no Flask, no torch.
 
 Request bodies come from the very pydantic models the routes validate with (`validation.tgi`,
-`validation.openai_forms`; Ollama's, with their answers, in openapi_ollama.py), so the document cannot
-drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
+`validation.openai_forms`; Ollama's and Anthropic's, with their answers, in openapi_ollama.py and
+openapi_anthropic.py), so the document cannot drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ... import __version__
 from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
-from . import openapi_ollama
+from . import openapi_anthropic, openapi_ollama
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -263,6 +263,7 @@ _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
     SimpleToken, DetokenizeRequest, DetokenizeResponse, *openapi_ollama.MODELS,
+    *openapi_anthropic.MODELS,
 ]
 
 
@@ -325,7 +326,7 @@ def build_openapi(
         ids["items"]["maximum"] = vocab_size - 1
     for name, field in (("Parameters", "max_new_tokens"), ("PromptRequest", "max_new_tokens"),
                         ("CompletionRequest", "max_tokens"), ("ChatCompletionRequest", "max_tokens"),
-                        ("ChatCompletionRequest", "max_completion_tokens")):
+                        ("ChatCompletionRequest", "max_completion_tokens"), ("MessagesRequest", "max_tokens")):
         _set_maximum(schemas[name]["properties"][field], max_new_tokens)
     _set_maximum(schemas["Options"]["properties"]["num_predict"], max_new_tokens)
     for name in ("Parameters", "PromptRequest"):
@@ -345,12 +346,14 @@ def build_openapi(
             "title": title,
             "version": __version__,
             "description": "Text generation with a Hugging Face causal language model: TGI's routes, "
-            "OpenAI-compatible routes under /v1, Ollama's under /api, health, info and metrics.",
+            "OpenAI-compatible routes under /v1, Anthropic's Messages, Ollama's under /api, health, info and metrics.",
         },
         "paths": _paths(),
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "Only when API_KEY is set."},
+                                "api_key": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                            "description": "Anthropic's header for the same key (/v1/messages)."}},
         },
     }
 
@@ -474,7 +477,7 @@ def _paths() -> dict:
         "/docs": _page("This document, readable (no external resources)"),
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
-    return {**paths, **openapi_ollama.paths()}
+    return {**paths, **openapi_ollama.paths(), **openapi_anthropic.paths()}
 
 
 def _tokenizer(summary: str, body: dict, ok: str) -> dict:
