@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import jsonschema
 import ollama
 import pytest
 import requests
+from transformers import AutoTokenizer
 
 from devtools.servers import gunicorn_server
 
@@ -59,6 +62,13 @@ def test_show_gives_the_architecture_context_template_and_capabilities(client, m
     assert f"num_ctx {context}" in shown.parameters
     assert "<|im_start|>" in shown.template  # the model's own chat template
     assert client.show("model").details.family == "gpt2"  # without ":latest" too
+
+
+def test_show_lists_the_end_of_text_tokens_as_stop_parameters(client, model, chat_model_dir):
+    # Read as Continue reads them: `name value` lines, a quoted value through JSON.parse.
+    lines = [re.match(r'^(\S+)\s+((?:".*")|\S+)$', line).groups() for line in client.show(model).parameters.splitlines()]
+    stops = [json.loads(value) for name, value in lines if name == "stop"]
+    assert stops == [AutoTokenizer.from_pretrained(chat_model_dir).eos_token]
 
 
 def test_ps_lists_the_loaded_model(client, model):
