@@ -1,6 +1,7 @@
-"""Ollama's API: the `ollama` package (0.6.3), unchanged, against a live gunicorn server on the tiny model
-with a chat template; then the error shapes over plain HTTP (and one error after the stream began, on
-an in-process engine made to fail)."""
+"""Ollama's API: the `ollama` package (0.6.3) and LangChain's `ChatOllama` and `OllamaLLM`
+(langchain-ollama, on top of it), unchanged, against a live gunicorn server on the tiny model with a chat
+template; then the error shapes over plain HTTP (and one error after the stream began, on an in-process
+engine made to fail)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jsonschema
 import ollama
 import pytest
 import requests
+from langchain_ollama import ChatOllama, OllamaLLM
 from transformers import AutoTokenizer
 
 from devtools.servers import gunicorn_server
@@ -127,6 +129,34 @@ def test_unknown_model_is_a_404_response_error(client):
     with pytest.raises(ollama.ResponseError) as raised:
         client.show("nope")
     assert raised.value.status_code == 404
+
+
+def test_langchain_chat_ollama_validates_the_model_then_invokes_and_streams(live_url, model):
+    chat = ChatOllama(model=model, base_url=live_url, validate_model_on_init=True, num_predict=MAX_TOKENS, temperature=0)
+    whole = chat.invoke("Hi")
+    assert whole.usage_metadata["output_tokens"] == MAX_TOKENS and whole.response_metadata["done_reason"] == "length"
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": MAX_TOKENS, "temperature": 0}
+    direct = requests.post(live_url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert whole.content == direct["choices"][0]["message"]["content"]
+    chunks = list(chat.stream("Hi"))
+    assert len(chunks) > 1 and "".join(chunk.content for chunk in chunks) == whole.content
+    assert [chunk.usage_metadata["output_tokens"] for chunk in chunks if chunk.usage_metadata] == [MAX_TOKENS]
+    # The name as the user gives it, without Ollama's ":latest" tag, passes the check too.
+    ChatOllama(model=model.removesuffix(":latest"), base_url=live_url, validate_model_on_init=True)
+
+
+def test_langchain_validate_model_on_init_refuses_an_unknown_model(live_url):
+    with pytest.raises(ValueError, match="llama3:8b"):
+        ChatOllama(model="llama3:8b", base_url=live_url, validate_model_on_init=True)
+    with pytest.raises(ValueError, match="llama3:8b"):
+        OllamaLLM(model="llama3:8b", base_url=live_url, validate_model_on_init=True)
+
+
+def test_langchain_ollama_llm_invokes_the_completion_route(live_url, model):
+    llm = OllamaLLM(model=model, base_url=live_url, validate_model_on_init=True, num_predict=MAX_TOKENS, temperature=0)
+    body = {"model": model, "prompt": "Hello", "stream": False, "options": options()}
+    direct = requests.post(live_url + "/api/generate", json=body, timeout=60).json()
+    assert llm.invoke("Hello") == direct["response"] and direct["eval_count"] == MAX_TOKENS
 
 
 def test_bad_options_are_a_400_naming_the_option(live_url, model):
