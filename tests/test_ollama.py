@@ -1,15 +1,20 @@
-"""Ollama's API: the `ollama` package (0.6.3), unchanged, against a live gunicorn server on the tiny model
-with a chat template; then the error shapes over plain HTTP (and one error after the stream began, on
-an in-process engine made to fail)."""
+"""Ollama's API: the `ollama` package (0.6.3) and LangChain's `ChatOllama` and `OllamaLLM`
+(langchain-ollama, on top of it), unchanged, against a live gunicorn server on the tiny model with a chat
+template; then the error shapes over plain HTTP (and one error after the stream began, on an in-process
+engine made to fail)."""
 
 from __future__ import annotations
 
 import json
 
+import re
+
 import jsonschema
 import ollama
 import pytest
 import requests
+from langchain_ollama import ChatOllama, OllamaLLM
+from transformers import AutoTokenizer
 
 from devtools.servers import gunicorn_server
 
@@ -59,6 +64,13 @@ def test_show_gives_the_architecture_context_template_and_capabilities(client, m
     assert f"num_ctx {context}" in shown.parameters
     assert "<|im_start|>" in shown.template  # the model's own chat template
     assert client.show("model").details.family == "gpt2"  # without ":latest" too
+
+
+def test_show_lists_the_end_of_text_tokens_as_stop_parameters(client, model, chat_model_dir):
+    # Read as Continue reads them: `name value` lines, a quoted value through JSON.parse.
+    lines = [re.match(r'^(\S+)\s+((?:".*")|\S+)$', line).groups() for line in client.show(model).parameters.splitlines()]
+    stops = [json.loads(value) for name, value in lines if name == "stop"]
+    assert stops == [AutoTokenizer.from_pretrained(chat_model_dir).eos_token]
 
 
 def test_ps_lists_the_loaded_model(client, model):
@@ -117,6 +129,34 @@ def test_unknown_model_is_a_404_response_error(client):
     with pytest.raises(ollama.ResponseError) as raised:
         client.show("nope")
     assert raised.value.status_code == 404
+
+
+def test_langchain_chat_ollama_validates_the_model_then_invokes_and_streams(live_url, model):
+    chat = ChatOllama(model=model, base_url=live_url, validate_model_on_init=True, num_predict=MAX_TOKENS, temperature=0)
+    whole = chat.invoke("Hi")
+    assert whole.usage_metadata["output_tokens"] == MAX_TOKENS and whole.response_metadata["done_reason"] == "length"
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": MAX_TOKENS, "temperature": 0}
+    direct = requests.post(live_url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert whole.content == direct["choices"][0]["message"]["content"]
+    chunks = list(chat.stream("Hi"))
+    assert len(chunks) > 1 and "".join(chunk.content for chunk in chunks) == whole.content
+    assert [chunk.usage_metadata["output_tokens"] for chunk in chunks if chunk.usage_metadata] == [MAX_TOKENS]
+    # The name as the user gives it, without Ollama's ":latest" tag, passes the check too.
+    ChatOllama(model=model.removesuffix(":latest"), base_url=live_url, validate_model_on_init=True)
+
+
+def test_langchain_validate_model_on_init_refuses_an_unknown_model(live_url):
+    with pytest.raises(ValueError, match="llama3:8b"):
+        ChatOllama(model="llama3:8b", base_url=live_url, validate_model_on_init=True)
+    with pytest.raises(ValueError, match="llama3:8b"):
+        OllamaLLM(model="llama3:8b", base_url=live_url, validate_model_on_init=True)
+
+
+def test_langchain_ollama_llm_invokes_the_completion_route(live_url, model):
+    llm = OllamaLLM(model=model, base_url=live_url, validate_model_on_init=True, num_predict=MAX_TOKENS, temperature=0)
+    body = {"model": model, "prompt": "Hello", "stream": False, "options": options()}
+    direct = requests.post(live_url + "/api/generate", json=body, timeout=60).json()
+    assert llm.invoke("Hello") == direct["response"] and direct["eval_count"] == MAX_TOKENS
 
 
 def test_bad_options_are_a_400_naming_the_option(live_url, model):

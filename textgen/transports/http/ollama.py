@@ -62,7 +62,7 @@ def show():
     context = current_app.extensions["textgen.engine"].info()["max_total_tokens"]
     return jsonify({
         "modelfile": f"FROM {facts['name']}\n",
-        "parameters": f"num_ctx {context}",
+        "parameters": _parameters(context, facts["stop"]),
         "template": facts["template"] or "{{ .Prompt }}",
         "details": facts["details"],
         "model_info": {"general.architecture": facts["family"], f"{facts['family']}.context_length": context},
@@ -158,6 +158,12 @@ def _final(result, started: int, first: int) -> dict:
     }
 
 
+def _parameters(context: int, stops) -> str:
+    """Ollama's `parameters` text, one `name value` a line, strings quoted (Continue reads `num_ctx` and
+    each `stop` line with JSON.parse)."""
+    return "\n".join([f"num_ctx {context}"] + [f"stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops])
+
+
 def _render(engine):
     """The model's chat template as a renderer, or None when it has none."""
     return engine.prompts.chat_prompt if getattr(engine.prompts.tokenizer, "chat_template", None) else None
@@ -204,6 +210,8 @@ def _facts() -> dict:
         "modified_at": datetime.fromtimestamp(modified, timezone.utc).isoformat().replace("+00:00", "Z"),
         "family": family,
         "template": getattr(engine.prompts.tokenizer, "chat_template", None),
+        # The end-of-text tokens, as Ollama lists them (`stop "<|im_end|>"`): Continue adds them to its stops.
+        "stop": [engine.prompts.tokenizer.decode([i]) for i in sorted(engine.eos_token_ids)],
         "details": {
             "parent_model": "",
             "format": "gguf" if any(f.endswith(".gguf") for f in weights) else "safetensors",
