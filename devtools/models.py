@@ -102,27 +102,23 @@ def make_tiny(out_dir: str, seed: int = 0, n_positions: int = 256) -> str:
 
 
 def make_distilgpt2(out_dir: str, gpt2_vocab: str | None = None, seed: int = 0) -> str:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    with open(DISTILGPT2_CONFIG) as f:
-        config = GPT2Config(**json.load(f))
-    tokenizer = gpt2_tokenizer(gpt2_vocab) if gpt2_vocab else train_tokenizer()
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    _save(model, tokenizer, out_dir)
-    return out_dir
+    return _make_random(DISTILGPT2_CONFIG, "GPT2Config", "GPT2LMHeadModel", out_dir, gpt2_vocab, seed)
 
 
 def make_llama_3_2_1b(out_dir: str, gpt2_vocab: str | None = None, seed: int = 0) -> str:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    return _make_random(LLAMA_3_2_1B_CONFIG, "LlamaConfig", "LlamaForCausalLM", out_dir, gpt2_vocab, seed)
 
-    with open(LLAMA_3_2_1B_CONFIG) as f:
-        config = LlamaConfig(**json.load(f))
+
+def _make_random(config_path: str, config_class: str, model_class: str, out_dir: str, gpt2_vocab, seed: int) -> str:
+    """A model of an exact published config with random weights, and GPT-2's tokenizer (or a trained one)."""
+    import torch
+    import transformers
+
+    with open(config_path) as f:
+        config = getattr(transformers, config_class)(**json.load(f))
     tokenizer = gpt2_tokenizer(gpt2_vocab) if gpt2_vocab else train_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, model_class)(config)
     _save(model, tokenizer, out_dir)
     return out_dir
 

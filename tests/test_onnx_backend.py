@@ -179,21 +179,26 @@ def test_quantized_row_is_bit_identical_alone_and_batched(model_dirs, graph_cach
     assert np.array_equal(alone[0], batched[0]) and np.array_equal(alone[1], batched[1])
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
-def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
-    exact = load(model_dirs, graph_cache, arch, "none")
-    int8 = load(model_dirs, graph_cache, arch, "int8")
+def last_logits_of_24_prompts(*models) -> list:
+    """Each model's logits at the last position of 24 random prompts of 1 to 24 tokens, prefilled at once."""
     lengths = list(range(1, 25))
-    sequences = random_sequences(exact.vocab_size, lengths, seed=3)
+    sequences = random_sequences(models[0].vocab_size, lengths, seed=3)
     tokens = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
     for i, seq in enumerate(sequences):
         tokens[i, : len(seq)] = seq
     outputs = []
-    for model in (exact, int8):
+    for model in models:
         cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
         cache.reserve(len(lengths), 32)
         outputs.append(model.forward(tokens, np.zeros(len(lengths), np.int64), np.array(lengths), cache, 0, True))
-    want, got = outputs
+    return outputs
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
+def test_int8_logits_close_to_float32(model_dirs, graph_cache, arch):
+    exact = load(model_dirs, graph_cache, arch, "none")
+    int8 = load(model_dirs, graph_cache, arch, "int8")
+    want, got = last_logits_of_24_prompts(exact, int8)
     agree = np.mean(want.argmax(axis=1) == got.argmax(axis=1))
     relative = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
     assert agree >= 0.8, agree
@@ -236,17 +241,7 @@ def test_int4_logits_close_to_float32(model_dirs, graph_cache, arch):
     exact = load(model_dirs, graph_cache, arch, "none")
     int4 = load(model_dirs, graph_cache, arch, "int4")
     assert int4.dtype_name == "int4"
-    lengths = list(range(1, 25))
-    sequences = random_sequences(exact.vocab_size, lengths, seed=3)
-    tokens = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
-    for i, seq in enumerate(sequences):
-        tokens[i, : len(seq)] = seq
-    outputs = []
-    for model in (exact, int4):
-        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
-        cache.reserve(len(lengths), 32)
-        outputs.append(model.forward(tokens, np.zeros(len(lengths), np.int64), np.array(lengths), cache, 0, True))
-    want, got = outputs
+    want, got = last_logits_of_24_prompts(exact, int4)
     relative = np.linalg.norm(got - want) / np.linalg.norm(want)
     agree = np.mean(want.argmax(axis=1) == got.argmax(axis=1))
     print(f"\n{arch} int4: logits' relative RMS error {relative:.3f}, argmax agreement {agree:.2f}")
