@@ -149,7 +149,11 @@ def test_x_api_key_is_accepted_and_a_wrong_key_refused(live):
     [
         ({"max_tokens": 0}, "`max_tokens` must be strictly positive"),
         ({"extra_body": {"temperature": 1.5}}, "`temperature` must be <= 1"),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "`tools` is not supported"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "`tools[0]` is not supported"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"x": {"$ref": "#/nope"}}}}]},
+         "`tools[0]` (`f`): the parameters' schema cannot be compiled"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "g"}},
+         "`tool_choice` names `g`, which is not one of `tools`: f"),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "`image` content blocks"),
     ],
 )

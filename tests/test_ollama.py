@@ -60,7 +60,7 @@ def test_show_gives_the_architecture_context_template_and_capabilities(client, m
     architecture = shown.modelinfo["general.architecture"]
     context = requests.get(live_url + "/info", timeout=10).json()["max_total_tokens"]
     assert architecture == "gpt2" and shown.modelinfo[f"{architecture}.context_length"] == context
-    assert shown.capabilities == ["completion"]
+    assert shown.capabilities == ["completion", "tools"]  # tools: through its chat template
     assert f"num_ctx {context}" in shown.parameters
     assert "<|im_start|>" in shown.template  # the model's own chat template
     assert client.show("model").details.family == "gpt2"  # without ":latest" too

@@ -315,8 +315,9 @@ def build_openapi(
     schemas: Dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        for name, part in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            # Two models of one name (a request's and a response's) would silently share one schema.
+            assert schemas.setdefault(name, part) == part, f"two schemas named {name}"
     _drop_ambiguous_discriminators(schemas)
     schemas["TokenizeResponse"] = {"type": "array", "items": _ref("SimpleToken")}
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
