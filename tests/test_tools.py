@@ -364,3 +364,35 @@ def test_openai_logprobs_come_with_a_tool_call_whole_and_streamed(served):
     chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
     streamed = [entry for c in chunks if c.choices and c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
     assert [e.token for e in streamed] == [e.token for e in whole.choices[0].logprobs.content]
+
+
+def test_tool_call_answers_match_the_openapi_document(served):
+    """What schemathesis' fuzz rarely reaches (a model that calls): each protocol's tool-call answer,
+    whole and streamed, is one the document declares."""
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
+    document = requests.get(served[1] + "/openapi.json", timeout=30).json()
+    registry = Registry().with_resource("urn:doc", DRAFT202012.create_resource(document))
+
+    def check(body, name):
+        schema = {"$ref": f"urn:doc#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema, registry=registry).validate(body)
+
+    ask = {"model": "m", "messages": ASK, "tools": OPENAI_TOOLS, "max_tokens": 200, "temperature": 0}
+    whole = requests.post(served[1] + "/v1/chat/completions", json=ask, timeout=60).json()
+    assert whole["choices"][0]["message"]["tool_calls"]
+    check(whole, "ChatCompletion")
+    with requests.post(served[1] + "/v1/chat/completions", json={**ask, "stream": True}, stream=True, timeout=60) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith(b"data: {")]
+    assert any(c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    for chunk in chunks:
+        check(chunk, "ChatCompletionChunk")
+    message = requests.post(served[1] + "/v1/messages", json={"model": "m", "max_tokens": 200, "messages": ASK,
+                                                                "tools": ANTHROPIC_TOOLS, "temperature": 0}, timeout=60).json()
+    assert message["content"][-1]["type"] == "tool_use"
+    check(message, "MessageResponse")
+    chat = requests.post(served[1] + "/api/chat", json={"model": "model", "messages": ASK, "tools": OPENAI_TOOLS, "stream": False,
+                                                         "options": {"temperature": 0, "num_predict": 200}}, timeout=60).json()
+    assert chat["message"]["tool_calls"]
+    check(chat, "OllamaChatAnswer")

@@ -167,16 +167,28 @@ class Completion(BaseModel):
     usage: Usage
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments' JSON text (an object matching the tool's schema).")
+
+
+class ToolCallMade(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: Optional[str] = Field(description="The text; null when the answer is only tool calls.")
+    tool_calls: Optional[List[ToolCallMade]] = Field(None, description="With `tools`: the calls the answer made.")
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: Optional[ChatLogprobs] = Field(description="With `logprobs`; else null.")
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletion(BaseModel):
@@ -206,16 +218,29 @@ class CompletionChunk(BaseModel):
     usage: Optional[Usage] = Field(None, description="In a last chunk, with stream_options.include_usage.")
 
 
+class FunctionDelta(BaseModel):
+    name: Optional[str] = Field(None, description="In a call's first delta.")
+    arguments: str = Field(description="The next piece of the arguments' JSON text.")
+
+
+class ToolCallDelta(BaseModel):
+    index: int = Field(description="The call's place in the answer's calls.")
+    id: Optional[str] = Field(None, description="In a call's first delta.")
+    type: Optional[Literal["function"]] = None
+    function: FunctionDelta
+
+
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: Optional[ChatLogprobs]
-    finish_reason: Optional[Literal["stop", "length"]]
+    finish_reason: Optional[Literal["stop", "length", "tool_calls"]]
 
 
 class ChatCompletionChunk(BaseModel):
