@@ -11,6 +11,7 @@ keep `AutoTokenizer`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import List, Optional, Tuple
@@ -107,6 +108,7 @@ def _clean_up_spaces(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4)  # a server renders one template: compiled once, not per request
 def _compile(template: str):
     import json as _json
     from datetime import datetime

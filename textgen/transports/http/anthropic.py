@@ -35,12 +35,10 @@ def messages():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
     _, gen_request, tools = messages_request(json_body(), settings, engine.prompts.chat_prompt)
-    # The prompt's tokens, counted as submit counts them: a stream's first event reports them.
-    input_tokens = len(engine.prompts.tokenize(gen_request).prompt_ids) if gen_request.stream else 0
     handle = engine.submit(gen_request, request_id=g.request_id)
     message = _message(settings.model_name, g.request_id)
     if gen_request.stream:
-        return _stream(message, handle, input_tokens, tools.active)
+        return _stream(message, handle, handle.prompt_tokens, tools.active)  # a stream's first event reports them
     with watching(request.environ, handle):
         result = handle.results()[0]
     content, called = [{"type": "text", "text": result.text}], False
