@@ -233,3 +233,10 @@ def test_overload_is_a_429_response_error(make_engine, slow_forward):
             sdk.generate(model=model, prompt="Hi", raw=True, options={"num_predict": 2})
         first.join(30)
     assert caught.value.status_code == 429 and caught.value.error == "Model is overloaded"
+
+
+def test_parameter_size_counts_the_checkpoints_parameters(client, chat_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    count = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(chat_model_dir).parameters())
+    assert client.list().models[0].details.parameter_size == f"{count / 1e3:.0f}K"  # the tiny model: ~100K

@@ -21,6 +21,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import TokenEvent
 from ...errors import ServiceError, from_http_status
+from ...model.loader import converted_gguf
+from ...model.safetensors import parameter_count
 from ...validation import ollama_forms
 from ..tool_calls import CallAssembler, Text, ToolCallReader, read_answer
 from .access import require_key
@@ -235,12 +237,22 @@ def _facts() -> dict:
             "format": "gguf" if any(f.endswith(".gguf") for f in weights) else "safetensors",
             "family": family,
             "families": [family],
-            "parameter_size": "unknown",
+            "parameter_size": _parameter_size(settings),
             "quantization_level": info["model_dtype"].upper(),
         },
     }
     current_app.extensions["textgen.ollama_facts"] = facts
     return facts
+
+
+def _parameter_size(settings) -> str:
+    """The parameters as Ollama writes them ("135M", "1.2B"), counted from the checkpoint's headers (a
+    GGUF file's: its conversion, once made); "unknown" without one (a graph alone)."""
+    source = converted_gguf(settings) if settings.model_gguf_file else settings.model_id
+    count = parameter_count(source) if source and os.path.isdir(source) else None
+    if count is None:
+        return "unknown"
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M" if count >= 1e6 else f"{count / 1e3:.0f}K"
 
 
 def _now() -> str:
