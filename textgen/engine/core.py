@@ -35,7 +35,7 @@ from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
 from .runtime import runtime_versions
 from .sampling import Picks
-from .generation import Generation, Vocabulary, choose_next_tokens_for
+from .generation import Generation, Vocabulary, choose_next_tokens_for, take_forced
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class Engine:
                     self._step(rows, batch.prefill_step, "prefill")
                 if len(batch):
                     rows = list(batch.rows)
-                    self._step(rows, lambda: batch.step([g.next_token for g in rows]), "decode step")
+                    feeds, scored = [g.feed() for g in rows], [g.wants_logprobs for g in rows]
+                    self._step(rows, lambda: batch.decode(feeds, scored), "decode step")
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
             log.exception("engine loop crashed")
@@ -186,7 +187,7 @@ class Engine:
             out = forward()
             if out is None:
                 return
-            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, out)
+            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, take_forced(rows, out))
             picks = choose_next_tokens_for(rows, logits)
         except Exception:
             ids = [g.entry.request_id for g in rows]
@@ -222,7 +223,8 @@ class Engine:
         finished, failed, refused = [], [], []
         for generation, token, logprob, top in zip(rows, *picks):
             try:
-                generation.append(token, logprob, top)
+                if not generation.finished:  # (its forced tokens may have ended it)
+                    generation.append(token, logprob, top)
                 if generation.finished:
                     result = generation.result()
                     self._answer(generation.entry, result, generation.rows_held)
