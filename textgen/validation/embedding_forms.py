@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, List, Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..errors import ValidationError
-from .body import NonEmpty, OptionalInteger, parse_model
+from .body import NonEmpty, OptionalInteger, parse_model, whole_number
 from .ollama_forms import Options
 
 MAX_INPUTS = 2048  # inputs in one request (OpenAI's bound)
 
-TokenId = Annotated[int, Field(ge=0)]
+TokenId = Annotated[int, Field(ge=0), BeforeValidator(whole_number)]  # 5.0 is an integer, as JSON Schema says
 Texts = Annotated[List[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)]
 Ids = Annotated[List[TokenId], Field(min_length=1)]
 IdLists = Annotated[List[Ids], Field(min_length=1, max_length=MAX_INPUTS)]
