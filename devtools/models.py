@@ -127,3 +127,21 @@ def _save(model, tokenizer, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+# ChatML, the template of SmolLM2-Instruct and Qwen: for tiny models that have none.
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def add_chat_template(model_dir: str, template: str = CHATML) -> str:
+    """Give a saved model's tokenizer a chat template (in its tokenizer_config.json)."""
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["chat_template"] = template
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return model_dir

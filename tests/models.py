@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from devtools.models import CHATML, add_chat_template  # noqa: F401  (the tests import them from here)
+
 
 # Scaled RoPE as Llama 3.1/3.2, Qwen3, Phi-3.5/Phi-4-mini and older long-context checkpoints ship it,
 # with an original context (16) short enough that the tiny model's low and middle frequencies are all
@@ -156,18 +158,17 @@ def sharpen(model_dir: str, factor: float = 6.0) -> str:
 
 
 # ChatML, the template SmolLM2-Instruct uses: enough to show the route renders the model's own template.
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+# A template that takes tools, written after Qwen 2.5's (Hermes' format): the tools listed in the system
+# turn, past calls as <tool_call> blocks (arguments an object), results in a user turn.
+HERMES_TOOLS = (
+    "{% if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n"
+    "{% elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n"
+    "{{ message['content'] }}\n</tool_response><|im_end|>\n"
+    "{% elif message['role'] != 'system' %}<|im_start|>{{ message['role'] }}\n{{ message['content'] or '' }}"
+    "{% for call in message.get('tool_calls') or [] %}\n<tool_call>\n{\"name\": \"{{ call['function']['name'] }}\", "
+    "\"arguments\": {{ call['function']['arguments'] | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def add_chat_template(model_dir: str, template: str = CHATML) -> str:
-    """Give a saved model's tokenizer a chat template (in its tokenizer_config.json)."""
-    path = os.path.join(model_dir, "tokenizer_config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config["chat_template"] = template
-    with open(path, "w") as f:
-        json.dump(config, f)
-    return model_dir

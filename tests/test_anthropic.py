@@ -149,7 +149,11 @@ def test_x_api_key_is_accepted_and_a_wrong_key_refused(live):
     [
         ({"max_tokens": 0}, "`max_tokens` must be strictly positive"),
         ({"extra_body": {"temperature": 1.5}}, "`temperature` must be <= 1"),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "`tools` is not supported"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "`tools[0]` is not supported"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"x": {"$ref": "#/nope"}}}}]},
+         "`tools[0]` (`f`): the parameters' schema cannot be compiled"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "g"}},
+         "`tool_choice` names `g`, which is not one of `tools`: f"),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "`image` content blocks"),
     ],
 )
@@ -175,3 +179,39 @@ def test_an_error_after_the_stream_began_is_an_error_event(chat_live, fail_forwa
     assert received[:2] == ["message_start", "content_block_start"]
     assert "content_block_stop" not in received and "message_stop" not in received
     assert raised.value.body == {"type": "error", "error": {"type": "api_error", "message": "Generation failed; see the server log"}}
+
+
+def test_overload_is_a_rate_limit_error_and_a_stopped_engine_overloaded(chat_model_dir, base_settings, slow_forward):
+    """Over MAX_CONCURRENT_REQUESTS: 429 `rate_limit_error` with Retry-After (the SDK's RateLimitError);
+    the engine not running: 529 `overloaded_error` (its OverloadedError, which it would retry)."""
+    import threading
+    import time
+
+    from devtools.servers import thread_server
+    from textgen.engine.core import Engine
+    from textgen.model.loader import load_model
+    from textgen.server import create_app
+
+    settings = base_settings.replace(model_id=chat_model_dir, max_concurrent_requests=1)
+    model, tokenizer = load_model(settings)
+    engine = Engine(model, tokenizer, settings).start()
+    slow_forward(engine, 0.05)
+    try:
+        with thread_server(create_app(settings, engine=engine)) as url:
+            sdk = client(url, api_key="unused")
+            first = threading.Thread(target=lambda: sdk.messages.create(model="m", max_tokens=20, messages=HI))
+            first.start()
+            deadline = time.monotonic() + 10
+            while engine.stats()["admitted"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(anthropic.RateLimitError) as limited:
+                sdk.messages.create(model="m", max_tokens=2, messages=HI)
+            first.join(30)
+            engine.stop()
+            with pytest.raises(anthropic.OverloadedError) as overloaded:
+                sdk.messages.create(model="m", max_tokens=2, messages=HI)
+    finally:
+        engine.stop()
+    assert limited.value.status_code == 429 and limited.value.response.headers["Retry-After"] == "1"
+    assert limited.value.body["error"]["type"] == "rate_limit_error"
+    assert overloaded.value.status_code == 529 and overloaded.value.body["error"]["type"] == "overloaded_error"

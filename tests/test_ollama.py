@@ -60,7 +60,7 @@ def test_show_gives_the_architecture_context_template_and_capabilities(client, m
     architecture = shown.modelinfo["general.architecture"]
     context = requests.get(live_url + "/info", timeout=10).json()["max_total_tokens"]
     assert architecture == "gpt2" and shown.modelinfo[f"{architecture}.context_length"] == context
-    assert shown.capabilities == ["completion"]
+    assert shown.capabilities == ["completion", "tools"]  # tools: through its chat template
     assert f"num_ctx {context}" in shown.parameters
     assert "<|im_start|>" in shown.template  # the model's own chat template
     assert client.show("model").details.family == "gpt2"  # without ":latest" too
@@ -209,3 +209,34 @@ def test_an_error_after_the_stream_began_is_the_last_line(make_client, fail_forw
     assert answer.status_code == 200
     lines = [json.loads(line) for line in answer.get_data(as_text=True).splitlines()]
     assert "error" in lines[-1] and not lines[-1].get("done") and len(lines) >= 2
+
+
+def test_overload_is_a_429_response_error(make_engine, slow_forward):
+    """Over MAX_CONCURRENT_REQUESTS: the `ollama` package's ResponseError with status 429."""
+    import threading
+    import time
+
+    from devtools.servers import thread_server
+    from textgen.server import create_app
+
+    engine = make_engine(max_concurrent_requests=1)
+    slow_forward(engine, 0.05)
+    with thread_server(create_app(engine.settings, engine=engine)) as url:
+        sdk = ollama.Client(host=url, timeout=60)
+        model = sdk.list().models[0].model
+        first = threading.Thread(target=lambda: sdk.generate(model=model, prompt="Hi", raw=True, options={"num_predict": 20}))
+        first.start()
+        deadline = time.monotonic() + 10
+        while engine.stats()["admitted"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ollama.ResponseError) as caught:
+            sdk.generate(model=model, prompt="Hi", raw=True, options={"num_predict": 2})
+        first.join(30)
+    assert caught.value.status_code == 429 and caught.value.error == "Model is overloaded"
+
+
+def test_parameter_size_counts_the_checkpoints_parameters(client, chat_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    count = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(chat_model_dir).parameters())
+    assert client.list().models[0].details.parameter_size == f"{count / 1e3:.0f}K"  # the tiny model: ~100K

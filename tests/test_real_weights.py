@@ -3,6 +3,8 @@
 The first run dequantises the GGUF file (~40 s) and caches a plain checkpoint under CACHE_DIR.
 """
 
+import json
+
 import pytest
 
 from tests.batching import DecodeSteps, assert_decoded_together, submit_together
@@ -48,3 +50,39 @@ def test_real_stop_sequence(smollm2):
     result = ask(smollm2, "Count: one, two, three,", max_new_tokens=20, stop=["five"])
     assert result.finish_reason == "stop_sequence"
     assert "five" not in result.text and "four" in result.text
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather forecast of a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+        "required": ["city", "unit", "days"]}}}
+
+
+def test_real_forced_tool_call_validates_for_20_seeds(smollm2):
+    """SmolLM2's template takes no tools: they reach it in the system-prompt form, and the grammar
+    holds its sampled answer to one call of the tool. Its arguments validate for every seed, and the
+    model fills them from the question (not noise)."""
+    import jsonschema
+    import openai
+
+    from devtools.servers import thread_server
+    from textgen.server import create_app
+
+    question = [{"role": "user", "content": "What will the weather be like in Paris for the next 3 days?"}]
+    cities = []
+    with thread_server(create_app(smollm2.settings, engine=smollm2)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        for seed in range(20):
+            choice = client.chat.completions.create(
+                model="smollm2", messages=question, tools=[WEATHER_TOOL], tool_choice="required",
+                parallel_tool_calls=False, max_tokens=80, temperature=0.7, seed=seed,
+            ).choices[0]
+            assert choice.finish_reason == "tool_calls", choice
+            (call,) = choice.message.tool_calls
+            arguments = json.loads(call.function.arguments)
+            jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
+            cities.append(arguments["city"])
+    assert sum("Paris" in city for city in cities) >= 15, cities

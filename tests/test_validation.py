@@ -230,7 +230,7 @@ def chat(**options):
     from textgen.validation.openai_forms import chat_request
 
     body = {"messages": [{"role": "user", "content": "Hi"}], **options}
-    return chat_request(body, SETTINGS, lambda messages: messages[-1]["content"])[1]
+    return chat_request(body, SETTINGS, lambda messages, tools=(): messages[-1]["content"])[1]
 
 
 def chat_error(**options):
@@ -269,12 +269,12 @@ def test_openai_fields_that_mean_nothing_here_are_accepted_with_their_neutral_va
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "`tools` is not supported by this server: only null or [] is accepted"),
+        ({"functions": [{"name": "f"}]}, "`functions` is not supported by this server: only null or [] is accepted"),
         ({"presence_penalty": 0.5}, "`presence_penalty` is not supported by this server: only null or 0 is accepted. Given: 0.5"),
         ({"logit_bias": {"50256": -100}}, "`logit_bias` is not supported by this server: only null or {} is accepted"),
         ({"service_tier": "priority"}, '`service_tier` is not supported by this server: only null or "auto" or "default" is accepted. Given: "priority"'),
         ({"store": True}, "`store` is not supported by this server: only null or false is accepted. Given: true"),
-        ({"tool_choice": "required"}, "`tool_choice` is not supported by this server"),
+        ({"tool_choice": "required"}, "`tool_choice` asks for a tool call, and `tools` offers none"),
     ],
 )
 def test_openai_fields_that_mean_nothing_here_are_refused_otherwise_naming_the_field(options, message):
@@ -312,7 +312,7 @@ def test_a_prompt_with_a_lone_surrogate_is_refused_naming_the_clients_field():
 
     body = {"messages": [{"role": "user", "content": "a\ud800b"}]}
     with pytest.raises(ValidationError) as info:
-        chat_request(body, SETTINGS, lambda messages: messages[-1]["content"])
+        chat_request(body, SETTINGS, lambda messages, tools=(): messages[-1]["content"])
     assert info.value.param == "messages" and "unicode" in info.value.message
     assert "`inputs`" in error_of({"inputs": "a\ud800b"}) and "unicode" in error_of({"inputs": "a\ud800b"})
 

@@ -98,6 +98,7 @@ class Engine:
             raise Unavailable("Model is not ready")
         tokenized = self.prompts.tokenize(request)
         entry = Entry(Handle(completions=request.n), request, tokenized.prompt_ids, time.monotonic(), request_id, tokenized.constraint)
+        entry.handle.prompt_tokens = len(tokenized.prompt_ids)
         self._queue.admit(entry)
         return entry.handle
 

@@ -85,6 +85,7 @@ class Handle:
         self._pending = completions  # results still to come
         self._results: List[GenerationResult] = []
         self._error: Optional[ServiceError] = None
+        self.prompt_tokens: Optional[int] = None  # the prompt's tokens to prefill, set at submit
 
     # -- engine side -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:

@@ -9,9 +9,10 @@ dtype tag, shape and byte range in the data that follows), then the raw little-e
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 INDEX_FILE = "model.safetensors.index.json"  # a sharded checkpoint's map of tensor -> shard
 SINGLE_FILE = "model.safetensors"
@@ -59,3 +60,11 @@ def tensors(model_dir: str) -> Dict[str, Tensor]:
             start, end = meta["data_offsets"]
             found[name] = Tensor(path, meta["dtype"], meta["shape"], base + start, base + end)
     return found
+
+
+def parameter_count(model_dir: str) -> Optional[int]:
+    """The checkpoint's parameters, counted from its headers (a tied head is stored, and counted, once);
+    None without safetensors weights."""
+    if not has_weights(model_dir):
+        return None
+    return sum(math.prod(t.shape) for t in tensors(model_dir).values())

@@ -11,6 +11,7 @@ keep `AutoTokenizer`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import List, Optional, Tuple
@@ -74,12 +75,14 @@ class LeanTokenizer:
         text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
         return _clean_up_spaces(text) if self._clean_up else text
 
-    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = True):
-        """The model's chat template rendered as transformers renders it (sandboxed Jinja2)."""
+    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = True, tools=None):
+        """The model's chat template rendered as transformers renders it (sandboxed Jinja2), `tools` in
+        OpenAI's form."""
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat template")
         text = _compile(self.chat_template).render(
             messages=messages,
+            tools=tools,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
@@ -105,8 +108,10 @@ def _clean_up_spaces(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4)  # a server renders one template: compiled once, not per request
 def _compile(template: str):
     import json as _json
+    from datetime import datetime
 
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -116,4 +121,5 @@ def _compile(template: str):
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda value, indent=None: _json.dumps(value, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3's templates date their prompt
     return env.from_string(template)

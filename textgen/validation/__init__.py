@@ -14,6 +14,10 @@ Files:
   and offsets, /detokenize's text).
 - detokenize.py: /detokenize's body.
 - grammar.py: structured output's forms turned into llguidance token constraints.
+- tools.py: tool calls for every chat protocol: the tools offered, the choice, and the Lark grammar
+  that holds the answer to it.
+- tool_prompt.py: tools and past calls put into the prompt (the template's `tools=`, or the
+  system-prompt form).
 """
 
 from .body import parse_json_body, parse_model

@@ -80,6 +80,8 @@ def _field_names(error: dict) -> list:
         if not after_tagged and isinstance(part, str) and part.isidentifier():
             names.append(part)
         after_tagged = part in _TAGGED and not after_tagged
+    if error["type"].startswith("union_tag_"):  # the tag itself is wrong: it is the field named
+        names.append(error.get("ctx", {}).get("discriminator", "'type'").strip("'"))
     return names
 
 

@@ -107,7 +107,7 @@ Grammar = Annotated[GrammarForm, Field(discriminator="type")]  # ... told apart 
 @dataclass(frozen=True)
 class GrammarSpec:
     """A grammar that passed the checks needing no tokenizer: `kind` "json" (`source` is the schema's
-    JSON text) or "regex" (`source` is the expression)."""
+    JSON text), "regex" (`source` is the expression) or "lark" (llguidance's Lark: tool calls)."""
 
     kind: str
     source: str
@@ -131,7 +131,7 @@ def grammar_spec(grammar: GrammarForm, max_bytes: int, field: str) -> GrammarSpe
     try:
         text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
         _check_size(len(text.encode("utf-8", "surrogatepass")), max_bytes, field)
-        closed = _no_unlisted_properties(schema)
+        closed = no_unlisted_properties(schema)
         return GrammarSpec("json", json.dumps(closed, separators=(",", ":"), ensure_ascii=False))
     except RecursionError:
         raise ValidationError(f"`{field}` schema is nested too deeply", field) from None
@@ -143,7 +143,7 @@ def _check_size(size: int, max_bytes: int, field: str) -> None:
 
 
 # Keywords whose value is a schema, a list of schemas, or a map of names to schemas (JSON Schema 2020-12
-# and draft 7): the places `_no_unlisted_properties` looks into. `const`, `enum`, `default` and
+# and draft 7): the places `no_unlisted_properties` looks into. `const`, `enum`, `default` and
 # `examples` hold data, not schemas, and are left as they are.
 _SCHEMA = ("additionalProperties", "items", "additionalItems", "contains", "not", "if", "then", "else",
            "propertyNames", "unevaluatedItems", "unevaluatedProperties")
@@ -151,7 +151,7 @@ _SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
 _SCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 
-def _no_unlisted_properties(schema: Any) -> Any:
+def no_unlisted_properties(schema: Any) -> Any:
     """A copy of `schema` in which every object schema that lists `properties` and says nothing of other
     properties allows no others, as TGI (outlines' schema compiler) and OpenAI's strict mode generate
     it. Any output valid for the copy is valid for the original; without it a small model fills objects
@@ -161,13 +161,13 @@ def _no_unlisted_properties(schema: Any) -> Any:
     out = dict(schema)
     for key in _SCHEMA:
         if isinstance(out.get(key), dict):
-            out[key] = _no_unlisted_properties(out[key])
+            out[key] = no_unlisted_properties(out[key])
     for key in _SCHEMA_LIST:
         if isinstance(out.get(key), list):
-            out[key] = [_no_unlisted_properties(s) for s in out[key]]
+            out[key] = [no_unlisted_properties(s) for s in out[key]]
     for key in _SCHEMA_MAP:
         if isinstance(out.get(key), dict):
-            out[key] = {name: _no_unlisted_properties(s) for name, s in out[key].items()}
+            out[key] = {name: no_unlisted_properties(s) for name, s in out[key].items()}
     if isinstance(out.get("properties"), dict) and not any(
         k in out for k in ("additionalProperties", "patternProperties", "unevaluatedProperties")
     ):
@@ -205,6 +205,8 @@ class GrammarCompiler:
         try:
             if spec.kind == "json":
                 source = llguidance.LLMatcher.grammar_from_json_schema(spec.source, overrides=JSON_OPTIONS)
+            elif spec.kind == "lark":  # written here (tool calls), not by the client
+                source = llguidance.LLMatcher.grammar_from_lark(spec.source)
             else:  # `\d` is an ASCII digit, as in JSON Schema's patterns; the rest is Rust's regex syntax
                 regex = llguidance.regex_to_lark(spec.source, "d")
                 source = llguidance.LLMatcher.grammar_from_lark(f"start: /{regex}/")

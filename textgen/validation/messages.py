@@ -17,8 +17,9 @@ MESSAGES = {
     # -- pydantic's error types --------------------------------------------------------------------
     "missing": "`{name}` is required",
     "extra_forbidden": "Unknown field `{field}` in {where}",
-    "union_tag_invalid": "`{name}.type` must be one of {expected_tags}. Given: {tag}",  # a tagged form's `type`
-    "union_tag_not_found": "`{name}.type` is required",
+    # a tagged form's tag (`type`, a message's `role`): `name` ends with it
+    "union_tag_invalid": "`{name}` must be one of {expected_tags}. Given: {tag}",
+    "union_tag_not_found": "`{name}` is required",
     "string_too_short": "`{name}` cannot be empty",
     # pydantic's own words; also the request's rule for a prompt no field checked (a rendered chat)
     "string_unicode": "`{name}`: Input should be a valid string, unable to parse raw data as a unicode string",
@@ -55,7 +56,9 @@ MESSAGES = {
     "best_of_greedy": "you must use sampling when `best_of` is > 1",
     "requires_true": "`{name}` requires `{other}` to be true",
     "unsupported_feature": "`{name}` is not supported by this server ({what} is not implemented yet)",
-    "unsupported_block": "`{name}`: `{kind}` content blocks are not supported by this server (text only)",
+    "unsupported_block": "`{name}`: `{kind}` content blocks are not supported by this server (text and tools only)",
+    "one_constraint": "Give `{name}` or `{other}`, not both: each holds the answer to its own form",
+    "json_object_text": "`{name}` must be the JSON text of an object",
     "one_form_of_two": "Give `{name}.json_schema` (OpenAI's form) or `value` (TGI's), not both",
 }
 

@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..settings import Settings
 from .body import NonEmpty, OptionalInteger, parse_model
+from .messages import invalid
 from .grammar import JsonGrammar
-from .openai_forms import _neutral, _reject_non_neutral
+from .openai_forms import ChatTool, _neutral, _reject_non_neutral
 from .request import MAX_SEED, MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
 from .response_format import ANY_OBJECT
+from .tools import Tool, ToolChoice, ToolUse, tool_grammar, tool_use
 
 # Options that choose how the model is loaded or run on the hardware: accepted, ignored.
 LOAD_TIME_OPTIONS = (
@@ -30,6 +32,7 @@ LOAD_TIME_OPTIONS = (
 
 OLLAMA_FIELDS = FieldNames(prompt="prompt", max_new_tokens="num_predict", grammar="format", n="n", top_n="logprobs")
 OLLAMA_CHAT_FIELDS = FieldNames(prompt="messages", max_new_tokens="num_predict", grammar="format", n="n", top_n="logprobs")
+OLLAMA_TOOL_FIELDS = FieldNames(prompt="messages", max_new_tokens="num_predict", grammar="tools", n="n", top_n="logprobs")
 
 
 class Options(BaseModel):
@@ -93,17 +96,57 @@ class GenerateRequest(_OllamaRequest):
     images: Optional[List[str]] = _neutral(None, [])
 
 
+class CallFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    arguments: Dict[str, Any]
+    index: OptionalInteger = None
+
+
+class OllamaToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    function: CallFunction
+    id: Optional[str] = None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
     images: Optional[List[str]] = _neutral(None, [])
+    tool_calls: Optional[List[OllamaToolCall]] = Field(None, description="An assistant turn's calls.")
+    tool_name: Optional[str] = Field(None, description="A tool turn's tool.")
+    thinking: Optional[str] = Field(None, description="Accepted; not shown to the model again.")
 
 
 class ChatRequest(_OllamaRequest):
     messages: List[Message] = Field(default_factory=list, description="Empty: only loads the model.")
-    tools: Optional[List[Any]] = _neutral(None, [])
+    tools: Optional[List[ChatTool]] = Field(None, description="Functions the model may call (OpenAI's form).")
+
+
+def chat_tools(parsed: ChatRequest, settings: Settings) -> ToolUse:
+    """Ollama's tools: the model may call them (its API has no way to force one)."""
+    tools = [Tool(t.function.name, t.function.description or "", t.function.parameters) for t in parsed.tools or ()]
+    return tool_use(tools, ToolChoice("auto" if tools else "none"), "tools", settings.max_grammar_bytes, "tools")
+
+
+def chat_messages(messages: List[Message]) -> List[dict]:
+    """Ollama's turns in the one form the chat template takes (`tool_prompt`)."""
+    turns = []
+    for message in messages:
+        turn = {"role": message.role, "content": message.content}
+        if message.tool_calls:
+            turn["tool_calls"] = [
+                {"id": call.id or f"call_{i}", "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}
+                for i, call in enumerate(message.tool_calls)
+            ]
+        if message.role == "tool":
+            turn["name"] = message.tool_name or ""
+        turns.append(turn)
+    return turns
 
 
 class ShowRequest(BaseModel):
@@ -141,8 +184,13 @@ def generate_prompt(parsed: GenerateRequest, render: Optional[Callable[[list], s
 
 
 def generation(
-    parsed: _OllamaRequest, prompt: str, settings: Settings, fields: FieldNames, max_input_tokens: int
+    parsed: _OllamaRequest, prompt: str, settings: Settings, fields: FieldNames, max_input_tokens: int,
+    tools: Optional[ToolUse] = None,
 ) -> GenerationRequest:
+    """`tools` (chat): active, they hold the answer to text or calls, and `format` cannot also."""
+    if tools is not None and tools.active and parsed.format:
+        raise invalid("one_constraint", "format", name="format", other="tools")
+    grammar = tool_grammar(tools) if tools is not None and tools.active else _grammar(parsed.format)
     o = parsed.options or Options()
     _reject_non_neutral(o)
     greedy = o.temperature == 0  # Ollama's greedy, as OpenAI's: no sampling parameters at all
@@ -160,7 +208,7 @@ def generation(
         frequency_penalty=o.frequency_penalty,
         stop=[o.stop] if isinstance(o.stop, str) else (o.stop or []),
         truncate=None if o.num_ctx is None else min(o.num_ctx, max_input_tokens),
-        grammar=_grammar(parsed.format),
+        grammar=grammar,
         **sampled,
     )
 

@@ -5,7 +5,7 @@ rejected, bounds declared), then mapped field by field into `request.generation_
 server's defaults and limits apply exactly as on /generate. Messages name OpenAI's fields: `max_tokens`
 (or `max_completion_tokens`), not the `max_new_tokens` it becomes.
 
-OpenAI's API has fields that mean nothing here (tools, audio, service tiers...). Its clients send some
+OpenAI's API has fields that mean nothing here (audio, service tiers...). Its clients send some
 with their neutral values (LangChain's structured output sends `parallel_tool_calls: false`), so each is
 accepted with those values (`_neutral`: the OpenAPI document lists them too) and refused otherwise,
 with a message naming the field: silently ignoring a feature asked for would answer something else.
@@ -22,7 +22,8 @@ from ..settings import Settings
 from .body import NonEmpty, OptionalInteger, parse_model, whole_number
 from .messages import given, invalid
 from .request import MAX_SEED, MAX_STOP_SEQUENCES, MAX_TOP_N, FieldNames, GenerationRequest, generation_request
-from .response_format import ResponseFormat, grammar_form
+from .response_format import ResponseFormat, TextFormat, grammar_form
+from .tools import NAME_SCHEMA, Tool, ToolChoice, ToolUse, tool_grammar, tool_use, tools_required_when
 
 
 class StreamOptions(BaseModel):
@@ -93,17 +94,110 @@ class CompletionRequest(_OpenAIOptions):
     suffix: Optional[str] = _neutral(None, "")
 
 
-class ChatMessage(BaseModel):
+class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    type: Literal["text"]
+    text: str
+
+
+Content = Union[str, List[TextPart]]  # a string, or text parts (joined)
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+    arguments: str = Field(description="The arguments' JSON text (an object).")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatSystemMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system"]
+    content: Content
+    name: Optional[str] = None
+
+
+class ChatDeveloperMessage(ChatSystemMessage):
+    role: Literal["developer"]  # OpenAI's newer name for the system turn (one tag per form: see openapi.py)
+
+
+class ChatUserMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["user"]
+    content: Content
+    name: Optional[str] = None
+
+
+class ChatAssistantMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["assistant"]
+    content: Optional[Content] = Field(None, description="None when the turn only called tools.")
+    tool_calls: Optional[List[ToolCall]] = None
+    name: Optional[str] = None
+    refusal: Optional[str] = None
+
+
+class ChatToolMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str = Field(description="The call this answers (an assistant turn's `tool_calls[].id`).")
+
+
+ChatMessage = Annotated[
+    Union[ChatSystemMessage, ChatDeveloperMessage, ChatUserMessage, ChatAssistantMessage, ChatToolMessage], Field(discriminator="role")
+]
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(json_schema_extra=NAME_SCHEMA)
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = Field(None, description="The arguments' JSON schema (an object).")
+    strict: Optional[bool] = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ChatTool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionTool
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_OpenAIOptions):
     # OpenAI's rule: `top_logprobs` only with `logprobs` true (the schema says so, as the check does).
     model_config = ConfigDict(
-        json_schema_extra={"dependentSchemas": {"top_logprobs": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}}}
+        json_schema_extra={"dependentSchemas": {
+            "top_logprobs": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+            **tools_required_when({"anyOf": [{"const": "required"}, {"type": "object"}]}),
+        }}
     )
 
     messages: List[ChatMessage] = Field(min_length=1)
@@ -118,11 +212,11 @@ class ChatCompletionRequest(_OpenAIOptions):
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = Field(None, description="Accepted: the prefix cache needs no key.")
     metadata: Optional[Dict[str, str]] = None
-    # Tools: none here. Without tools, `parallel_tool_calls` (either value) and `tool_choice` "none" or
-    # "auto" ask for nothing.
-    tools: Optional[List[Any]] = _neutral(None, [])
-    tool_choice: Optional[Union[str, Dict[str, Any]]] = _neutral(None, "none", "auto")
-    parallel_tool_calls: Optional[bool] = _neutral(None, True, False)
+    tools: Optional[List[ChatTool]] = Field(None, description="Functions the model may call.")
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = Field(
+        None, description='"auto" (the default with tools), "none", "required" (at least one call) or a named function.'
+    )
+    parallel_tool_calls: Optional[bool] = Field(None, description="Several calls in one answer (default true).")
     functions: Optional[List[Any]] = _neutral(None, [])
     function_call: Optional[Union[str, Dict[str, Any]]] = _neutral(None, "none", "auto")
     # Text in, text out, nothing kept, one service level, no reasoning model.
@@ -153,30 +247,77 @@ def completion_request(body: Any, settings: Settings) -> tuple[CompletionRequest
 
 
 def chat_request(
-    body: Any, settings: Settings, render: Callable[[list], str]
-) -> tuple[ChatCompletionRequest, GenerationRequest]:
-    """`render` turns the messages into the prompt with the model's chat template (the engine owns the
-    tokenizer); it raises BadRequest when the model has none."""
+    body: Any, settings: Settings, render: Callable[..., str]
+) -> tuple[ChatCompletionRequest, GenerationRequest, ToolUse]:
+    """`render(messages, tools=)` turns the messages into the prompt with the model's chat template (the
+    engine owns the tokenizer); it raises BadRequest when the model has none."""
     parsed = parse_model(ChatCompletionRequest, body)
     _reject_non_neutral(parsed)
     if parsed.top_logprobs is not None and not parsed.logprobs:
         raise invalid("requires_true", "top_logprobs", name="top_logprobs", other="logprobs")
     budget, max_new_tokens = _token_budget(parsed)
-    prompt = render([m.model_dump() for m in parsed.messages])
+    tools = chat_tools(parsed, settings)
+    if tools.active and parsed.response_format is not None and not isinstance(parsed.response_format, TextFormat):
+        raise invalid("one_constraint", "response_format", name="response_format", other="tools")
+    prompt = render(chat_messages(parsed.messages), tools=list(tools.tools) if tools.active else [])
     generation = _generation(
-        prompt, parsed, settings, openai_fields(chat=True, budget=budget), max_new_tokens,
+        prompt, parsed, settings, openai_fields(chat=True, budget=budget, tools=tools.active), max_new_tokens,
         return_full_text=False, logprobs=bool(parsed.logprobs), top_n=parsed.top_logprobs or 0,
+        grammar=tool_grammar(tools) if tools.active else None,
     )
-    return parsed, generation
+    return parsed, generation, tools
 
 
-def openai_fields(chat: bool, budget: str = "max_tokens") -> FieldNames:
+def chat_tools(parsed: ChatCompletionRequest, settings: Settings) -> ToolUse:
+    """`tools`, `tool_choice` and `parallel_tool_calls` as the one `ToolUse` of every protocol."""
+    tools = [Tool(t.function.name, t.function.description or "", t.function.parameters) for t in parsed.tools or ()]
+    choice = parsed.tool_choice or ("auto" if tools else "none")
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    mode = "named" if named is not None else choice
+    parallel = parsed.parallel_tool_calls is not False
+    return tool_use(tools, ToolChoice(mode, named, parallel), "tools", settings.max_grammar_bytes, "tool_choice")
+
+
+def chat_messages(messages: List[ChatMessage]) -> List[dict]:
+    """OpenAI's turns in the one form the chat template takes (`tool_prompt`): text parts joined, a
+    call's arguments as an object, a tool turn named after the call it answers."""
+    names = {}
+    turns = []
+    for i, message in enumerate(messages):
+        turn = {"role": "system" if message.role == "developer" else message.role, "content": _text(message.content)}
+        if isinstance(message, ChatAssistantMessage) and message.tool_calls:
+            turn["tool_calls"] = [_past_call(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(message.tool_calls)]
+            names.update((call.id, call.function.name) for call in message.tool_calls)
+        if isinstance(message, ChatToolMessage):
+            turn.update(tool_call_id=message.tool_call_id, name=names.get(message.tool_call_id, ""))
+        turns.append(turn)
+    return turns
+
+
+def _past_call(call: ToolCall, place: str) -> dict:
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise invalid("json_object_text", f"{place}.function.arguments", name=f"{place}.function.arguments")
+    return {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
+
+
+def _text(content: Optional[Content]) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+def openai_fields(chat: bool, budget: str = "max_tokens", tools: bool = False) -> FieldNames:
     """OpenAI's names for the request's fields: what its clients sent, in every message. `budget`: the
-    token budget's, `max_tokens` or (chat) `max_completion_tokens`."""
+    token budget's, `max_tokens` or (chat) `max_completion_tokens`; `tools`: the tools' grammar holds
+    the answer (not `response_format`)."""
     return FieldNames(
         prompt="messages" if chat else "prompt",
         max_new_tokens=budget,
-        grammar="response_format",
+        grammar="tools" if tools else "response_format",
         n="n",
         top_n="top_logprobs" if chat else "logprobs",
     )
@@ -203,7 +344,7 @@ def _reject_non_neutral(parsed: _OpenAIOptions) -> None:
 
 def _generation(
     prompt: str, o: _OpenAIOptions, settings: Settings, fields: FieldNames, max_new_tokens: Optional[int],
-    return_full_text: bool, logprobs: bool, top_n: int, decoder_input_details: bool = False,
+    return_full_text: bool, logprobs: bool, top_n: int, decoder_input_details: bool = False, grammar=None,
 ) -> GenerationRequest:
     greedy = o.temperature == 0  # OpenAI's greedy: no sampling parameters at all
     sampled = dict(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k) if not greedy else {}
@@ -221,7 +362,7 @@ def _generation(
         details=logprobs,  # OpenAI's `logprobs` asked for them: the engine's `details`
         decoder_input_details=decoder_input_details,
         top_n_tokens=top_n if logprobs else 0,
-        grammar=grammar_form(o.response_format),
+        grammar=grammar or grammar_form(o.response_format),
         n=o.n,
         **sampled,
     )

@@ -10,7 +10,7 @@ rule broken later (the token budget, the grammar's compilation) names them too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 from ..settings import Settings
 from .grammar import GrammarForm, GrammarSpec, grammar_spec
@@ -93,13 +93,14 @@ def generation_request(
     details: bool = False,
     decoder_input_details: bool = False,
     top_n_tokens: int = 0,
-    grammar: Optional[GrammarForm] = None,
+    grammar: Union[GrammarForm, GrammarSpec, None] = None,
     n: int = 1,
     pick_best: bool = False,
 ) -> GenerationRequest:
     """The one way a protocol's parsed body becomes a `GenerationRequest`: None means the server's
     default; a broken rule raises a ValidationError naming the client's `fields`. `pick_best`: `n` is
-    TGI's `best_of` (answer with the likeliest of the n; sampled, never streamed)."""
+    TGI's `best_of` (answer with the likeliest of the n; sampled, never streamed). `grammar`: the
+    client's form, or a `GrammarSpec` the server wrote (tool calls: `tools.tool_grammar`)."""
     if not prompt:
         raise invalid("string_too_short", fields.prompt, name=fields.prompt)
     if not _is_text(prompt):  # JSON's \ud800 escapes parse, but no tokenizer takes a lone surrogate
@@ -114,7 +115,9 @@ def generation_request(
         raise invalid("less_than_equal", "seed", name="seed", limit=MAX_SEED, given=seed)
     if seed is not None and seed < 0:
         raise invalid("greater_than_equal", "seed", name="seed", limit=0, given=seed)
-    spec = None if grammar is None else grammar_spec(grammar, settings.max_grammar_bytes, fields.grammar)
+    spec = grammar if grammar is None or isinstance(grammar, GrammarSpec) else grammar_spec(
+        grammar, settings.max_grammar_bytes, fields.grammar
+    )
     _check_completions(n, pick_best, stream, settings, fields)
 
     # TGI's rule: asking for a sampling parameter means sampling, unless do_sample is explicitly false.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import BadRequest, ValidationError
+from . import tool_prompt
 from .grammar import GrammarCompiler, TokenConstraint
 from .request import GenerationRequest
 
@@ -60,6 +61,7 @@ class PromptTokens:
         vocab_size = vocab_size or len(tokenizer)
         eos = list(eos_token_ids) or [t for t in (getattr(tokenizer, "eos_token_id", None),) if t is not None]
         self.grammars = GrammarCompiler(tokenizer, vocab_size, eos)
+        self._takes_tools: Optional[bool] = None  # the chat template renders `tools=` (found on first use)
 
     @classmethod
     def for_model(
@@ -127,15 +129,28 @@ class PromptTokens:
         with self._lock:
             return self.tokenizer.decode(list(ids))
 
-    def chat_prompt(self, messages: list) -> str:
-        """The messages rendered with the model's chat template, ready to generate the assistant's turn."""
+    def chat_prompt(self, messages: list, tools: Sequence = ()) -> str:
+        """The messages rendered with the model's chat template, ready to generate the assistant's turn;
+        `tools` (`validation.tools.Tool`) shown to the model as the template shows them, or in the
+        system-prompt form when it takes none (`tool_prompt`)."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise BadRequest("This model has no chat template; send a plain prompt to /v1/completions instead")
+        if (tools or tool_prompt.uses_tools(messages)) and not self._template_takes_tools():
+            messages, tools = tool_prompt.in_system_form(messages, tools), ()
         try:
-            with self._lock:
-                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self._render(messages, tools=[t.openai_form() for t in tools] or None)
         except Exception as exc:  # the template's own checks (e.g. roles must alternate) raise here
             raise ValidationError(f"`messages` cannot be rendered with the model's chat template: {exc}", "messages")
+
+    def _render(self, messages: list, tools=None) -> str:
+        with self._lock:
+            extra = {"tools": tools} if tools else {}
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+
+    def _template_takes_tools(self) -> bool:
+        if self._takes_tools is None:
+            self._takes_tools = tool_prompt.takes_tools(self._render)
+        return self._takes_tools
 
 
 def _encode_with_offsets(tokenizer, text: str) -> Tuple[List[int], Optional[List[Tuple[int, int]]]]:

@@ -21,7 +21,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ...engine.handle import TokenEvent
 from ...errors import ServiceError, from_http_status
+from ...model.loader import converted_gguf
+from ...model.safetensors import parameter_count
 from ...validation import ollama_forms
+from ..tool_calls import CallAssembler, Text, ToolCallReader, read_answer
 from .access import require_key
 from .body import json_body
 from .disconnect import watching
@@ -66,7 +69,8 @@ def show():
         "template": facts["template"] or "{{ .Prompt }}",
         "details": facts["details"],
         "model_info": {"general.architecture": facts["family"], f"{facts['family']}.context_length": context},
-        "capabilities": ["completion"],
+        # Tools go through the chat template (or the system-prompt form): any model with one takes them.
+        "capabilities": ["completion"] + (["tools"] if facts["template"] else []),
         "modified_at": facts["modified_at"],
     })
 
@@ -90,8 +94,10 @@ def chat():
     if not parsed.messages:
         return jsonify({"model": parsed.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                         "done": True, "done_reason": "load"})
-    prompt = engine.prompts.chat_prompt([m.model_dump(exclude={"images"}) for m in parsed.messages])
-    return _answer(parsed, prompt, ollama_forms.OLLAMA_CHAT_FIELDS, chat=True)
+    tools = ollama_forms.chat_tools(parsed, current_app.extensions["textgen.settings"])
+    prompt = engine.prompts.chat_prompt(ollama_forms.chat_messages(parsed.messages), tools=list(tools.tools) if tools.active else [])
+    fields = ollama_forms.OLLAMA_TOOL_FIELDS if tools.active else ollama_forms.OLLAMA_CHAT_FIELDS
+    return _answer(parsed, prompt, fields, chat=True, tools=tools)
 
 
 @bp.route("/<any(pull, push, create, copy, delete, blobs):action>", methods=["POST", "DELETE", "HEAD"])
@@ -100,17 +106,28 @@ def manage(action: str, digest: Optional[str] = None):
     raise from_http_status(501, f"/api/{action} is not supported: this server serves the one model it started with")
 
 
-def _answer(parsed, prompt: str, fields, chat: bool):
+def _answer(parsed, prompt: str, fields, chat: bool, tools=None):
+    """`tools` (chat): when active, the answer's calls are read back into `message.tool_calls` (streamed:
+    each call in a line of its own when it is whole, as Ollama sends them)."""
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
-    gen_request = ollama_forms.generation(parsed, prompt, settings, fields, engine.info()["max_input_tokens"])
+    gen_request = ollama_forms.generation(parsed, prompt, settings, fields, engine.info()["max_input_tokens"], tools)
+    reader = ToolCallReader() if tools is not None and tools.active else None
+    assembler = CallAssembler()
     started = time.monotonic_ns()
     handle = engine.submit(gen_request, request_id=g.request_id)
     environ = request.environ  # the generator runs after the view returns, outside the request context
 
-    def piece(text: str, **rest) -> dict:
+    def piece(text: str, calls=(), **rest) -> dict:
         content = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+        if calls:
+            content["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments_object()}} for c in calls]
         return {"model": parsed.model, "created_at": _now(), **content, **rest}
+
+    def pieces(events: list) -> Iterator[dict]:
+        """The lines of the answer's events: text as it comes, each call when it is whole."""
+        for part in assembler.take(events):
+            yield piece(part.text, done=False) if isinstance(part, Text) else piece("", [part], done=False)
 
     def lines() -> Iterator[dict]:
         first = None
@@ -119,10 +136,13 @@ def _answer(parsed, prompt: str, fields, chat: bool):
                 if isinstance(event, TokenEvent):
                     first = first or time.monotonic_ns()
                     if event.released and gen_request.stream:
-                        yield piece(event.released, done=False)
+                        yield from pieces(reader.feed(event.released)) if reader else [piece(event.released, done=False)]
                     continue
-                text = "" if gen_request.stream else event.text
-                yield piece(text, done=True, **_final(event, started, first or time.monotonic_ns()))
+                if reader and gen_request.stream:
+                    yield from pieces(reader.finish())
+                answer = read_answer(event.text) if reader and not gen_request.stream else None
+                text = "" if gen_request.stream else (answer.content if answer else event.text)
+                yield piece(text, answer.calls if answer else (), done=True, **_final(event, started, first or time.monotonic_ns()))
 
     if not gen_request.stream:
         try:
@@ -217,12 +237,22 @@ def _facts() -> dict:
             "format": "gguf" if any(f.endswith(".gguf") for f in weights) else "safetensors",
             "family": family,
             "families": [family],
-            "parameter_size": "unknown",
+            "parameter_size": _parameter_size(settings),
             "quantization_level": info["model_dtype"].upper(),
         },
     }
     current_app.extensions["textgen.ollama_facts"] = facts
     return facts
+
+
+def _parameter_size(settings) -> str:
+    """The parameters as Ollama writes them ("135M", "1.2B"), counted from the checkpoint's headers (a
+    GGUF file's: its conversion, once made); "unknown" without one (a graph alone)."""
+    source = converted_gguf(settings) if settings.model_gguf_file else settings.model_id
+    count = parameter_count(source) if source and os.path.isdir(source) else None
+    if count is None:
+        return "unknown"
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M" if count >= 1e6 else f"{count / 1e3:.0f}K"
 
 
 def _now() -> str:

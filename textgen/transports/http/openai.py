@@ -18,6 +18,7 @@ from ..logprobs import chat_logprobs, completion_logprobs
 from ...errors import ServiceError
 from ...validation.openai_forms import chat_request, completion_request
 from ..responses import result_body, timing_headers
+from ..tool_calls import Answer, Arguments, CallStart, Text, ToolCallReader, new_id, read_answer
 from .access import require_key
 from .body import json_body
 from .disconnect import watching
@@ -50,16 +51,19 @@ def chat_completions():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
     body = json_body()
-    options, gen_request = chat_request(body, settings, engine.prompts.chat_prompt)
-    return _answer(options, gen_request, chat=True)
+    options, gen_request, tools = chat_request(body, settings, engine.prompts.chat_prompt)
+    return _answer(options, gen_request, chat=True, tools=tools.active)
 
 
-def _answer(options, gen_request, chat: bool):
+def _answer(options, gen_request, chat: bool, tools: bool = False):
+    """`tools`: the answer may hold tool calls (read back into `tool_calls`)."""
     engine = current_app.extensions["textgen.engine"]
     handle = engine.submit(gen_request, request_id=g.request_id)
     shape = _Shape(chat, current_app.extensions["textgen.settings"].model_name, g.request_id)
     if gen_request.stream:
         include_usage = bool(options.stream_options and options.stream_options.include_usage)
+        if tools:
+            return _stream_tool_calls(shape, handle, gen_request.n, include_usage, gen_request.details)
         return _stream(shape, gen_request, handle, include_usage)
     with watching(request.environ, handle):
         results = handle.results()
@@ -69,6 +73,9 @@ def _answer(options, gen_request, chat: bool):
         logprobs = None
         if gen_request.details:  # OpenAI's `logprobs` asked for them
             logprobs = chat_logprobs(result.tokens) if chat else completion_logprobs(result.prefill, result.tokens)
+        if tools:
+            choices.append(shape.tool_choice(result.choice, read_answer(text), result, logprobs))
+            continue
         choices.append(shape.choice(result.choice, text, result, logprobs))
     response = jsonify(shape.complete(choices, results))
     response.headers.update(timing_headers(results[0]))
@@ -123,6 +130,60 @@ def _stream(shape: "_Shape", gen_request, handle: Handle, include_usage: bool) -
     return Response(events(), mimetype="text/event-stream", headers=headers)
 
 
+def _stream_tool_calls(shape: "_Shape", handle: Handle, n: int, include_usage: bool, with_logprobs: bool) -> Response:
+    """A chat stream whose answers may hold tool calls: each choice's text read as it comes
+    (`ToolCallReader`); text goes out as `delta.content`, a call as `delta.tool_calls` (its id and
+    name first, then its arguments' JSON in pieces), and a choice that called ends with "tool_calls".
+    With `logprobs`, each token's come in a chunk of their own (an empty delta): a token's text may
+    be held back, or be part of a call."""
+    environ = request.environ
+
+    def deltas(index: int, events: list, called: list) -> Iterator[str]:
+        for event in events:
+            if isinstance(event, Text):
+                yield _sse(shape.chunk(index, {"content": event.text}, None))
+            elif isinstance(event, CallStart):
+                called.append(event.name)
+                call = {"index": event.index, "id": "call_" + new_id(), "type": "function",
+                        "function": {"name": event.name, "arguments": ""}}
+                yield _sse(shape.chunk(index, {"tool_calls": [call]}, None))
+            elif isinstance(event, Arguments):
+                yield _sse(shape.chunk(index, {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}, None))
+
+    def events() -> Iterator[str]:
+        readers = [ToolCallReader() for _ in range(n)]
+        called = [[] for _ in range(n)]
+        try:
+            for index in range(n):
+                yield _sse(shape.chunk(index, {"role": "assistant", "content": ""}, None))
+            results = []
+            with watching(environ, handle):
+                for event in handle.events():
+                    if isinstance(event, TokenEvent):
+                        if with_logprobs:
+                            yield _sse(shape.chunk(event.choice, {}, None, chat_logprobs([event])))
+                        yield from deltas(event.choice, readers[event.choice].feed(event.released), called[event.choice])
+                        continue
+                    results.append(event)
+                    yield from deltas(event.choice, readers[event.choice].finish(), called[event.choice])
+                    yield _sse(shape.chunk(event.choice, {}, _finish_reason(event, bool(called[event.choice]))))
+            if include_usage:
+                yield _sse({**shape.chunk(0, {}, None), "choices": [], "usage": _usage(results)})
+            yield "data: [DONE]\n\n"
+        except ServiceError as error:
+            yield _sse(openai_error_body(error))
+        finally:
+            handle.cancel()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(events(), mimetype="text/event-stream", headers=headers)
+
+
+def _finish_reason(result: GenerationResult, called: bool) -> str:
+    """"tool_calls" when the answer called tools and was not cut short."""
+    return "tool_calls" if called and result.finish_reason != "length" else FINISH_REASONS[result.finish_reason]
+
+
 class _Shape:
     """The envelope of one answer: completion or chat, whole or chunked."""
 
@@ -141,6 +202,15 @@ class _Shape:
         else:
             choice = {"index": index, "text": text, "logprobs": logprobs}
         return {**choice, "finish_reason": FINISH_REASONS[result.finish_reason]}
+
+    def tool_choice(self, index: int, answer: Answer, result: GenerationResult, logprobs: Optional[dict]) -> dict:
+        message = {"role": "assistant", "content": answer.content if answer.content.strip() or not answer.calls else None}
+        if answer.calls:
+            message["tool_calls"] = [
+                {"id": "call_" + call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in answer.calls
+            ]
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": _finish_reason(result, bool(answer.calls))}
 
     def complete(self, choices: List[dict], results: List[GenerationResult]) -> dict:
         body = self._envelope("chat.completion" if self.chat else "text_completion")

@@ -169,16 +169,28 @@ class Completion(BaseModel):
     usage: Usage
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments' JSON text (an object matching the tool's schema).")
+
+
+class ToolCallMade(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: Optional[str] = Field(description="The text; null when the answer is only tool calls.")
+    tool_calls: Optional[List[ToolCallMade]] = Field(None, description="With `tools`: the calls the answer made.")
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: Optional[ChatLogprobs] = Field(description="With `logprobs`; else null.")
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletion(BaseModel):
@@ -208,16 +220,29 @@ class CompletionChunk(BaseModel):
     usage: Optional[Usage] = Field(None, description="In a last chunk, with stream_options.include_usage.")
 
 
+class FunctionDelta(BaseModel):
+    name: Optional[str] = Field(None, description="In a call's first delta.")
+    arguments: str = Field(description="The next piece of the arguments' JSON text.")
+
+
+class ToolCallDelta(BaseModel):
+    index: int = Field(description="The call's place in the answer's calls.")
+    id: Optional[str] = Field(None, description="In a call's first delta.")
+    type: Optional[Literal["function"]] = None
+    function: FunctionDelta
+
+
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: Optional[ChatLogprobs]
-    finish_reason: Optional[Literal["stop", "length"]]
+    finish_reason: Optional[Literal["stop", "length", "tool_calls"]]
 
 
 class ChatCompletionChunk(BaseModel):
@@ -318,8 +343,9 @@ def build_openapi(
     schemas: Dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        for name, part in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            # Two models of one name (a request's and a response's) would silently share one schema.
+            assert schemas.setdefault(name, part) == part, f"two schemas named {name}"
     _drop_ambiguous_discriminators(schemas)
     schemas["TokenizeResponse"] = {"type": "array", "items": _ref("SimpleToken")}
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]

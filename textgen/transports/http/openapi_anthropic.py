@@ -8,9 +8,9 @@ is server-sent events, each `event: <type>` with a `MessageEvent` (or, after the
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...validation.anthropic_forms import CountTokensRequest, MessagesRequest
 
@@ -18,6 +18,13 @@ from ...validation.anthropic_forms import CountTokensRequest, MessagesRequest
 class AnthropicText(BaseModel):
     type: Literal["text"]
     text: str
+
+
+class AnthropicToolUse(BaseModel):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: Dict[str, Any] = Field(description="The call's input, matching the tool's `input_schema`.")
 
 
 class AnthropicUsage(BaseModel):
@@ -32,8 +39,8 @@ class MessageResponse(BaseModel):
     type: Literal["message"]
     role: Literal["assistant"]
     model: str
-    content: List[AnthropicText]
-    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence"]
+    content: List[Annotated[Union[AnthropicText, AnthropicToolUse], Field(discriminator="type")]]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
     stop_sequence: Optional[str]
     usage: AnthropicUsage
 

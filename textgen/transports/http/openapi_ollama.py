@@ -7,9 +7,9 @@ NDJSON, which OpenAPI describes only as text; each line is an `OllamaGenerateAns
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...validation.ollama_forms import ChatRequest, GenerateRequest, ShowRequest
 
@@ -37,9 +37,19 @@ class OllamaGenerateAnswer(_Final):
     response: str
 
 
+class OllamaCalledFunction(BaseModel):
+    name: str
+    arguments: Dict[str, Any]
+
+
+class OllamaCallMade(BaseModel):
+    function: OllamaCalledFunction
+
+
 class OllamaAssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
+    tool_calls: Optional[List[OllamaCallMade]] = Field(None, description="With `tools`: the calls the answer made.")
 
 
 class OllamaChatAnswer(_Final):
