@@ -21,7 +21,7 @@ from devtools.servers import ROOT
 from tests.models import make_tiny_llama
 from tests.no_torch import hidden_torch_env
 from textgen.engine.embeddings import Embedder
-from textgen.errors import Overloaded, ServiceError, Unavailable
+from textgen.errors import Cancelled, Overloaded, ServiceError, Unavailable
 from textgen.model.loader import load_model
 from textgen.settings import Settings
 
@@ -150,6 +150,8 @@ def test_a_failed_pass_fails_its_job_only_and_cancelled_jobs_are_dropped(model_d
     with pytest.raises(ServiceError, match="Embedding failed"):
         failing.result()
     assert cancelled.vectors == [None, None] and len(calls) == 3  # the failed one, then `fine`'s two
+    with pytest.raises(Cancelled):  # its caller (a client that hung up) is woken, not left waiting
+        cancelled.result()
     np.testing.assert_allclose(fine.result(), embed(model, [[1, 2, 3]] * 2), atol=SAME_TEXT_TOLERANCE)
     embedder.submit([[4]])  # the jobs ended: room again
     embedder.close(Unavailable("The server is shutting down"))

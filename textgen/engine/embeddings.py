@@ -30,7 +30,7 @@ from typing import Callable, Deque, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import GenerationError, Overloaded, ServiceError, Unavailable, from_http_status
+from ..errors import Cancelled, GenerationError, Overloaded, ServiceError, Unavailable, from_http_status
 from ..model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class Embedder:
 
     def _next_group(self) -> List[_Input]:
         """The inputs of the next pass: the front of the line (see the module's docstring)."""
-        self._drop(lambda item: item.handle.cancelled, None)
+        self._drop(lambda item: item.handle.cancelled, Cancelled("client disconnected"))
         with self._lock:
             if not self._inputs:
                 return []
@@ -193,8 +193,8 @@ class Embedder:
             item.done += take
             offset += take
 
-    def _drop(self, which: Callable[[_Input], bool], error: Optional[ServiceError]) -> None:
-        """Take the inputs `which` picks out of the line; their jobs end (with `error`, if given)."""
+    def _drop(self, which: Callable[[_Input], bool], error: ServiceError) -> None:
+        """Take the inputs `which` picks out of the line; their jobs end with `error` (their callers wake)."""
         with self._lock:
             dropped = [item for item in self._inputs if which(item)]
             if not dropped:
@@ -202,8 +202,7 @@ class Embedder:
             self._inputs = collections.deque(item for item in self._inputs if not which(item))
         handles = {id(item.handle): item.handle for item in dropped}
         for handle in handles.values():
-            if error is not None:
-                handle._fail(error)
+            handle._fail(error)
             self._finish_job()
 
     def _finish_job(self) -> None:
