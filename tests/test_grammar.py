@@ -19,6 +19,7 @@ import requests
 from devtools.models import make_tiny
 from devtools.servers import serving
 from tests.batching import DecodeSteps, assert_decoded_together, submit_together
+from tests.test_logprobs import reference_log_probs
 from tests.models import add_chat_template
 from textgen.errors import ValidationError
 from textgen.settings import Settings
@@ -150,7 +151,10 @@ def test_constrained_and_free_rows_share_decode_steps_and_keep_their_texts(engin
         together = [h.result() for h in submit_together(engine, steps, requests_)]
     assert [r.text for r in together] == [r.text for r in alone]
     assert steps.rows[0] == 3  # all three in the first decode step after they joined
-    assert_decoded_together(steps.rows, together)
+    # The free row took a step per token; the JSON rows took the tokens their grammar forced (keys,
+    # quotes, colons, commas) several in one step: fewer steps than tokens in all.
+    assert len(steps.rows) >= together[1].generated_tokens - 1 and min(steps.rows[:39]) >= 1
+    assert sum(steps.rows) < sum(r.generated_tokens - 1 for r in together)
     assert together[1].finish_reason == "length" and together[1].generated_tokens == 40  # never cut by a grammar
     jsonschema.validate(json.loads(together[0].text), SCHEMA)
     jsonschema.validate(json.loads(together[2].text), BOUNDED)
@@ -380,3 +384,59 @@ def test_smollm2_writes_json_valid_for_the_schema(smollm2):
     date = generate(smollm2, {"type": "regex", "value": DATE}, do_sample=False, max_new_tokens=20,
                     prompt=smollm2.prompts.chat_prompt([{"role": "user", "content": "When did the Berlin Wall fall?"}]))
     assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date.text), date
+
+
+# -- forced tokens: what the grammar leaves one way to write, taken in one step -------------------------
+FIXED_KEYS = {
+    "type": "object",
+    "properties": {"animal": {"enum": ["cat", "dog"]}, "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+                   "domesticated": {"type": "boolean"}},
+    "required": ["animal", "legs", "domesticated"],
+}
+
+
+def test_forced_tokens_are_taken_in_one_step_and_listed_as_generated(engine, reference_model):
+    """A schema's keys, quotes, colons and commas (and its enum's rest once its first letter is drawn)
+    cost no step of their own: the greedy answer of a fixed-key schema takes far fewer decode steps
+    than tokens. Each forced token is still a generated token in `details`, with the model's own
+    log-probability at its position (transformers' on the same weights, as for a prompt's tokens)."""
+    request = validate_generate({"inputs": "JSON:", "parameters": {
+        "max_new_tokens": 60, "do_sample": False, "details": True, "grammar": json_grammar(FIXED_KEYS)}}, engine.settings)
+    with DecodeSteps(engine) as steps:
+        result = engine.submit(request).result()
+    jsonschema.validate(json.loads(result.text), FIXED_KEYS)
+    assert result.text.startswith('{"animal": "') and ', "legs": ' in result.text  # json.dumps' separators
+    assert len(result.tokens) == result.generated_tokens and "".join(t.text for t in result.tokens) == result.text
+    assert len(steps.rows) <= result.generated_tokens // 2, (len(steps.rows), result.generated_tokens)
+    forced = forced_positions(engine, request, [t.id for t in result.tokens])
+    assert len(forced) >= result.generated_tokens // 2  # most of a fixed-key object is forced
+    prompt_ids = engine.tokenizer("JSON:")["input_ids"]
+    direct = reference_log_probs(reference_model, prompt_ids + [t.id for t in result.tokens])
+    for j in forced:  # the logits at the position before predicted it
+        assert result.tokens[j].logprob == pytest.approx(direct[len(prompt_ids) - 1 + j, result.tokens[j].id], abs=1e-3)
+
+
+def forced_positions(engine, request, tokens) -> list:
+    """The places of the tokens the grammar forced, replayed: after each drawn token, the tokens
+    llguidance forces next must be the ones that follow (they were taken, not drawn)."""
+    constraint = engine.prompts.grammars.compile(request.grammar)
+    forced, j = [], 0
+    while j < len(tokens):
+        constraint.advance(tokens[j])  # drawn
+        j += 1
+        run = constraint.forced(len(tokens) - j)
+        assert tokens[j : j + len(run)] == run
+        forced += range(j, j + len(run))
+        j += len(run)
+    return forced
+
+
+def test_a_stop_sequence_inside_forced_tokens_ends_the_text_there(engine):
+    parameters = {"max_new_tokens": 60, "do_sample": False, "grammar": json_grammar(FIXED_KEYS)}
+    whole = engine.submit(validate_generate({"inputs": "JSON:", "parameters": parameters}, engine.settings)).result()
+    assert ', "legs": ' in whole.text  # a forced run: the comma, the key, the colon
+    stopped = engine.submit(validate_generate(
+        {"inputs": "JSON:", "parameters": {**parameters, "stop": ['"legs"'], "details": True}}, engine.settings)).result()
+    assert stopped.finish_reason == "stop_sequence"
+    assert stopped.text == whole.text[: whole.text.index('"legs"')]
+    assert stopped.generated_tokens == len(stopped.tokens) < whole.generated_tokens

@@ -209,7 +209,7 @@ def served(model_dir):
     settings = Settings.from_env(environ={}, model_id=model_dir, threads=2)
     model, tokenizer = load_model(settings)
     engines = [Engine(model, tokenizer, settings).start(),
-               Engine(ScriptedModel(model, tokenizer(SCRIPT, add_special_tokens=False)["input_ids"]), tokenizer, settings).start()]
+               Engine(ScriptedModel(model, tokenizer, SCRIPT), tokenizer, settings).start()]
     try:
         with thread_server(create_app(settings, engine=engines[0])) as url, \
                 thread_server(create_app(settings, engine=engines[1])) as scripted_url:

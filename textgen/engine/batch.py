@@ -63,6 +63,15 @@ class Joined:
     cached_tokens: List[int]
 
 
+@dataclass(frozen=True)
+class Stepped:
+    """A decode step's logits: after each row's last token [rows, vocab], and for each row that fed
+    forced tokens and wants their log-probabilities, those before each of them ([k, vocab]; else None)."""
+
+    logits: np.ndarray
+    forced_logits: List[Optional[np.ndarray]]
+
+
 class Batch:
     def __init__(self, model: CausalLM, chunk_tokens: int = 256, prefix_cache: Optional[PrefixCache] = None):
         self.model = model
@@ -173,16 +182,32 @@ class Batch:
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """One decode step: row i feeds tokens[i] at its next position; returns logits [rows, vocab]."""
+        return self.decode([[token] for token in tokens]).logits
+
+    def decode(self, feeds: Sequence[Sequence[int]], scored: Optional[Sequence[bool]] = None) -> Stepped:
+        """One decode step: row i feeds feeds[i] at its next positions (its token picked, and any tokens a
+        grammar forced after it: a short chunk, the rows right-padded to the longest). Returns the logits
+        after each row's last token, and for the rows `scored` says, those before each of its other
+        tokens (what predicted them)."""
         decoding = self.slots[: len(self)]
-        n = len(decoding)
+        n, width = len(decoding), max(len(feed) for feed in feeds)
         starts = np.array([row.length for row in decoding], dtype=np.int64)
-        self.cache.reserve(n, int(starts.max()) + 1, self._lengths())  # grows only: the prefill group's slots stay
-        logits = self.model.forward(
-            np.array(tokens, dtype=np.int64)[:, None], starts, np.ones(n, dtype=np.int64), self.cache, 0, True
-        )
-        for row in decoding:
-            row.length += 1
-        return logits
+        counts = np.array([len(feed) for feed in feeds], dtype=np.int64)
+        self.cache.reserve(n, int(starts.max()) + width, self._lengths())  # grows only: the prefill group's slots stay
+        tokens = np.zeros((n, width), dtype=np.int64)
+        for i, feed in enumerate(feeds):
+            tokens[i, : len(feed)] = feed
+        for row, count in zip(decoding, counts):
+            row.length += int(count)
+        scored = [bool(scored and scored[i]) and counts[i] > 1 for i in range(n)]
+        if not any(scored):  # the logits after each row's last token: what the model gives by default
+            return Stepped(self.model.forward(tokens, starts, counts, self.cache, 0, True), [None] * n)
+        # Every position of the scored rows, the last one of the others: each row's logits end with its last.
+        taken = np.where(scored, counts, 1)
+        index = np.concatenate([i * width + np.arange(counts[i] - taken[i], counts[i]) for i in range(n)])
+        flat = self.model.forward(tokens, starts, counts, self.cache, 0, True, index)
+        ends = np.cumsum(taken)
+        return Stepped(flat[ends - 1], [flat[end - t : end - 1] if s else None for end, t, s in zip(ends, taken, scored)])
 
     def fork(self, owner: object, copies: Sequence[object]) -> None:
         """New decoding rows that continue from `owner`'s row: its keys and values copied into slots

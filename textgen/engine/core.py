@@ -11,8 +11,8 @@ Continuous batching, one loop iteration at a time:
 
 Request threads only call `submit` (validation turns the prompt into ids within the token limits, then
 the queue admits or refuses at once) and wait on their `Handle`. The batch's rows, cache and
-positions are `batch.Batch`; a row is a `generation.Generation` (one completion of a request).
-Embedding jobs (`engine.embeddings.submit`) get one pass of their own per iteration (embeddings.py).
+positions are `batch.Batch`; a row is a `generation.Generation` (one completion of a request); embedding
+jobs (`engine.embeddings.submit`) get one pass of their own per iteration (embeddings.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .prefix_cache import PrefixCache
 from .queue import Entry, Queue
 from .runtime import runtime_versions
 from .sampling import Picks
-from .generation import Generation, Vocabulary, choose_next_tokens_for
+from .generation import Generation, Vocabulary, choose_next_tokens_for, take_forced
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ class Engine:
             tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens, vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids, max_batch_total_tokens=self.batch_total_tokens,
         )
-        self.eos_token_ids = frozenset(model.eos_token_ids)
-        self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
+        self.eos_token_ids, self.special_token_ids = frozenset(model.eos_token_ids), frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
         self.embeddings = Embedder(model, settings.prefill_chunk_tokens, self._queue.wake, settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
@@ -79,8 +78,7 @@ class Engine:
         return self._thread is not None and self._thread.is_alive() and not self._queue.closed
 
     def drain(self) -> None:
-        """The process will stop soon: /ready turns 503 so balancers send elsewhere; requests in flight
-        and those still arriving are served as before."""
+        """The process will stop soon: /ready turns 503 (balancers send elsewhere); requests still served."""
         self.draining = True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -137,7 +135,8 @@ class Engine:
                     self._step(rows, batch.prefill_step, "prefill")
                 if len(batch):
                     rows = list(batch.rows)
-                    self._step(rows, lambda: batch.step([g.next_token for g in rows]), "decode step")
+                    feeds, scored = [g.feed() for g in rows], [g.wants_logprobs for g in rows]
+                    self._step(rows, lambda: batch.decode(feeds, scored), "decode step")
                 self.embeddings.step()  # at most one chunk of embedding work: nothing when none waits
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
@@ -188,7 +187,7 @@ class Engine:
             out = forward()
             if out is None:
                 return
-            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, out)
+            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, take_forced(rows, out))
             picks = choose_next_tokens_for(rows, logits)
         except Exception:
             ids = [g.entry.request_id for g in rows]
@@ -224,7 +223,8 @@ class Engine:
         finished, failed, refused = [], [], []
         for generation, token, logprob, top in zip(rows, *picks):
             try:
-                generation.append(token, logprob, top)
+                if not generation.finished:  # (its forced tokens may have ended it)
+                    generation.append(token, logprob, top)
                 if generation.finished:
                     result = generation.result()
                     self._answer(generation.entry, result, generation.rows_held)

@@ -4,7 +4,11 @@ when it is done.
 `Generation.append` is the whole per-token update: record the token, advance the grammar if the request
 has one, stop on end-of-text, a complete grammar, a stop sequence or `max_new_tokens`, and (for a
 streaming request only) emit the token's event with the text it releases; a request that asked for
-its tokens' details keeps the events for its result instead. Text is made only where it is needed: a
+its tokens' details keeps the events for its result instead. When the grammar then leaves only one
+way on (llguidance's fast-forward tokens: a JSON schema's keys, quotes, colons and commas), those
+tokens are taken at once (`forced`): the next forward pass feeds them with the sampled token as a short
+chunk of the row (`feed`), and `take_forced` appends them, each with its log-probability under the
+model's own distribution at its position (nothing was sampled there, as for a prompt's tokens). Text is made only where it is needed: a
 request that streams, has stop sequences or wants its tokens is detokenized token by token; any other
 is decoded once, at its end. `score_prompt` takes the prompt's logits, chunk by chunk, from a request
 that asked for its prompt tokens' log-probabilities.
@@ -26,6 +30,10 @@ from .handle import GenerationResult, TokenEvent, TokenInfo
 from .queue import Entry
 from .sampling import Alternatives, Picks, RowSampling, choose_next_tokens, log_softmax, most_likely
 from .stop import StopMatcher
+
+# Forced tokens fed in one forward pass at most: a longer run (a long constant in a schema) goes on in
+# the next pass; the chunk's width is what every row of that pass is padded to.
+MAX_FORCED = 16
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Generation:
     cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
     prefill: List[TokenInfo] = field(default_factory=list)  # the prompt's tokens, with `decoder_input_details`
     next_token: int = 0  # the last token picked: the next decode step feeds it
+    forced: List[int] = field(default_factory=list)  # tokens the grammar forces after it, fed with it
     finish_reason: Optional[str] = None
     text: str = ""
     started_at: float = field(default_factory=time.monotonic)  # joined the batch: queue time ends, compute time starts
@@ -140,20 +149,50 @@ class Generation:
         if offset == 0:
             self.prefill.append(info(prompt[0], None))
         targets = prompt[offset + 1 : offset + 1 + len(logits)]  # the last position predicts no prompt token
-        log_probs = log_softmax(logits[: len(targets)])
-        tops = [()] * len(targets)
+        for target, (logprob, top) in zip(targets, self._scored(logits[: len(targets)], targets)):
+            self.prefill.append(info(target, logprob, tuple(info(t, lp) for t, lp in top or ())))
+
+    def _scored(self, logits: np.ndarray, targets: List[int]) -> list:
+        """Each target's log-probability under the model's own distribution at its position ([n, vocab]
+        logits, one row per target), with the `top_n` most likely tokens there when asked for."""
+        log_probs = log_softmax(logits)
+        tops = [None] * len(targets)
         if self.top_n and len(targets):
             ids, values = most_likely(log_probs, self.top_n)
-            tops = [tuple(info(int(t), float(v)) for t, v in zip(*row)) for row in zip(ids, values)]
-        for row, (target, top) in enumerate(zip(targets, tops)):
-            self.prefill.append(info(target, float(log_probs[row, target]), top))
+            tops = [[(int(t), float(v)) for t, v in zip(*row)] for row in zip(ids, values)]
+        return [(float(log_probs[row, target]), top) for row, (target, top) in enumerate(zip(targets, tops))]
 
     def append(self, token: int, logprob: Optional[float], top: Optional[Alternatives] = None) -> None:
         """Record one generated token (with its most likely alternatives, when asked for); emit its event
         to a streaming caller or keep it for the result; note when the request ends.
         Raises ValidationError when the request's grammar gave out (a limit of llguidance's)."""
+        self._take(token, logprob, top, advance=True)
+        if self.constraint is not None and not self.finished:
+            self.forced = self.constraint.forced(min(MAX_FORCED, self.request.max_new_tokens - len(self.generated)))
+            if self.forced and not self.wants_logprobs and self.constraint.done:
+                self.take_forced(None)  # they end the text: no forward pass is needed for them
+
+    def feed(self) -> List[int]:
+        """What the next forward pass feeds this row: the token picked, then the tokens forced after it."""
+        return [self.next_token, *self.forced]
+
+    def take_forced(self, logits: Optional[np.ndarray]) -> None:
+        """Append the forced tokens fed in the last forward pass; `logits`: the model's at the positions
+        before each ([k, vocab]: what predicted it), or None where no log-probability is wanted."""
+        forced = self.forced
+        scored = self._scored(logits, forced) if logits is not None else [(None, None)] * len(forced)
+        for i, (token, (logprob, top)) in enumerate(zip(forced, scored)):
+            if self.finished:  # a stop sequence ended the text inside them
+                break
+            self.forced = forced[i + 1 :]  # still to come: the grammar's end is only after the last
+            self._take(token, logprob, top, advance=False)
+        self.forced = []
+
+    def _take(self, token: int, logprob: Optional[float], top, advance: bool) -> None:
+        """Record one token and what follows from it (see `append`); `advance`: the grammar still has to
+        take it (forced tokens were taken when they were forced)."""
         self._record(token, logprob)
-        if self._ends_text(token):
+        if self._ends_text(token, advance):
             self.finish_reason = "eos_token"
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish_reason = "length"
@@ -179,11 +218,14 @@ class Generation:
             self.sampling.seen_ids.append(token)
         self.next_token = token
 
-    def _ends_text(self, token: int) -> bool:
-        """Whether the text ends at this token: end-of-text, or a grammar with nothing left to follow."""
+    def _ends_text(self, token: int, advance: bool = True) -> bool:
+        """Whether the text ends at this token: end-of-text, or a grammar with nothing left to follow
+        (after the last of the forced tokens: the grammar took them all at once)."""
         is_eos = token in self.vocabulary.eos_token_ids
         if self.constraint is None:
             return is_eos
+        if not advance:
+            return not self.forced and self.constraint.done
         if not is_eos:
             self.constraint.advance(token)
         if self.constraint.error is not None:
@@ -247,6 +289,15 @@ def choose_next_tokens_for(rows: List[Generation], logits: np.ndarray) -> Picks:
     # The grammars' masks (compiled at submit; here each is only advanced): None when no row has one.
     allowed = [g.allowed_tokens() for g in rows] if any(g.constraint is not None for g in rows) else None
     return choose_next_tokens(logits, [g.sampling for g in rows], want_logprobs, allowed, [g.top_n for g in rows])
+
+
+def take_forced(rows: List[Generation], stepped) -> np.ndarray:
+    """After a decode step (`Batch.decode`'s `Stepped`): each row appends the forced tokens it fed;
+    returns the logits after each row's last token, to pick the next from."""
+    for generation, logits in zip(rows, stepped.forced_logits):
+        if generation.forced:
+            generation.take_forced(logits)
+    return stepped.logits
 
 
 def _first_seed(request) -> Optional[int]:

@@ -22,17 +22,19 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from typing import Annotated, Any, Dict, Iterable, Literal, Optional, Union
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..errors import ValidationError
 
-# llguidance's JSON options: at most one space between tokens, where TGI's JSON grammars (outlines'
-# `[ ]?`) allow one. llguidance's default lets whitespace run on without end, and small models (random
-# weights above all) spend their whole budget on it.
-JSON_OPTIONS = {"whitespace_pattern": "[ ]?"}
+# llguidance's JSON options: JSON written one way, with Python's `json.dumps` separators (", " between
+# items, ": " after keys) and no other whitespace. llguidance's default lets whitespace run on without
+# end, and small models (random weights above all) spend their whole budget on it; and with one way to
+# write the text, a schema's keys, quotes, colons and commas are forced (llguidance's fast-forward
+# tokens), which the engine takes in one step (`TokenConstraint.forced`).
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 # llguidance's resource limits (its defaults, written out so that docs/api.md and the code say the same):
 # fuel for building the lexer at compile time (~50k units a millisecond: ~20 ms), fuel and Earley items
@@ -278,6 +280,16 @@ class TokenConstraint:
     def fork(self) -> "TokenConstraint":
         """A copy in the same state, to be advanced on its own (another completion of the same prompt)."""
         return TokenConstraint(self._matcher.deep_copy(), self._buffer.size * 32)
+
+    def forced(self, limit: int) -> List[int]:
+        """The tokens the grammar forces next (at most `limit`), taken: the only way on, token for token
+        as the tokenizer writes that text. Empty when a choice comes first, or after an error."""
+        if self.error is not None or limit <= 0:
+            return []
+        tokens = self._matcher.compute_ff_tokens()[:limit]
+        for token in tokens:
+            self.advance(token)
+        return tokens
 
     def advance(self, token: int) -> None:
         """Take the token generated (one `mask()` allowed)."""
