@@ -79,12 +79,21 @@ def test_document_is_openapi_31_built_from_the_route_models(document):
     expected_paths = {"/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions", "/v1/models",
                       "/tokenize", "/detokenize", "/health", "/info", "/metrics", "/openapi.json", "/docs",
                       "/api/generate", "/api/chat", "/api/show", "/api/tags", "/api/ps", "/api/version",
-                      "/v1/messages", "/v1/messages/count_tokens"}
+                      "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings", "/api/embed", "/api/embeddings"}
     assert expected_paths <= set(document["paths"])
     # /detokenize's bounds are this server's: its longest sequence (1024) and its vocabulary.
     ids = schemas["DetokenizeRequest"]["properties"]["tokens"]
     assert ids["maxItems"] == 1024 and ids["minItems"] == 1
     assert ids["items"]["minimum"] == 0 and ids["items"]["maximum"] == 399  # the tiny model: 400 tokens
+    # Embeddings: `dimensions` only the model's width (the tiny model's 64), ids within the vocabulary and
+    # at most MAX_INPUT_TOKENS (1023) of them an input.
+    for name in ("OpenAIEmbeddingRequest", "OllamaEmbedRequest"):
+        width = next(v for v in schemas[name]["properties"]["dimensions"]["anyOf"] if v.get("type") == "integer")
+        assert width["minimum"] == width["maximum"] == 64
+    id_lists = [f for f in schemas["OpenAIEmbeddingRequest"]["properties"]["input"]["anyOf"] if f.get("type") == "array"]
+    flat, nested = (f for f in id_lists if f["items"].get("type") != "string")
+    for ids in (flat, nested["items"]):
+        assert ids["maxItems"] == 1023 and ids["items"]["maximum"] == 399
 
 
 def test_a_discriminator_in_the_document_names_one_form_per_tag_that_allows_that_tag_alone():
@@ -148,5 +157,6 @@ def test_fuzz_against_the_document(live_url, tmp_path):
     report = (tmp_path / "junit.xml").read_text()
     # Every documented operation was exercised.
     for operation in ("POST /generate", "POST /v1/completions", "POST /v1/chat/completions", "GET /health",
-                      "POST /tokenize", "POST /detokenize", "POST /api/generate", "POST /api/chat", "GET /api/tags"):
+                      "POST /tokenize", "POST /detokenize", "POST /api/generate", "POST /api/chat", "GET /api/tags",
+                      "POST /v1/embeddings", "POST /api/embed", "POST /api/embeddings"):
         assert operation in report

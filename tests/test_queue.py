@@ -90,14 +90,14 @@ def test_a_closed_queue_refuses_wakes_the_engine_and_hands_back_the_waiting():
     queue = Queue(max_admitted=4)
     queue.admit(fresh("left"))
     woke = []
-    waiter = threading.Thread(target=lambda: woke.append(queue.wait_for_work(busy=False)))
+    waiter = threading.Thread(target=lambda: woke.append(queue.wait_for_work(busy=lambda: False)))
     queue.take(room=1, chunk_tokens=256, queue_timeout=60)  # the line is empty: the waiter blocks
     waiter.start()
     queue.admit(fresh("late"))
     waiter.join(5)
     assert woke == [True]
     queue.close()
-    assert queue.wait_for_work(busy=True) is False
+    assert queue.wait_for_work(busy=lambda: True) is False
     with pytest.raises(Unavailable):
         queue.admit(fresh())
     assert names(queue.drain()) == ["late"]

@@ -86,3 +86,23 @@ def test_real_forced_tool_call_validates_for_20_seeds(smollm2):
             jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
             cities.append(arguments["city"])
     assert sum("Paris" in city for city in cities) >= 15, cities
+
+
+def test_real_embeddings_are_transformers_last_hidden_state_mean_pooled(smollm2):
+    """The served vectors (ONNX Runtime, float32) against transformers' own model on the same dequantised
+    checkpoint; and a text alike alone and beside others."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    from textgen.model.loader import converted_gguf
+
+    texts = ["The capital of France is Paris.", "Water boils at one hundred degrees.", "One, two, three, four, five, six."]
+    ids = [smollm2.prompts.encode(t) for t in texts]
+    together = smollm2.embeddings.submit(ids).result()
+    assert together.shape == (3, 576)
+    reference = AutoModel.from_pretrained(converted_gguf(smollm2.settings), dtype=torch.float32).eval()
+    with torch.no_grad():
+        means = [reference(torch.tensor([x])).last_hidden_state[0].double().mean(0).numpy() for x in ids]
+    np.testing.assert_allclose(together, [m / np.linalg.norm(m) for m in means], atol=1e-4)
+    np.testing.assert_allclose(smollm2.embeddings.submit(ids[1:2]).result()[0], together[1], atol=1e-5)

@@ -57,6 +57,7 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     from .transports.http.access import enable_cors
     from .transports.http.anthropic import bp as anthropic_bp
     from .transports.http.docs import bp as docs_bp
+    from .transports.http.embeddings import bp as embeddings_bp
     from .transports.http.error_responses import register_error_handlers
     from .transports.http.generate import bp as generate_bp
     from .transports.http.health import bp as health_bp
@@ -75,6 +76,7 @@ def create_app(config: Union[Settings, Mapping[str, Any], None] = None, engine=N
     app.register_blueprint(openai_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(anthropic_bp)
+    app.register_blueprint(embeddings_bp)
     app.register_blueprint(docs_bp)
     app.register_blueprint(playground_bp)
     return app

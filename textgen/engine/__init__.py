@@ -6,6 +6,7 @@ not. Importing the package loads neither (transports import `handle` from here a
 
 Files (the loop reads schedule -> step -> update, one function each, in core.py):
 - core.py: `Engine`, the one thread that owns the model and runs the loop.
+- embeddings.py: `Embedder`, embedding jobs run on the engine thread between its steps (pooled, normalised).
 - queue.py: admission (429 when full) and `next_group`, the scheduling policy as a pure function.
 - batch.py: the running batch, one `Row` record per KV-cache slot; prefill chunks and decode steps.
 - generation.py: `Generation`, one completion's state: its tokens, sampler, detokenizer and stop matcher.

@@ -11,7 +11,8 @@ Continuous batching, one loop iteration at a time:
 
 Request threads only call `submit` (validation turns the prompt into ids within the token limits, then
 the queue admits or refuses at once) and wait on their `Handle`. The batch's rows, cache and
-positions are `batch.Batch`; a row is a `generation.Generation` (one completion of a request).
+positions are `batch.Batch`; a row is a `generation.Generation` (one completion of a request); embedding
+jobs (`engine.embeddings.submit`) get one pass of their own per iteration (embeddings.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..model.memory import batch_total_tokens
 from ..settings import Settings
 from ..validation import GenerationRequest, PromptTokens
 from .batch import Batch, Joined
+from .embeddings import Embedder
 from .handle import Handle
 from .listeners import Listeners
 from .prefix_cache import PrefixCache
@@ -42,9 +44,7 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, model: CausalLM, tokenizer, settings: Settings):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.settings = settings
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
         prefix_cache = PrefixCache.for_model(model, settings.prefix_cache_tokens)
         self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
         prefix_tokens = 0 if prefix_cache is None else prefix_cache.capacity_tokens  # memory set aside, not in the budget
@@ -54,9 +54,9 @@ class Engine:
             tokenizer, model.context, settings.max_total_tokens, settings.max_input_tokens, vocab_size=model.vocab_size,
             eos_token_ids=model.eos_token_ids, max_batch_total_tokens=self.batch_total_tokens,
         )
-        self.eos_token_ids = frozenset(model.eos_token_ids)
-        self.special_token_ids = frozenset(getattr(tokenizer, "all_special_ids", []))
+        self.eos_token_ids, self.special_token_ids = frozenset(model.eos_token_ids), frozenset(getattr(tokenizer, "all_special_ids", []))
         self._queue = Queue(settings.max_concurrent_requests)
+        self.embeddings = Embedder(model, settings.prefill_chunk_tokens, self._queue.wake, settings.max_concurrent_requests)
         self._thread: Optional[threading.Thread] = None
         self._listeners = Listeners()
         self.draining = False  # the process is about to stop: still serving, no longer advertised ready
@@ -78,8 +78,7 @@ class Engine:
         return self._thread is not None and self._thread.is_alive() and not self._queue.closed
 
     def drain(self) -> None:
-        """The process will stop soon: /ready turns 503 so balancers send elsewhere; requests in flight
-        and those still arriving are served as before."""
+        """The process will stop soon: /ready turns 503 (balancers send elsewhere); requests still served."""
         self.draining = True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -102,8 +101,7 @@ class Engine:
         return entry.handle
 
     def prefix_cache_stats(self) -> Optional[dict]:
-        """The prefix cache's budget, tokens held and counters (`PrefixCache.stats`); None when it is off.
-        Read from any thread: plain numbers the engine thread replaces."""
+        """`PrefixCache.stats` (None when it is off); any thread: plain numbers the engine thread replaces."""
         cache = self._batch.prefix_cache
         return None if cache is None else cache.stats()
 
@@ -139,11 +137,13 @@ class Engine:
                     rows = list(batch.rows)
                     feeds, scored = [g.feed() for g in rows], [g.wants_logprobs for g in rows]
                     self._step(rows, lambda: batch.decode(feeds, scored), "decode step")
+                self.embeddings.step()  # at most one chunk of embedding work: nothing when none waits
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
             log.exception("engine loop crashed")
         finally:
             shutting_down = Unavailable("The server is shutting down")
+            self.embeddings.close(shutting_down)
             for entry in self._queue.drain():
                 self._answer(entry, shutting_down, entry.rows)
             for generation in self._batch.rows + self._batch.group:
@@ -154,7 +154,7 @@ class Engine:
     def _schedule(self) -> bool:
         """Wait for work; drop cancelled rows; start prefilling the next group. False: the engine stops."""
         batch = self._batch
-        if not self._queue.wait_for_work(busy=not batch.empty):
+        if not self._queue.wait_for_work(busy=lambda: not batch.empty or self.embeddings.pending):
             return False
         self._leave([g for g in batch.rows + batch.group if g.handle.cancelled])
         if not batch.prefilling:

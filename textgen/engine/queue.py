@@ -120,12 +120,18 @@ class Queue:
         with self._cond:
             self._admitted -= rows
 
-    def wait_for_work(self, busy: bool) -> bool:
-        """(Engine thread.) Block while there is nothing to do (`busy`: rows in the batch); False once closed."""
+    def wait_for_work(self, busy: Callable[[], bool]) -> bool:
+        """(Engine thread.) Block while there is nothing to do (`busy()`: rows in the batch, embeddings
+        queued; asked under the lock, so work that `wake` announces is never missed); False once closed."""
         with self._cond:
-            while not self.closed and not self._waiting and not busy:
+            while not self.closed and not self._waiting and not busy():
                 self._cond.wait()
             return not self.closed
+
+    def wake(self) -> None:
+        """Work arrived outside the line (an embedding job): the engine thread stops waiting."""
+        with self._cond:
+            self._cond.notify_all()
 
     def take(
         self, room: int, chunk_tokens: int, queue_timeout: float,

@@ -4,8 +4,9 @@ The engine owns the KV cache (`KVCache`, numpy arrays `[slots, kv_heads, time, h
 and hands the model a contiguous range of its slots each call. A call is either a prefill chunk
 (several tokens per row, right-padded) or a decode step (one token per row); the model writes each
 row's new keys and values into its slot at the row's own positions and returns the logits at each
-row's last new token. Backends: `onnx` (ONNX Runtime, one graph, the cache bound in place), `torch`
-(the native modules, the readable reference), `transformers` (AutoModelForCausalLM, the fallback).
+row's last new token (`HiddenStates.hidden_states`: the final hidden states instead, for embeddings).
+Backends: `onnx` (ONNX Runtime, one graph, the cache bound in place), `torch` (the native modules, the
+readable reference), `transformers` (AutoModelForCausalLM, the fallback).
 """
 
 from __future__ import annotations
@@ -51,4 +52,21 @@ class CausalLM(Protocol):
         `logit_index` (with `want_logits`): int64 `[R]`, flat indices `row * width + s` of the positions
         whose logits are wanted instead, any number per row (a prompt's log-probabilities need every
         position's); the logits come back in that order, `[R, vocab]`."""
+        ...
+
+
+@runtime_checkable
+class HiddenStates(Protocol):
+    """What embeddings ask of a model beyond `CausalLM` (engine/embeddings.py). Every backend has it; a
+    model whose `width` is None (an ONNX graph prebuilt before the graph had a hidden output) serves no
+    embeddings, and neither does one without it (the tests' stand-ins)."""
+
+    width: Optional[int]  # the hidden states' width: an embedding's length
+
+    def hidden_states(
+        self, tokens: np.ndarray, starts: np.ndarray, counts: np.ndarray, cache: KVCache, first_slot: int, index: np.ndarray,
+    ) -> np.ndarray:
+        """A pass exactly like `forward`'s (the same cache writes), returning float32 `[len(index), width]`:
+        the final hidden states (after the final norm, before the LM head) at the flat positions `index`
+        (`row * width + s`, as `logit_index`), in that order."""
         ...

@@ -6,6 +6,7 @@ Files:
   calls once); the client's field names travel on it.
 - tgi.py, openai_forms.py, ollama_forms.py, anthropic_forms.py: each protocol's own pydantic forms,
   mapped straight into the request.
+- embedding_forms.py: OpenAI's and Ollama's embedding bodies, their inputs as token ids within the limits.
 - response_format.py: OpenAI's `response_format` forms (and TGI's there) as grammar forms.
 - body.py: any protocol's JSON body read into its pydantic model.
 - messages.py: every error's wording, in one table.

@@ -85,6 +85,11 @@ class PromptTokens:
             constraint = self.grammars.compile(request.grammar, request.fields.grammar)
         return TokenizedRequest(request, tuple(ids[len(ids) - kept :]), constraint)  # `truncate` keeps the last tokens
 
+    def encode(self, text: str) -> List[int]:
+        """The ids the tokenizer gives `text` (with what it adds itself, a BOS), as prompts get them."""
+        with self._lock:
+            return list(self.tokenizer(text)["input_ids"])
+
     @property
     def vocab_size(self) -> int:
         """Ids run from 0 to vocab_size - 1 (added tokens included)."""

@@ -11,9 +11,13 @@ Graph inputs (B rows, S tokens per row, right-padded; T = the cache's time capac
 - `total_sequence_length` int32 scalar: an upper bound of P + Q (the runtime passes T).
 - `logit_index` int64 [R]: flat indices b * S + s into the [B * S, hidden] final hidden states,
   the rows whose next-token logits are wanted (R = 0 is allowed: no LM head work).
+- `hidden_index` int64 [H]: the same kind of flat indices, the rows whose final hidden states (after
+  the final norm, before the LM head) are wanted themselves: embeddings (H = 0 while generating).
 - `past_key_{i}`, `past_value_{i}` float32 [B, kv_heads, T, head_dim] per layer.
-Outputs: `logits` float32 [R, vocab]; `present_key_{i}`, `present_value_{i}`, which the runtime binds
-to the same memory as the past ones (GroupQueryAttention writes the new positions in place).
+Outputs: `logits` float32 [R, vocab]; `hidden` float32 [H, hidden]; `present_key_{i}`,
+`present_value_{i}`, which the runtime binds to the same memory as the past ones (GroupQueryAttention
+writes the new positions in place). A graph older than GRAPH_VERSION 6 has no `hidden_index` / `hidden`
+(a cached one is rebuilt, its key changed; one prebuilt into a model directory serves without embeddings).
 
 Layout: every residual add is folded into a Skip(Simplified)LayerNormalization (its 4th output is the
 new residual stream, its `bias` input carries the previous projection's bias); attention is
@@ -61,7 +65,7 @@ from .graph_files import DATA_FILE, GRAPH_FILE
 from .onnx_weights import NumpyCheckpoint
 from .quantize import BLOCK_SIZE, SCHEMES, quantize_rows_uint8, quantize_weights
 
-GRAPH_VERSION = 5  # bump whenever the graph built for the same inputs changes
+GRAPH_VERSION = 6  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 
@@ -111,8 +115,10 @@ def _declare_io(g: GraphBuilder, shape) -> None:
         helper.make_tensor_value_info("total_sequence_length", int32, []),
         helper.make_tensor_value_info("query_seqlens", int32, ["batch"]),
         helper.make_tensor_value_info("logit_index", int64, ["rows"]),
+        helper.make_tensor_value_info("hidden_index", int64, ["hidden_rows"]),
     ]
     g.outputs.append(helper.make_tensor_value_info("logits", float_, ["rows", shape.vocab_size]))
+    g.outputs.append(helper.make_tensor_value_info("hidden", float_, ["hidden_rows", shape.width]))
     cache = ["batch", shape.n_kv_heads, "time", shape.head_dim]
     for i in range(shape.n_layers):
         for kind in ("key", "value"):
@@ -169,7 +175,8 @@ def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> 
 
 
 def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize: str, norm_weight: np.ndarray) -> None:
-    """Gather the wanted rows of the final hidden states, then the LM head ([vocab, hidden] `head`).
+    """Gather the wanted rows of the final hidden states, then the LM head ([vocab, hidden] `head`); the
+    rows `hidden_index` names are an output of their own (`hidden`: what embeddings pool, same pass).
 
     A tied head is stored again, transposed, rather than shared with the embedding (a Gemm with
     transB over the same table): ORT prepacks a MatMul's weight into its own buffer, so a shared table
@@ -184,6 +191,7 @@ def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize
     16 tokens of 20 prompts equal to float32's): 13/20 in channel order, 15/20 reordered, at no cost;
     17/20 with the rows passed twice (their int8 values and the rounding error), +15-27% per step."""
     flat = g.op("Reshape", [hidden, g.weight("flat_shape", np.array([-1, width], dtype=np.int64))])
+    g.op("Gather", [flat, "hidden_index"], ["hidden"], axis=0)
     rows = g.op("Gather", [flat, "logit_index"], axis=0)
     weight = head.T
     if quantize in SCHEMES:

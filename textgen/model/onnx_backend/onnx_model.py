@@ -4,7 +4,11 @@ into the same memory it reads; nothing is copied per step). Imports neither onnx
 
 Per call only the small inputs and the logits are bound anew; the cache bindings of a slot range are
 kept in an IOBinding reused while the cache arrays, the range and the time capacity stay the same
-(the engine alternates between a decode range and a prefill range, so a few are kept).
+(the engine alternates between a decode range and a prefill range, so a few are kept), per cache: the
+engine's batch has one, its embeddings another (engine/embeddings.py), and neither evicts the other's.
+
+`hidden_states` is the same pass asking for the graph's `hidden` output (the final-normed hidden states
+at the positions named) instead of logits: embeddings from the same session, the same weights.
 """
 
 from __future__ import annotations
@@ -58,9 +62,13 @@ class OnnxModel:
         shape = model_shape(config)
         self.n_layers, self.n_kv_heads, self.head_dim = shape.n_layers, shape.n_kv_heads, shape.head_dim
         self.context, self.vocab_size = shape.context, shape.vocab_size
+        # A graph prebuilt before embeddings existed (GRAPH_VERSION < 6) has no hidden output: None.
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.width: Optional[int] = shape.width if "hidden_index" in inputs else None
         self.eos_token_ids: Set[int] = set(eos_token_ids)
-        self._bindings: "OrderedDict[tuple, ort.IOBinding]" = OrderedDict()
-        self._bound_arrays: list = []  # weak references to the cache arrays the bindings point into
+        # Per cache (a weak key: a cache dropped takes its bindings along): the weak references to the
+        # arrays its bindings point into, and the bindings by slot range.
+        self._caches: "weakref.WeakKeyDictionary[KVCache, tuple]" = weakref.WeakKeyDictionary()
         self._no_rows = np.zeros(0, dtype=np.int64)
 
     def _binding(self, cache: KVCache, first_slot: int, rows: int) -> ort.IOBinding:
@@ -71,13 +79,14 @@ class OnnxModel:
         reference then answers None, where a kept id could match a new array), and holding them
         strongly would keep a released cache's memory alive."""
         arrays = cache.keys + cache.values
-        if len(arrays) != len(self._bound_arrays) or any(ref() is not a for ref, a in zip(self._bound_arrays, arrays)):
-            self._bindings.clear()
-            self._bound_arrays = [weakref.ref(a) for a in arrays]
+        bound, bindings = self._caches.get(cache, ([], None))
+        if bindings is None or len(arrays) != len(bound) or any(ref() is not a for ref, a in zip(bound, arrays)):
+            bindings = OrderedDict()
+            self._caches[cache] = ([weakref.ref(a) for a in arrays], bindings)
         key = (first_slot, rows, cache.time_capacity)
-        binding = self._bindings.get(key)
+        binding = bindings.get(key)
         if binding is not None:
-            self._bindings.move_to_end(key)
+            bindings.move_to_end(key)
             return binding
         binding = self.session.io_binding()
         shape = (rows, self.n_kv_heads, cache.time_capacity, self.head_dim)
@@ -86,9 +95,9 @@ class OnnxModel:
                 pointer = array[first_slot].ctypes.data  # slots are contiguous: rows slots from here on
                 binding.bind_input(f"past_{kind}_{layer}", "cpu", 0, np.float32, shape, pointer)
                 binding.bind_output(f"present_{kind}_{layer}", "cpu", 0, np.float32, shape, pointer)
-        self._bindings[key] = binding
-        while len(self._bindings) > BINDINGS_KEPT:
-            self._bindings.popitem(last=False)
+        bindings[key] = binding
+        while len(bindings) > BINDINGS_KEPT:
+            bindings.popitem(last=False)
         return binding
 
     def forward(
@@ -101,6 +110,28 @@ class OnnxModel:
         want_logits: bool,
         logit_index: Optional[np.ndarray] = None,
     ) -> Optional[np.ndarray]:
+        rows, width = tokens.shape
+        if want_logits:
+            if logit_index is None:
+                index = np.arange(rows, dtype=np.int64) * width + np.maximum(np.asarray(counts, dtype=np.int64) - 1, 0)
+            else:
+                index = np.ascontiguousarray(logit_index, dtype=np.int64)
+        else:
+            index = self._no_rows
+        logits = self._run(tokens, starts, counts, cache, first_slot, index, self._no_rows)[0]
+        return logits if want_logits else None
+
+    def hidden_states(
+        self, tokens: np.ndarray, starts: np.ndarray, counts: np.ndarray, cache: KVCache, first_slot: int, index: np.ndarray,
+    ) -> np.ndarray:
+        """The final-normed hidden states [len(index), width] at flat positions `index` (row * width + s)
+        of a pass like `forward`'s (which writes the cache the same way); no LM head work."""
+        if self.width is None:
+            raise RuntimeError("this ONNX graph predates the hidden-state output: rebuild it (scripts/build_graph.py)")
+        return self._run(tokens, starts, counts, cache, first_slot, self._no_rows, np.ascontiguousarray(index, dtype=np.int64))[1]
+
+    def _run(self, tokens, starts, counts, cache: KVCache, first_slot: int, logit_index: np.ndarray, hidden_index: np.ndarray):
+        """One pass; returns (logits [len(logit_index), vocab], hidden [len(hidden_index), width] or None)."""
         rows, width = tokens.shape
         starts = np.asarray(starts, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)
@@ -116,16 +147,13 @@ class OnnxModel:
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("query_seqlens", counts.astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(cache.time_capacity, dtype=np.int32))
-        if want_logits:
-            if logit_index is None:
-                index = np.arange(rows, dtype=np.int64) * width + np.maximum(counts - 1, 0)
-            else:
-                index = np.ascontiguousarray(logit_index, dtype=np.int64)
-            logits = np.empty((len(index), self.vocab_size), dtype=np.float32)
-        else:
-            index, logits = self._no_rows, np.empty((0, self.vocab_size), dtype=np.float32)
-        binding.bind_cpu_input("logit_index", index)
+        logits = np.empty((len(logit_index), self.vocab_size), dtype=np.float32)
+        binding.bind_cpu_input("logit_index", logit_index)
         binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        hidden = None
+        if self.width is not None:
+            hidden = np.empty((len(hidden_index), self.width), dtype=np.float32)
+            binding.bind_cpu_input("hidden_index", hidden_index)
+            binding.bind_output("hidden", "cpu", 0, np.float32, hidden.shape, hidden.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return logits if want_logits else None
-
+        return logits, hidden

@@ -40,6 +40,7 @@ class GPT2(nn.Module):
         shape = gpt2_shape(config)
         self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
         self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
+        self.width = shape.width
         self.eps = config.get("layer_norm_epsilon", 1e-5)
         self.blocks = nn.ModuleList(
             Block(get, f"h.{i}.", quantize, skinny) for i in range(self.n_layers)
@@ -56,10 +57,12 @@ class GPT2(nn.Module):
         cache: KVCache,
         first_slot: int,
         last: Optional[torch.Tensor] = None,
+        hidden: bool = False,
     ) -> Optional[torch.Tensor]:
         """tokens, positions: [rows, time]; rows live in cache slots first_slot.. in order.
         Returns the logits at index `last[r]` of each row ([rows, vocab]), or None when `last` is None
-        (a prefill chunk that is not a prompt's last)."""
+        (a prefill chunk that is not a prompt's last); with `hidden`, the final-normed hidden states
+        there instead ([rows, width]: what embeddings pool)."""
         rows, time = tokens.shape
         # Token embedding plus learned position embedding (padding positions past the context clamp).
         x = self.wte(tokens) + self.wpe[positions.clamp(max=self.context - 1)]
@@ -75,5 +78,5 @@ class GPT2(nn.Module):
         if last is None:
             return None
         # Only the positions whose next token is wanted go through the final norm and the LM head.
-        x = pick_positions(x, last)
-        return self.lm_head(F.layer_norm(x, (x.shape[-1],), *self.ln_f, self.eps))
+        x = F.layer_norm(pick_positions(x, last), (x.shape[-1],), *self.ln_f, self.eps)
+        return x if hidden else self.lm_head(x)

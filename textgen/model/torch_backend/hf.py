@@ -27,6 +27,7 @@ class TransformersModel(nn.Module):
         shape = transformers_shape(model.config)
         self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
         self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
+        self.width = shape.width
 
     def forward(
         self,
@@ -35,18 +36,21 @@ class TransformersModel(nn.Module):
         cache: KVCache,
         first_slot: int,
         last: Optional[torch.Tensor] = None,
+        hidden: bool = False,
     ) -> Optional[torch.Tensor]:
         rows, time = tokens.shape
-        # Logits only from the earliest position any row wants onwards (1 when none is wanted).
-        keep = 1 if last is None else time - int((last[1] if isinstance(last, tuple) else last).min())
-        out = self.model(
+        inputs = dict(
             input_ids=tokens,
             position_ids=positions.clamp(max=self.context - 1),
             attention_mask=attention_mask(positions),
             past_key_values=_SlotCache(cache, first_slot, positions),
             use_cache=True,
-            logits_to_keep=keep,
         )
+        if hidden:  # the base model's last hidden state is the final-normed one, before the LM head
+            return pick_positions(self.model.base_model(**inputs).last_hidden_state, last).float()
+        # Logits only from the earliest position any row wants onwards (1 when none is wanted).
+        keep = 1 if last is None else time - int((last[1] if isinstance(last, tuple) else last).min())
+        out = self.model(**inputs, logits_to_keep=keep)
         if last is None:
             return None
         if isinstance(last, tuple):

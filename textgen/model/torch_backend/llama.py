@@ -78,6 +78,7 @@ class Llama(nn.Module):
         shape = llama_shape(config)
         self.n_layers, self.n_heads, self.n_kv_heads = shape.n_layers, shape.n_heads, shape.n_kv_heads
         self.head_dim, self.context, self.vocab_size = shape.head_dim, shape.context, shape.vocab_size
+        self.width = shape.width
         self.eps = config.get("rms_norm_eps", 1e-6)
         style = norms(config)
         self.blocks = nn.ModuleList(Block(get, f"layers.{i}.", quantize, skinny, style) for i in range(self.n_layers))
@@ -116,6 +117,7 @@ class Llama(nn.Module):
         cache: KVCache,
         first_slot: int,
         last: Optional[torch.Tensor] = None,
+        hidden: bool = False,
     ) -> Optional[torch.Tensor]:
         """Same contract as GPT2.forward."""
         rows, time = tokens.shape
@@ -145,8 +147,8 @@ class Llama(nn.Module):
             x = x + self._branch_output(block.down(gate * up), block.mlp_out_norm)
         if last is None:
             return None
-        x = pick_positions(x, last)
-        return self.lm_head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)) / self.scales.logits
+        x = F.rms_norm(pick_positions(x, last), (x.shape[-1],), self.norm, self.eps)
+        return x if hidden else self.lm_head(x) / self.scales.logits
 
     def _branch_output(self, x: torch.Tensor, norm: Optional[torch.Tensor]) -> torch.Tensor:
         """A residual branch's output as added to the stream: Gemma 3 normalises it, Granite scales it."""

@@ -2,8 +2,9 @@
 Llama modules (gpt2.py, llama.py), and `transformers`, AutoModelForCausalLM wrapped by hf.py.
 
 Both modules take torch tensors (tokens, positions, the slots' first index, the positions whose
-logits are wanted); `TorchModel` turns the engine's numpy arrays into those with `torch.from_numpy`
-(no copies) and hands the logits back as numpy. torch's thread pools are sized here, since only
+logits are wanted, and `hidden`: the final-normed hidden states there instead, for embeddings);
+`TorchModel` turns the engine's numpy arrays into those with `torch.from_numpy` (no copies) and hands
+the logits (or hidden states) back as numpy. torch's thread pools are sized here, since only
 these backends use them.
 """
 
@@ -33,6 +34,7 @@ class TorchModel:
     vocab_size: int
     eos_token_ids: Set[int]
     threads: int  # torch's intra-op threads (what /info reports)
+    width: int  # the hidden states' width (what embeddings have)
 
     def __init__(self, module: torch.nn.Module, backend: str, dtype_name: str, eos_token_ids: Set[int], threads: int):
         self.module = module
@@ -40,6 +42,7 @@ class TorchModel:
         self.eos_token_ids = set(eos_token_ids)
         self.n_layers, self.n_kv_heads, self.head_dim = module.n_layers, module.n_kv_heads, module.head_dim
         self.context, self.vocab_size = module.context, module.vocab_size
+        self.width = module.width
 
     def forward(
         self,
@@ -62,6 +65,17 @@ class TorchModel:
                 last = (torch.from_numpy(rows), torch.from_numpy(where))
             logits = self.module(torch.from_numpy(tokens), positions, cache, first_slot, last)
         return None if logits is None else logits.float().numpy()
+
+    def hidden_states(
+        self, tokens: np.ndarray, starts: np.ndarray, counts: np.ndarray, cache: KVCache, first_slot: int, index: np.ndarray,
+    ) -> np.ndarray:
+        """The final-normed hidden states [len(index), width] at flat positions `index` (row * width + s)
+        of a pass like `forward`'s (which writes the cache the same way); no LM head work."""
+        with torch.inference_mode():
+            positions = torch.from_numpy(starts)[:, None] + torch.arange(tokens.shape[1])
+            rows, where = np.divmod(np.asarray(index, dtype=np.int64), tokens.shape[1])
+            picked = (torch.from_numpy(rows), torch.from_numpy(where))
+            return self.module(torch.from_numpy(tokens), positions, cache, first_slot, picked, hidden=True).float().numpy()
 
 
 def load_torch_model(backend: str, config: dict, source: str, settings: Settings, eos_token_ids: Set[int]) -> TorchModel:

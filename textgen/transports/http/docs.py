@@ -23,7 +23,8 @@ def _page() -> str:
 def openapi_json():
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
-    limits = dict(max_total_tokens=engine.max_total_tokens, vocab_size=engine.prompts.vocab_size, max_best_of=settings.best_of_limit)
+    limits = dict(max_total_tokens=engine.max_total_tokens, vocab_size=engine.prompts.vocab_size, max_best_of=settings.best_of_limit,
+                  embedding_width=getattr(getattr(engine, "embeddings", None), "width", None))
     return jsonify(build_openapi(settings.max_new_tokens_limit, engine.max_input_tokens, **limits))
 
 

@@ -2,7 +2,9 @@
 
 Request bodies come from the very pydantic models the routes validate with (`validation.tgi`,
 `validation.openai_forms`; Ollama's and Anthropic's, with their answers, in openapi_ollama.py and
-openapi_anthropic.py), so the document cannot drift from what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes the live server against all of it.
+openapi_anthropic.py; the embedding routes' in openapi_embeddings.py), so the document cannot drift from
+what the server accepts. Answers are described by the small models below; tests/test_openapi.py fuzzes
+the live server against all of it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ... import __version__
 from ...validation.detokenize import DetokenizeRequest
 from ...validation.openai_forms import ChatCompletionRequest, CompletionRequest
 from ...validation.tgi import PromptRequest, TGIRequest
-from . import openapi_anthropic, openapi_ollama
+from . import openapi_anthropic, openapi_embeddings, openapi_ollama
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -288,7 +290,7 @@ _MODELS = [
     TGIRequest, PromptRequest, CompletionRequest, ChatCompletionRequest, GenerateResponse, StreamEvent, ErrorBody,
     OpenAIError, Completion, CompletionChunk, ChatCompletion, ChatCompletionChunk, ModelList, Health, Ready, Info,
     SimpleToken, DetokenizeRequest, DetokenizeResponse, *openapi_ollama.MODELS,
-    *openapi_anthropic.MODELS,
+    *openapi_anthropic.MODELS, *openapi_embeddings.MODELS,
 ]
 
 
@@ -333,10 +335,11 @@ def build_openapi(
     max_total_tokens: Optional[int] = None,
     vocab_size: Optional[int] = None,
     max_best_of: int = 1,
+    embedding_width: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The document for this server: its own limits (MAX_NEW_TOKENS_LIMIT, the input tokens, and for
-    /detokenize the total tokens and the vocabulary) are bounds in the schema, so a client or a fuzzer
-    knows them before it asks."""
+    /detokenize the total tokens and the vocabulary; the embeddings' width) are bounds in the schema, so
+    a client or a fuzzer knows them before it asks."""
     schemas: Dict[str, Any] = {}
     for model in _MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -366,6 +369,7 @@ def build_openapi(
     schemas["TGIRequest"]["allOf"] = [{"anyOf": [{"properties": {"stream": {"const": False}}}, {"properties": {"parameters": _BEST_OF_ONE}}]}]
     for name in ("CompletionRequest", "ChatCompletionRequest"):
         schemas[name]["properties"]["n"]["maximum"] = max_best_of
+    openapi_embeddings.bound(schemas, max_input_tokens, vocab_size, embedding_width)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -503,7 +507,7 @@ def _paths() -> dict:
         "/docs": _page("This document, readable (no external resources)"),
     }
     paths["/"]["get"] = _page("The playground: try the model in a browser")["get"]
-    return {**paths, **openapi_ollama.paths(), **openapi_anthropic.paths()}
+    return {**paths, **openapi_ollama.paths(), **openapi_anthropic.paths(), **openapi_embeddings.paths()}
 
 
 def _tokenizer(summary: str, body: dict, ok: str) -> dict:
