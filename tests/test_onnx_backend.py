@@ -337,3 +337,15 @@ def test_which_rope_variants_the_native_families_compute():
         assert native_family({**llama, "rope_parameters": {"rope_type": kind, "factor": 2.0}}) is None, kind
     # Phi-3's older configs name longrope "su" (transformers reads it so, and so does config.rope_type).
     assert native_family({"model_type": "phi3", "rope_scaling": {"type": "su", **ROPE_SCALINGS["longrope"]}}) == "llama"
+
+
+@pytest.mark.parametrize("spinning, entry", [(False, "0"), (True, "1")])
+def test_intra_op_spinning_reaches_the_session(tiny_model_dir, tmp_path, spinning, entry):
+    """INTRA_OP_SPINNING is ONNX Runtime's `session.intra_op.allow_spinning`: off unless asked."""
+    from textgen.model.loader import load_model
+    from textgen.settings import Settings
+
+    settings = Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend="onnx", cache_dir=str(tmp_path),
+                                 intra_op_spinning=spinning)
+    model = load_model(settings)[0]
+    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry

@@ -90,7 +90,8 @@ def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set
         from .onnx_backend.onnx_graph import graph_path  # imports onnx: only building needs it
 
         path = graph_path(source, settings.cache_dir, settings.quantize)
-    return OnnxModel(path, config, settings.threads or available_cpus(), eos_token_ids=eos_token_ids)
+    spinning = "1" if settings.intra_op_spinning else "0"
+    return OnnxModel(path, config, settings.threads or available_cpus(), spinning, eos_token_ids=eos_token_ids)
 
 
 def load_tokenizer(source: str, lean: bool = True):
