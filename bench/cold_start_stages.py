@@ -6,6 +6,7 @@ its parts, measured apart."""
 import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 import time
 
@@ -33,9 +34,10 @@ mark("gunicorn.conf.py and the start-up check (numpy's import)")
 imported("flask (werkzeug, jinja2, click)", "flask")
 imported("onnxruntime's and tokenizers' imports", "onnxruntime", "tokenizers")
 imported("pydantic", "pydantic.main", "pydantic.fields")
-# What create_app imports (textgen/server.py), the engine and the ONNX backend.
-ROUTES = ["access", "anthropic", "docs", "error_responses", "generate", "health", "metrics", "ollama", "openai",
-          "playground", "tokenize"]
+# What create_app imports (textgen/server.py: every module of textgen/transports/http/ but the OpenAPI
+# document's, imported on its first request), the engine and the ONNX backend.
+HTTP = os.path.join("/app", "textgen", "transports", "http")
+ROUTES = [m.name for m in pkgutil.iter_modules([HTTP]) if not m.name.startswith("openapi")]
 imported("the service's modules (request models, routes, prometheus_client)", "textgen.server", "textgen.engine.core",
          "textgen.model.onnx_backend.onnx_model", *(f"textgen.transports.http.{name}" for name in ROUTES))
 
