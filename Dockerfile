@@ -46,10 +46,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/tmp/huggingface \
     CACHE_DIR=/tmp/textgen \
     PORT=5000
+# Bytecode compiled here, once (the standard library now, the service's code below): the python base
+# image ships its standard library without .pyc files, and with PYTHONDONTWRITEBYTECODE (and a
+# read-only user) every start compiled each module it imported again: 0.4 of the 1.1 CPU-seconds to
+# healthy, 4 s of wall clock at Render's tenth of a CPU (docs/performance.md, "Cold start"). The venv's
+# packages were compiled by pip.
+RUN python -m compileall -q -j 0 -x '/(test|idlelib|tkinter|turtledemo|lib2to3)/' \
+        "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
 WORKDIR /app
 COPY --from=model /opt/model /opt/model
 COPY app.py gunicorn.conf.py lambda_handler.py ./
 COPY textgen ./textgen
+RUN python -m compileall -q /app
 
 # --- AWS Lambda: the Runtime Interface Client calls lambda_handler.handler --------------------------
 FROM runtime AS lambda

@@ -7,8 +7,6 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .openapi import build_openapi
-
 bp = Blueprint("docs", __name__)
 _PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "docs.html")
 
@@ -21,6 +19,10 @@ def _page() -> str:
 
 @bp.get("/openapi.json")
 def openapi_json():
+    # Imported on the first request for it, not at start: the document's 50-odd answer models cost
+    # ~0.03 CPU-seconds to define, a third of a second of start-up at Render's tenth of a CPU.
+    from .openapi import build_openapi
+
     settings = current_app.extensions["textgen.settings"]
     engine = current_app.extensions["textgen.engine"]
     limits = dict(max_total_tokens=engine.max_total_tokens, vocab_size=engine.prompts.vocab_size, max_best_of=settings.best_of_limit,
