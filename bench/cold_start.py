@@ -31,12 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import requests
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from devtools.images import container_processes, docker  # noqa: E402
+from devtools.images import container_processes, docker, render_environment  # noqa: E402
 from devtools.servers import free_port  # noqa: E402
 
 LIMITS = ["--memory", "512m", "--memory-swap", "512m"]
@@ -47,10 +46,9 @@ OPENING = (
 )
 
 
-def render_environment() -> list:
-    with open(os.path.join(ROOT, "render.yaml"), encoding="utf-8") as f:
-        (service,) = yaml.safe_load(f)["services"]
-    return [arg for item in service["envVars"] for arg in ("-e", f"{item['key']}={item['value']}")]
+def render_arguments() -> list:
+    """render.yaml's environment as `docker run -e` arguments."""
+    return [arg for key, value in render_environment().items() for arg in ("-e", f"{key}={value}")]
 
 
 def cpu_seconds(name: str) -> dict:
@@ -77,7 +75,7 @@ def one_start(image: str, cpus: str, load: int) -> dict:
     cpu_limit = [] if cpus == "0" else ["--cpus", cpus]
     docker("rm", "-f", name, check=False)
     began = time.monotonic()
-    docker("run", "-d", "--name", name, *LIMITS, *cpu_limit, *render_environment(), "-e", "PORT=10000",
+    docker("run", "-d", "--name", name, *LIMITS, *cpu_limit, *render_arguments(), "-e", "PORT=10000",
            "-p", f"{port}:10000", image)
     try:
         while True:
@@ -109,7 +107,7 @@ def one_start(image: str, cpus: str, load: int) -> dict:
 
 def stages(image: str) -> list:
     here = os.path.dirname(os.path.abspath(__file__))
-    out = docker("run", "--rm", *render_environment(), "-v", f"{here}:/bench:ro", image,
+    out = docker("run", "--rm", *render_arguments(), "-v", f"{here}:/bench:ro", image,
                  "python", "/bench/cold_start_stages.py").stdout
     return [(line.split("\t")[1], float(line.split("\t")[0])) for line in out.strip().splitlines()]
 

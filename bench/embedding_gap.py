@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.benchmark import (  # noqa: E402
-    PROMPTS, cpu_snapshot, launch, others_cpu_share, percentile, prepare_model, service_cmd, service_env,
+    PROMPTS, cpu_snapshot, launch, others_cpu_share, percentile, prepare_model, service_cmd, service_env, token_gaps,
 )
 from devtools.servers import free_port  # noqa: E402
 
@@ -77,13 +77,7 @@ def one_round(url: str, texts: list, args) -> dict:
         stop.set()
         for f in runs:
             f.result()
-    inside, before = [], []
-    for times in arrivals:
-        for prev, cur in zip(times, times[1:]):
-            if cur > start and prev < end:
-                inside.append(cur - prev)
-            elif cur <= start:
-                before.append(cur - prev)
+    inside, before = token_gaps(arrivals, (start, end))
     return {"inside": inside, "before": before, "tokens": tokens, "seconds": end - start}
 
 

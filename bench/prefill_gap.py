@@ -42,6 +42,7 @@ from devtools.benchmark import (  # noqa: E402
     prepare_model,
     service_cmd,
     service_env,
+    token_gaps,
     wait_until_quiet,
 )
 from devtools.servers import free_port  # noqa: E402
@@ -127,20 +128,6 @@ def _wait_flowing(arrivals, runs, tokens: int, timeout: float = 120.0) -> None:
         time.sleep(0.005)
 
 
-def gaps(arrivals, window) -> tuple[list, list]:
-    """Gaps (seconds) between consecutive tokens of each stream: those overlapping the window, and
-    those wholly before it (steady decoding with only the streams in the batch)."""
-    start, end = window
-    inside, before = [], []
-    for times in arrivals:
-        for prev, cur in zip(times, times[1:]):
-            if cur > start and prev < end:
-                inside.append(cur - prev)
-            elif cur <= start:
-                before.append(cur - prev)
-    return inside, before
-
-
 def measure(model_dir: str, quantize: str, chunk: int, args) -> dict:
     port = free_port()
     settings = {"QUANTIZE": quantize, "PREFILL_CHUNK_TOKENS": str(chunk)}  # the default backend, as served
@@ -164,7 +151,7 @@ def _bursts(server: Server, args) -> dict:
     cpu_before, started = cpu_snapshot(ours), time.perf_counter()
     for _ in range(args.bursts):
         b = burst(server.url, prompts, args)
-        i, s = gaps(b["arrivals"], b["window"])
+        i, s = token_gaps(b["arrivals"], b["window"])
         inside += i
         before += s
         long_ttft += b["long_ttft"]

@@ -332,3 +332,17 @@ def service_env(model_dir: str, port: int, **settings: str) -> dict:
 def service_cmd() -> list:
     # The deployment's own command (settings from gunicorn.conf.py), minus the access log's noise.
     return [sys.executable, "-m", "gunicorn", "app:app", "--access-logfile", "/dev/null"]
+
+
+def token_gaps(arrivals, window) -> tuple[list, list]:
+    """Gaps (seconds) between consecutive tokens of each stream: those overlapping the window, and
+    those wholly before it (steady decoding with only the streams in the batch)."""
+    start, end = window
+    inside, before = [], []
+    for times in arrivals:
+        for prev, cur in zip(times, times[1:]):
+            if cur > start and prev < end:
+                inside.append(cur - prev)
+            elif cur <= start:
+                before.append(cur - prev)
+    return inside, before

@@ -82,3 +82,12 @@ def pss_mb(name: str) -> float:
     """The container's processes' summed proportional set size (pages shared by gunicorn's master and
     worker, and a mapped graph file, counted once), in MiB: unlike the cgroup's usage, no page cache."""
     return (summed_pss(container_pids(name)) or 0) / 2**20
+
+
+def render_environment() -> dict:
+    """The service's environment as render.yaml gives it on Render (its one service's envVars)."""
+    import yaml
+
+    with open(os.path.join(ROOT, "render.yaml"), encoding="utf-8") as f:
+        (service,) = yaml.safe_load(f)["services"]
+    return {item["key"]: str(item["value"]) for item in service["envVars"]}

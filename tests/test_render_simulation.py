@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-import yaml
 
 from devtools.benchmark import summed_pss
-from devtools.images import build_distilgpt2_image, container_processes, docker
-from devtools.servers import ROOT, free_port
+from devtools.images import build_distilgpt2_image, container_processes, docker, render_environment
+from devtools.servers import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -40,12 +39,6 @@ SHARED_PREFIX = (
     "and read on their phones. Avoid dates, prices and the names of real companies. When a reader asks "
     "for a story, write the first paragraph only, and stop. Here is the reader's request. "
 )
-
-
-def render_environment() -> dict:
-    with open(os.path.join(ROOT, "render.yaml"), encoding="utf-8") as f:
-        (service,) = yaml.safe_load(f)["services"]
-    return {item["key"]: str(item["value"]) for item in service["envVars"]}
 
 
 @pytest.fixture(scope="module")
