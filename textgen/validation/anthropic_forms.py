@@ -22,7 +22,7 @@ from ..settings import Settings
 from .body import NonEmpty, OptionalInteger, json_object, parse_model, whole_number
 from .messages import invalid
 from .request import MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
-from .tools import NAME_SCHEMA, Tool, ToolChoice, ToolUse, tool_grammar, tool_use, tools_required_when
+from .tools import NAME_SCHEMA, Tool, ToolChoice, ToolUse, tool_use, tools_required_when
 
 ANTHROPIC_FIELDS = FieldNames(prompt="messages", max_new_tokens="max_tokens", grammar="grammar", n="n", top_n="top_n")
 ANTHROPIC_TOOL_FIELDS = FieldNames(prompt="messages", max_new_tokens="max_tokens", grammar="tools", n="n", top_n="top_n")
@@ -138,7 +138,7 @@ def messages_request(
         max_new_tokens=parsed.max_tokens,
         do_sample=False if greedy else None,
         stop=parsed.stop_sequences or [],
-        grammar=tool_grammar(tools) if tools.active else None,
+        grammar=tools.grammar,
         **sampled,
     )
     return parsed, generation, tools
@@ -165,11 +165,10 @@ def prompt_text(parsed: _Prompt, render: Callable[..., str], tools: ToolUse) -> 
     turns = [turn for m in parsed.messages for turn in _turns(m)]
     if parsed.system is not None:
         turns.insert(0, {"role": "system", "content": _text(parsed.system)})
-    shown = list(tools.tools) if tools.active else []
     last = turns[-1]
     if last["role"] == "assistant" and not last.get("tool_calls") and len(turns) > 1:  # prefill: the answer continues it
-        return render(turns[:-1], tools=shown) + last["content"]
-    return render(turns, tools=shown)
+        return render(turns[:-1], tools=tools.shown) + last["content"]
+    return render(turns, tools=tools.shown)
 
 
 def _turns(message: AnthropicMessage) -> List[dict]:

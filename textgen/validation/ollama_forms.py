@@ -22,7 +22,7 @@ from .grammar import JsonGrammar
 from .openai_forms import ChatTool, _neutral, _reject_non_neutral
 from .request import MAX_SEED, MAX_STOP_SEQUENCES, FieldNames, GenerationRequest, generation_request
 from .response_format import ANY_OBJECT
-from .tools import Tool, ToolChoice, ToolUse, tool_grammar, tool_use
+from .tools import ToolChoice, ToolUse, tool_use
 
 # Options that choose how the model is loaded or run on the hardware: accepted, ignored.
 LOAD_TIME_OPTIONS = (
@@ -129,7 +129,7 @@ class ChatRequest(_OllamaRequest):
 
 def chat_tools(parsed: ChatRequest, settings: Settings) -> ToolUse:
     """Ollama's tools: the model may call them (its API has no way to force one)."""
-    tools = [Tool(t.function.name, t.function.description or "", t.function.parameters) for t in parsed.tools or ()]
+    tools = [t.tool() for t in parsed.tools or ()]
     return tool_use(tools, ToolChoice("auto" if tools else "none"), "tools", settings.max_grammar_bytes, "tools")
 
 
@@ -190,7 +190,7 @@ def generation(
     """`tools` (chat): active, they hold the answer to text or calls, and `format` cannot also."""
     if tools is not None and tools.active and parsed.format:
         raise invalid("one_constraint", "format", name="format", other="tools")
-    grammar = tool_grammar(tools) if tools is not None and tools.active else _grammar(parsed.format)
+    grammar = tools.grammar if tools is not None and tools.active else _grammar(parsed.format)
     o = parsed.options or Options()
     _reject_non_neutral(o)
     greedy = o.temperature == 0  # Ollama's greedy, as OpenAI's: no sampling parameters at all

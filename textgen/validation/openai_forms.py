@@ -23,7 +23,7 @@ from .body import NonEmpty, OptionalInteger, parse_model, whole_number
 from .messages import given, invalid
 from .request import MAX_SEED, MAX_STOP_SEQUENCES, MAX_TOP_N, FieldNames, GenerationRequest, generation_request
 from .response_format import ResponseFormat, TextFormat, grammar_form
-from .tools import NAME_SCHEMA, Tool, ToolChoice, ToolUse, tool_grammar, tool_use, tools_required_when
+from .tools import NAME_SCHEMA, Tool, ToolChoice, ToolUse, tool_use, tools_required_when
 
 
 class StreamOptions(BaseModel):
@@ -177,6 +177,9 @@ class ChatTool(BaseModel):
     type: Literal["function"]
     function: FunctionTool
 
+    def tool(self) -> Tool:
+        return Tool(self.function.name, self.function.description or "", self.function.parameters)
+
 
 class NamedFunction(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -259,18 +262,18 @@ def chat_request(
     tools = chat_tools(parsed, settings)
     if tools.active and parsed.response_format is not None and not isinstance(parsed.response_format, TextFormat):
         raise invalid("one_constraint", "response_format", name="response_format", other="tools")
-    prompt = render(chat_messages(parsed.messages), tools=list(tools.tools) if tools.active else [])
+    prompt = render(chat_messages(parsed.messages), tools=tools.shown)
     generation = _generation(
         prompt, parsed, settings, openai_fields(chat=True, budget=budget, tools=tools.active), max_new_tokens,
         return_full_text=False, logprobs=bool(parsed.logprobs), top_n=parsed.top_logprobs or 0,
-        grammar=tool_grammar(tools) if tools.active else None,
+        grammar=tools.grammar,
     )
     return parsed, generation, tools
 
 
 def chat_tools(parsed: ChatCompletionRequest, settings: Settings) -> ToolUse:
     """`tools`, `tool_choice` and `parallel_tool_calls` as the one `ToolUse` of every protocol."""
-    tools = [Tool(t.function.name, t.function.description or "", t.function.parameters) for t in parsed.tools or ()]
+    tools = [t.tool() for t in parsed.tools or ()]
     choice = parsed.tool_choice or ("auto" if tools else "none")
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
     mode = "named" if named is not None else choice

@@ -100,7 +100,7 @@ def generation_request(
     """The one way a protocol's parsed body becomes a `GenerationRequest`: None means the server's
     default; a broken rule raises a ValidationError naming the client's `fields`. `pick_best`: `n` is
     TGI's `best_of` (answer with the likeliest of the n; sampled, never streamed). `grammar`: the
-    client's form, or a `GrammarSpec` the server wrote (tool calls: `tools.tool_grammar`)."""
+    client's form, or a `GrammarSpec` the server wrote (tool calls: `ToolUse.grammar`)."""
     if not prompt:
         raise invalid("string_too_short", fields.prompt, name=fields.prompt)
     if not _is_text(prompt):  # JSON's \ud800 escapes parse, but no tokenizer takes a lone surrogate

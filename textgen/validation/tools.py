@@ -69,13 +69,21 @@ class ToolUse:
     tools: tuple = ()
     choice: ToolChoice = ToolChoice()
     field: str = "tools"
+    grammar: Optional[GrammarSpec] = None  # what holds the answer to the choice (`tool_grammar`); None: inactive
 
     @property
     def active(self) -> bool:
         """The model sees the tools and may (or must) call them."""
         return bool(self.tools) and self.choice.mode != "none"
 
+    @property
+    def shown(self) -> list:
+        """The tools the prompt shows the model: none unless active."""
+        return list(self.tools) if self.active else []
+
+    @property
     def forced(self) -> bool:
+        """The answer must be calls (`required` or a named tool)."""
         return self.active and self.choice.mode in ("required", "named")
 
 
@@ -103,10 +111,13 @@ def tool_use(tools: Sequence[Tool], choice: ToolChoice, field: str, max_bytes: i
             f"`{choice_field}` names `{choice.name}`, which is not one of `{field}`: {', '.join(sorted(seen))}", choice_field
         )
     use = ToolUse(tuple(tools), choice, field)
-    size = len(tool_grammar(use).source.encode("utf-8")) if use.active else 0
+    if not use.active:
+        return use
+    grammar = tool_grammar(use)
+    size = len(grammar.source.encode("utf-8"))
     if size > max_bytes:
         raise ValidationError(f"`{field}` must be at most {max_bytes} bytes of grammar. Given: {size}", field)
-    return use
+    return ToolUse(use.tools, choice, field, grammar)
 
 
 def _check_schema(schema, place: str, field: str) -> None:
@@ -129,7 +140,7 @@ def tool_grammar(use: ToolUse) -> GrammarSpec:
     body = f'"\\n" %json {json.dumps({"x-guidance": JSON_OPTIONS, **call_schema})} "\\n{CALL_CLOSE}"'
     more = f' ("\\n{CALL_OPEN}" body)*' if use.choice.parallel else ""
     lines = ["%llguidance {}"]
-    if use.forced():
+    if use.forced:
         lines.append(f'start: "{CALL_OPEN}" body{more}')
     else:  # text without the tag, or text up to the first tag (a lazy lexeme: it ends there) and calls
         lines += [

@@ -95,7 +95,7 @@ def chat():
         return jsonify({"model": parsed.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                         "done": True, "done_reason": "load"})
     tools = ollama_forms.chat_tools(parsed, current_app.extensions["textgen.settings"])
-    prompt = engine.prompts.chat_prompt(ollama_forms.chat_messages(parsed.messages), tools=list(tools.tools) if tools.active else [])
+    prompt = engine.prompts.chat_prompt(ollama_forms.chat_messages(parsed.messages), tools=tools.shown)
     fields = ollama_forms.OLLAMA_TOOL_FIELDS if tools.active else ollama_forms.OLLAMA_CHAT_FIELDS
     return _answer(parsed, prompt, fields, chat=True, tools=tools)
 
