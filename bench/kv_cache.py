@@ -30,7 +30,9 @@ from onnx import TensorProto, helper
 from textgen.model import kv_cache
 from textgen.model.config import model_shape, read_config
 from textgen.model.kv_cache import KVCache
-from textgen.model.onnx_backend.onnx_graph import build_model, graph_path
+from textgen.model.onnx_backend.embedding_table import EmbeddingTable, write_table
+from textgen.model.onnx_backend.graph_files import graph_path
+from textgen.model.onnx_backend.onnx_graph import build_model
 from textgen.model.onnx_backend.onnx_model import OnnxModel, session_options
 
 
@@ -63,14 +65,15 @@ def session(model: onnx.ModelProto, path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, session_options(2), providers=["CPUExecutionProvider"])
 
 
-def run(sess, shape, dtype, tokens, start, count, cache, total):
+def run(sess, table: EmbeddingTable, shape, dtype, tokens, start, count, cache, total):
     rows, width = tokens.shape
     starts, counts = np.full(rows, start), np.full(rows, count)
     binding = sess.io_binding()
     feeds = {
-        "input_ids": tokens, "position_ids": np.minimum(starts[:, None] + np.arange(width), shape.context - 1),
+        "inputs_embeds": table.lookup(tokens), "position_ids": np.minimum(starts[:, None] + np.arange(width), shape.context - 1),
         "seqlens_k": (starts + counts - 1).astype(np.int32), "query_seqlens": counts.astype(np.int32),
         "total_sequence_length": np.array(total, dtype=np.int32), "logit_index": np.arange(rows) * width + counts - 1,
+        "hidden_index": np.zeros(0, dtype=np.int64),
     }
     for name, value in feeds.items():
         binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -87,8 +90,10 @@ def fp16(args) -> None:
     shape = model_shape(read_config(args.model))
     out = f"/tmp/kv-cache-bench-{os.getpid()}"
     os.makedirs(out, exist_ok=True)
-    variants = {"fp32": (session(build_model(args.model, args.quantize), out + "/fp32.onnx"), np.float32),
-                "fp16": (session(half_kv(build_model(args.model, args.quantize)), out + "/fp16.onnx"), np.float16)}
+    built = build_model(args.model, args.quantize)
+    table = EmbeddingTable(out, write_table(out, *built.embedding))
+    variants = {"fp32": (session(built.model, out + "/fp32.onnx"), np.float32),
+                "fp16": (session(half_kv(build_model(args.model, args.quantize).model), out + "/fp16.onnx"), np.float16)}
     total = args.past + 64
     caches = {name: {kind: [np.zeros((args.rows, shape.n_kv_heads, total, shape.head_dim), dtype) for _ in range(shape.n_layers)]
                      for kind in ("key", "value")} for name, (_, dtype) in variants.items()}
@@ -98,14 +103,14 @@ def fp16(args) -> None:
         for name, (sess, dtype) in variants.items():
             began = time.perf_counter()
             chunk = prompt[:, start:start + 256]
-            run(sess, shape, dtype, chunk, start, chunk.shape[1], caches[name], total)
+            run(sess, table, shape, dtype, chunk, start, chunk.shape[1], caches[name], total)
             times[name]["prefill"].append(time.perf_counter() - began)
     tokens, logits = prompt[:, -1:], {"fp32": [], "fp16": []}
     for step in range(32):
         for name in list(variants)[:: 1 if step % 2 else -1]:
             sess, dtype = variants[name]
             began = time.perf_counter()
-            logits[name].append(run(sess, shape, dtype, tokens, args.past + step, 1, caches[name], total))
+            logits[name].append(run(sess, table, shape, dtype, tokens, args.past + step, 1, caches[name], total))
             times[name]["decode"].append(time.perf_counter() - began)
         tokens = np.argmax(logits["fp32"][-1], -1)[:, None]
     a, b = np.stack(logits["fp32"]), np.stack(logits["fp16"])

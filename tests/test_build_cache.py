@@ -9,7 +9,7 @@ import sys
 
 from textgen.model.build_cache import SOURCE_FILE, cached_build
 from textgen.model.loader import file_fingerprint
-from textgen.model.onnx_backend.onnx_graph import graph_path
+from textgen.model.onnx_backend.graph_files import graph_path
 
 
 def writer(calls, text="built"):

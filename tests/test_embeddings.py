@@ -97,7 +97,7 @@ def test_the_onnx_backend_embeds_without_torch(model_dirs, tmp_path):
     script = f"""
 import json, sys
 from textgen.model.config import read_config
-from textgen.model.onnx_backend.onnx_graph import graph_path
+from textgen.model.onnx_backend.graph_files import graph_path
 from textgen.model.onnx_backend.onnx_model import OnnxModel
 from textgen.engine.embeddings import Embedder
 assert "torch" not in sys.modules
@@ -165,14 +165,17 @@ def test_a_graph_built_before_the_hidden_output_serves_no_embeddings(model_dirs,
     import onnx
 
     from textgen.model.config import read_config
+    from textgen.model.onnx_backend.embedding_table import METADATA_KEY, write_table
     from textgen.model.onnx_backend.onnx_graph import build_model
     from textgen.model.onnx_backend.onnx_model import OnnxModel
 
-    old = build_model(model_dirs["gpt2"], "none")
+    old, table = build_model(model_dirs["gpt2"], "none")
     old.graph.node.remove(next(n for n in old.graph.node if "hidden" in n.output))
     old.graph.input.remove(next(i for i in old.graph.input if i.name == "hidden_index"))
     old.graph.output.remove(next(o for o in old.graph.output if o.name == "hidden"))
     path = str(tmp_path / "model.onnx")
+    entry = old.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, write_table(str(tmp_path), *table)
     onnx.save_model(old, path, save_as_external_data=True, location="model.onnx.data")
     model = OnnxModel(path, read_config(model_dirs["gpt2"]), threads=2)
     assert model.width is None

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from tests.models import ROPE_SCALINGS, VARIANTS, make_tiny_llama, transformers_logits
-from textgen.model.onnx_backend import onnx_graph
+from textgen.model.onnx_backend import graph_files, onnx_graph
 from textgen.model.kv_cache import KVCache
-from textgen.model.onnx_backend.onnx_graph import graph_path
+from textgen.model.onnx_backend.graph_files import graph_path
 from textgen.model.onnx_backend.onnx_model import OnnxModel
 from textgen.model.config import read_config
 
@@ -212,7 +212,7 @@ def bits_of(model, op_type):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 def test_int4_graph_has_4_bit_mlps_and_8_bit_attention_head_and_embedding(model_dirs, arch):
-    model = onnx_graph.build_model(model_dirs[arch], "int4")
+    model, embedding = onnx_graph.build_model(model_dirs[arch], "int4")
     config = read_config(model_dirs[arch])
     layers = config.get("num_hidden_layers", config.get("n_layer"))
     assert not [n for n in model.graph.node if n.op_type == "MatMul"]  # every weight quantized
@@ -226,7 +226,8 @@ def test_int4_graph_has_4_bit_mlps_and_8_bit_attention_head_and_embedding(model_
             if attrs["bits"] == 4:
                 assert len(node.input) > 3 and node.input[3], "int4 blocks carry zero points"
     assert bits == {"attention": [8] * 2 * layers, "mlp": [4] * 2 * layers, "head": [8]}
-    assert list(bits_of(model, "GatherBlockQuantized").values()) == [8]
+    data, scales, block = embedding  # the token table, looked up outside the graph: 8-bit blocks of 32
+    assert data.dtype == np.uint8 and data.shape == (config["vocab_size"], scales.shape[1] * block) and block == 32
     assert {p.key: p.value for p in model.metadata_props}["textgen.quantize"] == "int4"
 
 
@@ -249,6 +250,59 @@ def test_int4_logits_close_to_float32(model_dirs, graph_cache, arch):
     assert agree >= 0.75, agree
 
 
+def graph_with_the_lookup_inside(source: str, quantize: str, out_dir: str) -> str:
+    """The graph as GRAPH_VERSION 6 and before built it: `input_ids` in, the token table an initializer
+    looked up by Gather (float32) or GatherBlockQuantized (8 bits) inside the graph, no embedding.bin."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model, table = onnx_graph.build_model(source, quantize)
+    graph = model.graph
+    graph.input.remove(next(i for i in graph.input if i.name == "inputs_embeds"))
+    graph.input.insert(0, helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]))
+    graph.initializer.append(numpy_helper.from_array(table[0], "table"))
+    if len(table) == 3:
+        data, scales, block = table
+        graph.initializer.append(numpy_helper.from_array(scales, "table.scales"))
+        lookup = helper.make_node("GatherBlockQuantized", ["table", "input_ids", "table.scales"], ["inputs_embeds"],
+                                  domain="com.microsoft", bits=8, block_size=block, gather_axis=0, quantize_axis=1)
+    else:
+        lookup = helper.make_node("Gather", ["table", "input_ids"], ["inputs_embeds"])
+    graph.node.insert(0, lookup)
+    path = os.path.join(out_dir, "model.onnx")
+    onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+    return path
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_the_table_outside_the_graph_gives_the_graphs_own_lookup_bit_for_bit(model_dirs, graph_cache, tmp_path, arch, quantize):
+    """embedding.bin's rows, dequantized in numpy, are what ONNX Runtime's GatherBlockQuantized (or Gather)
+    computed inside the graph: the logits are identical. And a graph prebuilt that way (before
+    GRAPH_VERSION 7) still serves."""
+    source = model_dirs[arch]
+    inside = OnnxModel(graph_with_the_lookup_inside(source, quantize, str(tmp_path)), read_config(source), threads=2)
+    outside = load(model_dirs, graph_cache, arch, quantize)
+    assert inside.table is None and outside.table is not None
+    want, got = last_logits_of_24_prompts(inside, outside)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_table_is_read_not_mapped(model_dirs, graph_cache):
+    """Every row of the vocabulary looked up (repeats and a batch's shape kept) leaves no mapping of
+    embedding.bin in the process: its pages stay in the page cache, outside the worker's memory."""
+    model = load(model_dirs, graph_cache, "llama", "int8")
+    table = model.table
+    ids = np.arange(table.rows)
+    rows = table.lookup(np.stack([ids, ids[::-1]]))
+    assert rows.shape == (2, table.rows, table.width) and rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[0], rows[1][::-1])
+    with open("/proc/self/maps") as f:
+        assert "embedding.bin" not in f.read()
+    with pytest.raises(ValueError, match="out of range"):
+        table.lookup(np.array([[table.rows]]))
+
+
 def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
     builds = []
     real_build = onnx_graph.build_graph
@@ -262,12 +316,13 @@ def test_graph_is_built_once_per_key(model_dirs, tmp_path, monkeypatch):
     int4 = graph_path(model_dirs["gpt2"], str(tmp_path), "int4")
     assert int4 not in (first, other) and len(builds) == 3
     assert sorted(os.listdir(tmp_path)) == sorted({os.path.basename(os.path.dirname(p)) for p in (first, other, int4)})
-    keys = {q: onnx_graph.graph_key(model_dirs["gpt2"], q) for q in ("none", "int8", "int4")}
+    keys = {q: graph_files.graph_key(model_dirs["gpt2"], q) for q in ("none", "int8", "int4")}
     assert len(set(keys.values())) == 3
 
 
 def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path):
-    """Running a built graph imports neither torch nor onnx; building one does not import torch."""
+    """Running a built graph imports neither torch nor onnx, nor does finding it in the cache (the worker's
+    every start after the first); building one does not import torch."""
     source = model_dirs["llama"]
     prebuilt = graph_path(source, graph_cache, "int8")
     code = textwrap.dedent(
@@ -287,7 +342,9 @@ def test_building_and_running_import_no_torch(model_dirs, graph_cache, tmp_path)
 
         run({prebuilt!r})
         assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runtime imported torch or onnx"
-        from textgen.model.onnx_backend.onnx_graph import graph_path
+        from textgen.model.onnx_backend.graph_files import graph_path
+        assert graph_path({source!r}, {graph_cache!r}, "int8") == {prebuilt!r}
+        assert "onnx" not in sys.modules, "finding a cached graph imported onnx"
         for quantize in ("none", "int8", "int4"):
             run(graph_path({source!r}, {str(tmp_path)!r}, quantize))
         assert "torch" not in sys.modules, "building the graph imported torch"

@@ -1,6 +1,6 @@
 """The model layer: what one forward pass needs and nothing more.
 
-`load_model(settings)` returns `(model, tokenizer)`. Every model fills the same contract,
+`loader.load_model(settings)` returns `(model, tokenizer)`. Every model fills the same contract,
 `contract.CausalLM`: numpy in and out, `model.forward(tokens, starts, counts, cache, first_slot,
 want_logits)` over a `KVCache` the engine owns, plus `n_layers`, `n_kv_heads`, `head_dim`, `context`,
 `vocab_size`, `eos_token_ids`, `backend`, `dtype_name`, `threads`. Importing this package imports
@@ -35,8 +35,5 @@ import os
 # ONNX Runtime's Linux wheels collect telemetry and write a device id under $HOME unless this is set
 # before the library initialises (a service sends nothing home and writes nowhere but its cache).
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
-from .kv_cache import KVCache  # noqa: E402
-from .loader import load_model  # noqa: E402
-
-__all__ = ["KVCache", "load_model"]
+# Nothing is imported here: gunicorn's master imports this package for its start-up check
+# (preflight.py), and numpy there (kv_cache.py) cost its every start 0.065 CPU-s and ~16 MB.

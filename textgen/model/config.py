@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import NamedTuple, Optional
 
-import numpy as np
 
 GPT2_TYPES = {"gpt2"}  # model_type values torch_backend/gpt2.py and the GPT-2 graph serve
 # model_type values torch_backend/llama.py and the Llama graph serve
@@ -85,12 +85,17 @@ class Multipliers(NamedTuple):
     logits: float = 1.0
 
 
+def _float32(x: float) -> float:
+    # Rounded as numpy's float32 would be, without numpy: gunicorn's master reads configs (preflight.py).
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def multipliers(config: dict) -> Multipliers:
     """Granite's multipliers; Gemma 3's embeddings scaled by sqrt(hidden_size) (rounded to float32, as
     transformers casts it to the float32 table's dtype) and scores by query_pre_attn_scalar ** -0.5."""
     if config.get("model_type") == "gemma3_text":
         scores = float(config.get("query_pre_attn_scalar", 256)) ** -0.5
-        return Multipliers(float(np.float32(config["hidden_size"] ** 0.5)), attention=scores)
+        return Multipliers(_float32(config["hidden_size"] ** 0.5), attention=scores)
     if config.get("model_type") != "granite":
         return Multipliers()
     return Multipliers(

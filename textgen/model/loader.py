@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 from ..settings import Settings
 from .build_cache import cached_build, cached_entry
 from .config import NATIVE_TYPES, native_family, read_config
-from .onnx_backend.graph_files import prebuilt_dir, prebuilt_graph
+from .onnx_backend.graph_files import graph_path, prebuilt_dir, prebuilt_graph
 from .safetensors import has_weights
 from .threads import available_cpus
 
@@ -87,8 +87,6 @@ def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set
                 f"{source} has neither an ONNX graph for QUANTIZE={settings.quantize} (onnx-{settings.quantize}/) "
                 "nor safetensors weights to build one from"
             )
-        from .onnx_backend.onnx_graph import graph_path  # imports onnx: only building needs it
-
         path = graph_path(source, settings.cache_dir, settings.quantize)
     spinning = "1" if settings.intra_op_spinning else "0"
     return OnnxModel(path, config, settings.threads or available_cpus(), spinning, eos_token_ids=eos_token_ids)

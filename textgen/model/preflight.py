@@ -4,7 +4,8 @@ A model the install cannot serve (a family with no ONNX graph builder while torc
 image) or a MODEL_ID that names nothing would otherwise fail inside the worker, where gunicorn prints
 the exception in full (58 lines for a Qwen3 checkpoint) and exits with "Worker failed to boot". Here
 the same causes become one line naming what was found and what to set. Cheap: it reads config.json
-and looks for packages (`importlib.util.find_spec`) without importing torch or transformers; a hub id
+and looks for packages (`importlib.util.find_spec`) without importing torch, transformers or numpy
+(this runs in gunicorn's master, which the worker's memory does not share); a hub id
 is downloaded here, once, and the worker then finds it in the hub's cache.
 """
 
@@ -15,7 +16,6 @@ import os
 
 from ..settings import Settings
 from .config import LLAMA_TYPES, NATIVE_TYPES, native_family, not_computed, read_config
-from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture
 from .loader import BACKEND_PACKAGES, choose_backend, converted_gguf, model_directory
 from .onnx_backend.graph_files import prebuilt_graph
 
@@ -56,6 +56,8 @@ def check_servable(settings: Settings) -> None:
 
 
 def _check_gguf(settings: Settings) -> None:
+    from .gguf_metadata import GGUF_ARCHITECTURES, gguf_architecture  # numpy: not in the master unless needed
+
     path = os.path.join(settings.model_id, settings.model_gguf_file)
     if not os.path.isfile(path):
         raise NotServable(f"MODEL_GGUF_FILE: no file {path}")

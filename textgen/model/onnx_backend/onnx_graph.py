@@ -2,7 +2,10 @@
 without torch (numpy, `onnx.helper`, onnxruntime's own quantizer).
 
 Graph inputs (B rows, S tokens per row, right-padded; T = the cache's time capacity):
-- `input_ids` int64 [B, S]; `position_ids` int64 [B, S]: start + 0..S-1, padding clamped to
+- `inputs_embeds` float32 [B, S, hidden]: the tokens' rows of the embedding table, which is kept out of
+  the graph in embedding.bin and read a row per token (embedding_table.py: mapped inside the graph, the
+  table grew resident in full). A graph older than GRAPH_VERSION 7 takes `input_ids` int64 [B, S].
+- `position_ids` int64 [B, S]: start + 0..S-1, padding clamped to
   context - 1 by the runtime (learned position tables and rotary tables have `context` rows).
 - `seqlens_k` int32 [B]: P + Q - 1 (P tokens cached before this call, Q real tokens in it); an idle
   row (Q = 0) keeps P - 1, an idle empty slot needs 0 (GroupQueryAttention refuses -1).
@@ -34,38 +37,30 @@ Weights: `quantize="none"` keeps float32 (a tied head stored a second time, tran
 `_logits`). `quantize="int8"` or `"int4"` (quantize.py's SCHEMES) passes every MatMul, the LM head
 included, through onnxruntime's MatMulNBitsQuantizer (int8: 8 bits everywhere; int4: the MLPs in 4
 bits, attention and the head in 8; blocks of 32, accuracy level 4: activations quantized per row, so a
-row's result never depends on its neighbours), and stores the token embedding once in 8 bits as a
-GatherBlockQuantized table (the quantizer's Gather support is 4-bit only).
-Measured on DistilGPT2's shape (RSS after load): 183 MB this way; 220 MB when the lookup shares the
-LM head's MatMulNBits bytes (possible: same [vocab, K/32, 32] uint8 with zero point 128, but its
-scales are negative; MatMulNBits prepacks its weight, so the shared original stays resident in full),
-~330 MB with a float32 table. The table sits in model.onnx.data, which ORT maps: only the pages of
-tokens actually looked up become resident (file-backed, shared by processes using the same file).
+row's result never depends on its neighbours), and stores the token embedding's table in 8 bits, in
+GatherBlockQuantized's layout (embedding.bin; a float32 table of a 50k-token vocabulary is 154 MB).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..build_cache import cached_build
 from ..config import (
     attention_windows, layer_rope, mlp_activation, model_shape, multipliers, native_family, norms, read_config, rope_layers,
     rotary_dim,
 )
 from ..rope import rope_tables
-from ..safetensors import weight_files
-from .graph_files import DATA_FILE, GRAPH_FILE
+from .graph_files import DATA_FILE, GRAPH_FILE, GRAPH_VERSION
 from .onnx_weights import NumpyCheckpoint
-from .quantize import BLOCK_SIZE, SCHEMES, quantize_rows_uint8, quantize_weights
+from .embedding_table import METADATA_KEY, write_table
+from .quantize import BLOCK_SIZE, quantize_rows_uint8, quantize_weights
+from .schemes import SCHEMES
 
-GRAPH_VERSION = 6  # bump whenever the graph built for the same inputs changes
 MS = "com.microsoft"
 OPSET = 17
 
@@ -80,6 +75,7 @@ class GraphBuilder:
         self.nodes: List[onnx.NodeProto] = []
         self.inputs: List[onnx.ValueInfoProto] = []
         self.outputs: List[onnx.ValueInfoProto] = []
+        self.embedding: tuple = ()  # the token table as write_table takes it: (data,) or (data, scales, block)
         self._count = 0
 
     def weight(self, name: str, array: np.ndarray) -> str:
@@ -109,7 +105,7 @@ class GraphBuilder:
 def _declare_io(g: GraphBuilder, shape) -> None:
     float_, int64, int32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     g.inputs += [
-        helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("inputs_embeds", float_, ["batch", "sequence", shape.width]),
         helper.make_tensor_value_info("position_ids", int64, ["batch", "sequence"]),
         helper.make_tensor_value_info("seqlens_k", int32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", int32, []),
@@ -164,25 +160,22 @@ def _times(g: GraphBuilder, x: str, scalar: Optional[str]) -> str:
     return x if scalar is None else g.op("Mul", [x, scalar])
 
 
-def _embedding(g: GraphBuilder, name: str, table: np.ndarray, quantize: str) -> str:
-    """Token embedding lookup; an 8-bit scheme keeps the table once, in 8 bits (a float32 copy of a
-    50k-token vocabulary is 154 MB); a 4-bit one is left to the quantizer (quantize.py)."""
-    if quantize in SCHEMES and SCHEMES[quantize].embedding == 8:
-        data, scales = quantize_rows_uint8(table, BLOCK_SIZE)
-        inputs = [g.weight(name + ".q8", data), "input_ids", g.weight(name + ".scales", scales)]
-        return g.op("GatherBlockQuantized", inputs, domain=MS, bits=8, block_size=BLOCK_SIZE, gather_axis=0, quantize_axis=1)
-    return g.op("Gather", [g.weight(name, table), "input_ids"])
+def _embedding(g: GraphBuilder, table: np.ndarray, quantize: str) -> str:
+    """The token embedding: kept for embedding.bin (8 bits under a quantizing scheme), looked up outside
+    the graph, which takes the rows as `inputs_embeds`."""
+    if quantize in SCHEMES:
+        g.embedding = (*quantize_rows_uint8(table, BLOCK_SIZE), BLOCK_SIZE)
+    else:
+        g.embedding = (np.ascontiguousarray(table, dtype=np.float32),)
+    return "inputs_embeds"
 
 
 def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize: str, norm_weight: np.ndarray) -> None:
     """Gather the wanted rows of the final hidden states, then the LM head ([vocab, hidden] `head`); the
     rows `hidden_index` names are an output of their own (`hidden`: what embeddings pool, same pass).
 
-    A tied head is stored again, transposed, rather than shared with the embedding (a Gemm with
-    transB over the same table): ORT prepacks a MatMul's weight into its own buffer, so a shared table
-    stays resident in full beside the packed copy, while an unshared one is released and the lookup
-    table, mapped from model.onnx.data, pages in only the rows used. DistilGPT2 float32, RSS after
-    load: 380 MB this way, 528 MB shared (the file grows by 154 MB).
+    A tied head is stored again, transposed, rather than shared with the embedding: ORT prepacks a
+    MatMul's weight into its own buffer, and the lookup reads its rows from embedding.bin.
 
     8-bit: MatMulNBits quantizes its input to int8 per block of BLOCK_SIZE channels, and a block
     holding one of the final norm's large channels leaves its neighbours few levels. The head's input
@@ -201,7 +194,7 @@ def _logits(g: GraphBuilder, hidden: str, width: int, head: np.ndarray, quantize
     g.op("MatMul", [rows, g.weight("lm_head", weight)], ["logits"])
 
 
-def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.ModelProto:
+def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> GraphBuilder:
     prefix = "transformer." if "transformer.wte.weight" in ckpt else ""
 
     def w(name):
@@ -213,7 +206,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     g = GraphBuilder()
     _declare_io(g, shape)
     wte = w("wte.weight")
-    tokens = _embedding(g, "wte", wte, quantize)
+    tokens = _embedding(g, wte, quantize)
     positions = g.op("Gather", [g.weight("wpe", w("wpe.weight")), "position_ids"])
     # Each LayerNorm adds the previous sublayer's output (and its projection bias) to the residual.
     pending, residual, pending_bias = tokens, positions, None
@@ -240,7 +233,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Model
     tied = config.get("tie_word_embeddings", True)
     head = wte if tied else ckpt.get("lm_head.weight")
     _logits(g, hidden, width, head, quantize, w("ln_f.weight"))
-    return g.model()
+    return g
 
 
 def _layer_rotary_tables(g: GraphBuilder, config: dict, rotated: int, positions: int) -> list:
@@ -285,7 +278,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
             x = g.op("SimplifiedLayerNormalization", [x, norm_weight(post_norm)], epsilon=eps, axis=-1)
         return _times(g, x, residual_scale)
 
-    x = _times(g, _embedding(g, "embed_tokens", embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
+    x = _times(g, _embedding(g, embed, quantize), _scalar(g, "embedding_multiplier", scales.embedding))
     rotated = rotary_dim(config, head_dim)
     uses_rope, windows = rope_layers(config), attention_windows(config)
     rotary = _layer_rotary_tables(g, config, rotated, shape.context)
@@ -340,10 +333,15 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     if scales.logits != 1.0:  # Granite divides the logits: folded into the head, stored apart from the embedding
         head = (head / np.float32(scales.logits)).astype(np.float32)
     _logits(g, hidden, width, head, quantize, norm_array("norm.weight"))
-    return g.model()
+    return g
 
 
-def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
+class BuiltGraph(NamedTuple):
+    model: onnx.ModelProto
+    embedding: tuple  # the token table, as embedding_table.write_table takes it
+
+
+def build_model(source_dir: str, quantize: str) -> BuiltGraph:
     if quantize != "none" and quantize not in SCHEMES:
         raise ValueError(f"quantize must be 'none', {', '.join(map(repr, SCHEMES))}, not {quantize!r}")
     config = read_config(source_dir)
@@ -352,42 +350,23 @@ def build_model(source_dir: str, quantize: str) -> onnx.ModelProto:
         raise ValueError(f"no ONNX graph builder for model_type {config.get('model_type')!r} with this config")
     ckpt = NumpyCheckpoint(source_dir)
     build = build_gpt2 if family == "gpt2" else build_llama
-    model = build(config, ckpt, quantize)
+    g = build(config, ckpt, quantize)
+    model = g.model()
     if quantize in SCHEMES:
-        model = quantize_weights(model, SCHEMES[quantize], "logits", "input_ids")
+        model = quantize_weights(model, SCHEMES[quantize], "logits")
     # Read back by OnnxModel through the session's metadata (no onnx import at run time).
     helper.set_model_props(model, {"textgen.quantize": quantize, "textgen.graph_version": str(GRAPH_VERSION)})
-    return model
+    return BuiltGraph(model, g.embedding)
 
 
 def build_graph(source_dir: str, out_dir: str, quantize: str) -> str:
     """Build the graph into `out_dir` (model.onnx plus its weights in model.onnx.data, so that graphs
-    past protobuf's 2 GB limit save the same way); returns the .onnx path. Usable at image build time."""
-    model = build_model(source_dir, quantize)
+    past protobuf's 2 GB limit save the same way, and the token table in embedding.bin); returns the
+    .onnx path. Usable at image build time."""
+    model, embedding = build_model(source_dir, quantize)
     os.makedirs(out_dir, exist_ok=True)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, write_table(out_dir, *embedding)
     path = os.path.join(out_dir, GRAPH_FILE)
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
     return path
-
-
-def graph_key(source_dir: str, quantize: str) -> str:
-    """Changes whenever the graph built from this directory would: config, weight files (names, sizes,
-    mtimes), architecture, quantization (its name and its scheme's bits), onnxruntime version, GRAPH_VERSION."""
-    import onnxruntime
-
-    with open(os.path.join(source_dir, "config.json"), "rb") as f:
-        parts = [f.read().decode("utf-8", "replace")]
-    for path in weight_files(source_dir):
-        stat = os.stat(path)
-        parts.append(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-    parts += [str(read_config(source_dir).get("model_type")), quantize, repr(SCHEMES.get(quantize)), onnxruntime.__version__, str(GRAPH_VERSION)]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-
-def graph_path(source_dir: str, cache_dir: str, quantize: str) -> str:
-    """The cached graph for this checkpoint and quantization, built on first use into
-    `cache_dir/onnx-<key>/` (build_cache.py: built once, stale builds of the same checkpoint removed)."""
-    source = {"path": os.path.abspath(source_dir), "quantize": quantize}
-    key = graph_key(source_dir, quantize)
-    entry = cached_build(cache_dir, "onnx", key, source, lambda out: build_graph(source_dir, out, quantize), GRAPH_FILE)
-    return os.path.join(entry, GRAPH_FILE)

@@ -13,6 +13,7 @@ at the positions named) instead of logits: embeddings from the same session, the
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections import OrderedDict
 from typing import Optional, Set
@@ -22,6 +23,7 @@ import onnxruntime as ort
 
 from ..config import model_shape
 from ..kv_cache import KVCache
+from .embedding_table import METADATA_KEY, EmbeddingTable
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
 # "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
@@ -57,7 +59,8 @@ class OnnxModel:
     ):
         self.threads = threads
         self.session = ort.InferenceSession(graph_path, session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
-        quantize = self.session.get_modelmeta().custom_metadata_map.get("textgen.quantize", "none")
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        quantize = metadata.get("textgen.quantize", "none")
         self.dtype_name = quantize if quantize in ("int8", "int4") else "float32"
         shape = model_shape(config)
         self.n_layers, self.n_kv_heads, self.head_dim = shape.n_layers, shape.n_kv_heads, shape.head_dim
@@ -65,6 +68,8 @@ class OnnxModel:
         # A graph prebuilt before embeddings existed (GRAPH_VERSION < 6) has no hidden output: None.
         inputs = {i.name for i in self.session.get_inputs()}
         self.width: Optional[int] = shape.width if "hidden_index" in inputs else None
+        # The token rows, read from embedding.bin; a graph prebuilt before GRAPH_VERSION 7 looks them up itself.
+        self.table = EmbeddingTable(os.path.dirname(graph_path), metadata[METADATA_KEY]) if "inputs_embeds" in inputs else None
         self.eos_token_ids: Set[int] = set(eos_token_ids)
         # Per cache (a weak key: a cache dropped takes its bindings along): the weak references to the
         # arrays its bindings point into, and the bindings by slot range.
@@ -142,7 +147,10 @@ class OnnxModel:
         # P + Q - 1; an idle row keeps P - 1, an idle empty slot needs 0 (-1 is refused).
         seqlens_k = np.maximum(starts + counts - 1, 0).astype(np.int32)
         binding = self._binding(cache, first_slot, rows)
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=np.int64))
+        if self.table is not None:
+            binding.bind_cpu_input("inputs_embeds", self.table.lookup(tokens))
+        else:
+            binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=np.int64))
         binding.bind_cpu_input("position_ids", positions)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("query_seqlens", counts.astype(np.int32))
