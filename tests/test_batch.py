@@ -122,14 +122,15 @@ class RecordingModel:
     def __init__(self):
         self.calls = []
 
-    def forward(self, tokens, starts, counts, cache, first_slot, want_logits):
+    def forward(self, tokens, starts, counts, cache, first_slot, want_logits, logit_index=None):
         assert tokens.dtype == starts.dtype == counts.dtype == np.int64
         rows, width = tokens.shape
         assert starts.shape == counts.shape == (rows,)
         assert first_slot + rows <= cache.slot_capacity
         assert int(starts.max()) + width <= cache.time_capacity
-        self.calls.append((tokens.tolist(), starts.tolist(), counts.tolist(), first_slot, want_logits))
-        return np.zeros((rows, self.vocab_size), np.float32) if want_logits else None
+        index = None if logit_index is None else logit_index.tolist()
+        self.calls.append((tokens.tolist(), starts.tolist(), counts.tolist(), first_slot, want_logits, index))
+        return np.zeros((rows if index is None else len(index), self.vocab_size), np.float32) if want_logits else None
 
 
 def test_what_the_batch_asks_of_the_model():
@@ -141,16 +142,38 @@ def test_what_the_batch_asks_of_the_model():
     batch.add(["b", "c"], [B, C])  # 2 tokens each per chunk: c is done after 2 chunks, b after 5
     finish_prefill(batch)
     batch.step([STEPS[1], STEPS[2], STEPS[3]])
-    assert model.calls == [
-        ([A[:4]], [0], [4], 0, False),
-        ([A[4:]], [4], [1], 0, True),  # logits as the prompt ends
-        ([[STEPS[0]]], [5], [1], 0, True),  # decode: one token at each row's length
-        ([B[0:2], C[0:2]], [0, 0], [2, 2], 1, False),  # the group in the slots after the decoding row
-        ([B[2:4], C[2:] + [0]], [2, 2], [2, 1], 1, True),  # right-padded; c's prompt ends here
-        ([B[4:6], [0, 0]], [4, 3], [2, 0], 1, False),  # c only waits: count 0
-        ([B[6:8], [0, 0]], [6, 3], [2, 0], 1, False),
-        ([B[8:], [0]], [8, 3], [1, 0], 1, True),
-        ([[STEPS[1]], [STEPS[2]], [STEPS[3]]], [6, 9, 3], [1, 1, 1], 0, True),
+    assert model.calls == [  # (tokens, starts, counts, first slot, logits wanted, at which flat positions)
+        ([A[:4]], [0], [4], 0, False, []),
+        ([A[4:]], [4], [1], 0, True, [0]),  # logits as the prompt ends
+        ([[STEPS[0]]], [5], [1], 0, True, [0]),  # decode: one token at each row's length
+        ([B[0:2], C[0:2]], [0, 0], [2, 2], 1, False, []),  # the group in the slots after the decoding row
+        ([B[2:4], C[2:] + [0]], [2, 2], [2, 1], 1, True, [2]),  # right-padded; c's prompt ends here: its logits only
+        ([B[4:6], [0, 0]], [4, 3], [2, 0], 1, False, []),  # c only waits: count 0
+        ([B[6:8], [0, 0]], [6, 3], [2, 0], 1, False, []),
+        ([B[8:], [0]], [8, 3], [1, 0], 1, True, [0]),
+        ([[STEPS[1]], [STEPS[2]], [STEPS[3]]], [6, 9, 3], [1, 1, 1], 0, True, [0, 1, 2]),
+    ]
+
+
+def test_a_decode_step_and_a_prefill_chunk_in_one_pass():
+    """decode_and_prefill: the decoding rows' tokens and the group's chunk in one call, the group in the
+    slots after the rows; the logits after each decoding row's token, and the group's as its prompts end."""
+    model = RecordingModel()
+    batch = Batch(model, chunk_tokens=4)
+    batch.add(["a"], [A])
+    finish_prefill(batch)
+    batch.add(["b", "c"], [B, C])
+    stepped, joined = batch.decode_and_prefill([[STEPS[0]]])
+    assert joined is None and stepped.logits.shape == (1, model.vocab_size)
+    stepped, joined = batch.decode_and_prefill([[STEPS[1]]])
+    assert joined is None  # c is done, b is not
+    while joined is None:
+        stepped, joined = batch.decode_and_prefill([[STEPS[2]]])
+    assert batch.rows == ["a", "b", "c"] and joined.logits.shape == (2, model.vocab_size)
+    assert model.calls[2:5] == [
+        ([[STEPS[0], 0], B[0:2], C[0:2]], [5, 0, 0], [1, 2, 2], 0, True, [0]),
+        ([[STEPS[1], 0], B[2:4], C[2:] + [0]], [6, 2, 2], [1, 2, 1], 0, True, [0, 4]),
+        ([[STEPS[2], 0], B[4:6], [0, 0]], [7, 4, 3], [1, 2, 0], 0, True, [0]),
     ]
 
 

@@ -92,7 +92,8 @@ def test_seeded_request_is_the_same_alone_and_batched(make_engine):
 
 def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
     """Continuous batching: prompts that arrive while a request decodes are prefilled together in one
-    padded forward pass, then join it at its next decode step, whatever position it has reached."""
+    forward pass (on ONNX, the running request's decode pass), then join it at its next decode step,
+    whatever position it has reached; seeds keep their text."""
     engine = make_engine(max_batch_size=16)
     bodies = [dict(prompt="Hi" + " there" * i, max_new_tokens=12, seed=i) for i in range(5)]
     bodies.append(dict(prompt="Technology and finance meet where", max_new_tokens=12, do_sample=False))
@@ -117,12 +118,14 @@ def test_prompts_prefilled_together_match_alone(make_engine, monkeypatch):
         together = [h.result() for h in handles]
         busy_result = busy[0].result()
     assert together == alone
-    assert prefill_batches[-1] == len(bodies)  # all six prompts in one padded forward pass
-    # Then every decode step carried `busy` (2 tokens in at the release) and each of the six not finished.
-    busy_left = busy_result.generated_tokens - 2
+    packs = engine.model.packs_tokens  # ONNX: the prompts ride in `busy`'s decode pass (and busy decodes alone in it)
+    assert prefill_batches[-1] == len(bodies) + packs  # all six prompts in one forward pass
+    # Then every decode step carried `busy` (2 tokens in at the release, 3 after a shared pass) and each
+    # of the six not finished.
+    busy_left = busy_result.generated_tokens - 2 - packs
     longest = max([busy_left] + [r.generated_tokens - 1 for r in together])
     expected = [(busy_left >= s) + sum(r.generated_tokens > s for r in together) for s in range(1, longest + 1)]
-    assert steps.rows == expected and steps.rows[0] == 1 + len(bodies), (steps.rows, busy_result)
+    assert steps.rows == [1] * packs + expected and expected[0] == 1 + len(bodies), (steps.rows, busy_result)
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy(engine):

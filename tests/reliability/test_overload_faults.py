@@ -412,7 +412,7 @@ def test_a_failing_decode_step_fails_only_its_requests(tiny_model_dir, tmp_path)
     assert d_status == 200 and len(d_events) == tokens and not any("error" in e for e in d_events)
     assert e_status == 200 and complete(e_body["details"], 16)
     assert health == 200
-    assert "decode step failed; failing the 2 running requests" in log
+    assert "forward pass failed; failing the requests it carried" in log
     save("decode-fault", {"failed": ["A (plain): 500", "B (stream): error event"], "then_200": ["C", "D", "E"]})
 
 

@@ -25,7 +25,7 @@ model is any `CausalLM` (model/contract.py): numpy in, numpy out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -118,44 +118,14 @@ class Batch:
     def prefill_step(self) -> Optional[Joined]:
         """One forward pass over the next chunk of the group's prompts. When every prompt is done, the
         group joins the decoding rows (in its order), and this returns what it brought (`Joined`)."""
-        if not self._looked_up:
-            self._load_cached_prefixes()
-        group, first = self._group(), len(self)
-        per_row = max(1, self.chunk_tokens // len(group))
-        take = np.array([min(row.to_prefill, per_row) for row in group], dtype=np.int64)
-        width = max(int(take.max()), 1)
-        tokens = np.zeros((len(group), width), dtype=np.int64)  # right-padded
-        for i, (row, n) in enumerate(zip(group, take)):
-            tokens[i, :n] = row.prompt[row.length : row.length + n]
-        starts = np.array([row.length for row in group], dtype=np.int64)
-        finishing = [i for i, row in enumerate(group) if 0 < take[i] == row.to_prefill]
-        self.cache.reserve(first + len(group), int(starts.max()) + width, self._lengths())
-        logits = self._forward_chunk(group, tokens, starts, take, bool(finishing))
-        for row, n in zip(group, take):
-            row.length += int(n)
-        for i in finishing:
-            group[i].logits = logits[i].copy()  # a backend may reuse its output buffer on the next call
-            if self.prefix_cache is not None:
-                self.prefix_cache.store(group[i].prompt, self.cache, first + i)
-        return self._join(group) if all(row.to_prefill == 0 for row in group) else None
+        return self.run_pass([], None, prefill=True)[1]
 
-    def _forward_chunk(self, group: List[Row], tokens, starts, take, want_logits: bool) -> Optional[np.ndarray]:
-        """The forward pass of one prefill chunk; each row's logits at the chunk's last position (None
-        when no row's prompt ends in it and no row scores its prompt). A scoring row's scorer is given
-        the logits at every position of its chunk first."""
-        first = len(self)
-        scored = [i for i, row in enumerate(group) if row.scorer is not None and take[i] > 0]
-        if not scored:
-            return self.model.forward(tokens, starts, take, self.cache, first, want_logits)
-        # Every position of the scored rows, the last one of the others: each row's logits end with its last.
-        width = tokens.shape[1]
-        counts = [int(take[i]) if i in scored else 1 for i in range(len(group))]
-        index = np.concatenate([i * width + np.arange(n) + (0 if i in scored else max(int(take[i]) - 1, 0)) for i, n in enumerate(counts)])
-        flat = self.model.forward(tokens, starts, take, self.cache, first, True, index)
-        ends = np.cumsum(counts)
-        for i in scored:
-            group[i].scorer(group[i].length, flat[ends[i] - counts[i] : ends[i]])
-        return flat[ends - 1]
+    def decode_and_prefill(self, feeds: Sequence[Sequence[int]], scored: Optional[Sequence[bool]] = None) -> Tuple[Stepped, Optional[Joined]]:
+        """`decode` and `prefill_step` in one forward pass: the decoding rows' feeds and the group's next
+        chunk together, so a joining prompt does not cost the running rows a pass of its own. Worth it
+        on a model that computes the real tokens only (the ONNX graph packs them): on a right-padded
+        one, every decoding row would be padded to the chunk's width."""
+        return self.run_pass(feeds, scored, prefill=True)
 
     def _join(self, group: List[Row]) -> Joined:
         joined = Joined(np.stack([row.logits for row in group]), [row.cached for row in group])
@@ -186,28 +156,74 @@ class Batch:
 
     def decode(self, feeds: Sequence[Sequence[int]], scored: Optional[Sequence[bool]] = None) -> Stepped:
         """One decode step: row i feeds feeds[i] at its next positions (its token picked, and any tokens a
-        grammar forced after it: a short chunk, the rows right-padded to the longest). Returns the logits
-        after each row's last token, and for the rows `scored` says, those before each of its other
-        tokens (what predicted them)."""
-        decoding = self.slots[: len(self)]
-        n, width = len(decoding), max(len(feed) for feed in feeds)
-        starts = np.array([row.length for row in decoding], dtype=np.int64)
-        counts = np.array([len(feed) for feed in feeds], dtype=np.int64)
-        self.cache.reserve(n, int(starts.max()) + width, self._lengths())  # grows only: the prefill group's slots stay
-        tokens = np.zeros((n, width), dtype=np.int64)
-        for i, feed in enumerate(feeds):
-            tokens[i, : len(feed)] = feed
+        grammar forced after it: a short chunk). Returns the logits after each row's last token, and for
+        the rows `scored` says, those before each of its other tokens (what predicted them)."""
+        return self.run_pass(feeds, scored, prefill=False)[0]
+
+    def run_pass(self, feeds, scored, prefill: bool) -> Tuple[Optional[Stepped], Optional[Joined]]:
+        """One forward pass over the decoding rows' `feeds` (when any) and, when `prefill`, the group's
+        next prompt chunk (at most `chunk_tokens` tokens, shared among its rows), right-padded to the
+        longest. Only the logits something needs are computed: after each decoding row's last token
+        (and before its others when scored), at every position of a chunk whose row scores its prompt,
+        after the last token of a prompt that ends in this chunk."""
+        if prefill and not self._looked_up:
+            self._load_cached_prefixes()
+        n = len(self)
+        decoding, group = (self.slots[:n] if feeds else []), (self._group() if prefill else [])
+        rows, first = decoding + group, 0 if feeds else n
+        chunks = [list(feed) for feed in feeds]
+        if group:
+            per_row = max(1, self.chunk_tokens // len(group))
+            chunks += [row.prompt[row.length : row.length + min(row.to_prefill, per_row)] for row in group]
+        counts = np.array([len(chunk) for chunk in chunks], dtype=np.int64)
+        tokens = np.zeros((len(rows), max(int(counts.max()), 1)), dtype=np.int64)
+        for i, chunk in enumerate(chunks):
+            tokens[i, : len(chunk)] = chunk
+        starts = np.array([row.length for row in rows], dtype=np.int64)
+        # Grows only: a decode-only pass keeps the group's slots.
+        self.cache.reserve(first + len(rows), int(starts.max()) + tokens.shape[1], self._lengths())
+        scored_rows = [bool(scored and scored[i]) and counts[i] > 1 for i in range(len(decoding))]
+        segments = self._forward(tokens, starts, counts, first, self._wanted(counts, scored_rows, group))
+        stepped = None
+        if decoding:
+            last = np.stack([segments[i][-1] for i in range(len(decoding))])
+            stepped = Stepped(last, [segments[i][:-1] if scored_rows[i] else None for i in range(len(decoding))])
         for row, count in zip(decoding, counts):
             row.length += int(count)
-        scored = [bool(scored and scored[i]) and counts[i] > 1 for i in range(n)]
-        if not any(scored):  # the logits after each row's last token: what the model gives by default
-            return Stepped(self.model.forward(tokens, starts, counts, self.cache, 0, True), [None] * n)
-        # Every position of the scored rows, the last one of the others: each row's logits end with its last.
-        taken = np.where(scored, counts, 1)
-        index = np.concatenate([i * width + np.arange(counts[i] - taken[i], counts[i]) for i in range(n)])
-        flat = self.model.forward(tokens, starts, counts, self.cache, 0, True, index)
-        ends = np.cumsum(taken)
-        return Stepped(flat[ends - 1], [flat[end - t : end - 1] if s else None for end, t, s in zip(ends, taken, scored)])
+        self._advance(group, counts[len(decoding):], segments[len(decoding):], n)
+        joined = self._join(group) if group and all(row.to_prefill == 0 for row in group) else None
+        return stepped, joined
+
+    @staticmethod
+    def _wanted(counts, scored_rows: List[bool], group: List[Row]) -> List[range]:
+        """Per row of a pass (the decoding rows, then the group), the positions whose logits it needs."""
+        wanted = [range(counts[i]) if scored else range(counts[i] - 1, counts[i]) for i, scored in enumerate(scored_rows)]
+        for row, count in zip(group, counts[len(scored_rows):]):
+            scoring, finishing = row.scorer is not None and count > 0, 0 < count == row.to_prefill
+            wanted.append(range(count) if scoring else range(count - 1, count) if finishing else range(0))
+        return wanted
+
+    def _forward(self, tokens, starts, counts, first: int, wanted: List[range]) -> List[Optional[np.ndarray]]:
+        """The model's pass; per row, the logits at its `wanted` positions (None: none wanted)."""
+        width = tokens.shape[1]
+        index = np.concatenate([i * width + np.arange(r.start, r.stop, dtype=np.int64) for i, r in enumerate(wanted)])
+        logits = self.model.forward(tokens, starts, counts, self.cache, first, bool(len(index)), index)
+        ends = np.cumsum([len(r) for r in wanted])
+        return [logits[end - len(r) : end] if len(r) else None for end, r in zip(ends, wanted)]
+
+    def _advance(self, group: List[Row], counts, segments, first: int) -> None:
+        """The group's rows after their chunk: scorers given their logits, lengths advanced, and a prompt
+        that ended keeps its next-token logits (and its blocks go to the prefix cache)."""
+        for j, (row, count, segment) in enumerate(zip(group, counts, segments)):
+            count = int(count)
+            if row.scorer is not None and count > 0:
+                row.scorer(row.length, segment)
+            finishing = 0 < count == row.to_prefill
+            row.length += count
+            if finishing:
+                row.logits = segment[-1].copy()  # a backend may reuse its output buffer on the next call
+                if self.prefix_cache is not None:
+                    self.prefix_cache.store(row.prompt, self.cache, first + j)
 
     def fork(self, owner: object, copies: Sequence[object]) -> None:
         """New decoding rows that continue from `owner`'s row: its keys and values copied into slots

@@ -5,7 +5,8 @@ Continuous batching, one loop iteration at a time:
    requests that fit (queue.next_group: short prompts together, a long one alone);
 2. step: one prefill chunk of that group (at most PREFILL_CHUNK_TOKENS prompt tokens), then one decode
    step for every running request, each followed by one sampling call for all its rows; a long prompt
-   thus costs the running streams one chunk per token, never its whole prefill;
+   thus costs the running streams one chunk per token, never its whole prefill (on a model that packs
+   tokens, the ONNX backend, the chunk rides in the decode step's pass: joins cost no pass of their own);
 3. update: each row's `Generation` takes its token (stop on EOS, a stop sequence, `max_new_tokens`;
    streaming callers get the token's event); finished rows are answered and leave the batch at once.
 
@@ -47,6 +48,7 @@ class Engine:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         prefix_cache = PrefixCache.for_model(model, settings.prefix_cache_tokens)
         self._batch = Batch(model, settings.prefill_chunk_tokens, prefix_cache)  # engine thread only
+        self._together = getattr(model, "packs_tokens", False)  # a prefill chunk rides in the decode pass
         prefix_tokens = 0 if prefix_cache is None else prefix_cache.capacity_tokens  # memory set aside, not in the budget
         self.batch_total_tokens = batch_total_tokens(settings.max_batch_total_tokens, self._batch.cache.bytes_per_token, prefix_tokens)
         self._batch.cache.budget_tokens = self.batch_total_tokens
@@ -130,13 +132,11 @@ class Engine:
         try:
             while self._schedule():
                 batch = self._batch
-                if batch.prefilling:
-                    rows = list(batch.group)  # in the order they join the batch when their prefill is done
-                    self._step(rows, batch.prefill_step, "prefill")
-                if len(batch):
-                    rows = list(batch.rows)
-                    feeds, scored = [g.feed() for g in rows], [g.wants_logprobs for g in rows]
-                    self._step(rows, lambda: batch.decode(feeds, scored), "decode step")
+                together = self._together and batch.prefilling and len(batch) > 0
+                if batch.prefilling and not together:
+                    self._step(decode=False, prefill=True)
+                if len(batch):  # (the group may just have joined)
+                    self._step(decode=True, prefill=together)
                 self.embeddings.step()  # at most one chunk of embedding work: nothing when none waits
         except BaseException:  # a bug in the loop itself; make it visible in /health
             crashed = True
@@ -180,24 +180,24 @@ class Engine:
             return len(entry.prompt_ids)
         return self._batch.prefix_cache.to_prefill(entry.prompt_ids)
 
-    def _step(self, rows: List[Generation], forward, kind: str) -> None:
-        """One forward pass (`forward` returns the logits of `rows`, or, for a prefill, the group that
-        joined, or None while it goes on), one sampling call for all of them, then their update."""
+    def _step(self, decode: bool, prefill: bool) -> None:
+        """One pass (Batch.run_pass) over the running rows and/or the group's next chunk; a sampling call
+        for the rows, one for the group if it joined; their updates. A failed pass fails what it carried."""
+        batch = self._batch
+        rows, group = list(batch.rows) if decode else [], list(batch.group) if prefill else []
         try:
-            out = forward()
-            if out is None:
-                return
-            rows, logits = self._join(rows, out) if kind == "prefill" else (rows, take_forced(rows, out))
-            picks = choose_next_tokens_for(rows, logits)
+            stepped, joined = batch.run_pass([g.feed() for g in rows], [g.wants_logprobs for g in rows], prefill)
+            parts = [(rows, take_forced(rows, stepped))] if stepped is not None else []
+            parts += [self._join(group, joined)] if joined is not None else []
+            picks = [choose_next_tokens_for(part_rows, logits) for part_rows, logits in parts]
         except Exception:
-            ids = [g.entry.request_id for g in rows]
-            whose = "joining" if kind == "prefill" else "running"  # the requests a failed pass fails
-            log.exception("%s failed; failing the %d %s requests %s", kind, len(rows), whose, ids)
-            self._leave(rows, GenerationError("Generation failed; see the server log"))
+            log.exception("forward pass failed; failing the requests it carried: %s", [g.entry.request_id for g in rows + group])
+            self._leave(rows + group, GenerationError("Generation failed; see the server log"))
             return
-        if kind == "decode step":
+        if stepped is not None:
             self._listeners.notify("on_decode_step", len(rows))
-        self._update(rows, picks)
+        for (part_rows, _), part_picks in zip(parts, picks):
+            self._update(part_rows, part_picks)
 
     def _join(self, rows: List[Generation], joined: Joined):
         """Rows that just joined learn what their prompts took from the prefix cache; those that asked for

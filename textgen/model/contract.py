@@ -29,6 +29,9 @@ class CausalLM(Protocol):
     vocab_size: int
     eos_token_ids: Set[int]
     threads: int  # intra-op threads the runtime uses (reported by /info)
+    # A forward costs only the rows' real tokens, not rows x width, so the engine may run a joining
+    # prompt's chunk in the decode step's pass (the ONNX graph packs them). Tests' stand-ins may omit it.
+    packs_tokens: bool
 
     def forward(
         self,

@@ -1,20 +1,31 @@
 """One decoder step as an ONNX graph for ONNX Runtime, built from a `save_pretrained` directory
 without torch (numpy, `onnx.helper`, onnxruntime's own quantizer).
 
-Graph inputs (B rows, S tokens per row, right-padded; T = the cache's time capacity):
-- `inputs_embeds` float32 [B, S, hidden]: the tokens' rows of the embedding table, which is kept out of
-  the graph in embedding.bin and read a row per token (embedding_table.py: mapped inside the graph, the
-  table grew resident in full). A graph older than GRAPH_VERSION 7 takes `input_ids` int64 [B, S].
+Tokens are packed: the N real tokens of all rows, row after row, with no padding (B rows, Q_b real
+tokens in row b, S = the longest; T = the cache's time capacity). Every layer's matrix products, norms
+and activations run on the N tokens alone; only attention sees rows: each layer scatters its fused
+q/k/v into the [B, S] right-padded layout (one Gather by `padded_index`), where the per-head norms,
+the rotary positions and GroupQueryAttention run, and gathers the attention's output back (one
+GatherND by `packed_index`). So a step where one row brings a prompt chunk and the others one token
+each computes what it holds, not B x S positions; a step of one token per row pays two small copies
+per layer.
+- `inputs_embeds` float32 [N, hidden]: the tokens' rows of the embedding table, which is kept out of the
+  graph in embedding.bin and read a row per token (embedding_table.py: mapped inside the graph, the
+  table grew resident in full). A graph older than GRAPH_VERSION 7 takes `input_ids` int64 [B, S] and
+  no packing.
 - `position_ids` int64 [B, S]: start + 0..S-1, padding clamped to
   context - 1 by the runtime (learned position tables and rotary tables have `context` rows).
+- `padded_index` int64 [B, S]: the packed token at each padded position (padding: 0, any token;
+  GroupQueryAttention never writes padding into the cache nor reads it).
+- `packed_index` int64 [N, 2]: each packed token's (row, position in the row).
 - `seqlens_k` int32 [B]: P + Q - 1 (P tokens cached before this call, Q real tokens in it); an idle
   row (Q = 0) keeps P - 1, an idle empty slot needs 0 (GroupQueryAttention refuses -1).
 - `query_seqlens` int32 [B]: Q per row (GroupQueryAttention's input 16). Rows [0, Q) are written
   into the cache at positions [P, P + Q); padding never reaches it.
 - `total_sequence_length` int32 scalar: an upper bound of P + Q (the runtime passes T).
-- `logit_index` int64 [R]: flat indices b * S + s into the [B * S, hidden] final hidden states,
-  the rows whose next-token logits are wanted (R = 0 is allowed: no LM head work).
-- `hidden_index` int64 [H]: the same kind of flat indices, the rows whose final hidden states (after
+- `logit_index` int64 [R]: indices into the N packed tokens' final hidden states, the tokens whose
+  next-token logits are wanted (R = 0 is allowed: no LM head work).
+- `hidden_index` int64 [H]: the same kind of packed indices, the tokens whose final hidden states (after
   the final norm, before the LM head) are wanted themselves: embeddings (H = 0 while generating).
 - `past_key_{i}`, `past_value_{i}` float32 [B, kv_heads, T, head_dim] per layer.
 Outputs: `logits` float32 [R, vocab]; `hidden` float32 [H, hidden]; `present_key_{i}`,
@@ -105,8 +116,10 @@ class GraphBuilder:
 def _declare_io(g: GraphBuilder, shape) -> None:
     float_, int64, int32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     g.inputs += [
-        helper.make_tensor_value_info("inputs_embeds", float_, ["batch", "sequence", shape.width]),
+        helper.make_tensor_value_info("inputs_embeds", float_, ["tokens", shape.width]),
         helper.make_tensor_value_info("position_ids", int64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("padded_index", int64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("packed_index", int64, ["tokens", 2]),
         helper.make_tensor_value_info("seqlens_k", int32, ["batch"]),
         helper.make_tensor_value_info("total_sequence_length", int32, []),
         helper.make_tensor_value_info("query_seqlens", int32, ["batch"]),
@@ -139,7 +152,8 @@ def _attention(
     g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int,
     window: Optional[int] = None, scale: Optional[float] = None,
 ) -> str:
-    """GroupQueryAttention over the in-place cache; `k`, `v` None means `q` is packed QKV. `window`: a
+    """GroupQueryAttention over the in-place cache, on rows (`_to_rows`), its output packed again;
+    `k`, `v` None means `q` is packed QKV. `window`: a
     sliding window (Mistral's), which the op applies in place (`local_window_size`); `scale`: the
     scores' scale, if not 1 / sqrt(head_dim) (Granite's attention_multiplier)."""
     inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
@@ -148,7 +162,18 @@ def _attention(
     extra = {} if window is None else {"local_window_size": int(window)}
     if scale is not None:
         extra["scale"] = float(scale)
-    return g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **extra)[0]
+    attended = g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **extra)[0]
+    return _to_packed(g, attended)
+
+
+def _to_rows(g: GraphBuilder, x: str) -> str:
+    """[N, d] packed tokens -> [B, S, d] right-padded rows."""
+    return g.op("Gather", [x, "padded_index"], axis=0)
+
+
+def _to_packed(g: GraphBuilder, x: str) -> str:
+    """[B, S, d] right-padded rows -> [N, d] packed tokens."""
+    return g.op("GatherND", [x, "packed_index"])
 
 
 def _scalar(g: GraphBuilder, name: str, value: float) -> Optional[str]:
@@ -207,7 +232,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> GraphBuild
     _declare_io(g, shape)
     wte = w("wte.weight")
     tokens = _embedding(g, wte, quantize)
-    positions = g.op("Gather", [g.weight("wpe", w("wpe.weight")), "position_ids"])
+    positions = _to_packed(g, g.op("Gather", [g.weight("wpe", w("wpe.weight")), "position_ids"]))
     # Each LayerNorm adds the previous sublayer's output (and its projection bias) to the residual.
     pending, residual, pending_bias = tokens, positions, None
     for i in range(shape.n_layers):
@@ -220,7 +245,7 @@ def build_gpt2(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> GraphBuild
 
         h, residual = norm("ln_1", pending, residual, pending_bias)
         qkv = _linear(g, h, p + "attn.c_attn", w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"))
-        attended = _attention(g, i, qkv, None, None, heads, heads)
+        attended = _attention(g, i, _to_rows(g, qkv), None, None, heads, heads)
         projected = _linear(g, attended, p + "attn.c_proj", w(p + "attn.c_proj.weight"))
         h, residual = norm("ln_2", projected, residual, g.weight(p + "attn.c_proj.bias", w(p + "attn.c_proj.bias")))
         # GPT-2's gelu_new is the tanh approximation: FastGelu, with the c_fc bias folded in.
@@ -300,7 +325,7 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         qkv_w = (fused if fused is not None else np.concatenate([w(attn + f"{n}_proj.weight") for n in "qkv"])).T
         biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
         qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
-        q, k, v = g.op("Split", [_linear(g, h, attn + "qkv_proj", qkv_w, qkv_b), split_qkv], 3, axis=-1)
+        q, k, v = g.op("Split", [_to_rows(g, _linear(g, h, attn + "qkv_proj", qkv_w, qkv_b)), split_qkv], 3, axis=-1)
         if maybe(attn + "q_norm.weight") is not None:  # Qwen3, Gemma 3: RMSNorm over each head, before the rotary positions
             q = _head_norm(g, q, attn + "q_norm.weight", norm_array(attn + "q_norm.weight"), heads, eps)
             k = _head_norm(g, k, attn + "k_norm.weight", norm_array(attn + "k_norm.weight"), kv_heads, eps)

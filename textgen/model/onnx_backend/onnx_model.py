@@ -68,8 +68,10 @@ class OnnxModel:
         # A graph prebuilt before embeddings existed (GRAPH_VERSION < 6) has no hidden output: None.
         inputs = {i.name for i in self.session.get_inputs()}
         self.width: Optional[int] = shape.width if "hidden_index" in inputs else None
-        # The token rows, read from embedding.bin; a graph prebuilt before GRAPH_VERSION 7 looks them up itself.
-        self.table = EmbeddingTable(os.path.dirname(graph_path), metadata[METADATA_KEY]) if "inputs_embeds" in inputs else None
+        # Packed tokens, their rows read from embedding.bin; a graph prebuilt before GRAPH_VERSION 7 takes
+        # right-padded token ids and looks them up itself.
+        self.table = EmbeddingTable(os.path.dirname(graph_path), metadata[METADATA_KEY]) if "packed_index" in inputs else None
+        self.packs_tokens = self.table is not None
         self.eos_token_ids: Set[int] = set(eos_token_ids)
         # Per cache (a weak key: a cache dropped takes its bindings along): the weak references to the
         # arrays its bindings point into, and the bindings by slot range.
@@ -135,6 +137,22 @@ class OnnxModel:
             raise RuntimeError("this ONNX graph predates the hidden-state output: rebuild it (scripts/build_graph.py)")
         return self._run(tokens, starts, counts, cache, first_slot, self._no_rows, np.ascontiguousarray(index, dtype=np.int64))[1]
 
+    def _bind_packed(self, binding, tokens, positions, counts, logit_index, hidden_index) -> tuple:
+        """Bind the real tokens packed (onnx_graph's layout) and return the two indices, given as padded
+        positions row * width + s, as indices of packed tokens."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        rows, width = tokens.shape
+        real = np.flatnonzero(np.arange(width) < counts[:, None])  # the real tokens' padded positions
+        if not len(real):  # no row brings a token: one padding position stands in (written nowhere)
+            real = np.zeros(1, dtype=np.int64)
+        padded_index = np.zeros(rows * width, dtype=np.int64)
+        padded_index[real] = np.arange(len(real))
+        binding.bind_cpu_input("inputs_embeds", self.table.lookup(tokens.reshape(-1)[real]))
+        binding.bind_cpu_input("position_ids", positions)
+        binding.bind_cpu_input("padded_index", padded_index.reshape(rows, width))
+        binding.bind_cpu_input("packed_index", np.stack(np.divmod(real, width), axis=1))
+        return padded_index[logit_index], padded_index[hidden_index]
+
     def _run(self, tokens, starts, counts, cache: KVCache, first_slot: int, logit_index: np.ndarray, hidden_index: np.ndarray):
         """One pass; returns (logits [len(logit_index), vocab], hidden [len(hidden_index), width] or None)."""
         rows, width = tokens.shape
@@ -148,10 +166,10 @@ class OnnxModel:
         seqlens_k = np.maximum(starts + counts - 1, 0).astype(np.int32)
         binding = self._binding(cache, first_slot, rows)
         if self.table is not None:
-            binding.bind_cpu_input("inputs_embeds", self.table.lookup(tokens))
+            logit_index, hidden_index = self._bind_packed(binding, tokens, positions, counts, logit_index, hidden_index)
         else:
             binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", positions)
+            binding.bind_cpu_input("position_ids", positions)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("query_seqlens", counts.astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(cache.time_capacity, dtype=np.int32))
