@@ -177,6 +177,26 @@ def test_a_decode_step_and_a_prefill_chunk_in_one_pass():
     ]
 
 
+def test_a_chunk_wider_than_the_shared_pass_takes_runs_apart_after_the_decode_step():
+    """Attention sees right-padded rows: a prompt chunk wider than TOGETHER_MAX_TOKENS would make every
+    decoding row attend with its width, so decode_and_prefill runs the two passes, decode first."""
+    from textgen.engine.batch import TOGETHER_MAX_TOKENS
+
+    model = RecordingModel()
+    batch = Batch(model, chunk_tokens=256)
+    batch.add(["a"], [A])
+    finish_prefill(batch)
+    long_prompt = list(range(1, TOGETHER_MAX_TOKENS + 2))
+    batch.add(["b"], [long_prompt])
+    stepped, joined = batch.decode_and_prefill([[STEPS[0]]])
+    assert stepped.logits.shape == (1, model.vocab_size) and joined.logits.shape == (1, model.vocab_size)
+    assert model.calls[-2:] == [
+        ([[STEPS[0]]], [5], [1], 0, True, [0]),
+        ([long_prompt], [0], [len(long_prompt)], 1, True, [len(long_prompt) - 1]),
+    ]
+    assert batch.rows == ["a", "b"]
+
+
 def test_kv_cache_memory_follows_the_rows_not_the_arrays_shape():
     """What MAX_BATCH_TOTAL_TOKENS relies on: the cache's resident memory is the positions rows hold.
     Reserving is free, a slot left empty or the tail of a slot a shorter row moved into is given back,

@@ -33,6 +33,13 @@ from ..model.contract import CausalLM
 from ..model.kv_cache import KVCache
 from .prefix_cache import PrefixCache
 
+# The widest prompt chunk that shares the decoding rows' pass. Attention runs on right-padded rows, so
+# in a shared pass each decoding row attends with the chunk's width. One pass against two, 8 decoding
+# rows 300 positions in plus a chunk of one prompt (python bench/merged_pass.py MODEL_DIR), ms:
+# DistilGPT2 int8 16 tokens 14.0 / 14.7, 32: 17.5 / 18.2, 128: 38.7 / 38.1, 256: 82.5 / 68.0;
+# SmolLM2 16: 35.4 / 35.0, 32: 47.0 / 45.2.
+TOGETHER_MAX_TOKENS = 16
+
 # Takes the logits at a row's prompt positions offset.. (one prefill chunk): `scorer(offset, logits)`.
 Scorer = Callable[[int, np.ndarray], None]
 
@@ -123,9 +130,17 @@ class Batch:
     def decode_and_prefill(self, feeds: Sequence[Sequence[int]], scored: Optional[Sequence[bool]] = None) -> Tuple[Stepped, Optional[Joined]]:
         """`decode` and `prefill_step` in one forward pass: the decoding rows' feeds and the group's next
         chunk together, so a joining prompt does not cost the running rows a pass of its own. Worth it
-        on a model that computes the real tokens only (the ONNX graph packs them): on a right-padded
-        one, every decoding row would be padded to the chunk's width."""
+        on a model that computes the real tokens only (the ONNX graph packs them; on a right-padded one,
+        every decoding row's matrix products would be padded to the chunk's width), and for a short
+        chunk only: attention still sees right-padded rows, so a chunk wider than TOGETHER_MAX_TOKENS
+        runs apart, after the decode step."""
         return self.run_pass(feeds, scored, prefill=True)
+
+    def _takes(self) -> List[int]:
+        """Prompt tokens each group row brings to its next chunk: `chunk_tokens` shared among them."""
+        group = self._group()
+        per_row = max(1, self.chunk_tokens // max(len(group), 1))
+        return [min(row.to_prefill, per_row) for row in group]
 
     def _join(self, group: List[Row]) -> Joined:
         joined = Joined(np.stack([row.logits for row in group]), [row.cached for row in group])
@@ -168,13 +183,15 @@ class Batch:
         after the last token of a prompt that ends in this chunk."""
         if prefill and not self._looked_up:
             self._load_cached_prefixes()
+        if feeds and prefill and max(self._takes(), default=0) > TOGETHER_MAX_TOKENS:
+            # Apart, decode first: attention would pad every decoding row to the chunk's width.
+            stepped = self.run_pass(feeds, scored, prefill=False)[0]
+            return stepped, self.run_pass([], None, prefill=True)[1]
         n = len(self)
         decoding, group = (self.slots[:n] if feeds else []), (self._group() if prefill else [])
         rows, first = decoding + group, 0 if feeds else n
         chunks = [list(feed) for feed in feeds]
-        if group:
-            per_row = max(1, self.chunk_tokens // len(group))
-            chunks += [row.prompt[row.length : row.length + min(row.to_prefill, per_row)] for row in group]
+        chunks += [row.prompt[row.length : row.length + take] for row, take in zip(group, self._takes())]
         counts = np.array([len(chunk) for chunk in chunks], dtype=np.int64)
         tokens = np.zeros((len(rows), max(int(counts.max()), 1)), dtype=np.int64)
         for i, chunk in enumerate(chunks):
