@@ -73,8 +73,9 @@ class EmbeddingTable:
             if os.preadv(self._fd, [out[k]], base + i * size) != size:
                 raise OSError(f"embedding table truncated: {size} bytes at {base + i * size}")
         return out.view(dtype)
+
     def close(self) -> None:
-        if self._fd >= 0:
+        if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
 
