@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.images import container_processes, docker, render_environment  # noqa: E402
-from devtools.servers import free_port  # noqa: E402
+from devtools.servers import free_port, wait_healthy  # noqa: E402
 
 LIMITS = ["--memory", "512m", "--memory-swap", "512m"]
 OPENING = (
@@ -78,15 +78,10 @@ def one_start(image: str, cpus: str, load: int) -> dict:
     docker("run", "-d", "--name", name, *LIMITS, *cpu_limit, *render_arguments(), "-e", "PORT=10000",
            "-p", f"{port}:10000", image)
     try:
-        while True:
-            if time.monotonic() - began > 300:
-                raise RuntimeError(docker("logs", name, check=False).stderr[-2000:])
-            try:
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
+        try:
+            wait_healthy(url, timeout=300, interval=0.1)
+        except TimeoutError:
+            raise RuntimeError(docker("logs", name, check=False).stderr[-2000:]) from None
         run = {"healthy_s": time.monotonic() - began}
         per_process = list(cpu_seconds(name).values())
         run.update(cpu_s=sum(per_process), master_cpu_s=per_process[0], worker_cpu_s=sum(per_process[1:]))

@@ -49,7 +49,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, timeout: float = 60.0, proc=None) -> None:
+def wait_healthy(url: str, timeout: float = 60.0, proc=None, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -59,7 +59,7 @@ def wait_healthy(url: str, timeout: float = 60.0, proc=None) -> None:
                 return
         except requests.RequestException:
             pass
-        time.sleep(0.2)
+        time.sleep(interval)
     raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 

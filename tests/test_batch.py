@@ -156,19 +156,19 @@ def test_what_the_batch_asks_of_the_model():
 
 
 def test_a_decode_step_and_a_prefill_chunk_in_one_pass():
-    """decode_and_prefill: the decoding rows' tokens and the group's chunk in one call, the group in the
+    """run_pass with both: the decoding rows' tokens and the group's chunk in one call, the group in the
     slots after the rows; the logits after each decoding row's token, and the group's as its prompts end."""
     model = RecordingModel()
     batch = Batch(model, chunk_tokens=4)
     batch.add(["a"], [A])
     finish_prefill(batch)
     batch.add(["b", "c"], [B, C])
-    stepped, joined = batch.decode_and_prefill([[STEPS[0]]])
+    stepped, joined = batch.run_pass([[STEPS[0]]], None, prefill=True)
     assert joined is None and stepped.logits.shape == (1, model.vocab_size)
-    stepped, joined = batch.decode_and_prefill([[STEPS[1]]])
+    stepped, joined = batch.run_pass([[STEPS[1]]], None, prefill=True)
     assert joined is None  # c is done, b is not
     while joined is None:
-        stepped, joined = batch.decode_and_prefill([[STEPS[2]]])
+        stepped, joined = batch.run_pass([[STEPS[2]]], None, prefill=True)
     assert batch.rows == ["a", "b", "c"] and joined.logits.shape == (2, model.vocab_size)
     assert model.calls[2:5] == [
         ([[STEPS[0], 0], B[0:2], C[0:2]], [5, 0, 0], [1, 2, 2], 0, True, [0]),
@@ -179,7 +179,7 @@ def test_a_decode_step_and_a_prefill_chunk_in_one_pass():
 
 def test_a_chunk_wider_than_the_shared_pass_takes_runs_apart_after_the_decode_step():
     """Attention sees right-padded rows: a prompt chunk wider than TOGETHER_MAX_TOKENS would make every
-    decoding row attend with its width, so decode_and_prefill runs the two passes, decode first."""
+    decoding row attend with its width, so run_pass runs the two passes, decode first."""
     from textgen.engine.batch import TOGETHER_MAX_TOKENS
 
     model = RecordingModel()
@@ -188,7 +188,7 @@ def test_a_chunk_wider_than_the_shared_pass_takes_runs_apart_after_the_decode_st
     finish_prefill(batch)
     long_prompt = list(range(1, TOGETHER_MAX_TOKENS + 2))
     batch.add(["b"], [long_prompt])
-    stepped, joined = batch.decode_and_prefill([[STEPS[0]]])
+    stepped, joined = batch.run_pass([[STEPS[0]]], None, prefill=True)
     assert stepped.logits.shape == (1, model.vocab_size) and joined.logits.shape == (1, model.vocab_size)
     assert model.calls[-2:] == [
         ([[STEPS[0]]], [5], [1], 0, True, [0]),

@@ -33,11 +33,13 @@ from ..model.contract import CausalLM
 from ..model.kv_cache import KVCache
 from .prefix_cache import PrefixCache
 
-# The widest prompt chunk that shares the decoding rows' pass. Attention runs on right-padded rows, so
-# in a shared pass each decoding row attends with the chunk's width. One pass against two, 8 decoding
-# rows 300 positions in plus a chunk of one prompt (python bench/merged_pass.py MODEL_DIR), ms:
-# DistilGPT2 int8 16 tokens 14.0 / 14.7, 32: 17.5 / 18.2, 128: 38.7 / 38.1, 256: 82.5 / 68.0;
-# SmolLM2 16: 35.4 / 35.0, 32: 47.0 / 45.2.
+# run_pass with feeds and prefill (`decode` and `prefill_step` in one pass) spares a joining prompt a
+# pass of its own. Worth it on a model that computes real tokens only (the ONNX graph packs them; the
+# engine asks it of a model that `packs_tokens`), and for a short chunk only: attention runs on
+# right-padded rows, so each decoding row attends with the chunk's width. A wider chunk runs apart,
+# after the decode step. One pass against two, 8 decoding rows 300 positions in plus one prompt's
+# chunk (python bench/merged_pass.py MODEL_DIR), ms: DistilGPT2 int8 16 tokens 14.0 / 14.7,
+# 32: 17.5 / 18.2, 128: 38.7 / 38.1, 256: 82.5 / 68.0; SmolLM2 16: 35.4 / 35.0, 32: 47.0 / 45.2.
 TOGETHER_MAX_TOKENS = 16
 
 # Takes the logits at a row's prompt positions offset.. (one prefill chunk): `scorer(offset, logits)`.
@@ -127,15 +129,6 @@ class Batch:
         group joins the decoding rows (in its order), and this returns what it brought (`Joined`)."""
         return self.run_pass([], None, prefill=True)[1]
 
-    def decode_and_prefill(self, feeds: Sequence[Sequence[int]], scored: Optional[Sequence[bool]] = None) -> Tuple[Stepped, Optional[Joined]]:
-        """`decode` and `prefill_step` in one forward pass: the decoding rows' feeds and the group's next
-        chunk together, so a joining prompt does not cost the running rows a pass of its own. Worth it
-        on a model that computes the real tokens only (the ONNX graph packs them; on a right-padded one,
-        every decoding row's matrix products would be padded to the chunk's width), and for a short
-        chunk only: attention still sees right-padded rows, so a chunk wider than TOGETHER_MAX_TOKENS
-        runs apart, after the decode step."""
-        return self.run_pass(feeds, scored, prefill=True)
-
     def _takes(self) -> List[int]:
         """Prompt tokens each group row brings to its next chunk: `chunk_tokens` shared among them."""
         group = self._group()
@@ -180,10 +173,11 @@ class Batch:
         next prompt chunk (at most `chunk_tokens` tokens, shared among its rows), right-padded to the
         longest. Only the logits something needs are computed: after each decoding row's last token
         (and before its others when scored), at every position of a chunk whose row scores its prompt,
-        after the last token of a prompt that ends in this chunk."""
+        after the last token of a prompt that ends in this chunk. Both at once: see TOGETHER_MAX_TOKENS."""
         if prefill and not self._looked_up:
             self._load_cached_prefixes()
-        if feeds and prefill and max(self._takes(), default=0) > TOGETHER_MAX_TOKENS:
+        takes = self._takes() if prefill else []
+        if feeds and max(takes, default=0) > TOGETHER_MAX_TOKENS:
             # Apart, decode first: attention would pad every decoding row to the chunk's width.
             stepped = self.run_pass(feeds, scored, prefill=False)[0]
             return stepped, self.run_pass([], None, prefill=True)[1]
@@ -191,7 +185,7 @@ class Batch:
         decoding, group = (self.slots[:n] if feeds else []), (self._group() if prefill else [])
         rows, first = decoding + group, 0 if feeds else n
         chunks = [list(feed) for feed in feeds]
-        chunks += [row.prompt[row.length : row.length + take] for row, take in zip(group, self._takes())]
+        chunks += [row.prompt[row.length : row.length + take] for row, take in zip(group, takes)]
         counts = np.array([len(chunk) for chunk in chunks], dtype=np.int64)
         tokens = np.zeros((len(rows), max(int(counts.max()), 1)), dtype=np.int64)
         for i, chunk in enumerate(chunks):
