@@ -130,6 +130,7 @@ def test_gauges_read_running_and_waiting(make_client, slow_forward):
 
 def test_request_duration_covers_the_whole_stream(make_client, slow_forward):
     client, engine = make_client()
+    engine.eos_token_ids = frozenset()  # sampled tokens could end the stream early: exactly 10 come
     slow_forward(engine, 0.02)
     generate(client, 3).close()  # the server closes every response; the test client only when told
     body = {"inputs": "Hi", "parameters": {"max_new_tokens": 10}}
