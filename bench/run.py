@@ -15,8 +15,8 @@ llama-server on the same file requantized to q8_0), `llama-3.2-1b` (Llama-3.2-1B
 weights: service-int4 against llama-server q4_0), or a model directory.
 
 Systems: service-int8 / service-int4 / service-fp32 (ONNX Runtime, 8-bit, 4-bit or float32 weights;
-service-int8-spin / service-int4-spin the same with INTRA_OP_SPINNING on:
-int8 is what the service serves by default), service-torch-int8 / service-torch-fp32 (the native torch
+service-int8-nospin / service-int4-nospin the same with INTRA_OP_SPINNING off, pool threads asleep
+between a step's kernels: int8 with spinning within steps is what the service serves by default), service-torch-int8 / service-torch-fp32 (the native torch
 modules), service-transformers (transformers' classes), naive (the seed: one sync gunicorn worker),
 naive-threads (the seed with 16 threads: concurrent model.generate calls), and llama-server-<quant>
 with --llama-server (the model converted to GGUF q8_0, f32 or q4_0 once and cached, or
@@ -79,8 +79,8 @@ from devtools.servers import free_port  # noqa: E402
 SERVICE_MODES = {
     "service-int8": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int8"},
     "service-int4": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int4"},
-    "service-int8-spin": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int8", "INTRA_OP_SPINNING": "1"},
-    "service-int4-spin": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int4", "INTRA_OP_SPINNING": "1"},
+    "service-int8-nospin": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int8", "INTRA_OP_SPINNING": "0"},
+    "service-int4-nospin": {"MODEL_BACKEND": "onnx", "QUANTIZE": "int4", "INTRA_OP_SPINNING": "0"},
     "service-fp32": {"MODEL_BACKEND": "onnx", "QUANTIZE": "none"},
     "service-torch-int8": {"MODEL_BACKEND": "torch", "QUANTIZE": "int8"},
     "service-torch-fp32": {"MODEL_BACKEND": "torch", "QUANTIZE": "none"},

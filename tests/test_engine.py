@@ -320,7 +320,7 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     import sys
 
     from devtools.servers import ROOT
-    from textgen.model.threads import available_cpus
+    from textgen.model.threads import available_cpus, whole_cpus_for
 
     affinity = len(os.sched_getaffinity(0))
     no_v1 = str(tmp_path / "no-v1")
@@ -341,6 +341,12 @@ def test_thread_count_defaults_to_usable_cpus(tmp_path):
     assert available_cpus(str(tmp_path / "missing"), str(v1)) == 1
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
     assert available_cpus(str(tmp_path / "missing"), str(v1)) == affinity
+    # ONNX Runtime's threads spin within a step only where the quota lets them all run at once.
+    quota.write_text("150000 100000\n")
+    assert not whole_cpus_for(2, str(quota), no_v1) and whole_cpus_for(1, str(quota), no_v1)
+    quota.write_text("200000 100000\n")
+    assert whole_cpus_for(2, str(quota), no_v1)
+    assert whole_cpus_for(2, str(tmp_path / "missing"), str(v1))  # no quota
     # What the engine sets up, in a fresh process (the inter-op pool can be sized only before first use,
     # so in this one it would depend on which tests ran before): every usable CPU for intra-op work by
     # default, and a single inter-op thread.

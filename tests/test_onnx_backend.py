@@ -409,13 +409,19 @@ def test_which_rope_variants_the_native_families_compute():
     assert native_family({"model_type": "phi3", "rope_scaling": {"type": "su", **ROPE_SCALINGS["longrope"]}}) == "llama"
 
 
-@pytest.mark.parametrize("spinning, entry", [(False, "0"), (True, "1")])
+@pytest.mark.parametrize("spinning, entry", [(False, "0"), (True, "1"), (None, "auto")])
 def test_intra_op_spinning_reaches_the_session(tiny_model_dir, tmp_path, spinning, entry):
-    """INTRA_OP_SPINNING is ONNX Runtime's `session.intra_op.allow_spinning`: off unless asked."""
+    """INTRA_OP_SPINNING is ONNX Runtime's `session.intra_op.allow_spinning`, unset: on where the threads
+    have whole CPUs of their own; whatever it is, the pool stops spinning when a step returns."""
     from textgen.model.loader import load_model
+    from textgen.model.threads import whole_cpus_for
     from textgen.settings import Settings
 
     settings = Settings.from_env(environ={}, model_id=tiny_model_dir, model_backend="onnx", cache_dir=str(tmp_path),
-                                 intra_op_spinning=spinning)
+                                 intra_op_spinning=spinning, threads=2)
     model = load_model(settings)[0]
-    assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+    if entry == "auto":
+        entry = "1" if whole_cpus_for(2) else "0"
+    entries = model.session.get_session_options().get_session_config_entry
+    assert entries("session.intra_op.allow_spinning") == entry
+    assert entries("session.force_spinning_stop") == "1"

@@ -91,10 +91,10 @@ class Settings:
     # Intra-op threads of the model runtime (ONNX Runtime or torch); None = the CPUs this process may
     # use (affinity and cgroup v1/v2 quota aware: `--cpus 0.1` gives 1).
     threads: Optional[int] = None
-    # ONNX Runtime's pool threads spin-wait between a step's kernels instead of sleeping: faster steps on
-    # cores of its own (measured here, quiet: 1.22-1.30x at one row, 1.13x at eight), slower when other
-    # processes want the same cores (a shared host; a CPU quota it would spend waiting). Off by default.
-    intra_op_spinning: bool = False
+    # ONNX Runtime's pool threads spin-wait between a step's kernels instead of sleeping, and sleep as soon
+    # as the step returns. None (unset): on, unless a CPU quota is smaller than the threads (a spinning
+    # thread would spend the quota on waiting). Measured in docs/performance.md ("Spinning within a step").
+    intra_op_spinning: Optional[bool] = None
     # Largest request body in bytes (413 beyond it); prompts are short, 1 MB is generous.
     max_request_bytes: int = 1_000_000
     # Largest grammar (a JSON schema, as compact JSON, or a regex) in bytes (422/400 beyond it): compiling

@@ -20,7 +20,7 @@ from .build_cache import cached_build, cached_entry
 from .config import NATIVE_TYPES, native_family, read_config
 from .onnx_backend.graph_files import graph_path, prebuilt_dir, prebuilt_graph
 from .safetensors import has_weights
-from .threads import available_cpus
+from .threads import available_cpus, whole_cpus_for
 
 if TYPE_CHECKING:
     from .contract import CausalLM
@@ -88,8 +88,11 @@ def _load_onnx(source: str, config: dict, settings: Settings, eos_token_ids: set
                 "nor safetensors weights to build one from"
             )
         path = graph_path(source, settings.cache_dir, settings.quantize)
-    spinning = "1" if settings.intra_op_spinning else "0"
-    return OnnxModel(path, config, settings.threads or available_cpus(), spinning, eos_token_ids=eos_token_ids)
+    threads = settings.threads or available_cpus()
+    spinning = settings.intra_op_spinning
+    if spinning is None:
+        spinning = whole_cpus_for(threads)
+    return OnnxModel(path, config, threads, "1" if spinning else "0", eos_token_ids=eos_token_ids)
 
 
 def load_tokenizer(source: str, lean: bool = True):

@@ -24,6 +24,18 @@ def available_cpus(
     return max(1, cpus)
 
 
+def whole_cpus_for(
+    threads: int,
+    cgroup_v2_cpu_max: str = "/sys/fs/cgroup/cpu.max",
+    cgroup_v1_dir: str = "/sys/fs/cgroup/cpu",
+) -> bool:
+    """Whether `threads` may all run at once without a CPU quota throttling them: no quota, or one of at
+    least `threads` CPUs. A 1.5-CPU pod rounds up to two threads; there a spinning thread would spend
+    the quota on waiting."""
+    quota = _cgroup_quota(cgroup_v2_cpu_max, cgroup_v1_dir)
+    return quota is None or quota >= threads
+
+
 def _cgroup_quota(v2_cpu_max: str, v1_dir: str) -> Optional[float]:
     try:
         with open(v2_cpu_max) as f:

@@ -26,12 +26,13 @@ from ..kv_cache import KVCache
 from .embedding_table import METADATA_KEY, EmbeddingTable
 
 BINDINGS_KEPT = 4  # slot ranges whose cache bindings are kept (decode, prefill, a few regrowths)
-# "0": a pool thread that runs out of work sleeps instead of spinning. Measured on the shared 2-core
-# machine, others' jobs running (load ~4), DistilGPT2 int8 decode with 128 past, B = 1 / 8 / 16:
-# 16 / 36 / 56 ms without spinning, 24 / 56 / 88 ms with it; with two busy loops added, 16 / 41 / 146
-# vs 21 / 51 / 176 ms (float32: 34 / 53 / 147 vs 105 / 168 / 199). Spinning takes the cores from
-# whatever else must run, the HTTP threads included.
-DEFAULT_SPINNING = "0"
+# "1": a pool thread out of work spin-waits for the step's next kernel instead of sleeping, and
+# `session.force_spinning_stop` puts it to sleep as soon as `Run` returns, so nothing spins between steps,
+# while the engine thread samples and the HTTP threads write. Measured on this 2-core machine,
+# DistilGPT2 int8 over HTTP, 1 / 8 clients (docs/performance.md, "Spinning within a step"): quiet,
+# 302 / 964 tokens/s against 265 / 816 asleep and 296 / 849 spinning between steps too; beside two busy
+# loops 136 / 442 against 127 / 445 asleep and 112 / 375 spinning between steps too.
+DEFAULT_SPINNING = "1"
 
 
 def session_options(threads: int, allow_spinning: str = DEFAULT_SPINNING) -> ort.SessionOptions:
@@ -40,6 +41,7 @@ def session_options(threads: int, allow_spinning: str = DEFAULT_SPINNING) -> ort
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", allow_spinning)
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # No arena: it keeps the largest prefill's activations for good (DistilGPT2 int8 after a 16 x 128
     # prefill: 449 MB RSS with it, 321 MB without, of which 112 MB KV cache); decode time unchanged.
     options.enable_cpu_mem_arena = False
