@@ -28,7 +28,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-TIME_HEADROOM = 16  # spare positions allocated beyond what is asked when the buffers grow
+# Spare positions allocated beyond what is asked when the buffers grow. A regrowth maps and copies every
+# layer's arrays (SmolLM2, one row: ~1.1 ms each); at 16 a 64-token answer regrew four times, 0.1 ms a
+# token of a 5.6 ms step. Unwritten positions cost no memory: their pages are never touched.
+TIME_HEADROOM = 64
 DTYPE = np.dtype(np.float32)
 
 
