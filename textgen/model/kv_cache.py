@@ -30,7 +30,8 @@ import numpy as np
 
 # Spare positions allocated beyond what is asked when the buffers grow. A regrowth maps and copies every
 # layer's arrays (SmolLM2, one row: ~1.1 ms each); at 16 a 64-token answer regrew four times, 0.1 ms a
-# token of a 5.6 ms step. Unwritten positions cost no memory: their pages are never touched.
+# token of a 5.6 ms step. Beyond the huge-page budget, unwritten positions take no memory: their 4 KB
+# pages are never touched.
 TIME_HEADROOM = 64
 DTYPE = np.dtype(np.float32)
 
