@@ -38,7 +38,7 @@ from .prefix_cache import PrefixCache
 # engine asks it of a model that `packs_tokens`), and for a short chunk only: attention runs on
 # right-padded rows, so each decoding row attends with the chunk's width. A wider chunk runs apart,
 # after the decode step. One pass against two, 8 decoding rows 300 positions in plus one prompt's
-# chunk (python bench/merged_pass.py MODEL_DIR), ms: DistilGPT2 int8 16 tokens 14.0 / 14.7,
+# chunk (python bench/merged_pass.py --model random|smollm2), ms: DistilGPT2 int8 16 tokens 14.0 / 14.7,
 # 32: 17.5 / 18.2, 128: 38.7 / 38.1, 256: 82.5 / 68.0; SmolLM2 16: 35.4 / 35.0, 32: 47.0 / 45.2.
 TOGETHER_MAX_TOKENS = 16
 
@@ -129,9 +129,8 @@ class Batch:
         group joins the decoding rows (in its order), and this returns what it brought (`Joined`)."""
         return self.run_pass([], None, prefill=True)[1]
 
-    def _takes(self) -> List[int]:
+    def _takes(self, group: List[Row]) -> List[int]:
         """Prompt tokens each group row brings to its next chunk: `chunk_tokens` shared among them."""
-        group = self._group()
         per_row = max(1, self.chunk_tokens // max(len(group), 1))
         return [min(row.to_prefill, per_row) for row in group]
 
@@ -176,13 +175,14 @@ class Batch:
         after the last token of a prompt that ends in this chunk. Both at once: see TOGETHER_MAX_TOKENS."""
         if prefill and not self._looked_up:
             self._load_cached_prefixes()
-        takes = self._takes() if prefill else []
+        group = self._group() if prefill else []
+        takes = self._takes(group)
         if feeds and max(takes, default=0) > TOGETHER_MAX_TOKENS:
             # Apart, decode first: attention would pad every decoding row to the chunk's width.
             stepped = self.run_pass(feeds, scored, prefill=False)[0]
             return stepped, self.run_pass([], None, prefill=True)[1]
         n = len(self)
-        decoding, group = (self.slots[:n] if feeds else []), (self._group() if prefill else [])
+        decoding = self.slots[:n] if feeds else []
         rows, first = decoding + group, 0 if feeds else n
         chunks = [list(feed) for feed in feeds]
         chunks += [row.prompt[row.length : row.length + take] for row, take in zip(group, takes)]
