@@ -90,8 +90,10 @@ class InstantModel:
         logits[:, list(self.eos_token_ids)] = -np.inf  # every request runs to max_new_tokens
         self._logits = logits
 
-    def forward(self, tokens, starts, counts, cache: KVCache, first_slot, want_logits):
-        return self._logits[: len(tokens)] if want_logits else None
+    def forward(self, tokens, starts, counts, cache: KVCache, first_slot, want_logits, logit_index=None):
+        if not want_logits:
+            return None
+        return self._logits[: len(tokens)] if logit_index is None else self._logits[np.asarray(logit_index) % len(self._logits)]
 
 
 class StepCounter:

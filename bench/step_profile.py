@@ -6,7 +6,7 @@
 For each thread count: the step's wall time (median), ONNX Runtime's `model_run` time, the summed time
 of its node kernels (the rest of `model_run` is the executor's own: scheduling, thread hand-offs,
 allocations), nodes per step, and the op types by kernel time. The KV cache holds a 128-token prompt;
-each step rewrites the same position, so every step does the same work.
+each step rewrites the same position, so every step does the same work (`--prompt` sets its length).
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ def profiled(model_name: str, threads: int, quantize: str):
         onnx_model.session_options = plain
 
 
-def run(model, batch: int, steps: int) -> list:
+def run(model, batch: int, steps: int, prompt: int = PROMPT) -> list:
     rows = Batch(model)
-    rows.add(list(range(batch)), [list(range(1, PROMPT + 1))] * batch)
+    rows.add(list(range(batch)), [list(range(1, prompt + 1))] * batch)
     while rows.prefill_step() is None:
         pass
     times = []
     for _ in range(steps):
         for row in rows.slots:
-            row.length = PROMPT
+            row.length = prompt
         started = time.perf_counter()
         rows.step([5] * batch)
         times.append((time.perf_counter() - started) * 1000)
@@ -95,11 +95,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--prompt", type=int, default=PROMPT, help="tokens in each row's KV cache")
     args = parser.parse_args(argv)
     for threads in args.threads:
         model = profiled(args.model, threads, args.quantize)
-        run(model, args.batch, 5)  # warm-up
-        wall = run(model, args.batch, args.steps)
+        run(model, args.batch, 5, args.prompt)  # warm-up
+        wall = run(model, args.batch, args.steps, args.prompt)
         trace = model.session.end_profiling()
         summary = summarise(trace, args.steps)
         print(f"{args.model} {args.quantize} batch {args.batch}, {threads} thread(s): step {statistics.median(wall):.2f} ms wall, "
