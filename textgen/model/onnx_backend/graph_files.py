@@ -18,7 +18,7 @@ from .schemes import SCHEMES
 
 GRAPH_FILE = "model.onnx"  # the graph (onnx_graph.build_graph)
 DATA_FILE = "model.onnx.data"  # its weights, beside it
-GRAPH_VERSION = 8  # bump whenever the graph built for the same inputs changes (onnx_graph.py)
+GRAPH_VERSION = 9  # bump whenever the graph built for the same inputs changes (onnx_graph.py)
 
 
 def prebuilt_dir(model_dir: str, quantize: str) -> str:

@@ -22,7 +22,8 @@ per layer.
   row (Q = 0) keeps P - 1, an idle empty slot needs 0 (GroupQueryAttention refuses -1).
 - `query_seqlens` int32 [B]: Q per row (GroupQueryAttention's input 16). Rows [0, Q) are written
   into the cache at positions [P, P + Q); padding never reaches it.
-- `total_sequence_length` int32 scalar: an upper bound of P + Q (the runtime passes T).
+- `total_sequence_length` int32 scalar: an upper bound of P + Q, at most `context` (the runtime passes
+  min(T, context): GroupQueryAttention refuses a rotary table shorter than it).
 - `logit_index` int64 [R]: indices into the N packed tokens' final hidden states, the tokens whose
   next-token logits are wanted (R = 0 is allowed: no LM head work).
 - `hidden_index` int64 [H]: the same kind of packed indices, the tokens whose final hidden states (after
@@ -35,14 +36,14 @@ writes the new positions in place). A graph older than GRAPH_VERSION 6 has no `h
 
 Layout: every residual add is folded into a Skip(Simplified)LayerNormalization (its 4th output is the
 new residual stream, its `bias` input carries the previous projection's bias); attention is
-com.microsoft GroupQueryAttention (GPT-2: the fused c_attn output as packed QKV; Llama: q, k, v after
-com.microsoft RotaryEmbedding with the explicit position ids, its cos/sin tables from rope.py, which
-the torch module uses too); the final norm runs on all positions,
-then `logit_index` gathers the wanted rows before the LM head.
-
-Why not GroupQueryAttention's own `do_rotary`: with `query_seqlens` it does rotate row s at P + s
-(checked: logits identical to RotaryEmbedding's), but it refuses a cos/sin table shorter than
-`total_sequence_length`, and the runtime passes the cache capacity, which may exceed the context.
+com.microsoft GroupQueryAttention on the fused q/k/v output as packed QKV (GPT-2's c_attn; Llama's
+qkv_proj, the op rotating q and k itself, `do_rotary` with the cos/sin tables from rope.py, which the
+torch module uses too: row s of a row rotates at P + s, its padding at a position inside the table).
+Only Qwen3 and Gemma 3, whose per-head norms come between the projection and the rotation, split q, k
+and v and rotate them with com.microsoft RotaryEmbedding at the explicit position ids. The packed form
+saves three nodes a layer (Split, two RotaryEmbedding): SmolLM2-135M's step has 396 nodes, not 456,
+and the same logits, bit for bit. The final norm runs on all positions, then `logit_index` gathers
+the wanted rows before the LM head.
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
 `_logits`). `quantize="int8"` or `"int4"` (quantize.py's SCHEMES) passes every MatMul, the LM head
@@ -88,9 +89,16 @@ class GraphBuilder:
         self.outputs: List[onnx.ValueInfoProto] = []
         self.embedding: tuple = ()  # the token table as write_table takes it: (data,) or (data, scales, block)
         self._count = 0
+        self._shared: set = set()
 
     def weight(self, name: str, array: np.ndarray) -> str:
         self.proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def shared_weight(self, name: str, array: np.ndarray) -> str:
+        """An initializer several nodes use, added when the first of them asks for it."""
+        if name not in self._shared:
+            self._shared.add(self.weight(name, array))
         return name
 
     def op(self, op_type: str, inputs: Sequence[Optional[str]], outputs=1, domain: str = "", **attrs):
@@ -150,16 +158,20 @@ def _head_norm(g: GraphBuilder, x: str, name: str, weight: np.ndarray, heads: in
 
 def _attention(
     g: GraphBuilder, layer: int, q: str, k: Optional[str], v: Optional[str], heads: int, kv_heads: int,
-    window: Optional[int] = None, scale: Optional[float] = None,
+    window: Optional[int] = None, scale: Optional[float] = None, rotary: Optional[tuple] = None,
 ) -> str:
     """GroupQueryAttention over the in-place cache, on rows (`_to_rows`), its output packed again;
     `k`, `v` None means `q` is packed QKV. `window`: a
     sliding window (Mistral's), which the op applies in place (`local_window_size`); `scale`: the
-    scores' scale, if not 1 / sqrt(head_dim) (Granite's attention_multiplier)."""
+    scores' scale, if not 1 / sqrt(head_dim) (Granite's attention_multiplier); `rotary`: the (cos, sin)
+    tables' names when the op rotates q and k itself (`do_rotary`)."""
     inputs = [q, k, v, f"past_key_{layer}", f"past_value_{layer}", "seqlens_k", "total_sequence_length"]
-    inputs += [None] * 9 + ["query_seqlens"]  # cos/sin caches .. k_norm_weight unused; query_seqlens is input 16
+    inputs += list(rotary or (None, None))  # cos_cache, sin_cache (inputs 7, 8)
+    inputs += [None] * 7 + ["query_seqlens"]  # position_ids .. k_norm_weight unused; query_seqlens is input 16
     outputs = [f"attention_{layer}", f"present_key_{layer}", f"present_value_{layer}"]
     extra = {} if window is None else {"local_window_size": int(window)}
+    if rotary is not None:
+        extra["do_rotary"] = 1
     if scale is not None:
         extra["scale"] = float(scale)
     attended = g.op("GroupQueryAttention", inputs, outputs, domain=MS, num_heads=heads, kv_num_heads=kv_heads, **extra)[0]
@@ -310,7 +322,9 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
     gelu = mlp_activation(config) == "gelu_pytorch_tanh"
     ffn = config["intermediate_size"]
     split_gate_up = g.weight("gate_up_split", np.array([ffn, ffn], dtype=np.int64))
-    split_qkv = g.weight("qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
+    qkv_widths = np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64)
+    # GroupQueryAttention rotates whole heads only, and wants them a multiple of 16 wide.
+    op_rotates = rotated == head_dim and head_dim % 16 == 0
     h = g.op("SimplifiedLayerNormalization", [x, norm_weight("layers.0.input_layernorm.weight")], epsilon=eps, axis=-1)
     residual = x
     for i in range(shape.n_layers):
@@ -325,15 +339,21 @@ def build_llama(config: dict, ckpt: NumpyCheckpoint, quantize: str) -> onnx.Mode
         qkv_w = (fused if fused is not None else np.concatenate([w(attn + f"{n}_proj.weight") for n in "qkv"])).T
         biases = [maybe(attn + f"{n}_proj.bias") for n in "qkv"]
         qkv_b = np.concatenate(biases) if all(b is not None for b in biases) else None
-        q, k, v = g.op("Split", [_to_rows(g, _linear(g, h, attn + "qkv_proj", qkv_w, qkv_b)), split_qkv], 3, axis=-1)
-        if maybe(attn + "q_norm.weight") is not None:  # Qwen3, Gemma 3: RMSNorm over each head, before the rotary positions
-            q = _head_norm(g, q, attn + "q_norm.weight", norm_array(attn + "q_norm.weight"), heads, eps)
-            k = _head_norm(g, k, attn + "k_norm.weight", norm_array(attn + "k_norm.weight"), kv_heads, eps)
-        if uses_rope[i]:  # SmolLM3 leaves it out of every fourth layer
-            cos, sin = rotary[i]
-            q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=rotated)
-            k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=rotated)
-        attended = _attention(g, i, q, k, v, heads, kv_heads, windows[i], scales.attention)
+        qkv = _to_rows(g, _linear(g, h, attn + "qkv_proj", qkv_w, qkv_b))
+        layer_rotary = rotary[i] if uses_rope[i] else None  # SmolLM3 leaves RoPE out of every fourth layer
+        head_norms = maybe(attn + "q_norm.weight") is not None
+        if not head_norms and (layer_rotary is None or op_rotates):  # packed: the op splits q/k/v and rotates
+            attended = _attention(g, i, qkv, None, None, heads, kv_heads, windows[i], scales.attention, layer_rotary)
+        else:  # Qwen3, Gemma 3: RMSNorm over each head before the rotation; Phi-4-mini: 3/4 of each head rotated
+            q, k, v = g.op("Split", [qkv, g.shared_weight("qkv_split", qkv_widths)], 3, axis=-1)
+            if head_norms:
+                q = _head_norm(g, q, attn + "q_norm.weight", norm_array(attn + "q_norm.weight"), heads, eps)
+                k = _head_norm(g, k, attn + "k_norm.weight", norm_array(attn + "k_norm.weight"), kv_heads, eps)
+            if layer_rotary is not None:
+                cos, sin = layer_rotary
+                q = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=heads, rotary_embedding_dim=rotated)
+                k = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=kv_heads, rotary_embedding_dim=rotated)
+            attended = _attention(g, i, q, k, v, heads, kv_heads, windows[i], scales.attention)
         o_bias = maybe(attn + "o_proj.bias")
         if residual_scale is None and not style.sandwich:  # the bias is added by the norm below
             projected = _linear(g, attended, attn + "o_proj", w(attn + "o_proj.weight").T)

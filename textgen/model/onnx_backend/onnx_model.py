@@ -174,7 +174,9 @@ class OnnxModel:
             binding.bind_cpu_input("position_ids", positions)
         binding.bind_cpu_input("seqlens_k", seqlens_k)
         binding.bind_cpu_input("query_seqlens", counts.astype(np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(cache.time_capacity, dtype=np.int32))
+        # An upper bound of every row's P + Q, which never pass the context; no larger than the rotary
+        # tables (`context` rows), which GroupQueryAttention's own rotation requires.
+        binding.bind_cpu_input("total_sequence_length", np.array(min(cache.time_capacity, self.context), dtype=np.int32))
         logits = np.empty((len(logit_index), self.vocab_size), dtype=np.float32)
         binding.bind_cpu_input("logit_index", logit_index)
         binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
