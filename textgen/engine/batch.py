@@ -194,10 +194,12 @@ class Batch:
         # Grows only: a decode-only pass keeps the group's slots.
         self.cache.reserve(first + len(rows), int(starts.max()) + tokens.shape[1], self._lengths())
         scored_rows = [bool(scored and scored[i]) and counts[i] > 1 for i in range(len(decoding))]
-        segments = self._forward(tokens, starts, counts, first, self._wanted(counts, scored_rows, group))
+        logits, segments = self._forward(tokens, starts, counts, first, self._wanted(counts, scored_rows, group))
         stepped = None
         if decoding:
-            last = np.stack([segments[i][-1] for i in range(len(decoding))])
+            # Unscored, each decoding row wants one position, and they come first: their rows as they are
+            # (a copy of [rows, vocab] floats each step cost 0.3 ms at 16 rows of a 49k vocabulary).
+            last = np.stack([s[-1] for s in segments[: len(decoding)]]) if any(scored_rows) else logits[: len(decoding)]
             stepped = Stepped(last, [segments[i][:-1] if scored_rows[i] else None for i in range(len(decoding))])
         for row, count in zip(decoding, counts):
             row.length += int(count)
@@ -214,13 +216,14 @@ class Batch:
             wanted.append(range(count) if scoring else range(count - 1, count) if finishing else range(0))
         return wanted
 
-    def _forward(self, tokens, starts, counts, first: int, wanted: List[range]) -> List[Optional[np.ndarray]]:
-        """The model's pass; per row, the logits at its `wanted` positions (None: none wanted)."""
+    def _forward(self, tokens, starts, counts, first: int, wanted: List[range]) -> tuple:
+        """The model's pass: its logits [wanted positions, vocab] (None: none wanted) and, per row, the
+        logits at its `wanted` positions (a view of them; None: none wanted)."""
         width = tokens.shape[1]
         index = np.concatenate([i * width + np.arange(r.start, r.stop, dtype=np.int64) for i, r in enumerate(wanted)])
         logits = self.model.forward(tokens, starts, counts, self.cache, first, bool(len(index)), index)
         ends = np.cumsum([len(r) for r in wanted])
-        return [logits[end - len(r) : end] if len(r) else None for end, r in zip(ends, wanted)]
+        return logits, [logits[end - len(r) : end] if len(r) else None for end, r in zip(ends, wanted)]
 
     def _advance(self, group: List[Row], counts, segments, first: int) -> None:
         """The group's rows after their chunk: scorers given their logits, lengths advanced, and a prompt
