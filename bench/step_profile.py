@@ -5,7 +5,8 @@
 
 For each thread count: the step's wall time (median), ONNX Runtime's `model_run` time, the summed time
 of its node kernels (the rest of `model_run` is the executor's own: scheduling, thread hand-offs,
-allocations), nodes per step, and the op types by kernel time. The KV cache holds a 128-token prompt;
+allocations), nodes per step, the op types by kernel time, and MatMulNBits' time by output shape (which
+projection: q/k/v, o and down, gate/up, the LM head). The KV cache holds a 128-token prompt;
 each step rewrites the same position, so every step does the same work (`--prompt` sets its length).
 """
 
@@ -76,15 +77,19 @@ def summarise(trace_path: str, steps: int) -> dict:
     nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     per_run = len(nodes) / max(len([e for e in events if e.get("name") == "model_run"]), 1)
     kept = nodes[-int(per_run * steps):]
-    by_op = collections.Counter()
+    by_op, matmuls = collections.Counter(), collections.Counter()
     for e in kept:
         by_op[e["args"].get("op_name", "?")] += e["dur"]
+        if e["args"].get("op_name") == "MatMulNBits":  # by output shape: which projection
+            shape = e["args"].get("output_type_shape", [{}])[0]
+            matmuls["x".join(map(str, next(iter(shape.values()), [])))] += e["dur"]
     kernel = sum(by_op.values()) / steps
     return {
         "model_run_ms": statistics.median(runs) / 1000,
         "kernels_ms": kernel / 1000,
         "nodes_per_step": round(per_run),
         "ops_ms": {op: round(us / steps / 1000, 3) for op, us in by_op.most_common(10)},
+        "matmul_nbits_ms_by_output": {shape: round(us / steps / 1000, 3) for shape, us in matmuls.most_common()},
     }
 
 
@@ -108,6 +113,8 @@ def main(argv=None) -> int:
               f"({summary['kernels_ms'] / summary['model_run_ms']:.0%}), {summary['nodes_per_step']} nodes")
         for op, ms in summary["ops_ms"].items():
             print(f"    {op:28} {ms:7.3f} ms")
+        print("    MatMulNBits by output shape (rows x outputs): " + ", ".join(
+            f"{shape} {ms:.3f} ms" for shape, ms in summary["matmul_nbits_ms_by_output"].items()))
     return 0
 
 

@@ -50,9 +50,12 @@ def quantize_weights(model: onnx.ModelProto, scheme: Scheme, head_output: str) -
     return model
 
 
-def _quantize_nodes(model: onnx.ModelProto, names: Iterable[str], bits: int, symmetric: bool) -> onnx.ModelProto:
-    """The named MatMul nodes -> `bits`-bit MatMulNBits (8 bits is always symmetric: its 255 levels
-    leave a zero point little to gain)."""
+def _quantize_nodes(
+    model: onnx.ModelProto, names: Iterable[str], bits: int, symmetric: bool, block_size: int = BLOCK_SIZE,
+) -> onnx.ModelProto:
+    """The named MatMul nodes -> `bits`-bit MatMulNBits in blocks of `block_size` (8 bits is always
+    symmetric: its 255 levels leave a zero point little to gain). bench/block_size.py measures other
+    block sizes."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # The quantizer logs every node at INFO (its module sets the level): keep the build quiet.
@@ -61,7 +64,7 @@ def _quantize_nodes(model: onnx.ModelProto, names: Iterable[str], bits: int, sym
     names = set(names)
     others = [n.name for n in model.graph.node if n.name not in names]
     quantizer = MatMulNBitsQuantizer(
-        model, bits=bits, block_size=BLOCK_SIZE, is_symmetric=symmetric or bits == 8, accuracy_level=ACCURACY_LEVEL,
+        model, bits=bits, block_size=block_size, is_symmetric=symmetric or bits == 8, accuracy_level=ACCURACY_LEVEL,
         nodes_to_exclude=others, op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
