@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -32,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.bench_models import prepare  # noqa: E402
+from devtools.step_timing import decode_step_times  # noqa: E402
 from textgen.engine.batch import Batch  # noqa: E402
 from textgen.engine.sampling import log_softmax  # noqa: E402
 from textgen.model.kv_cache import KVCache  # noqa: E402
@@ -109,19 +109,8 @@ def greedy(model, prompts, n: int = 16) -> list:
     return out
 
 
-def step_ms(model, batch: int, prompt: int = 40, steps: int = 30) -> float:
-    rows = Batch(model)
-    rows.add(list(range(batch)), [list(range(1, prompt + 1))] * batch)
-    while rows.prefill_step() is None:
-        pass
-    times = []
-    for _ in range(steps):
-        for row in rows.slots:  # rewrite the same position: every step does the same work
-            row.length = prompt
-        started = time.perf_counter()
-        rows.step([5] * batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def step_ms(model, batch: int) -> float:
+    return statistics.median(decode_step_times(model, batch, prompt=40, steps=30))
 
 
 def parse(variant: str) -> dict:

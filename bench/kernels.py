@@ -14,13 +14,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.benchmark import prepare_model  # noqa: E402
-from textgen.engine.batch import Batch  # noqa: E402
+from devtools.step_timing import decode_step_times  # noqa: E402
 from textgen.model.loader import load_model  # noqa: E402
 from textgen.settings import Settings  # noqa: E402
 
@@ -31,19 +30,8 @@ KINDS = {
 }
 
 
-def step_ms(model, batch: int, prompt_len: int = 40, steps: int = 15) -> float:
-    rows = Batch(model)
-    rows.add(list(range(batch)), [list(range(1, prompt_len + 1))] * batch)
-    while rows.prefill_step() is None:
-        pass
-    times = []
-    for _ in range(steps):
-        for row in rows.slots:  # rewrite the same position: the cache length stays put
-            row.length = prompt_len
-        started = time.perf_counter()
-        rows.step([5] * batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def step_ms(model, batch: int) -> float:
+    return statistics.median(decode_step_times(model, batch, prompt=40, steps=15))
 
 
 def main(argv=None) -> int:

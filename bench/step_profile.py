@@ -19,14 +19,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.bench_models import prepare  # noqa: E402
 from devtools.benchmark import CACHE  # noqa: E402
-from textgen.engine.batch import Batch  # noqa: E402
+from devtools.step_timing import decode_step_times  # noqa: E402
 from textgen.model.loader import load_model  # noqa: E402
 from textgen.model.onnx_backend import onnx_model  # noqa: E402
 from textgen.settings import Settings  # noqa: E402
@@ -53,21 +52,6 @@ def profiled(model_name: str, threads: int, quantize: str):
         return load_model(settings)[0]
     finally:
         onnx_model.session_options = plain
-
-
-def run(model, batch: int, steps: int, prompt: int = PROMPT) -> list:
-    rows = Batch(model)
-    rows.add(list(range(batch)), [list(range(1, prompt + 1))] * batch)
-    while rows.prefill_step() is None:
-        pass
-    times = []
-    for _ in range(steps):
-        for row in rows.slots:
-            row.length = prompt
-        started = time.perf_counter()
-        rows.step([5] * batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return times
 
 
 def summarise(trace_path: str, steps: int) -> dict:
@@ -104,8 +88,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     for threads in args.threads:
         model = profiled(args.model, threads, args.quantize)
-        run(model, args.batch, 5, args.prompt)  # warm-up
-        wall = run(model, args.batch, args.steps, args.prompt)
+        decode_step_times(model, args.batch, args.prompt, 5)  # warm-up
+        wall = decode_step_times(model, args.batch, args.prompt, args.steps)
         trace = model.session.end_profiling()
         summary = summarise(trace, args.steps)
         print(f"{args.model} {args.quantize} batch {args.batch}, {threads} thread(s): step {statistics.median(wall):.2f} ms wall, "
