@@ -15,8 +15,9 @@ def smollm2_dir() -> str:
 
 
 @contextlib.contextmanager
-def smollm2_engine():
-    """An engine serving SmolLM2 with the default backend (the GGUF file converted once into CACHE_DIR)."""
+def smollm2_engine(**overrides):
+    """An engine serving SmolLM2 with the default backend (the GGUF file converted once into CACHE_DIR);
+    `overrides`: other settings (quantize="int8")."""
     from textgen.engine import create_engine
     from textgen.settings import Settings
 
@@ -25,6 +26,7 @@ def smollm2_engine():
         model_id=smollm2_dir(),
         model_gguf_file=GGUF_NAME,
         threads=2,
+        **overrides,
     )
     engine = create_engine(settings)
     try:

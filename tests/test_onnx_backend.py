@@ -179,6 +179,29 @@ def test_quantized_row_is_bit_identical_alone_and_batched(model_dirs, graph_cach
     assert np.array_equal(alone[0], batched[0]) and np.array_equal(alone[1], batched[1])
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen3"])
+def test_a_decoding_rows_logits_do_not_depend_on_what_else_the_pass_carries(model_dirs, graph_cache, arch, quantize):
+    """A row's next token alone, beside other decoding rows, and beside a joining prompt's chunk or a
+    row's forced tokens (a pass wider than one token): the same logits, bit for bit. (GroupQueryAttention
+    computed a one-token-wide pass with another kernel: SmolLM2 int8's logits moved by up to 1.36, so a
+    seeded request's text depended on whether a prompt joined while it decoded.)"""
+    model = load(model_dirs, graph_cache, arch, quantize)
+    past, other = random_sequences(model.vocab_size, [20, 8], seed=7)
+
+    def next_logits(tokens, counts):
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(len(counts), 40)
+        model.forward(np.array([past] * len(counts)), np.zeros(len(counts), np.int64), np.full(len(counts), 20), cache, 0, False)
+        starts = np.array([20] + [0] * (len(counts) - 1))
+        return model.forward(np.array(tokens), starts, np.array(counts), cache, 0, True)[0]
+
+    alone = next_logits([[5]], [1])
+    assert np.array_equal(alone, next_logits([[5], [6]], [1, 1]))
+    assert np.array_equal(alone, next_logits([[5] + [0] * 7, other], [1, 8]))  # a prompt's chunk joins
+    assert np.array_equal(alone, next_logits([[5, 0], [6, 7]], [1, 2]))  # another row's forced token
+
+
 def last_logits_of_24_prompts(*models) -> list:
     """Each model's logits at the last position of 24 random prompts of 1 to 24 tokens, prefilled at once."""
     lengths = list(range(1, 25))

@@ -46,6 +46,37 @@ def test_real_model_batched_equals_alone(smollm2):
     assert_decoded_together(steps.rows, together)
 
 
+def test_real_int8_seeded_text_is_the_same_while_prompts_join(monkeypatch):
+    """8-bit weights amplify any difference in a row's arithmetic into whole quantization steps: when a
+    one-token-wide decode pass and one widened by a joining prompt's chunk computed attention with
+    different kernels, every one of 10 seeded SmolLM2 texts changed when prompts joined while it
+    decoded. Here each subject is parked in its first decode step while three prompts arrive, so the
+    next pass carries its token and their chunks together."""
+    subjects = [("Once upon a time", 101), ("Scientists announced today that", 102), ("My favourite recipe", 103)]
+    with smollm2_engine(quantize="int8") as engine:
+        assert (engine.model.backend, engine.model.dtype_name) == ("onnx", "int8")
+
+        def request(prompt, seed, tokens=24):
+            body = {"inputs": prompt, "parameters": {"do_sample": True, "seed": seed, "max_new_tokens": tokens}}
+            return validate_generate(body, engine.settings)
+
+        alone = [engine.submit(request(*subject)).result() for subject in subjects]
+        passes = []  # (rows, width) of each forward pass
+        forward = engine.model.forward
+        monkeypatch.setattr(engine.model, "forward", lambda tokens, *a, **k: passes.append(tokens.shape) or forward(tokens, *a, **k))
+        for subject, expected in zip(subjects, alone):
+            handles = []
+            with DecodeSteps(engine) as steps:
+                with steps.hold(start=lambda: handles.append(engine.submit(request(*subject)))):
+                    joiners = [engine.submit(request(p, 7, 4)) for p in ("Hello there", "The quick brown fox", "Water")]
+                    del passes[:]
+                result = handles[0].result()
+                [j.result() for j in joiners]
+            # The pass after the hold carried the subject's token and the three prompts' chunks together.
+            assert passes[0][0] == 1 + len(joiners) and passes[0][1] > 1, passes[:2]
+            assert result.text == expected.text
+
+
 def test_real_stop_sequence(smollm2):
     result = ask(smollm2, "Count: one, two, three,", max_new_tokens=20, stop=["five"])
     assert result.finish_reason == "stop_sequence"
