@@ -136,21 +136,20 @@ class RecordingModel:
 def test_what_the_batch_asks_of_the_model():
     model = RecordingModel()
     batch = Batch(model, chunk_tokens=4)
-    batch.add(["a"], [A])  # 5 tokens, chunks of 4
+    batch.add(["a"], [A])  # 5 tokens, chunks of 4: but never a one-token chunk after (Batch._takes)
     finish_prefill(batch)
     batch.step([STEPS[0]])
-    batch.add(["b", "c"], [B, C])  # 2 tokens each per chunk: c is done after 2 chunks, b after 5
+    batch.add(["b", "c"], [B, C])  # 2 tokens each per chunk, a last odd token joining the chunk before
     finish_prefill(batch)
     batch.step([STEPS[1], STEPS[2], STEPS[3]])
     assert model.calls == [  # (tokens, starts, counts, first slot, logits wanted, at which flat positions)
-        ([A[:4]], [0], [4], 0, False, []),
-        ([A[4:]], [4], [1], 0, True, [0]),  # logits as the prompt ends
+        ([A], [0], [5], 0, True, [4]),  # logits as the prompt ends
         ([[STEPS[0]]], [5], [1], 0, True, [0]),  # decode: one token at each row's length
-        ([B[0:2], C[0:2]], [0, 0], [2, 2], 1, False, []),  # the group in the slots after the decoding row
-        ([B[2:4], C[2:] + [0]], [2, 2], [2, 1], 1, True, [2]),  # right-padded; c's prompt ends here: its logits only
-        ([B[4:6], [0, 0]], [4, 3], [2, 0], 1, False, []),  # c only waits: count 0
-        ([B[6:8], [0, 0]], [6, 3], [2, 0], 1, False, []),
-        ([B[8:], [0]], [8, 3], [1, 0], 1, True, [0]),
+        ([B[0:2] + [0], C], [0, 0], [2, 3], 1, True, [5]),  # the group in the slots after the decoding row,
+        # right-padded; c's prompt ends here: its logits only
+        ([B[2:4], [0, 0]], [2, 3], [2, 0], 1, False, []),  # c only waits: count 0
+        ([B[4:6], [0, 0]], [4, 3], [2, 0], 1, False, []),
+        ([B[6:], [0, 0, 0]], [6, 3], [3, 0], 1, True, [2]),
         ([[STEPS[1]], [STEPS[2]], [STEPS[3]]], [6, 9, 3], [1, 1, 1], 0, True, [0, 1, 2]),
     ]
 
@@ -170,9 +169,9 @@ def test_a_decode_step_and_a_prefill_chunk_in_one_pass():
     while joined is None:
         stepped, joined = batch.run_pass([[STEPS[2]]], None, prefill=True)
     assert batch.rows == ["a", "b", "c"] and joined.logits.shape == (2, model.vocab_size)
-    assert model.calls[2:5] == [
-        ([[STEPS[0], 0], B[0:2], C[0:2]], [5, 0, 0], [1, 2, 2], 0, True, [0]),
-        ([[STEPS[1], 0], B[2:4], C[2:] + [0]], [6, 2, 2], [1, 2, 1], 0, True, [0, 4]),
+    assert model.calls[1:4] == [  # c's 3 tokens in one chunk: a last token alone would run apart (_takes)
+        ([[STEPS[0], 0, 0], B[0:2] + [0], C], [5, 0, 0], [1, 2, 3], 0, True, [0, 8]),
+        ([[STEPS[1], 0], B[2:4], [0, 0]], [6, 2, 3], [1, 2, 0], 0, True, [0]),
         ([[STEPS[2], 0], B[4:6], [0, 0]], [7, 4, 3], [1, 2, 0], 0, True, [0]),
     ]
 

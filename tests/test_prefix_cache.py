@@ -69,7 +69,7 @@ def reuse(store, prompt, slot=1):
 P = list(range(100, 150))  # 50 tokens: 3 whole blocks and 2 tokens
 
 
-def test_only_whole_blocks_are_kept_and_the_last_prompt_token_is_never_reused():
+def test_only_whole_blocks_are_kept_and_the_last_two_prompt_tokens_are_never_reused():
     store, _ = store_cache(1024)
     assert prefill(store, P) == 3 and store.tokens == 48  # 3 blocks; the last 2 tokens are not kept
     assert store.nbytes() == 48 * 2 * 2 * 3 * 4 * 4  # tokens x layers x (K, V) x heads x dim x 4 bytes
@@ -77,11 +77,12 @@ def test_only_whole_blocks_are_kept_and_the_last_prompt_token_is_never_reused():
     assert reused == 48 and loaded_matches(P, cache, 1, 48)
     # A prompt that is exactly cached blocks keeps its last block to prefill: its logits are needed.
     assert reuse(store, P[:48])[0] == 32
-    assert reuse(store, P[:49])[0] == 48
+    # One token past a block keeps that block too: never a one-token chunk (Batch._takes says why).
+    assert reuse(store, P[:49])[0] == 32 and reuse(store, P[:50])[0] == 48
     assert reuse(store, P[:32])[0] == 16
     assert reuse(store, P[:16])[0] == 0 and reuse(store, P[:1])[0] == 0
     assert reuse(store, P[:47])[0] == 32  # and never a part of a block
-    assert store.stats()["hit_tokens"] == 48 + 32 + 48 + 16 + 32
+    assert store.stats()["hit_tokens"] == 48 + 32 + 32 + 48 + 16 + 32
 
 
 def test_the_longest_exact_prefix_matches():
@@ -97,28 +98,28 @@ def test_the_longest_exact_prefix_matches():
     branch = P[:40] + [2] * 40  # 5 whole blocks
     assert prefill(store, branch) == 3
     assert store.tokens == 48 + 48
-    for prompt, expected in ((P + [5], 48), (branch + [5], 80), (P[:40] + [3] * 20, 32)):
+    for prompt, expected in ((P + [5], 48), (branch + [5, 6], 80), (P[:40] + [3] * 20, 32)):
         reused, cache = reuse(store, prompt)
         assert reused == expected and loaded_matches(prompt, cache, 1, reused)
 
 
 def test_the_least_recently_used_blocks_leave_first_within_the_budget():
-    store, _ = store_cache(4 * B)  # 4 blocks
+    store, _ = store_cache(4 * B)  # 4 blocks; prompts end in two more tokens, which are always prefilled
     a, b, c = ([t] * 2 * B for t in (1, 2, 3))  # two blocks each
     prefill(store, a)
     prefill(store, b)
     assert store.tokens == 4 * B
-    assert reuse(store, a + [0])[0] == 2 * B  # a is now the most recently used
+    assert reuse(store, a + [0, 0])[0] == 2 * B  # a is now the most recently used
     prefill(store, c)  # room for c: b's two blocks go
     assert store.tokens == 4 * B and store.stats()["evicted_blocks"] == 2
-    assert reuse(store, b + [0])[0] == 0
-    reused, cache = reuse(store, a + [0])
+    assert reuse(store, b + [0, 0])[0] == 0
+    reused, cache = reuse(store, a + [0, 0])
     assert reused == 2 * B and loaded_matches(a, cache, 1, reused)
-    reused, cache = reuse(store, c + [0])
+    reused, cache = reuse(store, c + [0, 0])
     assert reused == 2 * B and loaded_matches(c, cache, 1, reused)
     # The tail goes before the head: a third block on c evicts a's second block, not its first.
     prefill(store, c + [4] * B)
-    assert reuse(store, a + [0])[0] == B and reuse(store, c + [4] * B + [0])[0] == 3 * B
+    assert reuse(store, a + [0, 0])[0] == B and reuse(store, c + [4] * B + [0, 0])[0] == 3 * B
 
 
 def test_a_prompt_longer_than_the_budget_keeps_its_first_blocks():
@@ -144,13 +145,13 @@ def test_any_sequence_of_stores_and_lookups_reuses_only_exact_prefixes():
         if rng.random() < 0.5:
             added = prefill(store, prompt, slot=int(rng.integers(3)))
             assert added <= len(prompt) // B
-            reused, cache = reuse(store, prompt + [9])
+            reused, cache = reuse(store, prompt + [9, 9])
             assert reused == min(len(prompt) // B, store.capacity_blocks) * B
         else:
             reused, cache = reuse(store, prompt, slot=int(rng.integers(3)) + 1)
             assert reused % B == 0 and reused <= len(prompt) - 1
         hits += reused > 0
-        assert loaded_matches(prompt + [9], cache, cache.slot_capacity - 1, reused), step
+        assert loaded_matches(prompt + [9, 9], cache, cache.slot_capacity - 1, reused), step
         assert store.tokens <= store.capacity_tokens
         ids = {block_id for block_id, _ in store._blocks.values()} | {ROOT}
         assert all(parent in ids for parent, _ in store._blocks), step  # no orphan

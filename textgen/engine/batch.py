@@ -130,9 +130,14 @@ class Batch:
         return self.run_pass([], None, prefill=True)[1]
 
     def _takes(self, group: List[Row]) -> List[int]:
-        """Prompt tokens each group row brings to its next chunk: `chunk_tokens` shared among them."""
-        per_row = max(1, self.chunk_tokens // max(len(group), 1))
-        return [min(row.to_prefill, per_row) for row in group]
+        """Prompt tokens each group row brings to its next chunk: `chunk_tokens` shared among them, and
+        never one token of a longer prompt (its last one joins the chunk before). Attention computes a
+        one-token chunk another way than a token of a longer one, so a prompt's keys and first new token
+        would depend on how the traffic split it; with 8-bit weights the logits differed visibly. (The
+        prefix cache leaves two tokens to prefill for the same reason.)"""
+        per_row = max(2, self.chunk_tokens // max(len(group), 1))
+        takes = [min(row.to_prefill, per_row) for row in group]
+        return [row.to_prefill if row.to_prefill - take == 1 else take for row, take in zip(group, takes)]
 
     def _join(self, group: List[Row]) -> Joined:
         joined = Joined(np.stack([row.logits for row in group]), [row.cached for row in group])

@@ -8,8 +8,9 @@ the match is exact. (vLLM keys blocks by chained hashes; a hash can collide, and
 CVE-2025-25183 let a crafted prompt reuse another's cached block. Comparing the tokens themselves
 costs nothing at these sizes.)
 
-A new row looks up the longest run of cached blocks its prompt starts with, short of its last token
-(the last prompt token is always prefilled: its logits give the first new token), and has their keys
+A new row looks up the longest run of cached blocks its prompt starts with, short of its last two
+tokens (the last prompt token is always prefilled: its logits give the first new token; and never alone,
+see `reusable_blocks`), and has their keys
 and values copied into its KV cache slot; its prefill starts after them. When a row's prefill is done,
 its prompt's whole blocks not cached yet are copied from its slot into the store. Copies, not shared
 memory: the engine's cache keeps one contiguous slot per row (what ONNX Runtime binds in place), and a
@@ -105,12 +106,19 @@ class PrefixCache:
     def to_prefill(self, prompt: Sequence[int]) -> int:
         """The tokens of `prompt` left to prefill after its cached prefix, as `match` would find it now;
         changes nothing (the scheduler sizes prefill groups by it)."""
-        return len(prompt) - len(self._walk(prompt, (len(prompt) - 1) // self.block_tokens)[1]) * self.block_tokens
+        return len(prompt) - len(self._walk(prompt, self.reusable_blocks(prompt))[1]) * self.block_tokens
+
+    def reusable_blocks(self, prompt: Sequence[int]) -> int:
+        """The most blocks a prompt may reuse: those before its last two tokens. A prompt left with one
+        token to prefill would run it as a one-token chunk, which attention computes another way than a
+        longer chunk's last token; with 8-bit weights its logits differed visibly from a full prefill's,
+        and a seeded request sent twice changed its text the second time (SmolLM2, a 33-token prompt)."""
+        return max(0, (len(prompt) - 2) // self.block_tokens)
 
     def match(self, prompt: Sequence[int]) -> List[int]:
         """The store indices of the longest run of cached blocks `prompt` begins with, leaving at least
-        its last token to prefill; they become the most recently used. Counts the lookup."""
-        keys, found = self._walk(prompt, (len(prompt) - 1) // self.block_tokens)
+        its last two tokens to prefill; they become the most recently used. Counts the lookup."""
+        keys, found = self._walk(prompt, self.reusable_blocks(prompt))
         self._touch(keys)
         self.lookups += 1
         self.looked_up_tokens += len(prompt)
