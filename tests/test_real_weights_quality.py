@@ -297,7 +297,11 @@ def test_int8_greedy_continuations_mostly_match(fp32, int8):
         if a != b:
             print(f"\ndiffers: {prompt!r}\n  float32 {tokenizer.decode(a)!r}\n  int8    {tokenizer.decode(b)!r}")
     print(f"\n{fp32[0].backend} int8 greedy: first 16 tokens identical to float32 for {matches}/20 prompts")
-    assert matches >= 14, f"only {matches}/20 greedy continuations match"
+    # A broken 8-bit path gets next to none. Exact agreement over 16 tokens also moves with rounding:
+    # ONNX Runtime's decode steps went from a one-token-wide attention pass to a two-wide one (the same
+    # text whatever the traffic, docs/performance.md) and this set went from 16/20 to 12/20, while 40
+    # other prompts (12-token windows of the passage) stayed at 15/40 either way.
+    assert matches >= 12, f"only {matches}/20 greedy continuations match"
 
 
 # int4: the onnx backend's alone (the torch backends refuse it, tests/test_settings.py). The issue's target
@@ -330,7 +334,7 @@ def test_int4_perplexity_within_10_percent(onnx_models):
 
 def test_int4_greedy_continuations_beside_int8(onnx_models):
     """The first 16 greedy tokens of each prompt at float32, int8 and int4, printed side by side (docs/models.md
-    quotes them). int4's text is its own (measured: 2 of 20 equal to float32's for 16 tokens, int8 16 of 20),
+    quotes them). int4's text is its own (measured: 2 of 20 equal to float32's for 16 tokens, int8 12 of 20),
     but its first token is float32's for 10 of 20 prompts; a broken graph (a wrong zero point, nibble order,
     block layout) gets next to none, and a random model one in ~50,000."""
     tokenizer = onnx_models["none"][1]
