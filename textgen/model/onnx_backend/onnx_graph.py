@@ -39,10 +39,11 @@ new residual stream, its `bias` input carries the previous projection's bias); a
 com.microsoft GroupQueryAttention on the fused q/k/v output as packed QKV (GPT-2's c_attn; Llama's
 qkv_proj, the op rotating q and k itself, `do_rotary` with the cos/sin tables from rope.py, which the
 torch module uses too: row s of a row rotates at P + s, its padding at a position inside the table).
-Only Qwen3 and Gemma 3, whose per-head norms come between the projection and the rotation, split q, k
-and v and rotate them with com.microsoft RotaryEmbedding at the explicit position ids. The packed form
-saves three nodes a layer (Split, two RotaryEmbedding): SmolLM2-135M's step has 396 nodes, not 456,
-and the same logits, bit for bit. The final norm runs on all positions, then `logit_index` gathers
+Qwen3 and Gemma 3, whose per-head norms come between the projection and the rotation, and models
+rotating part of each head (Phi-4-mini; the op rotates whole heads), split q, k and v and rotate them
+with com.microsoft RotaryEmbedding at the explicit position ids. The packed form saves three nodes a
+layer (Split, two RotaryEmbedding): SmolLM2-135M's graph has 396 nodes, not 485 (ONNX Runtime runs 366
+after its fusions, not 456), and the same logits, bit for bit. The final norm runs on all positions, then `logit_index` gathers
 the wanted rows before the LM head.
 
 Weights: `quantize="none"` keeps float32 (a tied head stored a second time, transposed: see
