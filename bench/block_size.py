@@ -2,11 +2,15 @@
 
     python bench/block_size.py                           # the shipped 32 and 64 in the MLP / everywhere
     python bench/block_size.py --variants gate_up=64 head=64 --rounds 9
+    python bench/block_size.py --variants attn=row,gate_up=row,down=row,head=row
 
 Each variant names the block size of some parts of the graph (attn: q/k/v and o; gate_up; down; head);
 the rest keep quantize.BLOCK_SIZE (32). Its activations are quantized in blocks of the same size (the
-kernel's accuracy level 4), so a larger block means coarser activations too. For each variant, one
-graph built into a temporary cache, then:
+kernel's accuracy level 4), so a larger block means coarser activations too. `row` is the coarsest: one
+scale per row of activations and per output column of weights, the layout of ONNX Runtime's integer
+GEMM (MatMulInteger on unsigned 8-bit activations: eight nodes quantize an input, four more make
+each product, see `per_row`).
+For each variant, one graph built into a temporary cache, then:
 - perplexity over tests/data/passage.txt (a prefill in chunks of 256 positions, the logits at every
   position), against the float32 graph's. Quick, but not the figure of decoding token by token, which
   tests/test_real_weights_quality.py measures: the shipped graph gave +0.31% here against +0.54% there
@@ -26,6 +30,7 @@ import sys
 import tempfile
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,6 +46,7 @@ from textgen.settings import Settings  # noqa: E402
 
 PASSAGE = os.path.join(ROOT, "tests", "data", "passage.txt")
 PARTS = ("attn", "gate_up", "down", "head")
+ROW = "row"  # a part's "block size" for per_row's integer GEMM
 PROMPTS = [
     "The capital of France is", "Water boils at a temperature of", "The largest planet in the solar system is",
     "Photosynthesis is the process by which plants", "The first man to walk on the Moon was",
@@ -54,7 +60,8 @@ PROMPTS = [
 
 
 def blocked_quantizer(blocks: dict):
-    """quantize_weights with each part's MatMuls in its own block size (8 bits, as int8 has them)."""
+    """quantize_weights with each part's MatMuls in its own block size (8 bits, as int8 has them), or
+    per row (`per_row`)."""
 
     def quantize_weights(model, scheme, head_output):
         matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
@@ -62,12 +69,58 @@ def blocked_quantizer(blocks: dict):
         attn = {n.name for n in matmuls if "attn." in n.input[1]}
         down = {n.name for n in matmuls if "down_proj" in n.input[1]}
         parts = {"attn": attn, "down": down, "head": head, "gate_up": {n.name for n in matmuls} - attn - down - head}
-        for block in sorted({blocks.get(p, quantize.BLOCK_SIZE) for p in PARTS}):
+        for block in sorted({blocks.get(p, quantize.BLOCK_SIZE) for p in PARTS}, key=str):
             names = set().union(*(parts[p] for p in PARTS if blocks.get(p, quantize.BLOCK_SIZE) == block))
-            model = quantize._quantize_nodes(model, names, 8, True, block)
+            model = per_row(model, names) if block == ROW else quantize._quantize_nodes(model, names, 8, True, block)
         return model
 
     return quantize_weights
+
+
+def per_row(model, names):
+    """The named MatMuls as integer GEMMs: weights int8 with a scale per output column; activations
+    quantized per row at run time (max |x| / 127, shifted to uint8 around 128, the zero point),
+    once per input that several products share. The int32 result times both scales is the product.
+    Exact integer sums: a row's result cannot depend on the other rows."""
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in [
+        ("row_q.inv127", np.array(1 / 127, np.float32)), ("row_q.tiny", np.array(1e-30, np.float32)),
+        ("row_q.128", np.array(128, np.float32)), ("row_q.zero_point", np.array(128, np.uint8))])
+    nodes, quantized = [], {}
+    for node in graph.node:
+        if node.name not in names:
+            nodes.append(node)
+            continue
+        x, weight_name = node.input
+        if x not in quantized:  # |x| -> row max -> scale; x / scale rounded, + 128, as uint8
+            p = f"row_q.{len(quantized)}."
+            nodes += [
+                helper.make_node("Abs", [x], [p + "abs"]),
+                helper.make_node("ReduceMax", [p + "abs"], [p + "max"], axes=[-1], keepdims=1),
+                helper.make_node("Max", [p + "max", "row_q.tiny"], [p + "max_or_tiny"]),  # an all-zero row
+                helper.make_node("Mul", [p + "max_or_tiny", "row_q.inv127"], [p + "scale"]),
+                helper.make_node("Div", [x, p + "scale"], [p + "scaled"]),
+                helper.make_node("Round", [p + "scaled"], [p + "rounded"]),
+                helper.make_node("Add", [p + "rounded", "row_q.128"], [p + "shifted"]),
+                helper.make_node("Cast", [p + "shifted"], [p + "uint8"], to=TensorProto.UINT8),
+            ]
+            quantized[x] = (p + "uint8", p + "scale")
+        x_q, x_scale = quantized[x]
+        w = numpy_helper.to_array(weights[weight_name]).astype(np.float32)
+        w_scale = np.abs(w).max(axis=0) / 127
+        w_scale = np.where(w_scale == 0, 1, w_scale).astype(np.float32)
+        graph.initializer.remove(weights[weight_name])
+        graph.initializer.extend([numpy_helper.from_array(np.rint(w / w_scale).astype(np.int8), weight_name + ".q"),
+                                  numpy_helper.from_array(w_scale, weight_name + ".scale")])
+        out = node.output[0]
+        nodes += [helper.make_node("MatMulInteger", [x_q, weight_name + ".q", "row_q.zero_point"], [out + ".int"]),
+                  helper.make_node("Cast", [out + ".int"], [out + ".float"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [out + ".float", x_scale], [out + ".row"]),
+                  helper.make_node("Mul", [out + ".row", weight_name + ".scale"], [out])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def load(model, quantize_name: str, cache_dir: str, blocks: dict = None):
@@ -118,7 +171,7 @@ def parse(variant: str) -> dict:
     unknown = set(blocks) - set(PARTS)
     if unknown:
         raise SystemExit(f"unknown part(s) {sorted(unknown)}: parts are {', '.join(PARTS)}")
-    return {part: int(size) for part, size in blocks.items()}
+    return {part: size if size == ROW else int(size) for part, size in blocks.items()}
 
 
 def main(argv=None) -> int:
