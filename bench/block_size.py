@@ -9,7 +9,7 @@ the rest keep quantize.BLOCK_SIZE (32). Its activations are quantized in blocks 
 kernel's accuracy level 4), so a larger block means coarser activations too. `row` is the coarsest: one
 scale per row of activations and per output column of weights, the layout of ONNX Runtime's integer
 GEMM (MatMulInteger on unsigned 8-bit activations: eight nodes quantize an input, four more make
-each product, see `per_row`).
+each product, devtools/integer_gemm.py).
 For each variant, one graph built into a temporary cache, then:
 - perplexity over tests/data/passage.txt (a prefill in chunks of 256 positions, the logits at every
   position), against the float32 graph's. Quick, but not the figure of decoding token by token, which
@@ -23,40 +23,21 @@ For each variant, one graph built into a temporary cache, then:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
 import tempfile
 
-import numpy as np
-from onnx import TensorProto, helper, numpy_helper
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.bench_models import prepare  # noqa: E402
-from devtools.step_timing import decode_step_times  # noqa: E402
-from textgen.engine.batch import Batch  # noqa: E402
-from textgen.engine.sampling import log_softmax  # noqa: E402
-from textgen.model.kv_cache import KVCache  # noqa: E402
-from textgen.model.loader import load_model  # noqa: E402
-from textgen.model.onnx_backend import onnx_graph, quantize  # noqa: E402
-from textgen.settings import Settings  # noqa: E402
+from devtools.integer_gemm import per_row  # noqa: E402
+from devtools.quality import PASSAGE, PROMPTS, greedy, load_graph, perplexity, step_ms  # noqa: E402
+from textgen.model.onnx_backend import quantize  # noqa: E402
 
-PASSAGE = os.path.join(ROOT, "tests", "data", "passage.txt")
 PARTS = ("attn", "gate_up", "down", "head")
 ROW = "row"  # a part's "block size" for per_row's integer GEMM
-PROMPTS = [
-    "The capital of France is", "Water boils at a temperature of", "The largest planet in the solar system is",
-    "Photosynthesis is the process by which plants", "The first man to walk on the Moon was",
-    "Monday, Tuesday, Wednesday,", "1, 2, 3, 4, 5,", "A list of primary colours: red,",
-    "Ingredients for pancakes:\n- flour\n-", "def add(a, b):\n    return", "import numpy as np\n\nx = np.",
-    "for i in range(10):\n    print(", "SELECT name, age FROM users WHERE", "To make a cup of tea, first",
-    "Instructions: write a short poem about the sea.\nPoem:", "Translate to French: 'Good morning' ->",
-    "Once upon a time, in a small village,", "The main causes of the First World War were",
-    "The best way to learn a new programming language is", "Scientists announced today that",
-]
 
 
 def blocked_quantizer(blocks: dict):
@@ -77,93 +58,8 @@ def blocked_quantizer(blocks: dict):
     return quantize_weights
 
 
-def per_row(model, names):
-    """The named MatMuls as integer GEMMs: weights int8 with a scale per output column; activations
-    quantized per row at run time (max |x| / 127, shifted to uint8 around 128, the zero point),
-    once per input that several products share. The int32 result times both scales is the product.
-    Exact integer sums: a row's result cannot depend on the other rows."""
-    graph = model.graph
-    weights = {init.name: init for init in graph.initializer}
-    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in [
-        ("row_q.inv127", np.array(1 / 127, np.float32)), ("row_q.tiny", np.array(1e-30, np.float32)),
-        ("row_q.128", np.array(128, np.float32)), ("row_q.zero_point", np.array(128, np.uint8))])
-    nodes, quantized = [], {}
-    for node in graph.node:
-        if node.name not in names:
-            nodes.append(node)
-            continue
-        x, weight_name = node.input
-        if x not in quantized:  # |x| -> row max -> scale; x / scale rounded, + 128, as uint8
-            p = f"row_q.{len(quantized)}."
-            nodes += [
-                helper.make_node("Abs", [x], [p + "abs"]),
-                helper.make_node("ReduceMax", [p + "abs"], [p + "max"], axes=[-1], keepdims=1),
-                helper.make_node("Max", [p + "max", "row_q.tiny"], [p + "max_or_tiny"]),  # an all-zero row
-                helper.make_node("Mul", [p + "max_or_tiny", "row_q.inv127"], [p + "scale"]),
-                helper.make_node("Div", [x, p + "scale"], [p + "scaled"]),
-                helper.make_node("Round", [p + "scaled"], [p + "rounded"]),
-                helper.make_node("Add", [p + "rounded", "row_q.128"], [p + "shifted"]),
-                helper.make_node("Cast", [p + "shifted"], [p + "uint8"], to=TensorProto.UINT8),
-            ]
-            quantized[x] = (p + "uint8", p + "scale")
-        x_q, x_scale = quantized[x]
-        w = numpy_helper.to_array(weights[weight_name]).astype(np.float32)
-        w_scale = np.abs(w).max(axis=0) / 127
-        w_scale = np.where(w_scale == 0, 1, w_scale).astype(np.float32)
-        graph.initializer.remove(weights[weight_name])
-        graph.initializer.extend([numpy_helper.from_array(np.rint(w / w_scale).astype(np.int8), weight_name + ".q"),
-                                  numpy_helper.from_array(w_scale, weight_name + ".scale")])
-        out = node.output[0]
-        nodes += [helper.make_node("MatMulInteger", [x_q, weight_name + ".q", "row_q.zero_point"], [out + ".int"]),
-                  helper.make_node("Cast", [out + ".int"], [out + ".float"], to=TensorProto.FLOAT),
-                  helper.make_node("Mul", [out + ".float", x_scale], [out + ".row"]),
-                  helper.make_node("Mul", [out + ".row", weight_name + ".scale"], [out])]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
-
-
 def load(model, quantize_name: str, cache_dir: str, blocks: dict = None):
-    settings = Settings.from_env(environ={"CACHE_DIR": cache_dir, **model.service_env}, model_id=model.directory,
-                                 model_backend="onnx", quantize=quantize_name, threads=2)
-    shipped = onnx_graph.quantize_weights
-    onnx_graph.quantize_weights = blocked_quantizer(blocks) if blocks else shipped
-    try:
-        return load_model(settings)
-    finally:
-        onnx_graph.quantize_weights = shipped
-
-
-def perplexity(model, ids, chunk: int = 256) -> float:
-    cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
-    cache.reserve(1, len(ids))
-    nll = 0.0
-    for start in range(0, len(ids) - 1, chunk):
-        part = ids[start : start + chunk]
-        targets = np.array(ids[start + 1 : start + 1 + len(part)])
-        logits = model.forward(np.array([part]), np.array([start]), np.array([len(part)]), cache, 0, True,
-                               np.arange(len(targets), dtype=np.int64))
-        nll -= float(log_softmax(logits.astype(np.float64))[np.arange(len(targets)), targets].sum())
-    return math.exp(nll / (len(ids) - 1))
-
-
-def greedy(model, prompts, n: int = 16) -> list:
-    out = []
-    for ids in prompts:
-        rows = Batch(model)
-        rows.add([0], [ids])
-        joined = None
-        while joined is None:
-            joined = rows.prefill_step()
-        tokens = [int(joined.logits[0].argmax())]
-        while len(tokens) < n:
-            tokens.append(int(rows.step([tokens[-1]])[0].argmax()))
-        out.append(tokens)
-    return out
-
-
-def step_ms(model, batch: int) -> float:
-    return statistics.median(decode_step_times(model, batch, prompt=40, steps=30))
+    return load_graph(model.directory, model.service_env, quantize_name, cache_dir, blocked_quantizer(blocks) if blocks else None)
 
 
 def parse(variant: str) -> dict:

@@ -4,6 +4,7 @@ rounded to 8 bits and back to float32 (needs torch and transformers; nothing of 
 
     python bench/rotation.py                    # three rotations (seeds 0 1 2)
     python bench/rotation.py --seeds 0 1 2 3 4
+    python bench/rotation.py --onnx --rounds 5  # then the real kernels, in ONNX Runtime
 
 Why: ONNX Runtime's integer GEMM (one scale per row of activations, one per output column of weights)
 makes SmolLM2's 16-row step 23% shorter than MatMulNBits in blocks of 32, but per-row activations cost
@@ -19,6 +20,11 @@ time once folded into the weights:
 Rotations are random (QR of a Gaussian, seeded); each variant's perplexity is reported for every seed.
 Reference: blocks of 32 for activations and weights, q8_0's grain and MatMulNBits' (the shipped int8).
 Perplexity over tests/data/passage.txt, one forward pass.
+
+With --onnx, each seed's rotated weights are saved as a checkpoint and built into an ONNX graph whose
+products are integer GEMMs (devtools/integer_gemm.py: per row, down's input rotated in blocks of 64 in
+the graph), beside the shipped int8 graph of the original weights: perplexity (chunked prefill), greedy
+continuations of 20 prompts against float32's, and the decode step at 1 and 16 rows, alternating.
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from devtools import quality  # noqa: E402
 from devtools.bench_models import SMOLLM2_GGUF, smollm2_dir  # noqa: E402
+from devtools.integer_gemm import per_row, rotate_input_blocks  # noqa: E402
 
-PASSAGE = os.path.join(ROOT, "tests", "data", "passage.txt")
+PASSAGE = quality.PASSAGE
 
 
 def load():
@@ -111,9 +120,69 @@ def rotate_down_input(model, block: int, generator: torch.Generator):
     return model
 
 
+def rotated_integer_gemm(down_rotation):
+    """A quantizer for quality.load_graph: down's input rotated by `down_rotation` in blocks, then every
+    product an integer GEMM per row."""
+
+    def quantize_weights(model, scheme, head_output):
+        weights = {init.name for init in model.graph.initializer}
+        products = {n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+        down = {n.name for n in model.graph.node if n.name in products and "down_proj" in n.input[1]}
+        return per_row(rotate_input_blocks(model, down, down_rotation), products)
+
+    return quantize_weights
+
+
+def onnx_table(seeds, rounds: int) -> None:
+    """The --onnx part of the docstring."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="rotation-") as tmp:
+        env = {"MODEL_GGUF_FILE": SMOLLM2_GGUF}
+        exact, tokenizer = quality.load_graph(smollm2_dir(), env, "none", os.path.join(tmp, "float32"))
+        with open(PASSAGE, encoding="utf-8") as f:
+            ids = tokenizer(f.read())["input_ids"]
+        prompts = [tokenizer(p)["input_ids"] for p in quality.PROMPTS]
+        reference, reference_ppl = quality.greedy(exact, prompts), quality.perplexity(exact, ids)
+        del exact
+        models = {"MatMulNBits, blocks of 32 (shipped)": quality.load_graph(smollm2_dir(), env, "int8", os.path.join(tmp, "shipped"))[0]}
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(seed)
+            checkpoint = os.path.join(tmp, f"rotated-{seed}")
+            model = rotate(load(), generator)
+            model.config.tie_word_embeddings = False
+            model.hf_quantizer, model.is_quantized = None, False  # loaded from GGUF; saved as plain float32
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(checkpoint)
+            AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF).save_pretrained(checkpoint)
+            down_rotation = orthogonal(64, generator).numpy()
+            models[f"integer GEMM per row, rotated (seed {seed})"] = quality.load_graph(
+                checkpoint, {}, "int8", os.path.join(tmp, f"graph-{seed}"), rotated_integer_gemm(down_rotation))[0]
+        rows = {}
+        for name, model in models.items():
+            ppl = quality.perplexity(model, ids)
+            rows[name] = [f"{ppl:.3f} ({100 * (ppl / reference_ppl - 1):+.2f}%)",
+                          str(sum(a == b for a, b in zip(quality.greedy(model, prompts), reference)))]
+            print(name, rows[name], flush=True)
+        for batch in (1, 16):
+            times = {name: [] for name in models}
+            for _ in range(rounds):
+                for name, model in models.items():
+                    times[name].append(quality.step_ms(model, batch))
+            for name in models:
+                rows[name].append(f"{statistics.median(times[name]):.2f} ms")
+    print(f"\n| ONNX Runtime, 8 bits | perplexity (float32 {reference_ppl:.3f}) | greedy = float32 (of 20) | step, 1 row | step, 16 rows |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {' | '.join(row)} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--onnx", action="store_true", help="then the real kernels (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="--onnx: alternations of the step timings")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -143,6 +212,8 @@ def main(argv=None) -> int:
         seeds = args.seeds if "rotated" in name else args.seeds[:1]  # nothing random without a rotation
         changes = [100 * (perplexity(make(seed), ids) / base - 1) for seed in seeds]
         print(f"| {name} | {' / '.join(f'{c:+.2f}%' for c in changes)} | {statistics.median(changes):+.2f}% |", flush=True)
+    if args.onnx:
+        onnx_table(args.seeds, args.rounds)
     return 0
 
 
