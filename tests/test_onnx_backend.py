@@ -202,6 +202,31 @@ def test_a_decoding_rows_logits_do_not_depend_on_what_else_the_pass_carries(mode
     assert np.array_equal(alone, next_logits([[5, 0], [6, 7]], [1, 2]))  # another row's forced token
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_rows_logits_do_not_depend_on_the_caches_capacity(model_dirs, graph_cache, arch, quantize):
+    """The cache grows for every row when a long prompt joins, and attention's `total_sequence_length`
+    follows its capacity: a decoding row's logits stay the same, bit for bit, whether the cache holds 40
+    positions or 1,000, for rows of unequal lengths alone and beside a joining prompt's chunk (else a
+    seeded text would change with another request's prompt)."""
+    model = load(model_dirs, graph_cache, arch, quantize)
+    long, short, joining = random_sequences(model.vocab_size, [30, 9, 8], seed=11)
+
+    def passes(capacity):
+        cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
+        cache.reserve(3, capacity)
+        tokens = np.zeros((2, 30), dtype=np.int64)
+        tokens[0], tokens[1, :9] = long, short
+        model.forward(tokens, np.zeros(2, np.int64), np.array([30, 9]), cache, 0, False)
+        decode = model.forward(np.array([[5], [6]]), np.array([30, 9]), np.ones(2, np.int64), cache, 0, True)
+        chunk = model.forward(np.array([[7] + [0] * 7, [8] + [0] * 7, joining]), np.array([31, 10, 0]),
+                              np.array([1, 1, 8]), cache, 0, True)
+        return decode, chunk
+
+    small, large = passes(40), passes(1000)
+    assert all(np.array_equal(a, b) for a, b in zip(small, large))
+
+
 def last_logits_of_24_prompts(*models) -> list:
     """Each model's logits at the last position of 24 random prompts of 1 to 24 tokens, prefilled at once."""
     lengths = list(range(1, 25))
