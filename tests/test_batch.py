@@ -119,18 +119,33 @@ class RecordingModel:
 
     n_layers, n_kv_heads, head_dim, vocab_size = 1, 1, 2, 5
 
-    def __init__(self):
+    def __init__(self, min_width: int = 1):
         self.calls = []
+        self.min_width = min_width  # the ONNX graph runs a one-token pass two wide
 
     def forward(self, tokens, starts, counts, cache, first_slot, want_logits, logit_index=None):
         assert tokens.dtype == starts.dtype == counts.dtype == np.int64
         rows, width = tokens.shape
         assert starts.shape == counts.shape == (rows,)
         assert first_slot + rows <= cache.slot_capacity
-        assert int(starts.max()) + width <= cache.time_capacity
+        assert int(starts.max()) + max(width, self.min_width) <= cache.time_capacity
         index = None if logit_index is None else logit_index.tolist()
         self.calls.append((tokens.tolist(), starts.tolist(), counts.tolist(), first_slot, want_logits, index))
         return np.zeros((rows if index is None else len(index), self.vocab_size), np.float32) if want_logits else None
+
+
+def test_the_cache_has_room_for_the_models_narrowest_pass():
+    """A model that runs a one-token pass two wide (ONNX) needs one more position than the tokens: the
+    batch reserves it, also when a decoding row reaches the cache's last position (RecordingModel checks
+    every call)."""
+    model = RecordingModel(min_width=2)
+    batch = Batch(model, chunk_tokens=4)
+    batch.add(["a"], [A])
+    finish_prefill(batch)
+    capacity = batch.cache.time_capacity
+    for _ in range(capacity):  # past the capacity the prefill left, one token a pass
+        batch.step([STEPS[0]])
+    assert batch.cache.time_capacity > capacity and len(model.calls) > capacity
 
 
 def test_what_the_batch_asks_of_the_model():

@@ -87,6 +87,7 @@ class Batch:
         self.chunk_tokens = chunk_tokens
         self.cache = KVCache(model.n_layers, model.n_kv_heads, model.head_dim)
         self.prefix_cache = prefix_cache  # None: every prompt is prefilled from its first token
+        self.min_width = getattr(model, "min_width", 1)  # a pass's positions past its rows' starts, at least
         self.slots: List[Row] = []  # slot i holds slots[i]: the decoding rows first, then the prefill group
         self._looked_up = False  # the group's cached prefixes are in its slots
 
@@ -197,7 +198,7 @@ class Batch:
             tokens[i, : len(chunk)] = chunk
         starts = np.array([row.length for row in rows], dtype=np.int64)
         # Grows only: a decode-only pass keeps the group's slots.
-        self.cache.reserve(first + len(rows), int(starts.max()) + tokens.shape[1], self._lengths())
+        self.cache.reserve(first + len(rows), int(starts.max()) + max(tokens.shape[1], self.min_width), self._lengths())
         scored_rows = [bool(scored and scored[i]) and counts[i] > 1 for i in range(len(decoding))]
         logits, segments = self._forward(tokens, starts, counts, first, self._wanted(counts, scored_rows, group))
         stepped = None

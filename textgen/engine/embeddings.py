@@ -183,7 +183,7 @@ class Embedder:
             tokens[row, :take] = item.ids[item.done : item.done + take]
         starts = np.array([item.done for item in group], dtype=np.int64)
         counts = np.array(takes, dtype=np.int64)
-        self.cache.reserve(len(group), int(starts.max()) + width, [item.done for item in group])
+        self.cache.reserve(len(group), int(starts.max()) + max(width, getattr(self.model, "min_width", 1)), [item.done for item in group])
         index = np.concatenate([row * width + np.arange(take) for row, take in enumerate(takes)])
         hidden = self.model.hidden_states(tokens, starts, counts, self.cache, 0, index)
         offset = 0

@@ -32,6 +32,9 @@ class CausalLM(Protocol):
     # A forward costs only the rows' real tokens, not rows x width, so the engine may run a joining
     # prompt's chunk in the decode step's pass (the ONNX graph packs them). Tests' stand-ins may omit it.
     packs_tokens: bool
+    # The narrowest pass the model computes: a narrower one runs this wide, its extra columns padding
+    # (the ONNX graph: 2, see OnnxModel._two_wide). The engine reserves positions for it. Stand-ins: 1.
+    min_width: int
 
     def forward(
         self,
@@ -50,7 +53,7 @@ class CausalLM(Protocol):
         tokens here (0..width; 0 = the row only waits). Positions below a row's start are never written;
         its padding may be (torch does), past its real tokens, where nothing reads before the row's own
         next tokens overwrite it. The engine reserves the cache first: `first_slot + rows` slots and
-        `max(starts) + width` positions fit. Returns float32 `[rows, vocab]`, the logits after each
+        `max(starts) + max(width, min_width)` positions fit. Returns float32 `[rows, vocab]`, the logits after each
         row's last real token (rows with count 0: any values), or None when `want_logits` is False.
         `logit_index` (with `want_logits`): int64 `[R]`, flat indices `row * width + s` of the positions
         whose logits are wanted instead, any number per row (a prompt's log-probabilities need every

@@ -74,6 +74,7 @@ class OnnxModel:
         # right-padded token ids and looks them up itself.
         self.table = EmbeddingTable(os.path.dirname(graph_path), metadata[METADATA_KEY]) if "packed_index" in inputs else None
         self.packs_tokens = self.table is not None
+        self.min_width = 2 if self.packs_tokens else 1  # _two_wide
         self.eos_token_ids: Set[int] = set(eos_token_ids)
         # Per cache (a weak key: a cache dropped takes its bindings along): the weak references to the
         # arrays its bindings point into, and the bindings by slot range.
@@ -156,16 +157,14 @@ class OnnxModel:
         return padded_index[logit_index], padded_index[hidden_index]
 
     @staticmethod
-    def _two_wide(tokens, starts, cache: KVCache, logit_index, hidden_index) -> tuple:
+    def _two_wide(tokens, logit_index, hidden_index) -> tuple:
         """A one-token-wide pass as a two-wide one. GroupQueryAttention computes a one-wide pass with
         another kernel than a wider one, so a row's logits depended on what else its pass carried
         (SmolLM2 int8: by up to 1.36 between a decode step alone and one beside a joining prompt's
         chunk), and a seeded text on the traffic. Every width from two on gives a row the same logits,
         bit for bit, and the wider kernel is no slower (SmolLM2 int8, 16 rows: 16.79 against 17.13 ms
         a step; 1 row: 4.99 against 5.03). The second column is padding, written nowhere, but the cache
-        must have its position: grown here in the rare pass whose row sits at the capacity's end."""
-        if int(starts.max(initial=0)) + 2 > cache.time_capacity:
-            cache.reserve(cache.slot_capacity, int(starts.max()) + 2)
+        must have its position: the engine reserves it (`min_width`, the contract)."""
         # Indices name padded positions row * width + s: with width 1, s is 0.
         return np.concatenate([tokens, np.zeros_like(tokens)], axis=1), logit_index * 2, hidden_index * 2
 
@@ -175,7 +174,7 @@ class OnnxModel:
         starts = np.asarray(starts, dtype=np.int64)
         counts = np.asarray(counts, dtype=np.int64)
         if tokens.shape[1] == 1 and self.packs_tokens:
-            tokens, logit_index, hidden_index = self._two_wide(tokens, starts, cache, logit_index, hidden_index)
+            tokens, logit_index, hidden_index = self._two_wide(tokens, logit_index, hidden_index)
         rows, width = tokens.shape
         assert first_slot + rows <= cache.slot_capacity, "cache has too few slots: reserve first"
         assert int(starts.max(initial=0)) + width <= cache.time_capacity, "cache too short: reserve first"

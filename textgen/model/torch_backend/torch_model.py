@@ -34,6 +34,7 @@ class TorchModel:
     vocab_size: int
     eos_token_ids: Set[int]
     packs_tokens = False  # right-padded rows: a prompt chunk beside decode rows would pad them all
+    min_width = 1
     threads: int  # torch's intra-op threads (what /info reports)
     width: int  # the hidden states' width (what embeddings have)
 
