@@ -30,6 +30,7 @@ continuations of 20 prompts against float32's, and the decode step at 1 and 16 r
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import statistics
@@ -45,10 +46,9 @@ from devtools import quality  # noqa: E402
 from devtools.bench_models import SMOLLM2_GGUF, smollm2_dir  # noqa: E402
 from devtools.integer_gemm import per_row, rotate_input_blocks  # noqa: E402
 
-PASSAGE = quality.PASSAGE
-
 
 def load():
+    """SmolLM2 in float32 from the GGUF file (dequantized: a few seconds; variants take copies)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
@@ -133,14 +133,12 @@ def rotated_integer_gemm(down_rotation):
     return quantize_weights
 
 
-def onnx_table(seeds, rounds: int) -> None:
-    """The --onnx part of the docstring."""
-    from transformers import AutoTokenizer
-
+def onnx_table(original, hf_tokenizer, seeds, rounds: int) -> None:
+    """The --onnx part of the docstring (`original`: the float32 model, left as it is)."""
     with tempfile.TemporaryDirectory(prefix="rotation-") as tmp:
         env = {"MODEL_GGUF_FILE": SMOLLM2_GGUF}
         exact, tokenizer = quality.load_graph(smollm2_dir(), env, "none", os.path.join(tmp, "float32"))
-        with open(PASSAGE, encoding="utf-8") as f:
+        with open(quality.PASSAGE, encoding="utf-8") as f:
             ids = tokenizer(f.read())["input_ids"]
         prompts = [tokenizer(p)["input_ids"] for p in quality.PROMPTS]
         reference, reference_ppl = quality.greedy(exact, prompts), quality.perplexity(exact, ids)
@@ -149,13 +147,13 @@ def onnx_table(seeds, rounds: int) -> None:
         for seed in seeds:
             generator = torch.Generator().manual_seed(seed)
             checkpoint = os.path.join(tmp, f"rotated-{seed}")
-            model = rotate(load(), generator)
+            model = rotate(copy.deepcopy(original), generator)
             model.config.tie_word_embeddings = False
             model.hf_quantizer, model.is_quantized = None, False  # loaded from GGUF; saved as plain float32
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(checkpoint)
-            AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF).save_pretrained(checkpoint)
+            hf_tokenizer.save_pretrained(checkpoint)
             down_rotation = orthogonal(64, generator).numpy()
             models[f"integer GEMM per row, rotated (seed {seed})"] = quality.load_graph(
                 checkpoint, {}, "int8", os.path.join(tmp, f"graph-{seed}"), rotated_integer_gemm(down_rotation))[0]
@@ -187,33 +185,34 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
-    with open(PASSAGE, encoding="utf-8") as f:
+    with open(quality.PASSAGE, encoding="utf-8") as f:
         ids = tokenizer(f.read(), return_tensors="pt")["input_ids"]
-    base = perplexity(load(), ids)
+    original = load()
+    base = perplexity(original, ids)
     print(f"float32: {base:.3f} over {ids.shape[1]} tokens", flush=True)
 
     def rotated(seed: int, down_block: int = 0):
         generator = torch.Generator().manual_seed(seed)
-        model = rotate(load(), generator)
+        model = rotate(copy.deepcopy(original), generator)
         return rotate_down_input(model, down_block, generator) if down_block else model
 
     print(f"float32, rotated (seed {args.seeds[0]}): {perplexity(rotated(args.seeds[0]), ids):.3f}", flush=True)
-    down = load().model.layers[0].mlp.down_proj.in_features
+    down = original.config.intermediate_size
     variants = {
-        "blocks of 32 (q8_0's and MatMulNBits' grain)": [lambda s: quantize(load(), 32)],
-        "per row": [lambda s: quantize(load())],
-        "per row, rotated": [lambda s: quantize(rotated(s))],
-        "per row, rotated, down's input in blocks of 64": [lambda s: quantize(rotated(s, 64))],
-        f"per row, rotated, down's input whole ({down})": [lambda s: quantize(rotated(s, down))],
+        "blocks of 32 (q8_0's and MatMulNBits' grain)": lambda s: quantize(copy.deepcopy(original), 32),
+        "per row": lambda s: quantize(copy.deepcopy(original)),
+        "per row, rotated": lambda s: quantize(rotated(s)),
+        "per row, rotated, down's input in blocks of 64": lambda s: quantize(rotated(s, 64)),
+        f"per row, rotated, down's input whole ({down})": lambda s: quantize(rotated(s, down)),
     }
     print("\n| 8-bit products | perplexity vs float32, per seed | median |")
     print("|---|---|---|")
-    for name, (make,) in variants.items():
+    for name, make in variants.items():
         seeds = args.seeds if "rotated" in name else args.seeds[:1]  # nothing random without a rotation
         changes = [100 * (perplexity(make(seed), ids) / base - 1) for seed in seeds]
         print(f"| {name} | {' / '.join(f'{c:+.2f}%' for c in changes)} | {statistics.median(changes):+.2f}% |", flush=True)
     if args.onnx:
-        onnx_table(args.seeds, args.rounds)
+        onnx_table(original, tokenizer, args.seeds, args.rounds)
     return 0
 
 

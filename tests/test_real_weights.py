@@ -74,7 +74,8 @@ def test_real_int8_seeded_text_is_the_same_while_prompts_join(monkeypatch):
                     joiners = [engine.submit(request(p, 7, 4)) for p in ("Hello there", "The quick brown fox", "Water")]
                     del passes[:]
                 result = handles[0].result()
-                [j.result() for j in joiners]
+                for joiner in joiners:
+                    joiner.result()
             # The pass after the hold carried the subject's token and the three prompts' chunks together.
             assert passes[0][0] == 1 + len(joiners) and passes[0][1] > 1, passes[:2]
             assert result.text == expected.text
